@@ -1,0 +1,5 @@
+"""``python -m peftkit`` runs the command line."""
+
+from peftkit.cli.main import main
+
+raise SystemExit(main())

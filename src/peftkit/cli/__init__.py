@@ -1,0 +1,1 @@
+"""The ``peftkit`` command line."""

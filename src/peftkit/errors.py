@@ -1,0 +1,28 @@
+"""Library exceptions. Each derives from the builtin that PEFT raises in the same place, so code written
+against PEFT (``except ValueError``) keeps working, while callers can catch peftkit's own classes."""
+
+from __future__ import annotations
+
+
+class PeftkitError(Exception):
+    """Base class of every error raised by peftkit on purpose."""
+
+
+class ConfigError(PeftkitError, ValueError):
+    """A config value is invalid, or a config file cannot be read."""
+
+
+class TargetingError(PeftkitError, ValueError):
+    """The requested target modules do not exist in the model, or cannot be adapted."""
+
+
+class AdapterNameError(PeftkitError, ValueError):
+    """An adapter name is unknown, reserved, or already taken."""
+
+
+class CheckpointError(PeftkitError, ValueError):
+    """An adapter checkpoint is missing, corrupt, or does not fit the model."""
+
+
+class UnsupportedError(PeftkitError, NotImplementedError):
+    """A valid PEFT feature that peftkit does not implement (yet)."""

@@ -1,0 +1,281 @@
+"""The functional core: everything peftkit does to a plain ``nn.Module``.
+
+``PeftModel``, the transformers mixin and the CLI are thin shells over these functions. A model here is
+the *inner* model (the transformers model itself); key prefixes such as ``base_model.model.`` are the
+shells' business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from peftkit.config import PeftConfig
+from peftkit.errors import AdapterNameError, TargetingError
+from peftkit.layers.base import BASE_ADAPTER, AdapterLayer, BatchRouting
+from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.layers.wrap import replace_module
+from peftkit.methods.spec import MethodSpec
+from peftkit.registry import method_of
+from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
+
+AdapterModule = AdapterLayer | ModulesToSaveWrapper
+
+
+def iter_adapter_modules(model: nn.Module) -> Iterator[tuple[str, AdapterModule]]:
+    """``(name, module)`` for every adapter layer and modules_to_save wrapper (outermost only)."""
+    skip: str | None = None
+    for name, module in model.named_modules():
+        if skip is not None and name.startswith(skip):
+            continue
+        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
+            skip = name + "."
+            yield name, module
+
+
+def adapter_names_in(model: nn.Module) -> set[str]:
+    """Every adapter name present in any layer or wrapper of ``model``."""
+    names: set[str] = set()
+    for _, module in iter_adapter_modules(model):
+        names |= module.adapter_names()
+    return names
+
+
+def check_adapter_name(name: str, existing: Sequence[str] = ()) -> None:
+    """Reject names that cannot be used as a ``ModuleDict`` key or in a state-dict key, or are taken."""
+    if not isinstance(name, str) or not name or "." in name or name == BASE_ADAPTER:
+        raise AdapterNameError(
+            f"Invalid adapter name {name!r}: use a non-empty string without '.', other than {BASE_ADAPTER!r}."
+        )
+    if name in existing:
+        raise AdapterNameError(f"An adapter named {name!r} already exists; pick another name or delete it first.")
+
+
+@dataclass
+class Injection:
+    """What one :func:`inject_adapter` call changed, so that a failed load can undo it exactly.
+
+    Attributes:
+        adapter_name: The adapter that was added.
+        created: ``(name, original_module)`` for every module replaced by a new wrapper.
+        updated: Existing adapter modules that received the adapter in place.
+        grad_state: ``requires_grad`` of every parameter before the injection.
+        target_names: Full names of the adapted layers (for ``all-linear`` expansion).
+    """
+
+    adapter_name: str
+    created: list[tuple[str, nn.Module]] = field(default_factory=list)
+    updated: list[AdapterModule] = field(default_factory=list)
+    grad_state: dict[nn.Parameter, bool] = field(default_factory=dict)
+    target_names: list[str] = field(default_factory=list)
+
+    def undo(self, model: nn.Module) -> None:
+        """Restore ``model`` to what it was before the injection."""
+        for module in self.updated:
+            module.delete_adapter(self.adapter_name)
+        for name, original in reversed(self.created):
+            replace_module(model, name, original)
+        for param, flag in self.grad_state.items():
+            param.requires_grad_(flag)
+
+
+def _model_type(model: nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None)
+
+
+def resolve_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec) -> set[str] | str:
+    """The config's target_modules, the architecture default, or the ``all-linear`` expansion."""
+    targets = getattr(config, "target_modules", None)
+    if targets is None:
+        defaults = spec.default_targets(_model_type(model)) if spec.default_targets else None
+        if defaults is None:
+            names = ", ".join(sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}))
+            raise TargetingError(
+                f"No default target_modules for model type {_model_type(model)!r}; set target_modules in the "
+                f"config (e.g. from these module names: {names})."
+            )
+        return set(defaults)
+    if targets == ALL_LINEAR:
+        return all_linear_names(model, spec.linear_types)
+    return targets
+
+
+def _candidates(model: nn.Module, spec: MethodSpec) -> Iterator[tuple[str, nn.Module]]:
+    """Modules that may be targeted: plain modules, and this method's layers (but not their insides)."""
+    skip: str | None = None
+    for name, module in model.named_modules():
+        if skip is not None and name.startswith(skip):
+            continue
+        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
+            skip = name + "."
+            if isinstance(module, AdapterLayer) and type(module) not in spec.layer_table.values():
+                continue
+        yield name, module
+
+
+def inject_adapter(
+    model: nn.Module,
+    config: PeftConfig,
+    adapter_name: str,
+    *,
+    init_weights: bool = True,
+    active: Sequence[str] | None = None,
+) -> Injection:
+    """Add adapter ``adapter_name`` described by ``config`` to ``model`` in place.
+
+    Args:
+        init_weights: ``False`` allocates the adapter without initialising it (a load follows).
+        active: The adapters active afterwards (default: just this one).
+
+    Returns:
+        The :class:`Injection` record (call ``undo`` to revert).
+
+    Raises:
+        AdapterNameError: the name is invalid or taken. TargetingError: nothing to adapt.
+    """
+    spec = method_of(config)
+    check_adapter_name(adapter_name, sorted(adapter_names_in(model)))
+    record = Injection(adapter_name, grad_state={p: p.requires_grad for p in model.parameters()})
+    targets = resolve_targets(model, config, spec)
+    layer_types = tuple(spec.layer_table.values())
+    names = select_targets(
+        _candidates(model, spec),
+        targets,
+        exclude_modules=getattr(config, "exclude_modules", None),
+        layers_to_transform=getattr(config, "layers_to_transform", None),
+        layers_pattern=getattr(config, "layers_pattern", None),
+        adaptable=spec.adaptable_types + layer_types,
+    )
+    try:
+        for name in names:
+            _inject_one(model, name, config, spec, adapter_name, init_weights, record)
+        _wrap_modules_to_save(model, getattr(config, "modules_to_save", None), adapter_name, record)
+    except BaseException:
+        record.undo(model)
+        raise
+    record.target_names = names
+    mark_trainable(model, spec, config, list(active) if active is not None else [adapter_name])
+    return record
+
+
+def _inject_one(
+    model: nn.Module, name: str, config: PeftConfig, spec: MethodSpec, adapter: str, init: bool, record: Injection
+) -> None:
+    module = model.get_submodule(name)
+    if isinstance(module, AdapterLayer):
+        module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]
+        record.updated.append(module)
+        return
+    facts = spec.layer_facts(config, name, module)  # type: ignore[misc]
+    layer = spec.layer_class_for(module)(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
+    layer.update_layer(adapter, facts, init)  # type: ignore[attr-defined]
+    record.created.append((name, replace_module(model, name, layer)))
+
+
+def _wrap_modules_to_save(model: nn.Module, wanted: Sequence[str] | None, adapter: str, record: Injection) -> None:
+    if not wanted:
+        return
+    for name, module in list(model.named_modules()):
+        if not name or not name_matches(name, wanted) or ".modules_to_save." in name or ".original_module" in name:
+            continue
+        if isinstance(module, ModulesToSaveWrapper):
+            module.update(adapter)
+            record.updated.append(module)
+        elif not isinstance(module, AdapterLayer) and not any(name.startswith(n + ".") for n, _ in record.created):
+            record.created.append((name, replace_module(model, name, ModulesToSaveWrapper(module, adapter))))
+
+
+def mark_trainable(model: nn.Module, spec: MethodSpec, config: PeftConfig, active: Sequence[str]) -> None:
+    """Freeze the base, then let the active adapters (and the biases ``config.bias`` asks for) train."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    set_active_adapters(model, active, trainable=not config.inference_mode)
+    if config.inference_mode:
+        return
+    bias = getattr(config, "bias", "none")
+    if bias == "all":
+        for name, param in model.named_parameters():
+            if name.endswith("bias") and ".original_module." not in name:
+                param.requires_grad_(True)
+    elif bias == "lora_only":
+        for _, module in iter_adapter_modules(model):
+            if isinstance(module, AdapterLayer) and module.get_base_layer().bias is not None:
+                module.get_base_layer().bias.requires_grad_(True)
+
+
+def set_active_adapters(model: nn.Module, names: str | Sequence[str], trainable: bool = True) -> None:
+    """Activate ``names`` in every layer; their parameters train iff ``trainable``, others are frozen."""
+    for _, module in iter_adapter_modules(model):
+        module.set_adapter(names, trainable=trainable)
+
+
+def enable_adapters(model: nn.Module, enabled: bool) -> None:
+    """Turn every adapter on or off (off: the model computes like its base)."""
+    for _, module in iter_adapter_modules(model):
+        module.enable_adapters(enabled)
+
+
+def delete_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Remove ``adapter_name`` everywhere; layers left without adapters are unwrapped to their base."""
+    if adapter_name not in adapter_names_in(model):
+        raise AdapterNameError(f"Adapter {adapter_name!r} does not exist; present: {sorted(adapter_names_in(model))}.")
+    for name, module in list(iter_adapter_modules(model)):
+        if adapter_name not in module.adapter_names():
+            continue
+        module.delete_adapter(adapter_name)
+        if not module.adapter_names():
+            base = module.base_layer if isinstance(module, AdapterLayer) else module.original_module
+            replace_module(model, name, base)
+
+
+@contextmanager
+def mixed_batch(model: nn.Module, adapter_names: Sequence[str]) -> Iterator[BatchRouting]:
+    """Route sample ``i`` of the next forward(s) through adapter ``adapter_names[i]`` (``"__base__"``: none)."""
+    present = adapter_names_in(model)
+    unknown = sorted(set(adapter_names) - present - {BASE_ADAPTER})
+    if unknown:
+        raise AdapterNameError(
+            f"adapter_names contains unknown adapters {unknown}; present: {sorted(present)} (or {BASE_ADAPTER!r})."
+        )
+    routing = BatchRouting.from_names(list(adapter_names))
+    modules = [module for _, module in iter_adapter_modules(model)]
+    for module in modules:
+        module.batch_routing = routing
+    try:
+        yield routing
+    finally:
+        for module in modules:
+            module.batch_routing = None
+
+
+def merge_adapters(model: nn.Module, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:
+    """Fold ``adapter_names`` (default: each layer's active adapters) into the base weights."""
+    for _, module in iter_adapter_modules(model):
+        if isinstance(module, AdapterLayer):
+            module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+
+
+def unmerge_adapters(model: nn.Module) -> None:
+    """Undo every merge."""
+    for _, module in iter_adapter_modules(model):
+        if isinstance(module, AdapterLayer):
+            module.unmerge()
+
+
+def unload(
+    model: nn.Module, merge: bool = False, safe_merge: bool = False, adapter_names: Sequence[str] | None = None
+) -> nn.Module:
+    """Replace every adapter layer by its base layer (merging first if ``merge``); modules_to_save wrappers
+    become their active copy. Returns ``model``."""
+    for name, module in list(iter_adapter_modules(model)):
+        if isinstance(module, AdapterLayer):
+            if merge:
+                module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+            replace_module(model, name, module.get_base_layer())
+        else:
+            replace_module(model, name, module.active_module())
+    return model

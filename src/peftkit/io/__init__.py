@@ -1,0 +1,1 @@
+"""Reading and writing PEFT-format adapter directories."""

@@ -1,0 +1,54 @@
+"""Finding adapter files: a local directory first, then the Hugging Face hub (through its local cache).
+
+huggingface_hub is imported here only, and only when a path is not a local directory.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from peftkit.errors import CheckpointError
+
+#: Keyword arguments that are meant for huggingface_hub rather than for the model or config.
+HUB_KWARGS = frozenset(
+    {"revision", "cache_dir", "token", "use_auth_token", "force_download", "proxies", "local_files_only", "repo_type"}
+)
+
+
+def resolve_file(
+    name_or_path: str | os.PathLike, filename: str, subfolder: str | None = None, **hub_kwargs: Any
+) -> str | None:
+    """Return a local path to ``filename`` of an adapter, or ``None`` when it does not exist.
+
+    A local directory is searched directly (``<dir>/<subfolder>/<filename>``); anything else is treated as a
+    hub repo id and downloaded through huggingface_hub's cache, which honours ``HF_HUB_OFFLINE=1``.
+    """
+    base = os.fspath(name_or_path)
+    local_dir = os.path.join(base, subfolder) if subfolder else base
+    if os.path.isdir(local_dir):
+        candidate = os.path.join(local_dir, filename)
+        return candidate if os.path.isfile(candidate) else None
+    if os.path.isdir(base) or os.path.isfile(base):
+        return None
+    return _hub_download(base, filename, subfolder, **hub_kwargs)
+
+
+def _hub_download(repo_id: str, filename: str, subfolder: str | None, **hub_kwargs: Any) -> str | None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError
+
+    token = hub_kwargs.pop("token", None) or hub_kwargs.pop("use_auth_token", None)
+    hub_kwargs.pop("use_auth_token", None)
+    try:
+        return hf_hub_download(repo_id, filename, subfolder=subfolder or None, token=token, **hub_kwargs)
+    except EntryNotFoundError:
+        return None
+    except HFValidationError as exc:
+        raise CheckpointError(
+            f"{repo_id!r} is neither a local directory nor a valid hub repo id; check the path."
+        ) from exc
+    except LocalEntryNotFoundError:
+        return None
+    except Exception as exc:  # network, auth, missing repo
+        raise CheckpointError(f"Could not fetch {filename!r} of {repo_id!r} from the hub: {exc}") from exc

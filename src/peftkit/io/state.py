@@ -1,0 +1,151 @@
+"""Building an adapter's state dict from a model, and loading one into it with every check first.
+
+Keys here are relative to the inner model (no ``base_model.model.`` prefix) and carry no adapter name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from peftkit.config import PeftConfig
+from peftkit.errors import CheckpointError
+from peftkit.functional import iter_adapter_modules
+from peftkit.io.keys import remove_adapter_name, rename_suffix
+from peftkit.layers.base import AdapterLayer
+from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.registry import method_of
+
+EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
+_MAX_KEYS_IN_ERROR = 10
+
+
+@dataclass(frozen=True)
+class AdapterTensor:
+    """One tensor of an adapter's checkpoint: the live tensor, and whether a file must contain it."""
+
+    tensor: torch.Tensor
+    required: bool
+
+
+def wants_embedding_layers(config: PeftConfig, save_embedding_layers: bool | str) -> bool:
+    """PEFT's rule: ``"auto"`` saves base embedding weights when the targets name an embedding layer."""
+    if save_embedding_layers != "auto":
+        return bool(save_embedding_layers)
+    targets = getattr(config, "target_modules", None) or ()
+    return any(name in targets for name in EMBEDDING_LAYER_NAMES)
+
+
+def adapter_tensors(
+    model: nn.Module, adapter: str, config: PeftConfig, embedding_layers: bool | None = None
+) -> dict[str, AdapterTensor]:
+    """Every tensor that belongs in ``adapter``'s checkpoint, keyed as on disk (without the model prefix).
+
+    Args:
+        embedding_layers: Include base weights of adapted embedding layers; ``None`` includes them as
+            optional keys (what a load accepts).
+    """
+    renames = method_of(config).file_key_renames
+    out: dict[str, AdapterTensor] = {}
+    for name, module in iter_adapter_modules(model):
+        if adapter not in module.adapter_names():
+            continue
+        if isinstance(module, ModulesToSaveWrapper):
+            for key, tensor in module.modules_to_save[adapter].state_dict().items():
+                out[f"{name}.{key}"] = AdapterTensor(tensor, True)
+            continue
+        for attr in module.adapter_layer_names:
+            container = getattr(module, attr)
+            if adapter not in container:
+                continue
+            item = container[adapter]
+            items = item.state_dict().items() if isinstance(item, nn.Module) else [("", item.data)]
+            for key, tensor in items:
+                full = f"{name}.{attr}.{adapter}" + (f".{key}" if key else "")
+                out[rename_suffix(remove_adapter_name(full, adapter), renames)] = AdapterTensor(tensor, True)
+        _add_base_tensors(out, name, module, config, embedding_layers)
+    if getattr(config, "bias", "none") == "all":
+        for key, tensor in model.state_dict(keep_vars=False).items():
+            if key.endswith("bias") and key not in out and not _is_adapter_internal(key):
+                out[key] = AdapterTensor(tensor, False)
+    return out
+
+
+def _add_base_tensors(
+    out: dict[str, AdapterTensor], name: str, layer: AdapterLayer, config: PeftConfig, embedding_layers: bool | None
+) -> None:
+    base = layer.get_base_layer()
+    if getattr(config, "bias", "none") == "lora_only" and getattr(base, "bias", None) is not None:
+        out[f"{name}.base_layer.bias"] = AdapterTensor(base.bias.data, False)
+    is_embedding = isinstance(base, nn.Embedding) or name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES
+    if is_embedding and (embedding_layers is None or embedding_layers):
+        out[f"{name}.base_layer.weight"] = AdapterTensor(base.weight.data, False)
+
+
+def _is_adapter_internal(key: str) -> bool:
+    return ".original_module." in key or ".modules_to_save." in key or ".lora_" in key or ".ia3_" in key
+
+
+def adapter_state_dict(
+    model: nn.Module, adapter: str, config: PeftConfig, save_embedding_layers: bool | str = "auto"
+) -> dict[str, torch.Tensor]:
+    """The tensors to save for ``adapter`` (keys as on disk, without the model prefix)."""
+    embedding = wants_embedding_layers(config, save_embedding_layers)
+    return {k: v.tensor for k, v in adapter_tensors(model, adapter, config, embedding).items()}
+
+
+def check_and_load(
+    model: nn.Module,
+    adapter: str,
+    config: PeftConfig,
+    state: Mapping[str, torch.Tensor],
+    *,
+    ignore_mismatched_sizes: bool = False,
+    allow_missing: Collection[str] = (),
+) -> list[str]:
+    """Copy ``state`` (disk keys, prefix removed) into ``adapter``'s tensors after checking all of it.
+
+    Returns:
+        The optional keys that were absent from ``state`` (e.g. base embedding weights).
+
+    Raises:
+        CheckpointError: required keys missing, unexpected keys, or shape mismatches (named with both
+            shapes); the model is not touched in that case.
+    """
+    expected = adapter_tensors(model, adapter, config, embedding_layers=None)
+    missing = sorted(k for k, v in expected.items() if v.required and k not in state and k not in allow_missing)
+    unexpected = sorted(k for k in state if k not in expected)
+    problems: list[str] = []
+    if missing:
+        problems.append(f"missing keys: {_some(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_some(unexpected)}")
+    mismatched = [
+        (k, tuple(v.shape), tuple(expected[k].tensor.shape))
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].tensor.shape
+    ]
+    if mismatched and not ignore_mismatched_sizes:
+        problems.append(
+            "shape mismatch: "
+            + "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched[:_MAX_KEYS_IN_ERROR])
+        )
+    if problems:
+        raise CheckpointError(
+            f"The checkpoint does not fit adapter {adapter!r} of this model ({' | '.join(problems)}). Check that "
+            "the base model and the adapter_config.json are the ones the adapter was trained with."
+        )
+    skip = {k for k, _, _ in mismatched}
+    with torch.no_grad():
+        for key, value in state.items():
+            if key not in skip:
+                expected[key].tensor.copy_(value.to(expected[key].tensor.dtype))
+    return sorted(k for k in expected if k not in state)
+
+
+def _some(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_KEYS_IN_ERROR])
+    return shown + (f" (and {len(keys) - _MAX_KEYS_IN_ERROR} more)" if len(keys) > _MAX_KEYS_IN_ERROR else "")

@@ -1,0 +1,252 @@
+"""The template adapter layer: one control flow for every layer method.
+
+A wrapped layer keeps the original module as ``base_layer`` and holds each adapter's parameters in
+dictionaries keyed by adapter name. :meth:`AdapterLayer.forward` decides, for every call, between
+
+* adapters disabled (or none active)  -> ``base_layer(x)`` (unmerging first if needed),
+* merged                              -> ``base_layer(x)`` (the adapters live in the base weight),
+* a mixed batch (``batch_routing`` set) -> :meth:`AdapterLayer.mixed_forward`, one adapter per sample,
+* otherwise                           -> :meth:`AdapterLayer.adapted_forward` with the active adapters.
+
+Methods supply the math through small hooks: :meth:`adapt_input` (e.g. IA3 scales the input),
+:meth:`adapt_output` (e.g. LoRA adds ``s * B A x``), :meth:`merge_one` / :meth:`unmerge_one`, and the
+per-adapter parameter containers named in :attr:`adapter_layer_names`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from peftkit.errors import AdapterNameError
+
+#: The name that routes a sample of a mixed batch to the bare base model.
+BASE_ADAPTER = "__base__"
+
+
+@dataclass
+class BatchRouting:
+    """Which adapter each sample of a batch uses; built once per forward for the whole model.
+
+    Attributes:
+        names: The distinct adapter names of the batch, in order of first appearance.
+        index: ``(batch,)`` long tensor: the position in ``names`` of each sample's adapter.
+    """
+
+    names: tuple[str, ...]
+    index: torch.Tensor
+    _groups: dict[torch.device, list[tuple[str, torch.Tensor]]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_names(cls, per_sample: Sequence[str]) -> BatchRouting:
+        """Build the routing of ``per_sample`` (one adapter name per sample)."""
+        names = tuple(dict.fromkeys(per_sample))
+        position = {name: i for i, name in enumerate(names)}
+        return cls(names, torch.tensor([position[n] for n in per_sample], dtype=torch.long))
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def index_on(self, device: torch.device) -> torch.Tensor:
+        """The per-sample index on ``device`` (moved once, then cached)."""
+        if self.index.device != device:
+            self.index = self.index.to(device)
+        return self.index
+
+    def groups(self, device: torch.device) -> list[tuple[str, torch.Tensor]]:
+        """``[(name, sample_indices)]`` for each distinct adapter, computed once per device."""
+        if device not in self._groups:
+            index = self.index_on(device)
+            self._groups[device] = [(name, (index == i).nonzero().flatten()) for i, name in enumerate(self.names)]
+        return self._groups[device]
+
+
+class AdapterLayer(nn.Module):
+    """Base of every adapter-carrying layer; owns the control flow, not the math.
+
+    Attributes:
+        base_layer: The original module (its weights stay frozen).
+        merged_adapters: Adapters currently merged into the base weight, in merge order.
+        batch_routing: Set for the duration of one mixed-batch forward, else ``None``.
+    """
+
+    #: Attributes whose values are ``nn.ModuleDict`` / ``nn.ParameterDict`` of trainable adapter weights.
+    adapter_layer_names: ClassVar[tuple[str, ...]] = ()
+    #: Attributes whose values are plain ``dict``s of per-adapter settings (ranks, scalings, ...).
+    other_param_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._active_adapter: list[str] = []
+        self.batch_routing: BatchRouting | None = None
+
+    # -- method hooks -----------------------------------------------------------------------------
+    def adapt_input(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        """Transform the input before the base layer (identity unless the method scales inputs)."""
+        return x
+
+    def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        """Combine the base output with adapter ``adapter`` applied to the original input ``x``."""
+        return result
+
+    def merge_one(self, adapter: str, safe_merge: bool) -> None:
+        """Fold ``adapter`` into the base weight in place."""
+        raise NotImplementedError(f"{type(self).__name__} cannot merge adapters")
+
+    def unmerge_one(self, adapter: str) -> None:
+        """Undo :meth:`merge_one` for ``adapter``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot unmerge adapters")
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._disable_adapters:
+            if self.merged_adapters:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.batch_routing is not None:
+            if self.merged_adapters:
+                raise RuntimeError("A mixed batch (adapter_names=...) cannot run while adapters are merged; unmerge.")
+            return self.mixed_forward(x, self.batch_routing, *args, **kwargs)
+        if self.merged_adapters:
+            return self.base_layer(x, *args, **kwargs)
+        present = self.adapter_names()
+        active = [name for name in self._active_adapter if name in present]
+        if not active:
+            return self.base_layer(x, *args, **kwargs)
+        return self.adapted_forward(x, active, *args, **kwargs)
+
+    def adapted_forward(self, x: torch.Tensor, adapters: Sequence[str], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Forward with every adapter in ``adapters`` applied (their effects compose)."""
+        x_in = x
+        for name in adapters:
+            x_in = self.adapt_input(x_in, name)
+        result = self.base_layer(x_in, *args, **kwargs)
+        for name in adapters:
+            result = self.adapt_output(result, x, name)
+        return result
+
+    def mixed_forward(self, x: torch.Tensor, routing: BatchRouting, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """One adapter per sample (generic path: one sub-batch per distinct adapter).
+
+        Methods with a batched formulation (LoRA) override this with a path whose cost does not grow
+        like a loop over adapters.
+        """
+        if x.shape[0] != len(routing):
+            raise ValueError(
+                f"adapter_names has {len(routing)} entries but the batch has {x.shape[0]} samples; "
+                "pass one adapter name per sample."
+            )
+        present = self.adapter_names()
+        result: torch.Tensor | None = None
+        for name, rows in routing.groups(x.device):
+            sub_x = x.index_select(0, rows)
+            if name in present:
+                sub = self.adapted_forward(sub_x, [name], *args, **kwargs)
+            else:
+                sub = self.base_layer(sub_x, *args, **kwargs)
+            if result is None:
+                result = sub.new_empty((x.shape[0], *sub.shape[1:]))
+            result.index_copy_(0, rows, sub)
+        assert result is not None
+        return result
+
+    # -- state ------------------------------------------------------------------------------------
+    def adapter_names(self) -> set[str]:
+        """Names of the adapters this layer holds."""
+        names: set[str] = set()
+        for attr in self.adapter_layer_names:
+            names.update(getattr(self, attr).keys())
+        return names
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    @property
+    def disable_adapters(self) -> bool:
+        return self._disable_adapters
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return list(self._active_adapter)
+
+    @property
+    def active_adapter(self) -> str | list[str]:
+        return self._active_adapter[0] if len(self._active_adapter) == 1 else list(self._active_adapter)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.get_base_layer().weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.get_base_layer().bias
+
+    def get_base_layer(self) -> nn.Module:
+        """The innermost original module (layers may be nested)."""
+        base = self.base_layer
+        while isinstance(base, AdapterLayer):
+            base = base.base_layer
+        return base
+
+    def adapter_parameters(self, adapter: str) -> Iterable[nn.Parameter]:
+        """The trainable tensors of ``adapter`` in this layer."""
+        for attr in self.adapter_layer_names:
+            container = getattr(self, attr)
+            if adapter in container:
+                item = container[adapter]
+                yield from (item.parameters() if isinstance(item, nn.Module) else [item])
+
+    def set_adapter(self, adapter_names: str | Sequence[str], trainable: bool = True) -> None:
+        """Make ``adapter_names`` active; their parameters train iff ``trainable``, all others are frozen."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        for name in self.adapter_names():
+            for param in self.adapter_parameters(name):
+                param.requires_grad_(trainable and name in names)
+        self._active_adapter = names
+
+    def enable_adapters(self, enabled: bool) -> None:
+        """Turn all adapters of this layer on or off (off unmerges nothing until the next forward)."""
+        self._disable_adapters = not enabled
+        if enabled:
+            return
+        for name in self.adapter_names():
+            for param in self.adapter_parameters(name):
+                param.requires_grad_(False)
+
+    def delete_adapter(self, adapter: str) -> None:
+        """Remove ``adapter``'s weights and settings; if it was active, the first remaining one becomes active."""
+        if adapter in self.merged_adapters:
+            raise AdapterNameError(f"Adapter {adapter!r} is merged into the base weights; unmerge it before deleting.")
+        for attr in self.adapter_layer_names + self.other_param_names:
+            container = getattr(self, attr)
+            if adapter in container:
+                del container[adapter]
+        if adapter in self._active_adapter:
+            remaining = sorted(self.adapter_names())
+            self._active_adapter = [n for n in self._active_adapter if n != adapter] or remaining[:1]
+
+    # -- merging ----------------------------------------------------------------------------------
+    def merge(self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> None:
+        """Fold ``adapter_names`` (default: the active adapters) into the base weight."""
+        names = list(adapter_names) if adapter_names is not None else self.active_adapters
+        for name in names:
+            if name in self.merged_adapters or name not in self.adapter_names():
+                continue
+            self.merge_one(name, safe_merge)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Undo every merge, last merged first."""
+        while self.merged_adapters:
+            self.unmerge_one(self.merged_adapters.pop())
+
+    def extra_repr(self) -> str:
+        return f"adapters={sorted(self.adapter_names())}, active={self._active_adapter}"

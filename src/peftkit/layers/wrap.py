@@ -1,0 +1,19 @@
+"""Replacing modules inside a model by name, and putting the originals back."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """``(parent, attribute)`` such that ``getattr(parent, attribute)`` is ``model.get_submodule(name)``."""
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where module ``name`` was; returns the module that was there."""
+    parent, child = get_submodule_parent(model, name)
+    old = getattr(parent, child)
+    setattr(parent, child, new)
+    return old

@@ -1,0 +1,100 @@
+"""PEFT's entry points: ``get_peft_model`` and the low-level state-dict functions."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftkit import functional as F
+from peftkit.config import PeftConfig
+from peftkit.errors import AdapterNameError, UnsupportedError
+from peftkit.io.keys import MODEL_PREFIX, add_prefix, strip_prefix
+from peftkit.io.save import base_model_name
+from peftkit.io.state import adapter_state_dict, check_and_load
+from peftkit.peft_model import PeftModel
+from peftkit.tasks import model_class_for_task
+
+
+def get_peft_model(
+    model: nn.Module,
+    peft_config: PeftConfig,
+    adapter_name: str = "default",
+    mixed: bool = False,
+    autocast_adapter_dtype: bool = True,
+    revision: str | None = None,
+    low_cpu_mem_usage: bool = False,
+) -> PeftModel:
+    """Wrap ``model`` with a new adapter described by ``peft_config`` (the config object is not modified).
+
+    The wrapper class follows ``peft_config.task_type`` (e.g. ``PeftModelForCausalLM``).
+    """
+    if mixed:
+        raise UnsupportedError("Mixed-method models (mixed=True) are not implemented in peftkit.")
+    if isinstance(model, PeftModel):
+        raise ValueError("The model already is a PeftModel; use model.add_adapter(name, config) to add another.")
+    config = copy.deepcopy(peft_config)
+    config.base_model_name_or_path = base_model_name(model)
+    if revision is not None:
+        config.revision = revision
+    return model_class_for_task(config.task_type)(model, config, adapter_name)
+
+
+def inject_adapter_in_model(
+    peft_config: PeftConfig,
+    model: nn.Module,
+    adapter_name: str = "default",
+    low_cpu_mem_usage: bool = False,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """Inject adapter layers into ``model`` in place, without a ``PeftModel`` wrapper; returns ``model``."""
+    F.inject_adapter(model, peft_config, adapter_name, init_weights=not low_cpu_mem_usage)
+    configs = model.__dict__.setdefault("_peftkit_configs", {})
+    configs[adapter_name] = copy.deepcopy(peft_config)
+    return model
+
+
+def _split_wrapper(model: nn.Module) -> tuple[nn.Module, str]:
+    if isinstance(model, PeftModel):
+        return model.get_base_model(), MODEL_PREFIX
+    return model, ""
+
+
+def get_peft_model_state_dict(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    adapter_name: str = "default",
+    unwrap_compiled: bool = False,
+    save_embedding_layers: bool | str = "auto",
+) -> dict[str, torch.Tensor]:
+    """The adapter's tensors keyed as on disk (with ``base_model.model.`` when ``model`` is a PeftModel)."""
+    inner, prefix = _split_wrapper(getattr(model, "_orig_mod", model) if unwrap_compiled else model)
+    config = _config_of(model, adapter_name)
+    return add_prefix(adapter_state_dict(inner, adapter_name, config, save_embedding_layers), prefix)  # type: ignore[return-value]
+
+
+def set_peft_model_state_dict(
+    model: nn.Module,
+    peft_model_state_dict: dict[str, torch.Tensor],
+    adapter_name: str = "default",
+    ignore_mismatched_sizes: bool = False,
+    low_cpu_mem_usage: bool = False,
+) -> Any:
+    """Copy an adapter state dict (on-disk keys) into an already injected adapter, after checking it all."""
+    inner, _ = _split_wrapper(model)
+    config = _config_of(model, adapter_name)
+    state = {strip_prefix(k): v for k, v in peft_model_state_dict.items()}
+    missing = check_and_load(inner, adapter_name, config, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    from torch.nn.modules.module import _IncompatibleKeys
+
+    return _IncompatibleKeys(missing_keys=missing, unexpected_keys=[])
+
+
+def _config_of(model: nn.Module, adapter_name: str) -> PeftConfig:
+    for attr in ("peft_config", "_peftkit_configs"):
+        configs = getattr(model, attr, None)
+        if isinstance(configs, dict) and adapter_name in configs:
+            return configs[adapter_name]
+    raise AdapterNameError(f"No adapter named {adapter_name!r} was injected into this model.")

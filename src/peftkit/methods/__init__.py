@@ -1,0 +1,1 @@
+"""Adapter methods, one package each (config, layer, method spec). The registry lists them."""

@@ -1,0 +1,140 @@
+"""LoRA configuration (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models").
+
+The field names and defaults are PEFT's, so that ``adapter_config.json`` files move between peftkit and
+PEFT unchanged. Fields of PEFT features peftkit does not implement keep PEFT's defaults and are checked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from peftkit.config import PeftConfig
+from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.types import PeftType
+
+_INIT_NAMES = ("gaussian", "pissa", "olora")
+_PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
+
+
+@dataclass
+class LoraConfig(PeftConfig):
+    """Configuration of a LoRA adapter: ``y = W x + (alpha / r) * B A x``.
+
+    Attributes:
+        r: Rank of the update (``A`` is ``(r, in)``, ``B`` is ``(out, r)``); a positive integer.
+        target_modules: Module names to adapt: a list of names (a name matches a module whose full name
+            equals it or ends with ``.name``), a regex string matched against the full name, or
+            ``"all-linear"`` (every Linear / Conv1D except the output head). ``None`` uses the per-architecture
+            default.
+        exclude_modules: Names (or a regex) never adapted, with the same matching rules.
+        lora_alpha: Scaling numerator: ``scaling = lora_alpha / r`` (``/ sqrt(r)`` with ``use_rslora``).
+        lora_dropout: Dropout probability on the adapter input, in ``[0, 1)``.
+        fan_in_fan_out: ``True`` when the base weight is stored ``(in, out)`` (GPT-2 ``Conv1D``).
+        bias: Which biases train and are saved: ``"none"``, ``"all"`` or ``"lora_only"``.
+        use_rslora: Rank-stabilised scaling ``lora_alpha / sqrt(r)`` (Kalajdzievski, 2023).
+        modules_to_save: Modules trained in full and saved with the adapter (e.g. a classifier head).
+        init_lora_weights: ``True`` (A Kaiming-uniform, B zero), ``False`` (both random), ``"gaussian"``,
+            ``"pissa"`` / ``"pissa_niter_N"`` (Meng et al., 2024) or ``"olora"`` (Büyükakyüz, 2024).
+        layers_to_transform: Only adapt layers with these indices.
+        layers_pattern: Name of the layer list (``"layers"``, ``"h"``, ...) used with ``layers_to_transform``.
+        rank_pattern: ``{regex: r}`` overriding ``r`` for matching module names.
+        alpha_pattern: ``{regex: alpha}`` overriding ``lora_alpha`` for matching module names.
+        use_dora: Weight-decomposed LoRA (Liu et al., 2024): a trainable magnitude per output row.
+        lora_bias: Give ``lora_B`` a trainable bias.
+    """
+
+    r: int = 8
+    target_modules: list[str] | str | None = None
+    exclude_modules: list[str] | str | None = None
+    lora_alpha: int | float = 8
+    lora_dropout: float = 0.0
+    fan_in_fan_out: bool = False
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+    modules_to_save: list[str] | None = None
+    init_lora_weights: bool | str = True
+    layers_to_transform: list[int] | int | None = None
+    layers_pattern: list[str] | str | None = None
+    rank_pattern: dict = field(default_factory=dict)
+    alpha_pattern: dict = field(default_factory=dict)
+    use_dora: bool = False
+    lora_bias: bool = False
+    # PEFT fields that peftkit writes with PEFT's defaults and refuses to honour otherwise.
+    alora_invocation_tokens: list[int] | None = None
+    arrow_config: dict | None = None
+    corda_config: dict | None = None
+    ensure_weight_tying: bool = False
+    eva_config: dict | None = None
+    kasa_config: dict | None = None
+    layer_replication: list | None = None
+    loftq_config: dict = field(default_factory=dict)
+    lora_ga_config: dict | None = None
+    megatron_config: dict | None = None
+    megatron_core: str | None = "megatron.core"
+    monteclora_config: dict | None = None
+    qalora_group_size: int = 16
+    target_parameters: list[str] | None = None
+    trainable_token_indices: list | dict | None = None
+    use_bdlora: dict | None = None
+    use_qalora: bool = False
+    velora_config: dict | None = None
+
+    unsupported_fields = (
+        "alora_invocation_tokens",
+        "arrow_config",
+        "corda_config",
+        "eva_config",
+        "kasa_config",
+        "layer_replication",
+        "loftq_config",
+        "lora_ga_config",
+        "megatron_config",
+        "monteclora_config",
+        "target_parameters",
+        "trainable_token_indices",
+        "use_bdlora",
+        "use_qalora",
+        "velora_config",
+    )
+
+    def __post_init__(self) -> None:
+        self.peft_type = PeftType.LORA
+        if isinstance(self.target_modules, (list, tuple)):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, (list, tuple)):
+            self.exclude_modules = set(self.exclude_modules)
+        super().__post_init__()
+        self._validate()
+
+    def _validate(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ConfigError(f"LoraConfig.r must be a positive integer, got {self.r!r}.")
+        if not isinstance(self.lora_dropout, (int, float)) or not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"LoraConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ConfigError(f"LoraConfig.bias must be 'none', 'all' or 'lora_only', got {self.bias!r}.")
+        for name, pattern in (("rank_pattern", self.rank_pattern), ("alpha_pattern", self.alpha_pattern)):
+            if not isinstance(pattern, dict):
+                raise ConfigError(f"LoraConfig.{name} must be a dict of {{regex: value}}, got {pattern!r}.")
+        for key, rank in self.rank_pattern.items():
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+                raise ConfigError(f"LoraConfig.rank_pattern[{key!r}] must be a positive integer, got {rank!r}.")
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ConfigError("layers_to_transform cannot be used when target_modules is a regex string.")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ConfigError("layers_pattern is only used together with layers_to_transform; set both.")
+        self._validate_init()
+
+    def _validate_init(self) -> None:
+        init = self.init_lora_weights
+        if isinstance(init, bool) or init in _INIT_NAMES or (isinstance(init, str) and _PISSA_NITER.fullmatch(init)):
+            return
+        known = ("eva", "corda", "loftq", "orthogonal")
+        if init in known:
+            raise UnsupportedError(f"init_lora_weights={init!r} is not implemented in peftkit; use True or 'pissa'.")
+        raise ConfigError(
+            f"LoraConfig.init_lora_weights={init!r} is not valid; use True, False, 'gaussian', 'pissa', "
+            "'pissa_niter_N' or 'olora'."
+        )

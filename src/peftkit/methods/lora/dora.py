@@ -1,0 +1,51 @@
+"""DoRA: weight-decomposed low-rank adaptation (Liu et al., 2024, arXiv:2402.09353).
+
+The adapted weight is ``W' = m * (W + s B A) / ||W + s B A||_row``: a trainable magnitude ``m (out,)``
+times the direction of the LoRA-updated weight. The row norm ``n`` is detached from the graph (as in the
+paper, section 4.3), so for an input ``x``:
+
+    y = (m / n) * (W x + s B A x) + bias
+      = base(x) + (m / n - 1) * (base(x) - bias) + (m / n) * s B A x
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DoraMagnitude(nn.Module):
+    """Holds the magnitude vector as ``weight`` so the state-dict key is ``lora_magnitude_vector.<name>.weight``."""
+
+    def __init__(self, magnitude: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(magnitude, requires_grad=True)
+
+
+def row_norm(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``||W + delta||`` over every dimension but the first (output rows): shape ``(out,)``."""
+    combined = weight + delta
+    return combined.flatten(1).norm(p=2, dim=1)
+
+
+def dora_combine(
+    base_out: torch.Tensor,
+    base_out_no_bias: torch.Tensor,
+    lora_out: torch.Tensor,
+    magnitude: torch.Tensor,
+    norm: torch.Tensor,
+    channel_dim: int = -1,
+) -> torch.Tensor:
+    """``base_out + (m/n - 1) * base_out_no_bias + (m/n) * lora_out``, with ``m/n`` broadcast on ``channel_dim``.
+
+    Args:
+        base_out: ``base(x)`` including bias.
+        base_out_no_bias: ``W x`` (the base output without bias, possibly on dropped-out input).
+        lora_out: ``s B A x``.
+        magnitude: ``m (out,)``; norm: ``n (out,)`` (detached).
+        channel_dim: The output-channel dimension of the activations (-1 for Linear, 1 for Conv).
+    """
+    shape = [1] * base_out.dim()
+    shape[channel_dim] = -1
+    factor = (magnitude / norm).view(shape)
+    return base_out + (factor - 1) * base_out_no_bias + factor * lora_out

@@ -1,0 +1,63 @@
+"""LoRA weight initialisations.
+
+* ``True``: ``A`` Kaiming-uniform (``a = sqrt(5)``), ``B = 0``, so the adapter starts as the identity.
+* ``False``: both random (useful for tests: the adapter changes the output from the start).
+* ``"gaussian"``: ``A ~ N(0, 1/r)``, ``B = 0``.
+* ``"pissa"`` / ``"pissa_niter_N"`` (Meng et al., 2024, "PiSSA"): ``W = U S V^T``; ``B = U_r sqrt(S_r/s)``,
+  ``A = sqrt(S_r/s) V_r^T`` and the base keeps the residual ``W - s B A`` (exact SVD, or randomized with N
+  subspace iterations).
+* ``"olora"`` (Büyükakyüz, 2024, "OLoRA"): ``W = Q R``; ``B = Q[:, :r]``, ``A = R[:r]``, residual in the base.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import nn
+
+_PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
+
+
+def init_linear_pair(A: torch.Tensor, B: torch.Tensor, mode: bool | str, r: int) -> None:
+    """Initialise ``A (r, ...)`` and ``B (out, r, ...)`` in place for the data-free modes."""
+    with torch.no_grad():
+        if mode is False:
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+            nn.init.kaiming_uniform_(B, a=math.sqrt(5))
+        elif mode == "gaussian":
+            nn.init.normal_(A, std=1.0 / r)
+            B.zero_()
+        else:
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+            B.zero_()
+
+
+def is_weight_decomposing(mode: bool | str) -> bool:
+    """Whether ``mode`` derives ``A`` and ``B`` from the base weight (and rewrites it)."""
+    return isinstance(mode, str) and (mode in ("pissa", "olora") or _PISSA_NITER.fullmatch(mode) is not None)
+
+
+def decompose_weight(weight: torch.Tensor, mode: str, r: int, scaling: float) -> tuple[torch.Tensor, ...]:
+    """PiSSA / OLoRA factors of ``weight (out, in)``.
+
+    Returns:
+        ``(A (r, in), B (out, r), residual (out, in))`` in float32, with ``residual + scaling * B @ A == weight``.
+    """
+    w = weight.detach().float()
+    if mode == "olora":
+        q, rr = torch.linalg.qr(w)
+        B, A = q[:, :r].contiguous(), rr[:r].contiguous()
+    else:
+        niter = _PISSA_NITER.fullmatch(mode)
+        if niter:
+            u, s, v = torch.svd_lowrank(w, q=r, niter=int(niter.group(1)))
+            vh = v.t()
+        else:
+            u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        root = torch.sqrt(s[:r] / scaling)
+        A = (root[:, None] * vh[:r]).contiguous()
+        B = (u[:, :r] * root[None, :]).contiguous()
+    residual = w - scaling * (B @ A)
+    return A, B, residual

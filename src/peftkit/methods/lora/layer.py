@@ -1,0 +1,262 @@
+"""LoRA layers (Hu et al., 2021): ``y = base(x) + s * B(A(dropout(x)))`` with ``s = alpha / r``
+(``alpha / sqrt(r)`` for rsLoRA).
+
+:class:`LoraLayer` holds what every LoRA layer shares (per-adapter dicts, scaling, trainability);
+:class:`Linear` covers ``nn.Linear`` and transformers' ``Conv1D`` (``fan_in_fan_out``), with DoRA and a
+batched mixed-adapter path. Embedding and convolution layers live in ``embedding.py`` and ``conv.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftkit.layers.base import AdapterLayer, BatchRouting
+from peftkit.merging.merge import update_weight
+from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, row_norm
+from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
+
+
+@dataclass(frozen=True)
+class LoraLayerSpec:
+    """Per-layer facts derived from a :class:`LoraConfig` and the module name (the config is never mutated)."""
+
+    r: int
+    alpha: float
+    dropout: float = 0.0
+    init: bool | str = True
+    use_rslora: bool = False
+    use_dora: bool = False
+    fan_in_fan_out: bool = False
+    lora_bias: bool = False
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+    """Adapters train in float32 on half-precision or quantized bases, else in the base dtype."""
+    return weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+class LoraLayer(AdapterLayer):
+    """State shared by all LoRA layers; attribute names match PEFT's state-dict keys."""
+
+    adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora")
+
+    def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
+        super().__init__(base_layer)
+        self.fan_in_fan_out = fan_in_fan_out
+        self.r: dict[str, int] = {}
+        self.lora_alpha: dict[str, float] = {}
+        self.scaling: dict[str, float] = {}
+        self.use_dora: dict[str, bool] = {}
+        self.lora_dropout = nn.ModuleDict()
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.lora_embedding_A = nn.ParameterDict()
+        self.lora_embedding_B = nn.ParameterDict()
+        self.lora_magnitude_vector = nn.ModuleDict()
+        self._dora_norms: dict[str, torch.Tensor] = {}
+
+    def update_layer(self, adapter: str, spec: LoraLayerSpec, init_weights: bool = True) -> None:
+        """Create (or replace) adapter ``adapter`` with the facts in ``spec``.
+
+        Args:
+            init_weights: ``False`` allocates without initialising, for weights a load will overwrite.
+        """
+        self.r[adapter] = spec.r
+        self.lora_alpha[adapter] = spec.alpha
+        self.scaling[adapter] = spec.scaling
+        self.use_dora[adapter] = spec.use_dora
+        self.lora_dropout[adapter] = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        self.create_weights(adapter, spec)
+        if init_weights:
+            self.init_weights(adapter, spec)
+        if spec.use_dora:
+            empty = torch.empty(self.out_features, device=self.weight.device)
+            magnitude = self.dora_norm(adapter) if init_weights else empty
+            self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(self.lora_A[adapter].weight.dtype))
+        if not self._active_adapter:
+            self._active_adapter = [adapter]
+
+    def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
+        """Allocate the adapter's ``A`` and ``B`` (uninitialised)."""
+        raise NotImplementedError
+
+    def init_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
+        """Initialise ``A``/``B`` per ``spec.init``; PiSSA/OLoRA also rewrite the base weight."""
+        A, B = self.factor_tensors(adapter)
+        if not is_weight_decomposing(spec.init):
+            init_linear_pair(A, B, spec.init, spec.r)
+            bias = getattr(self.lora_B[adapter], "bias", None) if adapter in self.lora_B else None
+            if bias is not None:
+                with torch.no_grad():
+                    bias.zero_()
+            return
+        base = self.get_base_layer()
+        weight = base.weight.T if self.fan_in_fan_out else base.weight
+        new_A, new_B, residual = decompose_weight(weight, str(spec.init), spec.r, spec.scaling)
+        with torch.no_grad():
+            A.copy_(new_A.view_as(A))
+            B.copy_(new_B.view_as(B))
+            base.weight.copy_(residual.T if self.fan_in_fan_out else residual)
+
+    def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
+        return self.lora_A[adapter].weight, self.lora_B[adapter].weight
+
+    def delta_weight(self, adapter: str) -> torch.Tensor:
+        """``s * B @ A`` shaped like the base weight (transposed for ``fan_in_fan_out``)."""
+        A, B = self.factor_tensors(adapter)
+        delta = (B.flatten(1) @ A.flatten(1)).view(B.shape[0], *A.shape[1:]) * self.scaling[adapter]
+        return delta.T if self.fan_in_fan_out else delta
+
+    # PEFT's public name for the same thing.
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        return self.delta_weight(adapter)
+
+    def dora_norm(self, adapter: str) -> torch.Tensor:
+        """Row norm ``||W + s B A||`` over the output dimension (detached), shape ``(out,)``."""
+        base = self.get_base_layer()
+        weight = base.weight.T if self.fan_in_fan_out else base.weight
+        delta = self.delta_weight(adapter)
+        delta = delta.T if self.fan_in_fan_out else delta
+        return row_norm(weight.to(delta.dtype), delta.detach()).detach()
+
+    def set_scale(self, adapter: str, scale: float) -> None:
+        """Multiply the scaling of ``adapter`` by ``scale`` (relative to ``alpha / r``)."""
+        if adapter in self.scaling:
+            self.scaling[adapter] = scale * self.lora_alpha[adapter] / self.r[adapter]
+
+    def _dora_factor(self, adapter: str, norm: torch.Tensor) -> torch.Tensor:
+        """``m / n`` shaped to broadcast over the base weight (per output row)."""
+        factor = self.lora_magnitude_vector[adapter].weight.detach() / norm
+        factor = factor.view(-1, *[1] * (self.weight.dim() - 1))
+        return factor.T if self.fan_in_fan_out else factor
+
+    def merge_one(self, adapter: str, safe_merge: bool) -> None:
+        if not self.use_dora.get(adapter):
+            self._add_delta(adapter, 1.0, safe_merge)
+            return
+        norm = self.dora_norm(adapter)
+        factor, delta = self._dora_factor(adapter, norm), self.delta_weight(adapter).detach()
+        update_weight(
+            self.get_base_layer(),
+            lambda w: w.add_(delta.to(w.dtype)).mul_(factor.to(w.dtype)),
+            safe=safe_merge,
+            what=adapter,
+        )
+        self._dora_norms[adapter] = norm
+
+    def unmerge_one(self, adapter: str) -> None:
+        if not self.use_dora.get(adapter):
+            self._add_delta(adapter, -1.0, False)
+            return
+        factor = self._dora_factor(adapter, self._dora_norms.pop(adapter))
+        delta = self.delta_weight(adapter).detach()
+        update_weight(self.get_base_layer(), lambda w: w.div_(factor.to(w.dtype)).sub_(delta.to(w.dtype)))
+
+    def _add_delta(self, adapter: str, sign: float, safe: bool) -> None:
+        delta = self.delta_weight(adapter).detach()
+        update_weight(self.get_base_layer(), lambda w: w.add_(delta.to(w.dtype), alpha=sign), safe=safe, what=adapter)
+        bias = getattr(self.lora_B[adapter], "bias", None) if adapter in self.lora_B else None
+        base_bias = self.get_base_layer().bias
+        if bias is not None and base_bias is not None:
+            with torch.no_grad():
+                base_bias.add_(bias.detach().to(base_bias.dtype), alpha=sign)
+
+
+class Linear(LoraLayer):
+    """LoRA on ``nn.Linear`` / GPT-2 ``Conv1D``: ``A: (r, in)``, ``B: (out, r)``; ``x (..., in) -> (..., out)``."""
+
+    def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
+        super().__init__(base_layer, fan_in_fan_out)
+        weight = self.get_base_layer().weight
+        self.out_features, self.in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        self._stack_cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
+
+    def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
+        weight = self.get_base_layer().weight
+        kw = {"device": weight.device, "dtype": adapter_dtype(weight)}
+        self.lora_A[adapter] = nn.Linear(self.in_features, spec.r, bias=False, **kw)
+        self.lora_B[adapter] = nn.Linear(spec.r, self.out_features, bias=spec.lora_bias, **kw)
+
+    def lora_out(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        """``s * B(A(x))`` in the adapter's dtype."""
+        A, B = self.lora_A[adapter], self.lora_B[adapter]
+        return B(A(x.to(A.weight.dtype))) * self.scaling[adapter]
+
+    def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        dropout = self.lora_dropout[adapter]
+        if not self.use_dora.get(adapter):
+            return result + self.lora_out(dropout(x), adapter).to(result.dtype)
+        base = self.get_base_layer()
+        if isinstance(dropout, nn.Identity) or not self.training:
+            dropped, base_no_bias = x, result if base.bias is None else result - base.bias
+        else:
+            dropped = dropout(x)
+            weight = base.weight.T if self.fan_in_fan_out else base.weight
+            base_no_bias = F.linear(dropped.to(weight.dtype), weight)
+        magnitude = self.lora_magnitude_vector[adapter].weight
+        lora = self.lora_out(dropped, adapter)
+        out = dora_combine(result.to(lora.dtype), base_no_bias.to(lora.dtype), lora, magnitude, self.dora_norm(adapter))
+        return out.to(result.dtype)
+
+    def mixed_forward(self, x: torch.Tensor, routing: BatchRouting, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Batched path: ``y_i = base(x_i) + x_i A_{k(i)}^T B_{k(i)}^T`` with stacked, pre-scaled factors.
+
+        Cost is one base forward plus two batched matmuls whatever the number of distinct adapters; the
+        stacks ``A (K, r_max, in)``, ``B (K, out, r_max)`` (zero-padded; zero for ``__base__``) are built
+        once and reused until a weight changes. DoRA adapters and gradient-tracking calls take the generic path.
+        """
+        present = [n for n in routing.names if n in self.lora_A]
+        if any(self.use_dora.get(n) or self.lora_B[n].bias is not None for n in present) or (
+            torch.is_grad_enabled() and any(p.requires_grad for n in present for p in self.adapter_parameters(n))
+        ):
+            return super().mixed_forward(x, routing, *args, **kwargs)
+        if x.shape[0] != len(routing):
+            return super().mixed_forward(x, routing, *args, **kwargs)  # raises the shape error
+        result = self.base_layer(x, *args, **kwargs)
+        if not present:
+            return result
+        A, B = self._stacked(routing.names)
+        index = routing.index_on(x.device)
+        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(A.dtype)
+        hidden = torch.bmm(flat, A.index_select(0, index).transpose(1, 2))
+        delta = torch.bmm(hidden, B.index_select(0, index).transpose(1, 2))
+        return result + delta.view(result.shape).to(result.dtype)
+
+    def _stacked(self, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        key = tuple(
+            (n, self.scaling[n], *((id(p), p._version) for p in self.adapter_parameters(n))) if n in self.lora_A else n
+            for n in names
+        )
+        if self._stack_cache is not None and self._stack_cache[0] == key:
+            return self._stack_cache[1], self._stack_cache[2]
+        present = [n for n in names if n in self.lora_A]
+        r_max = max(self.r[n] for n in present)
+        ref = self.lora_A[present[0]].weight
+        A = ref.new_zeros((len(names), r_max, self.in_features))
+        B = ref.new_zeros((len(names), self.out_features, r_max))
+        with torch.no_grad():
+            for k, name in enumerate(names):
+                if name in self.lora_A:
+                    r = self.r[name]
+                    A[k, :r] = self.lora_A[name].weight
+                    B[k, :, :r] = self.lora_B[name].weight * self.scaling[name]
+        self._stack_cache = (key, A, B)
+        return A, B
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_stack_cache"] = None
+        return state

@@ -1,0 +1,49 @@
+"""LoRA's method spec: which layers it wraps, and the per-layer facts derived from a config."""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from peftkit.defaults import default_lora_targets
+from peftkit.methods.lora.config import LoraConfig
+from peftkit.methods.lora.conv import Conv
+from peftkit.methods.lora.embedding import Embedding
+from peftkit.methods.lora.layer import Linear, LoraLayerSpec
+from peftkit.methods.spec import MethodSpec
+from peftkit.targeting import pattern_value
+from peftkit.types import PeftType
+
+
+def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLayerSpec:
+    """Rank and alpha after ``rank_pattern`` / ``alpha_pattern``; ``fan_in_fan_out`` forced on for Conv1D."""
+    return LoraLayerSpec(
+        r=int(pattern_value(name, config.rank_pattern, config.r)),  # type: ignore[arg-type]
+        alpha=float(pattern_value(name, config.alpha_pattern, config.lora_alpha)),  # type: ignore[arg-type]
+        dropout=float(config.lora_dropout),
+        init=config.init_lora_weights,
+        use_rslora=config.use_rslora,
+        use_dora=config.use_dora,
+        fan_in_fan_out=isinstance(module, Conv1D) or (config.fan_in_fan_out and not isinstance(module, nn.Linear)),
+        lora_bias=config.lora_bias,
+    )
+
+
+LORA = MethodSpec(
+    peft_type=PeftType.LORA,
+    config_class=LoraConfig,
+    model_class_name="LoraModel",
+    prefix="lora_",
+    layer_table={
+        nn.Linear: Linear,
+        Conv1D: Linear,
+        nn.Embedding: Embedding,
+        nn.Conv1d: Conv,
+        nn.Conv2d: Conv,
+        nn.Conv3d: Conv,
+    },
+    layer_facts=lora_layer_facts,
+    default_targets=default_lora_targets,
+    linear_types=(nn.Linear, Conv1D),
+    file_key_renames={".lora_magnitude_vector.weight": ".lora_magnitude_vector"},
+)

@@ -1,0 +1,53 @@
+"""What a layer method tells the shared machinery about itself (one :class:`MethodSpec` per method)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from peftkit.config import PeftConfig
+from peftkit.errors import TargetingError
+from peftkit.layers.base import AdapterLayer
+from peftkit.types import PeftType
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method's facts: its config class, layer classes, key quirks and defaults.
+
+    Attributes:
+        peft_type: The method's name on disk.
+        config_class: Its config dataclass.
+        model_class_name: PEFT's name for the tuner model (``"LoraModel"``), used in reprs and errors.
+        prefix: Prefix of every adapter parameter name (``"lora_"``); base params never contain it.
+        layer_table: Base module type -> adapter layer class; looked up along the base type's MRO.
+        layer_facts: ``(config, module_name, base_module) -> facts`` handed to ``layer.update_layer``.
+        default_targets: ``model_type -> target names`` for configs without ``target_modules``.
+        linear_types: Module types that ``"all-linear"`` selects.
+        file_key_renames: In-memory key suffix (adapter name removed) -> on-disk suffix.
+    """
+
+    peft_type: PeftType
+    config_class: type[PeftConfig]
+    model_class_name: str
+    prefix: str = ""
+    layer_table: dict[type, type[AdapterLayer]] = field(default_factory=dict)
+    layer_facts: Callable[[Any, str, nn.Module], Any] | None = None
+    default_targets: Callable[[str | None], list[str] | None] | None = None
+    linear_types: tuple[type, ...] = ()
+    file_key_renames: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def adaptable_types(self) -> tuple[type, ...]:
+        return tuple(self.layer_table)
+
+    def layer_class_for(self, module: nn.Module) -> type[AdapterLayer]:
+        """The adapter layer class for ``module``, found along its type's MRO."""
+        for cls in type(module).__mro__:
+            if cls in self.layer_table:
+                return self.layer_table[cls]
+        kinds = ", ".join(sorted(t.__name__ for t in self.layer_table))
+        raise TargetingError(f"{self.peft_type.value} cannot adapt a {type(module).__name__} (supported: {kinds}).")

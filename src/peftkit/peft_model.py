@@ -1,0 +1,259 @@
+"""``PeftModel``: PEFT's user-facing wrapper, a thin shell over :class:`~peftkit.tuner.TunerModel`.
+
+Layout (as PEFT's, so state-dict keys match): ``PeftModel.base_model`` is the tuner model and
+``PeftModel.base_model.model`` the user's model with adapters injected in place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftkit import functional as F
+from peftkit.config import PeftConfig
+from peftkit.errors import AdapterNameError, ConfigError
+from peftkit.io.keys import MODEL_PREFIX, add_prefix
+from peftkit.io.load import attach_adapter, read_weights, split_hub_kwargs
+from peftkit.io.save import adapter_directory, config_for_saving, write_adapter
+from peftkit.io.state import adapter_state_dict
+from peftkit.tuner import TunerModel
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts, counting packed 4-bit weights at their unpacked size."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if n == 0 and hasattr(param, "ds_numel"):
+            n = param.ds_numel
+        if type(param).__name__ == "Params4bit":
+            n *= 2 * getattr(getattr(param, "quant_storage", None), "itemsize", 1)
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+class PeftModel(nn.Module):
+    """A model with adapters. Build with :func:`~peftkit.get_peft_model` or :meth:`from_pretrained`.
+
+    Args:
+        model: The base model (adapters are injected into it in place).
+        peft_config: The first adapter's config; ``None`` wraps without adapters (used by loaders).
+        adapter_name: The first adapter's name.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        peft_config: PeftConfig | None,
+        adapter_name: str = "default",
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+    ) -> None:
+        super().__init__()
+        if peft_config is not None:
+            peft_config = self._prepare_config(peft_config, model)
+        self.base_model = TunerModel(model, peft_config, adapter_name)
+        self.special_peft_forward_args = {"adapter_names"}
+
+    def _prepare_config(self, config: PeftConfig, model: nn.Module) -> PeftConfig:
+        """Task classes adjust the config here (e.g. add the classifier to modules_to_save)."""
+        return config
+
+    # -- views --------------------------------------------------------------------------------
+    @property
+    def peft_config(self) -> dict[str, PeftConfig]:
+        return self.base_model.peft_config
+
+    @property
+    def active_adapter(self) -> str | list[str]:
+        return self.base_model.active_adapter
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return self.base_model.active_adapters
+
+    @property
+    def active_peft_config(self) -> PeftConfig:
+        return self.peft_config[self.active_adapters[0]]
+
+    @property
+    def peft_type(self) -> Any:
+        return self.active_peft_config.peft_type
+
+    @property
+    def modules_to_save(self) -> set[str] | None:
+        names = {n for c in self.peft_config.values() for n in (getattr(c, "modules_to_save", None) or [])}
+        return names or None
+
+    def get_base_model(self) -> nn.Module:
+        """The wrapped user model (with adapter layers in place)."""
+        return self.base_model.model
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameter counts."""
+        return count_parameters(self)
+
+    def print_trainable_parameters(self) -> None:
+        """Print ``trainable params: N || all params: M || trainable%: P`` as PEFT does."""
+        trainable, total = self.get_nb_trainable_parameters()
+        share = 100 * trainable / total
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
+
+    # -- adapters -----------------------------------------------------------------------------
+    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
+        """Add a new, freshly initialised adapter; it is not activated (use :meth:`set_adapter`)."""
+        if adapter_name in self.peft_config:
+            raise AdapterNameError(f"An adapter named {adapter_name!r} already exists; choose another name.")
+        self._check_same_kind(peft_config)
+        self.base_model.inject_adapter(adapter_name, self._prepare_config(peft_config, self.get_base_model()))
+
+    def _check_same_kind(self, config: PeftConfig) -> None:
+        if self.peft_config and config.peft_type != self.peft_type:
+            raise ConfigError(
+                f"Cannot combine a {config.peft_type} adapter with {self.peft_type} adapters in one PeftModel."
+            )
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Make ``adapter_name`` the active adapter (its parameters train unless loaded for inference)."""
+        self.base_model.set_adapter(adapter_name, inference_mode=inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter and its weights."""
+        self.base_model.delete_adapter(adapter_name)
+
+    @contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Context manager: inside it the model computes like its base model."""
+        self.base_model.disable_adapter_layers()
+        try:
+            yield
+        finally:
+            self.base_model.enable_adapter_layers()
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """Run the model; ``adapter_names`` (one per sample, ``"__base__"`` for none) routes a mixed batch."""
+        with self._routing(adapter_names):
+            return self.get_base_model()(*args, **kwargs)
+
+    def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """``generate`` of the base model, with the adapters (and optional per-sample routing) applied."""
+        with self._routing(adapter_names):
+            return self.get_base_model().generate(*args, **kwargs)
+
+    @contextmanager
+    def _routing(self, adapter_names: Sequence[str] | None) -> Iterator[None]:
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("adapter_names (mixed batches) is for inference; call model.eval() first.")
+        with F.mixed_batch(self.get_base_model(), adapter_names):
+            yield
+
+    # -- state and files ----------------------------------------------------------------------
+    def get_adapter_state_dict(self, adapter_name: str = "default", save_embedding_layers: bool | str = "auto") -> dict:
+        """The adapter's tensors keyed as in the file (``base_model.model.`` prefix, no adapter name)."""
+        self.base_model.check_names([adapter_name])
+        config = self.peft_config[adapter_name]
+        state = adapter_state_dict(self.get_base_model(), adapter_name, config, save_embedding_layers)
+        return add_prefix(state, MODEL_PREFIX)  # type: ignore[return-value]
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        selected_adapters: list[str] | None = None,
+        save_embedding_layers: bool | str = "auto",
+        is_main_process: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Write each adapter (``default`` in ``save_directory``, others in subfolders) in PEFT's format."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory {save_directory!s} is a file; pass a directory.")
+        names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
+        self.base_model.check_names(names)
+        if not is_main_process:
+            return
+        for name in names:
+            state = self.get_adapter_state_dict(name, save_embedding_layers)
+            config = config_for_saving(self.peft_config[name], self.get_base_model())
+            write_adapter(adapter_directory(save_directory, name), config, state, safe_serialization)
+
+    def load_adapter(
+        self,
+        model_id: str | os.PathLike,
+        adapter_name: str,
+        is_trainable: bool = False,
+        torch_device: str | None = None,
+        autocast_adapter_dtype: bool = True,
+        ephemeral_gpu_offload: bool = False,
+        low_cpu_mem_usage: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Load an adapter directory as ``adapter_name``; the model is unchanged if anything is wrong."""
+        if adapter_name in self.peft_config:
+            raise AdapterNameError(f"An adapter named {adapter_name!r} is already loaded; choose another name.")
+        hub = split_hub_kwargs(kwargs)
+        subfolder = kwargs.pop("subfolder", None)
+        config = kwargs.pop("config", None) or PeftConfig.from_pretrained(model_id, subfolder=subfolder, **hub)
+        config.inference_mode = not is_trainable
+        self._check_same_kind(config)
+        state = read_weights(model_id, subfolder=subfolder, device=torch_device or "cpu", **hub)
+        self._attach(adapter_name, self._prepare_config(config, self.get_base_model()), state)
+        if not is_trainable:
+            self.eval()
+        return None
+
+    def _attach(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor]) -> None:
+        first = not self.peft_config
+        active = [adapter_name] if first else self.active_adapters
+        names = attach_adapter(self.get_base_model(), adapter_name, config, state, active=active)
+        self.base_model.register_config(adapter_name, config, names)
+        if first:
+            self.base_model.set_adapter(adapter_name)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: nn.Module,
+        model_id: str | os.PathLike,
+        adapter_name: str = "default",
+        is_trainable: bool = False,
+        config: PeftConfig | None = None,
+        autocast_adapter_dtype: bool = True,
+        ephemeral_gpu_offload: bool = False,
+        low_cpu_mem_usage: bool = False,
+        **kwargs: Any,
+    ) -> PeftModel:
+        """Wrap ``model`` and load the adapter at ``model_id`` (a directory or a hub id) into it.
+
+        The task class is chosen from the adapter's ``task_type`` when called on ``PeftModel`` itself.
+        """
+        from peftkit.tasks import model_class_for_task
+
+        hub = split_hub_kwargs(kwargs)
+        subfolder = kwargs.pop("subfolder", None)
+        config = config or PeftConfig.from_pretrained(model_id, subfolder=subfolder, **hub)
+        target_cls = model_class_for_task(config.task_type) if cls is PeftModel else cls
+        wrapper = target_cls(model, None, adapter_name)
+        wrapper.load_adapter(
+            model_id, adapter_name, is_trainable=is_trainable, config=config, subfolder=subfolder, **hub, **kwargs
+        )
+        return wrapper
+
+    # -- pass-through -------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)

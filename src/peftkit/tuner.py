@@ -1,0 +1,132 @@
+"""The tuner model (PEFT's ``LoraModel``): the wrapped model plus its adapter configs.
+
+``PeftModel.base_model`` is a :class:`TunerModel`; its ``model`` attribute is the user's model, which is
+why checkpoint keys start with ``base_model.model.``. Every operation delegates to :mod:`peftkit.functional`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from peftkit import functional as F
+from peftkit.config import PeftConfig
+from peftkit.errors import AdapterNameError
+from peftkit.targeting import ALL_LINEAR
+
+
+class TunerModel(nn.Module):
+    """Holds ``model`` (adapters injected in place) and ``peft_config`` (adapter name -> config).
+
+    Args:
+        model: The model to adapt.
+        peft_config: A config (for ``adapter_name``) or a dict of configs; ``None`` starts empty.
+        adapter_name: Name of the first adapter.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        peft_config: PeftConfig | dict[str, PeftConfig] | None,
+        adapter_name: str = "default",
+        low_cpu_mem_usage: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.peft_config: dict[str, PeftConfig] = {}
+        self.active_adapter: str | list[str] = adapter_name
+        configs = peft_config if isinstance(peft_config, dict) else ({adapter_name: peft_config} if peft_config else {})
+        for name, config in configs.items():
+            self.inject_adapter(name, config)
+
+    # -- adapters ---------------------------------------------------------------------------------
+    def inject_adapter(self, adapter_name: str, config: PeftConfig, init_weights: bool = True) -> None:
+        """Add a freshly initialised adapter (PEFT's ``inject_adapter``); the active adapter is unchanged
+        unless this is the first one."""
+        config = copy.deepcopy(config)
+        active = self.active_adapters if self.peft_config else [adapter_name]
+        record = F.inject_adapter(self.model, config, adapter_name, init_weights=init_weights, active=active)
+        self.register_config(adapter_name, config, record.target_names)
+
+    def register_config(self, adapter_name: str, config: PeftConfig, target_names: Sequence[str]) -> None:
+        """Remember ``config`` for ``adapter_name`` (``all-linear`` expanded to the module names)."""
+        if getattr(config, "target_modules", None) == ALL_LINEAR:
+            config.target_modules = set(target_names)  # type: ignore[attr-defined]
+        if not self.peft_config:
+            self.active_adapter = adapter_name
+        self.peft_config[adapter_name] = config
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return [self.active_adapter] if isinstance(self.active_adapter, str) else list(self.active_adapter)
+
+    def check_names(self, names: Sequence[str]) -> None:
+        missing = [n for n in names if n not in self.peft_config]
+        if missing:
+            raise AdapterNameError(f"Adapter(s) {missing} not found; present: {sorted(self.peft_config)}.")
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Activate ``adapter_name`` (a name or a list); it trains unless ``inference_mode`` or its config says so."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        self.check_names(names)
+        trainable = not inference_mode and not all(self.peft_config[n].inference_mode for n in names)
+        F.set_active_adapters(self.model, names, trainable=trainable)
+        self.active_adapter = adapter_name
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove ``adapter_name``; if it was active, the first remaining adapter becomes active."""
+        self.check_names([adapter_name])
+        F.delete_adapter(self.model, adapter_name)
+        del self.peft_config[adapter_name]
+        remaining = [n for n in self.active_adapters if n != adapter_name]
+        if not remaining and self.peft_config:
+            remaining = [sorted(self.peft_config)[0]]
+            F.set_active_adapters(self.model, remaining, trainable=not self.peft_config[remaining[0]].inference_mode)
+        self.active_adapter = remaining[0] if len(remaining) == 1 else remaining
+
+    def enable_adapter_layers(self) -> None:
+        F.enable_adapters(self.model, True)
+
+    def disable_adapter_layers(self) -> None:
+        F.enable_adapters(self.model, False)
+
+    # -- merging ----------------------------------------------------------------------------------
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        """Merge the active adapters (or ``adapter_names``) into the base weights, keeping the layers."""
+        if adapter_names is not None:
+            self.check_names(adapter_names)
+        F.merge_adapters(self.model, adapter_names, safe_merge=safe_merge)
+
+    def unmerge_adapter(self) -> None:
+        F.unmerge_adapters(self.model)
+
+    def merge_and_unload(
+        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
+    ) -> nn.Module:
+        """Merge and return the plain model (adapter layers replaced by their merged base layers)."""
+        if adapter_names is not None:
+            self.check_names(adapter_names)
+        return F.unload(self.model, merge=True, safe_merge=safe_merge, adapter_names=adapter_names)
+
+    def unload(self) -> nn.Module:
+        """Return the plain model without merging (adapters dropped)."""
+        return F.unload(self.model, merge=False)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+
+class LoraModel(TunerModel):
+    """PEFT's name for the LoRA tuner model."""
