@@ -85,6 +85,7 @@ class LoraConfig(PeftConfig):
         "alora_invocation_tokens",
         "arrow_config",
         "corda_config",
+        "ensure_weight_tying",
         "eva_config",
         "kasa_config",
         "layer_replication",
