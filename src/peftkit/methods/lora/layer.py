@@ -172,7 +172,7 @@ class LoraLayer(AdapterLayer):
         base_bias = self.get_base_layer().bias
         if bias is not None and base_bias is not None:
             with torch.no_grad():
-                base_bias.add_(bias.detach().to(base_bias.dtype), alpha=sign)
+                base_bias.add_(bias.detach().to(base_bias.dtype), alpha=sign * self.scaling[adapter])
 
 
 class Linear(LoraLayer):
