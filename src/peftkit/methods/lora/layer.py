@@ -169,7 +169,7 @@ class LoraLayer(AdapterLayer):
         delta = self.delta_weight(adapter).detach()
         update_weight(self.get_base_layer(), lambda w: w.add_(delta.to(w.dtype), alpha=sign), safe=safe, what=adapter)
         bias = getattr(self.lora_B[adapter], "bias", None) if adapter in self.lora_B else None
-        base_bias = self.get_base_layer().bias
+        base_bias = getattr(self.get_base_layer(), "bias", None)  # nn.Embedding has no bias
         if bias is not None and base_bias is not None:
             with torch.no_grad():
                 base_bias.add_(bias.detach().to(base_bias.dtype), alpha=sign * self.scaling[adapter])
