@@ -100,7 +100,9 @@ def resolve_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec) -> s
             )
         return set(defaults)
     if targets == ALL_LINEAR:
-        return all_linear_names(model, spec.linear_types)
+        # adapter layers count as their base layer, and their insides (base_layer, lora_A, ...) not at all
+        view = ((n, m.get_base_layer() if isinstance(m, AdapterLayer) else m) for n, m in _candidates(model, spec))
+        return all_linear_names(model, spec.linear_types, view)
     return targets
 
 

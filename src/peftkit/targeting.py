@@ -114,10 +114,21 @@ def select_targets(
     return chosen
 
 
-def all_linear_names(model: nn.Module, linear_types: tuple[type, ...]) -> set[str]:
-    """Every Linear-like module's full name except the output head (``get_output_embeddings``)."""
+def all_linear_names(
+    model: nn.Module,
+    linear_types: tuple[type, ...],
+    candidates: Iterable[tuple[str, nn.Module]] | None = None,
+) -> set[str]:
+    """Every Linear-like module's full name except the output head (``get_output_embeddings``).
+
+    Args:
+        candidates: ``(name, module)`` pairs to consider instead of ``model.named_modules()``; on a model that
+            already carries adapters, pass its modules with each adapter layer standing for its base layer.
+    """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = {name for name, module in model.named_modules() if isinstance(module, linear_types) and module is not head}
+    head = head.get_base_layer() if hasattr(head, "get_base_layer") else head
+    pairs = model.named_modules() if candidates is None else candidates
+    names = {name for name, module in pairs if isinstance(module, linear_types) and module is not head}
     if not names:
         raise TargetingError("target_modules='all-linear' found no Linear layer in the model.")
     return names
