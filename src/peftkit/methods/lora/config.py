@@ -116,17 +116,21 @@ class LoraConfig(PeftConfig):
             raise ConfigError(f"LoraConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
         if self.bias not in ("none", "all", "lora_only"):
             raise ConfigError(f"LoraConfig.bias must be 'none', 'all' or 'lora_only', got {self.bias!r}.")
-        for name, pattern in (("rank_pattern", self.rank_pattern), ("alpha_pattern", self.alpha_pattern)):
-            if not isinstance(pattern, dict):
-                raise ConfigError(f"LoraConfig.{name} must be a dict of {{regex: value}}, got {pattern!r}.")
-        for key, rank in self.rank_pattern.items():
-            if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-                raise ConfigError(f"LoraConfig.rank_pattern[{key!r}] must be a positive integer, got {rank!r}.")
+        if not isinstance(self.alpha_pattern, dict):
+            raise ConfigError(f"LoraConfig.alpha_pattern must be a dict {{regex: alpha}}, got {self.alpha_pattern!r}.")
+        self._validate_rank_pattern()
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
             raise ConfigError("layers_to_transform cannot be used when target_modules is a regex string.")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ConfigError("layers_pattern is only used together with layers_to_transform; set both.")
         self._validate_init()
+
+    def _validate_rank_pattern(self) -> None:
+        if not isinstance(self.rank_pattern, dict):
+            raise ConfigError(f"LoraConfig.rank_pattern must be a dict of {{regex: r}}, got {self.rank_pattern!r}.")
+        for key, rank in self.rank_pattern.items():
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+                raise ConfigError(f"LoraConfig.rank_pattern[{key!r}] must be a positive integer, got {rank!r}.")
 
     def _validate_init(self) -> None:
         init = self.init_lora_weights
