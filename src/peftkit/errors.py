@@ -26,3 +26,10 @@ class CheckpointError(PeftkitError, ValueError):
 
 class UnsupportedError(PeftkitError, NotImplementedError):
     """A valid PEFT feature that peftkit does not implement (yet)."""
+
+
+class HotswapError(PeftkitError, ValueError, RuntimeError):
+    """An adapter cannot be hot-swapped into the model (wrong order of calls, rank too large, other targets).
+
+    Derives from both builtins, as PEFT raises ``ValueError`` and transformers ``RuntimeError`` in these places.
+    """
