@@ -6,6 +6,7 @@ huggingface_hub is imported here only, and only when a path is not a local direc
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from peftkit.errors import CheckpointError
@@ -52,3 +53,48 @@ def _hub_download(repo_id: str, filename: str, subfolder: str | None, **hub_kwar
         return None
     except Exception as exc:  # network, auth, missing repo
         raise CheckpointError(f"Could not fetch {filename!r} of {repo_id!r} from the hub: {exc}") from exc
+
+
+def upload_adapter(
+    save: Callable[[str], None],
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> Any:
+    """Create ``repo_id`` if needed and commit exactly the files that ``save(tmp_dir)`` writes (one commit).
+
+    Returns:
+        huggingface_hub's ``CommitInfo`` for the commit.
+    """
+    import tempfile
+
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+    if revision is not None and not revision.startswith("refs/pr"):
+        api.create_branch(repo_id, branch=revision, token=token, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save(tmp)
+        operations = [
+            CommitOperationAdd(
+                path_in_repo=os.path.relpath(os.path.join(root, f), tmp).replace(os.sep, "/"),
+                path_or_fileobj=os.path.join(root, f),
+            )
+            for root, _, files in sorted(os.walk(tmp))
+            for f in sorted(files)
+        ]
+        return api.create_commit(
+            repo_id=repo_id,
+            operations=operations,
+            commit_message=commit_message or "Upload adapter",
+            commit_description=commit_description,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+        )
