@@ -160,8 +160,20 @@ def inject_adapter(
         record.undo(model)
         raise
     record.target_names = names
-    mark_trainable(model, spec, config, list(active) if active is not None else [adapter_name])
+    active_names = list(active) if active is not None else [adapter_name]
+    if adapter_name in active_names:
+        mark_trainable(model, spec, config, active_names)
+    else:
+        _activate_keeping_grads(model, active_names, record)
     return record
+
+
+def _activate_keeping_grads(model: nn.Module, active: Sequence[str], record: Injection) -> None:
+    """Re-apply ``active`` to every layer (a new layer starts with the newcomer active) without changing what
+    trains: parameters that existed keep their ``requires_grad``, the newcomer's are frozen."""
+    set_active_adapters(model, active, trainable=False)
+    for param in model.parameters():
+        param.requires_grad_(record.grad_state.get(param, False))
 
 
 def _inject_one(
