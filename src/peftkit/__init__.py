@@ -14,9 +14,22 @@ from peftkit.errors import (
     AdapterNameError,
     CheckpointError,
     ConfigError,
+    HotswapError,
     PeftkitError,
     TargetingError,
     UnsupportedError,
+)
+from peftkit.hotswap import hotswap_adapter, prepare_model_for_compiled_hotswap
+from peftkit.integrations import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    enable_adapter_methods,
+    patch_transformers,
+    unpatch_transformers,
 )
 from peftkit.mapping import (
     get_peft_model,
@@ -41,6 +54,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterNameError",
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForSeq2SeqLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
     "AutoPeftModel",
     "AutoPeftModelForCausalLM",
     "AutoPeftModelForFeatureExtraction",
@@ -50,6 +69,7 @@ __all__ = [
     "AutoPeftModelForTokenClassification",
     "CheckpointError",
     "ConfigError",
+    "HotswapError",
     "LoraConfig",
     "LoraModel",
     "PeftConfig",
@@ -66,8 +86,13 @@ __all__ = [
     "TargetingError",
     "TaskType",
     "UnsupportedError",
+    "enable_adapter_methods",
     "get_peft_model",
     "get_peft_model_state_dict",
+    "hotswap_adapter",
     "inject_adapter_in_model",
+    "patch_transformers",
+    "prepare_model_for_compiled_hotswap",
     "set_peft_model_state_dict",
+    "unpatch_transformers",
 ]

@@ -1,0 +1,155 @@
+"""Adapter-only checkpoints for transformers' ``Trainer``: save, resume and load-best for peftkit models.
+
+Works for both model styles: a :class:`~peftkit.PeftModel` and a transformers model with adapters added
+in place (``model.add_adapter``). A checkpoint directory holds, besides the Trainer's own files
+(optimizer, scheduler, RNG state, ``trainer_state.json``), only adapter files:
+
+* PeftModel: PEFT's layout (``default`` at the top, every other adapter in ``<dir>/<name>/``);
+* in-place model: the active adapter at the top (what ``model.save_pretrained`` writes, so the checkpoint
+  loads with ``from_pretrained``) and every other adapter in ``<dir>/<name>/``;
+* ``adapter_checkpoint.json``: which adapter lives where, which are active and which were trainable.
+
+Resuming copies the weights into the model's existing adapters in place (parameters keep their identity,
+so the optimizer state restored by the Trainer lines up), creates adapters the model lacks, and restores
+the active adapters and each adapter's trainability. :func:`peftkit.patch_transformers` routes the
+Trainer's ``_save`` / ``_load_from_checkpoint`` / ``_load_best_model`` here for peftkit models; any other
+model takes the Trainer's own path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftkit.config import CONFIG_NAME
+from peftkit.errors import CheckpointError
+from peftkit.functional import iter_adapter_modules
+from peftkit.integrations.transformers import has_adapters
+from peftkit.io.files import atomic_write_text
+from peftkit.io.load import read_weights
+from peftkit.mapping import set_peft_model_state_dict
+from peftkit.peft_model import PeftModel
+
+#: The file that records a checkpoint's adapters (name -> sub-directory, trainable) and the active ones.
+MANIFEST_NAME = "adapter_checkpoint.json"
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+def is_adapter_model(model: Any) -> bool:
+    """``True`` for a peftkit ``PeftModel`` or a transformers model carrying peftkit adapters in place."""
+    return isinstance(model, PeftModel) or has_adapters(model)
+
+
+def _view(model: nn.Module) -> tuple[dict, nn.Module, list[str]]:
+    """``(adapter configs, inner model, active adapter names)`` of either model style."""
+    if isinstance(model, PeftModel):
+        return model.peft_config, model.get_base_model(), list(model.active_adapters)
+    return model.peft_config, model, model.active_adapters()  # type: ignore[operator]
+
+
+def _adapter_params(inner: nn.Module, name: str) -> list[nn.Parameter]:
+    return [p for _, m in iter_adapter_modules(inner) if name in m.adapter_names() for p in m.adapter_parameters(name)]
+
+
+def save_adapter_checkpoint(model: nn.Module, output_dir: str | os.PathLike, safe_serialization: bool = True) -> None:
+    """Write every adapter of ``model`` and the manifest into ``output_dir`` (no base weights)."""
+    configs, inner, active = _view(model)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(output_dir, safe_serialization=safe_serialization)
+        layout = {name: "" if name == "default" else name for name in configs}
+    else:
+        layout = {name: "" if name == active[0] else name for name in configs}
+        for name, sub in layout.items():
+            model.save_adapter(os.path.join(output_dir, sub), name, safe_serialization=safe_serialization)  # type: ignore[operator]
+    adapters = {}
+    for name, sub in layout.items():
+        params = _adapter_params(inner, name)
+        adapters[name] = {"path": sub, "trainable": any(p.requires_grad for p in params) if params else None}
+    manifest = {"format_version": 1, "active_adapters": active, "adapters": adapters}
+    atomic_write_text(os.path.join(output_dir, MANIFEST_NAME), json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def _read_manifest(model: nn.Module, checkpoint_dir: str) -> dict[str, Any]:
+    path = os.path.join(checkpoint_dir, MANIFEST_NAME)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    # A checkpoint without a manifest (e.g. written by the reference peft): PEFT's layout.
+    adapters: dict[str, dict[str, Any]] = {}
+    if os.path.isfile(os.path.join(checkpoint_dir, CONFIG_NAME)):
+        top = "default" if isinstance(model, PeftModel) else _view(model)[2][0]
+        adapters[top] = {"path": ""}
+    for entry in sorted(os.listdir(checkpoint_dir)):
+        if os.path.isfile(os.path.join(checkpoint_dir, entry, CONFIG_NAME)):
+            adapters[entry] = {"path": entry}
+    if not adapters:
+        raise CheckpointError(f"No adapter files in checkpoint {checkpoint_dir}; was it saved from this model?")
+    return {"adapters": adapters}
+
+
+def load_adapter_checkpoint(model: nn.Module, checkpoint_dir: str | os.PathLike) -> None:
+    """Restore the adapters of a checkpoint written by :func:`save_adapter_checkpoint` into ``model``.
+
+    Adapters the model has are overwritten in place (all checks first); missing ones are loaded. Then the
+    checkpoint's active adapters and per-adapter trainability are restored, and the train/eval mode kept.
+
+    Raises:
+        CheckpointError: no adapter files, or a checkpoint that does not fit the model's adapters.
+    """
+    checkpoint_dir = os.fspath(checkpoint_dir)
+    manifest = _read_manifest(model, checkpoint_dir)
+    training = model.training
+    configs = _view(model)[0]
+    for name, entry in manifest["adapters"].items():
+        directory = os.path.join(checkpoint_dir, entry["path"])
+        if name in configs:
+            set_peft_model_state_dict(model, read_weights(directory), adapter_name=name)
+        else:
+            model.load_adapter(directory, adapter_name=name, is_trainable=bool(entry.get("trainable")))  # type: ignore[operator]
+    active = manifest.get("active_adapters")
+    if active:
+        model.set_adapter(active[0] if len(active) == 1 else list(active))  # type: ignore[operator]
+    inner = _view(model)[1]
+    for name, entry in manifest["adapters"].items():
+        if entry.get("trainable") is not None:
+            for param in _adapter_params(inner, name):
+                param.requires_grad_(bool(entry["trainable"]))
+    model.train(training)
+
+
+# -- the Trainer's entry points (installed by peftkit.patch_transformers) -----------------------------------
+def _unwrapped(trainer: Any, model: nn.Module | None = None) -> nn.Module:
+    return trainer.accelerator.unwrap_model(model if model is not None else trainer.model)
+
+
+def _handles(trainer: Any, model: nn.Module | None = None) -> bool:
+    """peftkit takes over for its own models, except under DeepSpeed / FSDP (their engines own the weights)."""
+    distributed = getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
+    return not distributed and is_adapter_model(_unwrapped(trainer, model))
+
+
+def trainer_save(trainer: Any, output_dir: str | None = None) -> None:
+    """``Trainer._save`` for peftkit models: adapter files + manifest, the tokenizer and the training args."""
+    output_dir = output_dir if output_dir is not None else trainer.args.output_dir
+    if not trainer.args.should_save:
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    save_adapter_checkpoint(_unwrapped(trainer), output_dir)
+    tokenizer = trainer.processing_class or getattr(trainer.data_collator, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output_dir)
+    torch.save(trainer.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+
+def trainer_load_from_checkpoint(trainer: Any, checkpoint_dir: str, model: nn.Module | None = None) -> None:
+    """``Trainer._load_from_checkpoint`` for peftkit models."""
+    load_adapter_checkpoint(_unwrapped(trainer, model), checkpoint_dir)
+
+
+def trainer_load_best_model(trainer: Any) -> None:
+    """``Trainer._load_best_model`` for peftkit models: the best checkpoint's adapters, in place."""
+    load_adapter_checkpoint(_unwrapped(trainer), trainer.state.best_model_checkpoint)
