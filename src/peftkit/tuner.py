@@ -15,6 +15,7 @@ from torch import nn
 from peftkit import functional as F
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError
+from peftkit.registry import method_of
 from peftkit.targeting import ALL_LINEAR
 
 
@@ -52,9 +53,16 @@ class TunerModel(nn.Module):
         self.register_config(adapter_name, config, record.target_names)
 
     def register_config(self, adapter_name: str, config: PeftConfig, target_names: Sequence[str]) -> None:
-        """Remember ``config`` for ``adapter_name`` (``all-linear`` expanded to the module names)."""
-        if getattr(config, "target_modules", None) == ALL_LINEAR:
-            config.target_modules = set(target_names)  # type: ignore[attr-defined]
+        """Remember ``config`` for ``adapter_name``, completed as PEFT stores it: ``all-linear`` expanded to the
+        module names, missing ``target_modules`` set to the architecture default, method-specific facts."""
+        if hasattr(config, "target_modules"):  # layer methods only
+            spec = method_of(config)
+            if config.target_modules == ALL_LINEAR:
+                config.target_modules = set(target_names)
+            elif config.target_modules is None:
+                config.target_modules = F.resolve_targets(self.model, config, spec)
+            if spec.settle_config is not None:
+                spec.settle_config(config, self.model, target_names)
         if not self.peft_config:
             self.active_adapter = adapter_name
         self.peft_config[adapter_name] = config

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,8 @@ class MethodSpec:
         default_targets: ``model_type -> target names`` for configs without ``target_modules``.
         linear_types: Module types that ``"all-linear"`` selects.
         file_key_renames: In-memory key suffix (adapter name removed) -> on-disk suffix.
+        settle_config: ``(config, model, target_names) -> None``: records in the stored config what
+            injection decided (PEFT saves it, e.g. LoRA's ``fan_in_fan_out`` for GPT-2 ``Conv1D``).
     """
 
     peft_type: PeftType
@@ -39,6 +41,7 @@ class MethodSpec:
     default_targets: Callable[[str | None], list[str] | None] | None = None
     linear_types: tuple[type, ...] = ()
     file_key_renames: dict[str, str] = field(default_factory=dict)
+    settle_config: Callable[[Any, nn.Module, Sequence[str]], None] | None = None
 
     @property
     def adaptable_types(self) -> tuple[type, ...]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftkit.defaults import default_lora_targets
+from peftkit.layers.base import AdapterLayer
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.conv import Conv
 from peftkit.methods.lora.embedding import Embedding
@@ -29,6 +32,21 @@ def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLa
     )
 
 
+def settle_lora_config(config: LoraConfig, model: nn.Module, target_names: Sequence[str]) -> None:
+    """Make ``config.fan_in_fan_out`` describe the adapted layers, as PEFT records it in its saved config.
+
+    GPT-2's ``Conv1D`` stores its weight ``(in, out)``, so it sets the flag; ``nn.Linear`` (``(out, in)``)
+    clears it. When the targets mix both, the last one in module order wins (PEFT's behaviour).
+    """
+    for name in target_names:
+        module = model.get_submodule(name)
+        base = module.get_base_layer() if isinstance(module, AdapterLayer) else module
+        if isinstance(base, Conv1D):
+            config.fan_in_fan_out = True
+        elif isinstance(base, nn.Linear):
+            config.fan_in_fan_out = False
+
+
 LORA = MethodSpec(
     peft_type=PeftType.LORA,
     config_class=LoraConfig,
@@ -46,4 +64,5 @@ LORA = MethodSpec(
     default_targets=default_lora_targets,
     linear_types=(nn.Linear, Conv1D),
     file_key_renames={".lora_magnitude_vector.weight": ".lora_magnitude_vector"},
+    settle_config=settle_lora_config,
 )
