@@ -38,6 +38,12 @@ from peftkit.mapping import (
     set_peft_model_state_dict,
 )
 from peftkit.methods.lora.config import LoraConfig
+from peftkit.methods.p_tuning.config import PromptEncoderConfig, PromptEncoderReparameterizationType
+from peftkit.methods.p_tuning.encoder import PromptEncoder
+from peftkit.methods.prefix_tuning.config import PrefixTuningConfig
+from peftkit.methods.prefix_tuning.encoder import PrefixEncoder
+from peftkit.methods.prompt_tuning.config import PromptTuningConfig, PromptTuningInit
+from peftkit.methods.prompt_tuning.embedding import PromptEmbedding
 from peftkit.peft_model import PeftModel
 from peftkit.tasks import (
     PeftModelForCausalLM,
@@ -82,7 +88,15 @@ __all__ = [
     "PeftModelForTokenClassification",
     "PeftType",
     "PeftkitError",
+    "PrefixEncoder",
+    "PrefixTuningConfig",
+    "PromptEmbedding",
+    "PromptEncoder",
+    "PromptEncoderConfig",
+    "PromptEncoderReparameterizationType",
     "PromptLearningConfig",
+    "PromptTuningConfig",
+    "PromptTuningInit",
     "TargetingError",
     "TaskType",
     "UnsupportedError",

@@ -200,6 +200,12 @@ class PromptLearningConfig(PeftConfig):
     num_layers: int | None = field(default=None)
     modules_to_save: list[str] | None = field(default=None)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = self.num_virtual_tokens
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+            raise ConfigError(f"{type(self).__name__}.num_virtual_tokens must be a positive integer, got {n!r}.")
+
     @property
     def is_prompt_learning(self) -> bool:
         return True

@@ -203,6 +203,18 @@ def _wrap_modules_to_save(model: nn.Module, wanted: Sequence[str] | None, adapte
             record.created.append((name, replace_module(model, name, ModulesToSaveWrapper(module, adapter))))
 
 
+def add_modules_to_save(model: nn.Module, names: Sequence[str] | None, adapter_name: str) -> Injection:
+    """Give ``adapter_name`` a trainable copy of each module named in ``names`` (no adapter layers): what prompt
+    methods need for e.g. a classifier head. Returns the undoable :class:`Injection` record."""
+    record = Injection(adapter_name, grad_state={p: p.requires_grad for p in model.parameters()})
+    try:
+        _wrap_modules_to_save(model, names, adapter_name, record)
+    except BaseException:
+        record.undo(model)
+        raise
+    return record
+
+
 def mark_trainable(model: nn.Module, spec: MethodSpec, config: PeftConfig, active: Sequence[str]) -> None:
     """Freeze the base, then let the active adapters (and the biases ``config.bias`` asks for) train."""
     for param in model.parameters():

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
 
 from peftkit import functional as F
 from peftkit.config import PeftConfig
@@ -70,7 +71,10 @@ def get_peft_model_state_dict(
     save_embedding_layers: bool | str = "auto",
 ) -> dict[str, torch.Tensor]:
     """The adapter's tensors keyed as on disk (with ``base_model.model.`` when ``model`` is a PeftModel)."""
-    inner, prefix = _split_wrapper(getattr(model, "_orig_mod", model) if unwrap_compiled else model)
+    model = getattr(model, "_orig_mod", model) if unwrap_compiled else model
+    if isinstance(model, PeftModel) and model._is_prompt_learning:
+        return model.get_adapter_state_dict(adapter_name)
+    inner, prefix = _split_wrapper(model)
     config = _config_of(model, adapter_name)
     return add_prefix(adapter_state_dict(inner, adapter_name, config, save_embedding_layers), prefix)  # type: ignore[return-value]
 
@@ -83,12 +87,13 @@ def set_peft_model_state_dict(
     low_cpu_mem_usage: bool = False,
 ) -> Any:
     """Copy an adapter state dict (on-disk keys) into an already injected adapter, after checking it all."""
+    if isinstance(model, PeftModel) and model._is_prompt_learning:
+        model._tuner.load_state(adapter_name, peft_model_state_dict)
+        return _IncompatibleKeys(missing_keys=[], unexpected_keys=[])
     inner, _ = _split_wrapper(model)
     config = _config_of(model, adapter_name)
     state = {strip_prefix(k): v for k, v in peft_model_state_dict.items()}
     missing = check_and_load(inner, adapter_name, config, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
-    from torch.nn.modules.module import _IncompatibleKeys
-
     return _IncompatibleKeys(missing_keys=missing, unexpected_keys=[])
 
 

@@ -1,7 +1,9 @@
 """``PeftModel``: PEFT's user-facing wrapper, a thin shell over :class:`~peftkit.tuner.TunerModel`.
 
 Layout (as PEFT's, so state-dict keys match): ``PeftModel.base_model`` is the tuner model and
-``PeftModel.base_model.model`` the user's model with adapters injected in place.
+``PeftModel.base_model.model`` the user's model with adapters injected in place. For prompt methods
+``PeftModel.base_model`` is the user's model itself and ``PeftModel.prompt_encoder`` holds the encoders; the
+adapters are then managed by a :class:`~peftkit.methods.prompt.tuner.PromptTuner` (see :attr:`PeftModel._tuner`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from peftkit.io.keys import MODEL_PREFIX, add_prefix
 from peftkit.io.load import attach_adapter, read_weights, split_hub_kwargs
 from peftkit.io.save import adapter_directory, config_for_saving, write_adapter
 from peftkit.io.state import adapter_state_dict
+from peftkit.methods.prompt import model as prompt
+from peftkit.methods.prompt.tuner import PromptTuner
 from peftkit.tuner import TunerModel
+from peftkit.types import TaskType
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -48,6 +53,9 @@ class PeftModel(nn.Module):
         adapter_name: The first adapter's name.
     """
 
+    #: The task whose inputs a prompt adapter extends (set by the task classes).
+    prompt_task: TaskType | None = None
+
     def __init__(
         self,
         model: nn.Module,
@@ -57,10 +65,14 @@ class PeftModel(nn.Module):
         low_cpu_mem_usage: bool = False,
     ) -> None:
         super().__init__()
+        self.special_peft_forward_args = {"adapter_names"}
+        if peft_config is not None and peft_config.is_prompt_learning:
+            prompt.check_task(self.prompt_task)
+            PromptTuner.install(self, model).inject_adapter(adapter_name, self._prepare_config(peft_config, model))
+            return
         if peft_config is not None:
             peft_config = self._prepare_config(peft_config, model)
         self.base_model = TunerModel(model, peft_config, adapter_name)
-        self.special_peft_forward_args = {"adapter_names"}
 
     def _prepare_config(self, config: PeftConfig, model: nn.Module) -> PeftConfig:
         """Task classes adjust the config here (e.g. add the classifier to modules_to_save)."""
@@ -68,16 +80,25 @@ class PeftModel(nn.Module):
 
     # -- views --------------------------------------------------------------------------------
     @property
+    def _is_prompt_learning(self) -> bool:
+        return "_prompt_tuner" in self.__dict__
+
+    @property
+    def _tuner(self) -> Any:
+        """What manages the adapters: the tuner model, or the prompt tuner for prompt methods."""
+        return self.__dict__["_prompt_tuner"] if self._is_prompt_learning else self.base_model
+
+    @property
     def peft_config(self) -> dict[str, PeftConfig]:
-        return self.base_model.peft_config
+        return self._tuner.peft_config
 
     @property
     def active_adapter(self) -> str | list[str]:
-        return self.base_model.active_adapter
+        return self._tuner.active_adapter
 
     @property
     def active_adapters(self) -> list[str]:
-        return self.base_model.active_adapters
+        return self._tuner.active_adapters
 
     @property
     def active_peft_config(self) -> PeftConfig:
@@ -94,7 +115,7 @@ class PeftModel(nn.Module):
 
     def get_base_model(self) -> nn.Module:
         """The wrapped user model (with adapter layers in place)."""
-        return self.base_model.model
+        return self.base_model if self._is_prompt_learning else self.base_model.model
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """``(trainable, total)`` parameter counts."""
@@ -112,7 +133,7 @@ class PeftModel(nn.Module):
         if adapter_name in self.peft_config:
             raise AdapterNameError(f"An adapter named {adapter_name!r} already exists; choose another name.")
         self._check_same_kind(peft_config)
-        self.base_model.inject_adapter(adapter_name, self._prepare_config(peft_config, self.get_base_model()))
+        self._tuner.inject_adapter(adapter_name, self._prepare_config(peft_config, self.get_base_model()))
 
     def _check_same_kind(self, config: PeftConfig) -> None:
         if self.peft_config and config.peft_type != self.peft_type:
@@ -122,29 +143,33 @@ class PeftModel(nn.Module):
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         """Make ``adapter_name`` the active adapter (its parameters train unless loaded for inference)."""
-        self.base_model.set_adapter(adapter_name, inference_mode=inference_mode)
+        self._tuner.set_adapter(adapter_name, inference_mode=inference_mode)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter and its weights."""
-        self.base_model.delete_adapter(adapter_name)
+        self._tuner.delete_adapter(adapter_name)
 
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Context manager: inside it the model computes like its base model."""
-        self.base_model.disable_adapter_layers()
+        self._tuner.disable_adapter_layers()
         try:
             yield
         finally:
-            self.base_model.enable_adapter_layers()
+            self._tuner.enable_adapter_layers()
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """Run the model; ``adapter_names`` (one per sample, ``"__base__"`` for none) routes a mixed batch."""
+        if self._is_prompt_learning:
+            return prompt.prompt_forward(self._tuner, self.prompt_task, args, dict(kwargs, adapter_names=adapter_names))
         with self._routing(adapter_names):
             return self.get_base_model()(*args, **kwargs)
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """``generate`` of the base model, with the adapters (and optional per-sample routing) applied."""
+        if self._is_prompt_learning:
+            return prompt.prompt_generate(self._tuner, self.prompt_task, args, kwargs)
         with self._routing(adapter_names):
             return self.get_base_model().generate(*args, **kwargs)
 
@@ -161,6 +186,8 @@ class PeftModel(nn.Module):
     # -- state and files ----------------------------------------------------------------------
     def get_adapter_state_dict(self, adapter_name: str = "default", save_embedding_layers: bool | str = "auto") -> dict:
         """The adapter's tensors keyed as in the file (``base_model.model.`` prefix, no adapter name)."""
+        if self._is_prompt_learning:
+            return self._tuner.adapter_state_dict(adapter_name)
         self.base_model.check_names([adapter_name])
         config = self.peft_config[adapter_name]
         state = adapter_state_dict(self.get_base_model(), adapter_name, config, save_embedding_layers)
@@ -179,7 +206,7 @@ class PeftModel(nn.Module):
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory {save_directory!s} is a file; pass a directory.")
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
-        self.base_model.check_names(names)
+        self._tuner.check_names(names)
         if not is_main_process:
             return
         for name in names:
@@ -214,6 +241,12 @@ class PeftModel(nn.Module):
 
     def _attach(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor]) -> None:
         first = not self.peft_config
+        if config.is_prompt_learning:
+            prompt.check_task(self.prompt_task)
+            if first and not self._is_prompt_learning:
+                PromptTuner.install(self, self.get_base_model())
+            self._tuner.attach(adapter_name, config, state)
+            return
         active = [adapter_name] if first else self.active_adapters
         names = attach_adapter(self.get_base_model(), adapter_name, config, state, active=active)
         self.base_model.register_config(adapter_name, config, names)

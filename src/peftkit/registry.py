@@ -5,10 +5,13 @@ from __future__ import annotations
 from peftkit.config import PeftConfig
 from peftkit.errors import ConfigError
 from peftkit.methods.lora.method import LORA
+from peftkit.methods.p_tuning.method import P_TUNING
+from peftkit.methods.prefix_tuning.method import PREFIX_TUNING
+from peftkit.methods.prompt_tuning.method import PROMPT_TUNING
 from peftkit.methods.spec import MethodSpec
 from peftkit.types import PeftType
 
-METHODS: dict[PeftType, MethodSpec] = {spec.peft_type: spec for spec in (LORA,)}
+METHODS: dict[PeftType, MethodSpec] = {spec.peft_type: spec for spec in (LORA, PROMPT_TUNING, PREFIX_TUNING, P_TUNING)}
 
 
 def method_for(peft_type: PeftType | str) -> MethodSpec:

@@ -2,7 +2,9 @@
 
 For layer methods the adapters live inside the base model, so the task classes mostly pass calls through;
 they give ``forward`` an explicit signature (``Trainer`` filters dataset columns by it) and add
-task-specific config rules (sequence classification trains the classifier head in full).
+task-specific config rules (sequence classification trains the classifier head in full). With a prompt
+adapter, ``PeftModel.forward`` / ``generate`` hand the inputs to :mod:`peftkit.methods.prompt.model`, which
+extends them as ``prompt_task`` requires.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import torch
 from torch import nn
 
 from peftkit.config import PeftConfig
+from peftkit.methods.prompt.model import prepare_causal_lm_inputs
 from peftkit.peft_model import PeftModel
 from peftkit.types import TaskType
 
 
 class PeftModelForCausalLM(PeftModel):
     """Adapters on a causal language model (``AutoModelForCausalLM``)."""
+
+    prompt_task = TaskType.CAUSAL_LM
 
     def forward(
         self,
@@ -47,11 +52,16 @@ class PeftModelForCausalLM(PeftModel):
         return super().forward(adapter_names=adapter_names, **inputs, **kwargs)
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> Any:
-        return self.get_base_model().prepare_inputs_for_generation(*args, **kwargs)
+        original = self.get_base_model().prepare_inputs_for_generation
+        if self._is_prompt_learning and not self._tuner.disabled:
+            return prepare_causal_lm_inputs(self._tuner, original, *args, **kwargs)
+        return original(*args, **kwargs)
 
 
 class PeftModelForSeq2SeqLM(PeftModel):
     """Adapters on an encoder-decoder model (``AutoModelForSeq2SeqLM``)."""
+
+    prompt_task = TaskType.SEQ_2_SEQ_LM
 
     def forward(
         self,
@@ -128,11 +138,15 @@ class _EncoderTaskModel(PeftModel):
 class PeftModelForSequenceClassification(_EncoderTaskModel):
     """Sequence classification; the classifier head (``classifier`` / ``score``) trains in full."""
 
+    prompt_task = TaskType.SEQ_CLS
+
     head_module_names = ("classifier", "score")
 
 
 class PeftModelForTokenClassification(_EncoderTaskModel):
     """Token classification; the classifier head trains in full."""
+
+    prompt_task = TaskType.TOKEN_CLS
 
     head_module_names = ("classifier", "score")
 
@@ -140,11 +154,15 @@ class PeftModelForTokenClassification(_EncoderTaskModel):
 class PeftModelForQuestionAnswering(_EncoderTaskModel):
     """Extractive question answering; the ``qa_outputs`` head trains in full."""
 
+    prompt_task = TaskType.QUESTION_ANS
+
     head_module_names = ("qa_outputs",)
 
 
 class PeftModelForFeatureExtraction(_EncoderTaskModel):
     """Hidden-state features (``AutoModel``)."""
+
+    prompt_task = TaskType.FEATURE_EXTRACTION
 
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         kwargs.pop("labels", None)

@@ -28,6 +28,8 @@ class MethodSpec:
         default_targets: ``model_type -> target names`` for configs without ``target_modules``.
         linear_types: Module types that ``"all-linear"`` selects.
         file_key_renames: In-memory key suffix (adapter name removed) -> on-disk suffix.
+        prompt_encoder: For prompt methods (no layer table): the encoder class, built as
+            ``prompt_encoder(config, word_embeddings, init_weights)``; ``None`` for layer methods.
         settle_config: ``(config, model, target_names) -> None``: records in the stored config what
             injection decided (PEFT saves it, e.g. LoRA's ``fan_in_fan_out`` for GPT-2 ``Conv1D``).
     """
@@ -41,6 +43,12 @@ class MethodSpec:
     default_targets: Callable[[str | None], list[str] | None] | None = None
     linear_types: tuple[type, ...] = ()
     file_key_renames: dict[str, str] = field(default_factory=dict)
+    prompt_encoder: type[nn.Module] | None = None
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        """``True`` for prompt methods: virtual tokens from a prompt encoder instead of adapter layers."""
+        return self.prompt_encoder is not None
     settle_config: Callable[[Any, nn.Module, Sequence[str]], None] | None = None
 
     @property

@@ -1,0 +1,258 @@
+"""The adapters of a ``PeftModel`` whose method is a prompt method (prompt tuning, prefix tuning, P-tuning).
+
+Layout (PEFT's, so names and files match): ``PeftModel.base_model`` is the user's model itself, unchanged
+except for ``modules_to_save`` wrappers, and ``PeftModel.prompt_encoder`` is a ``ModuleDict`` with one prompt
+encoder per adapter. :class:`PromptTuner` plays for these adapters the role that
+:class:`~peftkit.tuner.TunerModel` plays for layer methods (configs, active adapter, add / load / delete,
+state dict); ``PeftModel`` reaches it through the same calls.
+
+On disk a prompt adapter is ``{"prompt_embeddings": (T, width)}`` -- the encoder's output for every virtual
+token -- plus its ``modules_to_save`` copies under ``base_model.<module path>`` (no ``.model`` here, since
+``base_model`` is the user's model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftkit import functional as F
+from peftkit.config import PromptLearningConfig
+from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
+from peftkit.io.keys import add_prefix, strip_prefix
+from peftkit.io.state import adapter_state_dict, check_and_load
+from peftkit.methods.prompt.cache import build_cache, cache_layout
+from peftkit.methods.prompt.dimensions import fill_dimensions
+from peftkit.methods.prompt.encoder import PromptEncoderBase
+from peftkit.registry import method_of
+
+#: The single key of a prompt adapter's own weights in the file.
+PROMPT_KEY = "prompt_embeddings"
+#: Prefix of the ``modules_to_save`` keys of a prompt adapter in the file.
+PROMPT_MODEL_PREFIX = "base_model."
+
+
+def find_word_embeddings(model: nn.Module) -> nn.Module:
+    """The model's input token embedding (``get_input_embeddings()``, else the vocab-sized ``nn.Embedding``)."""
+    getter = getattr(model, "get_input_embeddings", None)
+    embeddings = getter() if callable(getter) else None
+    if isinstance(embeddings, nn.Module):
+        return embeddings
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and (vocab is None or module.num_embeddings == vocab):
+            return module
+    raise ConfigError(
+        f"Cannot find the input token embeddings of {type(model).__name__}; prompt tuning and P-tuning prepend "
+        "virtual token embeddings to them. Give the model a get_input_embeddings() method."
+    )
+
+
+class PromptTuner:
+    """Configs, encoders and the active adapter of a prompt-method ``PeftModel``.
+
+    Args:
+        owner: The ``PeftModel``; its ``base_model`` is the user's model and ``prompt_encoder`` the encoders.
+    """
+
+    def __init__(self, owner: nn.Module) -> None:
+        self.owner = owner
+        self.peft_config: dict[str, PromptLearningConfig] = {}
+        self.active_adapter: str | list[str] = []
+        self.disabled = False
+        self._word_embeddings: nn.Module | None = None
+
+    @classmethod
+    def install(cls, peft_model: nn.Module, model: nn.Module) -> PromptTuner:
+        """Turn ``peft_model`` (without adapters yet) into a prompt-method wrapper of ``model``."""
+        peft_model.base_model = model
+        peft_model.prompt_encoder = nn.ModuleDict()
+        tuner = cls(peft_model)
+        peft_model._prompt_tuner = tuner
+        return tuner
+
+    # -- views ---------------------------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        return self.owner.base_model
+
+    @property
+    def encoders(self) -> nn.ModuleDict:
+        return self.owner.prompt_encoder
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return [self.active_adapter] if isinstance(self.active_adapter, str) else list(self.active_adapter)
+
+    @property
+    def word_embeddings(self) -> nn.Module:
+        if self._word_embeddings is None:
+            self._word_embeddings = find_word_embeddings(self.model)
+        return self._word_embeddings
+
+    def active(self) -> tuple[PromptLearningConfig, PromptEncoderBase]:
+        """The active adapter's config and encoder."""
+        names = self.active_adapters
+        if len(names) != 1:
+            raise AdapterNameError(f"Prompt methods run exactly one active adapter, got {names}; call set_adapter.")
+        return self.peft_config[names[0]], self.encoders[names[0]]  # type: ignore[return-value]
+
+    def check_names(self, names: Sequence[str]) -> None:
+        missing = [n for n in names if n not in self.peft_config]
+        if missing:
+            raise AdapterNameError(f"Adapter(s) {missing} not found; present: {sorted(self.peft_config)}.")
+
+    # -- adding and loading --------------------------------------------------------------------------
+    def _prepare(self, adapter_name: str, config: PromptLearningConfig) -> tuple[PromptLearningConfig, type]:
+        """Validate the name and the model, fill in the model dimensions; returns the config and encoder class."""
+        F.check_adapter_name(adapter_name, list(self.peft_config))
+        encoder_class: Any = method_of(config).prompt_encoder
+        config = fill_dimensions(config, self.model, encoder_class.kv_prefix)
+        if encoder_class.kv_prefix:
+            self._check_prefix_support(config)
+        return config, encoder_class
+
+    def _check_prefix_support(self, config: PromptLearningConfig) -> None:
+        layout = cache_layout(self.model)
+        wanted = 2 if layout == "encoder_decoder" else 1
+        if config.num_transformer_submodules != wanted:
+            raise ConfigError(
+                f"Prefix tuning on a {layout.replace('_', '-')} model needs num_transformer_submodules={wanted} "
+                f"(got {config.num_transformer_submodules}); set task_type "
+                f"{'SEQ_2_SEQ_LM' if wanted == 2 else 'CAUSAL_LM or SEQ_CLS'}."
+            )
+        if config.token_dim % config.num_attention_heads:  # type: ignore[operator]
+            raise ConfigError(
+                f"token_dim={config.token_dim} is not a multiple of num_attention_heads={config.num_attention_heads}."
+            )
+        if any(getattr(m, "gradient_checkpointing", False) for m in self.model.modules()):
+            raise ConfigError("Prefix tuning does not work with gradient checkpointing; disable it on the model.")
+
+    def _embeddings_for(self, encoder_class: Any) -> nn.Module | None:
+        return None if encoder_class.kv_prefix else self.word_embeddings
+
+    def inject_adapter(self, adapter_name: str, config: PromptLearningConfig, init_weights: bool = True) -> None:
+        """Add a freshly initialised prompt adapter; the active adapter stays unless this is the first one."""
+        config, encoder_class = self._prepare(adapter_name, config)
+        encoder = encoder_class(config, self._embeddings_for(encoder_class), init_weights)
+        F.add_modules_to_save(self.model, config.modules_to_save, adapter_name)
+        self._register(adapter_name, config, encoder)
+
+    def attach(self, adapter_name: str, config: PromptLearningConfig, state: dict[str, torch.Tensor]) -> None:
+        """Add ``adapter_name`` from a saved state dict (file keys), checking everything before changing the model.
+
+        Raises:
+            ConfigError: a trainable load of an adapter whose file holds only the encoder's output.
+            CheckpointError: ``prompt_embeddings`` missing or of the wrong shape, or bad ``modules_to_save`` keys.
+        """
+        config, encoder_class = self._prepare(adapter_name, config)
+        encoder = encoder_class(config, self._embeddings_for(encoder_class), False)
+        record = F.add_modules_to_save(self.model, config.modules_to_save, adapter_name)
+        try:
+            self._load(adapter_name, config, encoder, state)
+        except BaseException:
+            record.undo(self.model)
+            raise
+        self._register(adapter_name, config, encoder)
+
+    def load_state(self, adapter_name: str, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite the existing adapter ``adapter_name`` from a state dict with file keys."""
+        self.check_names([adapter_name])
+        self._load(adapter_name, self.peft_config[adapter_name], self.encoders[adapter_name], state)  # type: ignore[arg-type]
+
+    def _load(
+        self,
+        adapter_name: str,
+        config: PromptLearningConfig,
+        encoder: PromptEncoderBase,
+        state: dict[str, torch.Tensor],
+    ) -> None:
+        if not encoder.table and not encoder.output_is_parameter(config):
+            raise ConfigError(
+                f"A saved {config.peft_type} adapter holds only its encoder's output, not the encoder, so it cannot "
+                "be loaded into a trainable encoder; load it with is_trainable=False (inference)."
+            )
+        saved = state.get(PROMPT_KEY)
+        expected = tuple(encoder.embedding.weight.shape)
+        if saved is None or tuple(saved.shape) != expected:
+            found = "missing" if saved is None else f"of shape {tuple(saved.shape)}"
+            raise CheckpointError(
+                f"The checkpoint's {PROMPT_KEY!r} is {found}; adapter {adapter_name!r} needs shape {expected} "
+                "(virtual tokens x width). Check the base model and adapter_config.json."
+            )
+        rest = {strip_prefix(k, PROMPT_MODEL_PREFIX): v for k, v in state.items() if k != PROMPT_KEY}
+        check_and_load(self.model, adapter_name, config, rest)
+        encoder.load_output(saved)
+
+    def _register(self, adapter_name: str, config: PromptLearningConfig, encoder: PromptEncoderBase) -> None:
+        param = next(self.model.parameters(), None)
+        self.encoders[adapter_name] = encoder.to(param.device) if param is not None else encoder
+        encoder.requires_grad_(not config.inference_mode)
+        self.peft_config[adapter_name] = config
+        if not self.active_adapters:
+            self.active_adapter = adapter_name
+        self._apply_trainability(trainable=True)
+
+    def _apply_trainability(self, trainable: bool) -> None:
+        """Freeze the base model; the active adapter's ``modules_to_save`` copies train (unless frozen)."""
+        self.model.requires_grad_(False)
+        if self.active_adapters:
+            config = self.peft_config[self.active_adapters[0]]
+            F.set_active_adapters(self.model, self.active_adapters, trainable=trainable and not config.inference_mode)
+
+    # -- switching and deleting ----------------------------------------------------------------------
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Make ``adapter_name`` the active adapter; it trains unless ``inference_mode`` or loaded frozen."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        if len(names) != 1:
+            raise AdapterNameError(f"Prompt methods run exactly one active adapter; got {names}.")
+        self.check_names(names)
+        self.active_adapter = names[0]
+        config = self.peft_config[names[0]]
+        self.encoders[names[0]].requires_grad_(not inference_mode and not config.inference_mode)
+        self._apply_trainability(trainable=not inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove ``adapter_name``; if it was active, the first remaining adapter becomes active."""
+        self.check_names([adapter_name])
+        if adapter_name in F.adapter_names_in(self.model):
+            F.delete_adapter(self.model, adapter_name)
+        del self.encoders[adapter_name]
+        del self.peft_config[adapter_name]
+        if adapter_name in self.active_adapters:
+            self.active_adapter = next(iter(self.peft_config), [])
+            self._apply_trainability(trainable=True)
+
+    def enable_adapter_layers(self) -> None:
+        self.disabled = False
+        F.enable_adapters(self.model, True)
+
+    def disable_adapter_layers(self) -> None:
+        self.disabled = True
+        F.enable_adapters(self.model, False)
+
+    # -- what the model consumes ---------------------------------------------------------------------
+    def prompts(self, batch_size: int) -> torch.Tensor:
+        """The active adapter's virtual token embeddings for a batch: ``(batch, T, token_dim)``."""
+        _, encoder = self.active()
+        return encoder.all_tokens().unsqueeze(0).expand(batch_size, -1, -1)
+
+    def past_key_values(self, batch_size: int) -> object:
+        """The active prefix as the model's cache object (see :mod:`peftkit.methods.prompt.cache`)."""
+        config, encoder = self.active()
+        flat = encoder.all_tokens()[: config.num_virtual_tokens]
+        dtype = getattr(self.model, "dtype", None)
+        flat = flat.to(dtype) if isinstance(dtype, torch.dtype) else flat
+        return build_cache(flat.unsqueeze(0).expand(batch_size, -1, -1), config, cache_layout(self.model))
+
+    # -- state ---------------------------------------------------------------------------------------
+    def adapter_state_dict(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """The adapter's tensors keyed as in the file: ``prompt_embeddings`` + ``base_model.``-prefixed copies."""
+        self.check_names([adapter_name])
+        config = self.peft_config[adapter_name]
+        state: dict[str, torch.Tensor] = {PROMPT_KEY: self.encoders[adapter_name].saved_output()}  # type: ignore[operator]
+        state.update(add_prefix(adapter_state_dict(self.model, adapter_name, config), PROMPT_MODEL_PREFIX))  # type: ignore[arg-type]
+        return state

@@ -1,0 +1,1 @@
+"""Prompt tuning (Lester et al., 2021): trainable embeddings of virtual tokens prepended to the input."""
