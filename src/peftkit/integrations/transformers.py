@@ -185,18 +185,12 @@ class AdapterModelMixin:
         return config, state
 
     def _attach(self, name: str, config: PeftConfig, state: dict[str, torch.Tensor], ignore_mismatched: bool) -> None:
-        configs = self.__dict__.get("peft_config") or {}
-        first = not configs
+        first = not self.__dict__.get("peft_config")
         active = [name] if first else self.active_adapters()
-        # The core's injection re-marks trainability; an added adapter must not change what already trains.
-        before = {p: p.requires_grad for p in self.parameters()}  # type: ignore[attr-defined]
         names = attach_adapter(self, name, config, state, active=active, ignore_mismatched_sizes=ignore_mismatched)  # type: ignore[arg-type]
         self._register(name, config, names)
         if first:
             self._activate([name])
-        else:
-            for param, flag in before.items():
-                param.requires_grad_(flag)
         self._prepare_for_hotswap(name)
 
     # -- hot-swap ---------------------------------------------------------------------------------
