@@ -12,9 +12,6 @@ import pickle
 import peft
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GenerationMixin, LlamaForCausalLM, PreTrainedModel
-
-import peftkit
 from tests.integration._transformers_fixtures import (  # noqa: F401 (fixture)
     BUILDERS,
     inputs_for,
@@ -23,6 +20,9 @@ from tests.integration._transformers_fixtures import (  # noqa: F401 (fixture)
     patched,
     tiny_llama,
 )
+from transformers import AutoModelForCausalLM, GenerationMixin, LlamaForCausalLM, PreTrainedModel
+
+import peftkit
 
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 
@@ -193,9 +193,7 @@ def test_errors_are_clear_and_leave_the_model_unchanged(tmp_path) -> None:
     config.r = 4  # the file's tensors no longer fit the config
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(peftkit.CheckpointError, match="shape mismatch"):
-        model.load_adapter(
-            peft_config=config, adapter_state_dict=wider.get_adapter_state_dict(), adapter_name="bad"
-        )
+        model.load_adapter(peft_config=config, adapter_state_dict=wider.get_adapter_state_dict(), adapter_name="bad")
     assert model.state_dict().keys() == before.keys() and list(model.peft_config) == ["a"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     model.add_adapter(lora(), adapter_name="b")
