@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import torch
@@ -46,6 +47,9 @@ def write_adapter(
 ) -> None:
     """Write ``adapter_config.json`` and the weights file into ``directory`` (created if needed)."""
     os.makedirs(directory, exist_ok=True)
+    # A config that cannot be serialised must fail the save before the weights file is replaced, so that the
+    # previous adapter (weights and config) stays intact as a pair.
+    json.dumps(config.to_dict())
     weights = os.path.join(directory, SAFETENSORS_NAME if safe_serialization else BIN_NAME)
     save_tensors(tensors, weights, safe_serialization=safe_serialization)
     config.save_pretrained(directory)
