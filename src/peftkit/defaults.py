@@ -125,7 +125,7 @@ DEFAULTS: dict[str, ArchitectureDefaults] = {
     "m2m_100": _row("q_proj v_proj", "q_proj v_proj fc2", "fc2"),
     "starcoder2": _row("q_proj v_proj", "q_proj v_proj c_proj", "c_proj"),
     "distilbert": _row("q_lin v_lin", "k_lin v_lin lin2", "lin2"),
-    "vit": _row("query value", "key value output.dense", "output.dense"),
+    "vit": _row("q_proj v_proj", "k_proj v_proj fc2", "fc2"),
     "bart": _row("q_proj v_proj", "q_proj v_proj fc2", "fc2"),
     "blip-2": _row("q v q_proj v_proj"),
 }

@@ -30,8 +30,59 @@ def test_required_architectures_are_covered() -> None:
     assert not missing
 
 
-def test_table_only_lists_architectures_the_reference_knows() -> None:
-    assert set(defaults.DEFAULTS) <= set(REF_LORA) | set(REF_IA3)
+# peftkit's own rows (the reference has none): their names must exist in a tiny model of that type.
+OWN_ROWS = {
+    "phi3": dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1),
+    "whisper": dict(
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+    ),
+    "mbart": dict(
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+    ),
+    "m2m_100": dict(
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+    ),
+    "starcoder2": dict(
+        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1
+    ),
+    "distilbert": dict(dim=16, hidden_dim=32, n_layers=1, n_heads=2),
+    "vit": dict(
+        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1, image_size=8, patch_size=4
+    ),
+}
+
+
+def test_rows_beyond_the_reference_are_exactly_peftkits_own() -> None:
+    assert set(defaults.DEFAULTS) - set(REF_LORA) - set(REF_IA3) == set(OWN_ROWS)
+
+
+@pytest.mark.parametrize("model_type", sorted(OWN_ROWS))
+def test_own_rows_name_modules_that_exist(model_type: str) -> None:
+    from transformers import AutoConfig, AutoModel
+
+    model = AutoModel.from_config(AutoConfig.for_model(model_type, **OWN_ROWS[model_type]))
+    names = [name for name, _ in model.named_modules()]
+    row = defaults.DEFAULTS[model_type]
+    for target in {*row.lora_targets, *row.ia3_targets}:
+        assert any(n == target or n.endswith("." + target) for n in names), (model_type, target)
 
 
 def test_every_reference_list_entry_is_covered() -> None:
@@ -48,7 +99,7 @@ def test_lora_targets_match_reference(model_type: str) -> None:
     assert set(ours) == set(REF_LORA[model_type])
 
 
-@pytest.mark.parametrize("model_type", sorted(defaults.DEFAULTS))
+@pytest.mark.parametrize("model_type", sorted(set(defaults.DEFAULTS) - set(OWN_ROWS)))
 def test_ia3_targets_match_reference(model_type: str) -> None:
     ours = defaults.default_ia3_targets(model_type)
     if model_type not in REF_IA3:
