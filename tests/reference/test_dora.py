@@ -98,3 +98,16 @@ def test_merged_weight_matches_formula(kind: str) -> None:
     model.unmerge_adapter()
     original = t["W"].T if kind == "conv1d" else t["W"]
     torch.testing.assert_close(base.weight, original, rtol=0, atol=1e-6)
+
+
+def test_dropout_is_off_in_eval_mode() -> None:
+    config = peft.LoraConfig(
+        target_modules=["layer"], r=3, lora_alpha=4, use_dora=True, lora_dropout=0.5, init_lora_weights=False
+    )
+    model = peft.get_peft_model(Tiny(nn.Linear(6, 5)), config).eval()
+    layer = model.base_model.model.layer
+    W, b = layer.get_base_layer().weight, layer.get_base_layer().bias
+    A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    m = layer.lora_magnitude_vector["default"].weight
+    x = torch.randn(8, 6)
+    torch.testing.assert_close(model(x), dora_linear(x, W, b, A, B, m, 4 / 3), rtol=1e-5, atol=1e-5)

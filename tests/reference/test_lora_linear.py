@@ -121,3 +121,14 @@ def test_delta_weight_is_scaled_product() -> None:
     _, layer = build("linear", {"r": 3, "lora_alpha": 5})
     A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     torch.testing.assert_close(layer.get_delta_weight("default"), (5 / 3) * B @ A)
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_dropout_is_off_in_eval_mode(kind: str) -> None:
+    cfg = {"r": 3, "lora_alpha": 5, "lora_dropout": 0.5}
+    model, layer = build(kind, cfg)
+    t = tensors(layer)
+    x = torch.randn(8, 6)
+    expected = lora_linear(x, t["W"], t["b"], t["A"], t["B"], scaling(cfg), None, kind == "conv1d")
+    torch.testing.assert_close(model.eval()(x), expected.detach(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(model.train()(x), expected), "dropout must act on the adapter input in training"
