@@ -37,6 +37,10 @@ from peftkit.mapping import (
     inject_adapter_in_model,
     set_peft_model_state_dict,
 )
+from peftkit.methods.adalora.config import AdaLoraConfig
+from peftkit.methods.adalora.model import AdaLoraModel
+from peftkit.methods.ia3.config import IA3Config
+from peftkit.methods.ia3.model import IA3Model
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.p_tuning.config import PromptEncoderConfig, PromptEncoderReparameterizationType
 from peftkit.methods.p_tuning.encoder import PromptEncoder
@@ -59,6 +63,8 @@ from peftkit.types import PeftType, TaskType
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaLoraConfig",
+    "AdaLoraModel",
     "AdapterNameError",
     "AutoModel",
     "AutoModelForCausalLM",
@@ -76,6 +82,8 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "HotswapError",
+    "IA3Config",
+    "IA3Model",
     "LoraConfig",
     "LoraModel",
     "PeftConfig",

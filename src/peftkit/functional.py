@@ -64,6 +64,7 @@ class Injection:
         updated: Existing adapter modules that received the adapter in place.
         grad_state: ``requires_grad`` of every parameter before the injection.
         target_names: Full names of the adapted layers (for ``all-linear`` expansion).
+        config: The config as injected (after the method's ``prepare_config``), to be stored by the caller.
     """
 
     adapter_name: str
@@ -71,6 +72,7 @@ class Injection:
     updated: list[AdapterModule] = field(default_factory=list)
     grad_state: dict[nn.Parameter, bool] = field(default_factory=dict)
     target_names: list[str] = field(default_factory=list)
+    config: PeftConfig | None = None
 
     def undo(self, model: nn.Module) -> None:
         """Restore ``model`` to what it was before the injection."""
@@ -140,6 +142,8 @@ def inject_adapter(
         AdapterNameError: the name is invalid or taken. TargetingError: nothing to adapt.
     """
     spec = method_of(config)
+    if spec.prepare_config is not None:
+        config = spec.prepare_config(config, model)
     check_adapter_name(adapter_name, sorted(adapter_names_in(model)))
     record = Injection(adapter_name, grad_state={p: p.requires_grad for p in model.parameters()})
     targets = resolve_targets(model, config, spec)
@@ -160,6 +164,7 @@ def inject_adapter(
         record.undo(model)
         raise
     record.target_names = names
+    record.config = config
     active_names = list(active) if active is not None else [adapter_name]
     if adapter_name in active_names:
         mark_trainable(model, spec, config, active_names)

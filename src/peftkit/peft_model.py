@@ -25,7 +25,7 @@ from peftkit.io.save import adapter_directory, config_for_saving, write_adapter
 from peftkit.io.state import adapter_state_dict
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
-from peftkit.tuner import TunerModel
+from peftkit.tuner import tuner_class_for
 from peftkit.types import TaskType
 
 
@@ -72,7 +72,7 @@ class PeftModel(nn.Module):
             return
         if peft_config is not None:
             peft_config = self._prepare_config(peft_config, model)
-        self.base_model = TunerModel(model, peft_config, adapter_name)
+        self.base_model = tuner_class_for(peft_config)(model, peft_config, adapter_name)
 
     def _prepare_config(self, config: PeftConfig, model: nn.Module) -> PeftConfig:
         """Task classes adjust the config here (e.g. add the classifier to modules_to_save)."""
@@ -164,7 +164,7 @@ class PeftModel(nn.Module):
         if self._is_prompt_learning:
             return prompt.prompt_forward(self._tuner, self.prompt_task, args, dict(kwargs, adapter_names=adapter_names))
         with self._routing(adapter_names):
-            return self.get_base_model()(*args, **kwargs)
+            return self.base_model(*args, **kwargs)  # the tuner's forward (AdaLoRA adds its penalty)
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """``generate`` of the base model, with the adapters (and optional per-sample routing) applied."""
@@ -247,6 +247,8 @@ class PeftModel(nn.Module):
                 PromptTuner.install(self, self.get_base_model())
             self._tuner.attach(adapter_name, config, state)
             return
+        if first and type(self.base_model) is not tuner_class_for(config):
+            self.base_model = tuner_class_for(config)(self.get_base_model(), None, adapter_name)
         active = [adapter_name] if first else self.active_adapters
         names = attach_adapter(self.get_base_model(), adapter_name, config, state, active=active)
         self.base_model.register_config(adapter_name, config, names)

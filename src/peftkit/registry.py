@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from peftkit.config import PeftConfig
 from peftkit.errors import ConfigError
+from peftkit.methods.adalora.method import ADALORA
+from peftkit.methods.ia3.method import IA3
 from peftkit.methods.lora.method import LORA
 from peftkit.methods.p_tuning.method import P_TUNING
 from peftkit.methods.prefix_tuning.method import PREFIX_TUNING
@@ -11,7 +13,9 @@ from peftkit.methods.prompt_tuning.method import PROMPT_TUNING
 from peftkit.methods.spec import MethodSpec
 from peftkit.types import PeftType
 
-METHODS: dict[PeftType, MethodSpec] = {spec.peft_type: spec for spec in (LORA, PROMPT_TUNING, PREFIX_TUNING, P_TUNING)}
+METHODS: dict[PeftType, MethodSpec] = {
+    spec.peft_type: spec for spec in (LORA, IA3, ADALORA, PROMPT_TUNING, PREFIX_TUNING, P_TUNING)
+}
 
 
 def method_for(peft_type: PeftType | str) -> MethodSpec:

@@ -50,7 +50,7 @@ class TunerModel(nn.Module):
         config = copy.deepcopy(config)
         active = self.active_adapters if self.peft_config else [adapter_name]
         record = F.inject_adapter(self.model, config, adapter_name, init_weights=init_weights, active=active)
-        self.register_config(adapter_name, config, record.target_names)
+        self.register_config(adapter_name, record.config or config, record.target_names)
 
     def register_config(self, adapter_name: str, config: PeftConfig, target_names: Sequence[str]) -> None:
         """Remember ``config`` for ``adapter_name``, completed as PEFT stores it: ``all-linear`` expanded to the
@@ -138,3 +138,9 @@ class TunerModel(nn.Module):
 
 class LoraModel(TunerModel):
     """PEFT's name for the LoRA tuner model."""
+
+
+def tuner_class_for(config: PeftConfig | None) -> type[TunerModel]:
+    """The tuner model class of ``config``'s method (``TunerModel`` unless its spec names a subclass)."""
+    loader = method_of(config).tuner_class if config is not None else None
+    return loader() if loader is not None else TunerModel

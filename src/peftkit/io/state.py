@@ -17,7 +17,7 @@ from peftkit.functional import iter_adapter_modules
 from peftkit.io.keys import remove_adapter_name, rename_suffix
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
-from peftkit.registry import method_of
+from peftkit.registry import METHODS, method_of
 
 EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
 _MAX_KEYS_IN_ERROR = 10
@@ -86,7 +86,9 @@ def _add_base_tensors(
 
 
 def _is_adapter_internal(key: str) -> bool:
-    return ".original_module." in key or ".modules_to_save." in key or ".lora_" in key or ".ia3_" in key
+    if ".original_module." in key or ".modules_to_save." in key:
+        return True
+    return any(f".{spec.prefix}" in key for spec in METHODS.values() if spec.prefix)
 
 
 def adapter_state_dict(
@@ -94,7 +96,9 @@ def adapter_state_dict(
 ) -> dict[str, torch.Tensor]:
     """The tensors to save for ``adapter`` (keys as on disk, without the model prefix)."""
     embedding = wants_embedding_layers(config, save_embedding_layers)
-    return {k: v.tensor for k, v in adapter_tensors(model, adapter, config, embedding).items()}
+    state = {k: v.tensor for k, v in adapter_tensors(model, adapter, config, embedding).items()}
+    finalize = method_of(config).finalize_state
+    return finalize(config, state) if finalize is not None else state
 
 
 def check_and_load(

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from peftkit.config import PeftConfig
@@ -28,10 +29,16 @@ class MethodSpec:
         default_targets: ``model_type -> target names`` for configs without ``target_modules``.
         linear_types: Module types that ``"all-linear"`` selects.
         file_key_renames: In-memory key suffix (adapter name removed) -> on-disk suffix.
-        prompt_encoder: For prompt methods (no layer table): the encoder class, built as
-            ``prompt_encoder(config, word_embeddings, init_weights)``; ``None`` for layer methods.
         settle_config: ``(config, model, target_names) -> None``: records in the stored config what
             injection decided (PEFT saves it, e.g. LoRA's ``fan_in_fan_out`` for GPT-2 ``Conv1D``).
+        prepare_config: ``(config, model) -> config``: a completed copy of the config, before targeting
+            (e.g. IA3 fills in its architecture's ``feedforward_modules``); must not modify its input.
+        finalize_state: ``(config, state) -> state``: last edit of the on-disk tensors of an adapter (keys
+            without the model prefix), e.g. AdaLoRA drops the ranks its ``rank_pattern`` pruned.
+        tuner_class: Returns the method's ``TunerModel`` subclass (imported lazily: the tuner layer sits
+            above the methods); ``None`` uses ``TunerModel``.
+        prompt_encoder: For prompt methods (no layer table): the encoder class, built as
+            ``prompt_encoder(config, word_embeddings, init_weights)``; ``None`` for layer methods.
     """
 
     peft_type: PeftType
@@ -43,13 +50,16 @@ class MethodSpec:
     default_targets: Callable[[str | None], list[str] | None] | None = None
     linear_types: tuple[type, ...] = ()
     file_key_renames: dict[str, str] = field(default_factory=dict)
+    settle_config: Callable[[Any, nn.Module, Sequence[str]], None] | None = None
+    prepare_config: Callable[[Any, nn.Module], Any] | None = None
+    finalize_state: Callable[[Any, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    tuner_class: Callable[[], type] | None = None
     prompt_encoder: type[nn.Module] | None = None
 
     @property
     def is_prompt_learning(self) -> bool:
         """``True`` for prompt methods: virtual tokens from a prompt encoder instead of adapter layers."""
         return self.prompt_encoder is not None
-    settle_config: Callable[[Any, nn.Module, Sequence[str]], None] | None = None
 
     @property
     def adaptable_types(self) -> tuple[type, ...]:
