@@ -47,14 +47,11 @@ __all__ = ["hotswap_adapter", "prepare_model_for_compiled_hotswap", "swap_adapte
 
 # -- where the adapters and their configs live ---------------------------------------------------------
 def resolve_adapter_model(model: nn.Module) -> tuple[nn.Module, dict[str, PeftConfig] | None]:
-    """``(inner model, adapter configs)`` for a PeftModel, a tuner model, an in-place transformers model
-    with adapters, or a model from ``inject_adapter_in_model``; compiled wrappers are looked through."""
+    """``(inner model, adapter configs)`` for a PeftModel, an in-place transformers model with adapters, or a
+    model from ``inject_adapter_in_model``; compiled wrappers are looked through."""
     model = getattr(model, "_orig_mod", model)
-    get_base = getattr(type(model), "get_base_model", None)
-    if get_base is not None and "base_model" in getattr(model, "_modules", {}):
+    if getattr(type(model), "get_base_model", None) is not None and "base_model" in getattr(model, "_modules", {}):
         return model.get_base_model(), model.peft_config
-    if "model" in getattr(model, "_modules", {}) and isinstance(model.__dict__.get("peft_config"), dict):
-        return model.model, model.peft_config  # the tuner model itself
     for attr in ("peft_config", "_peftkit_configs"):
         configs = model.__dict__.get(attr)
         if isinstance(configs, dict):
