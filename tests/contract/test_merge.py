@@ -4,6 +4,7 @@ and unload give back plain module types."""
 from __future__ import annotations
 
 import torch
+from tests.contract._cases import output
 from torch import nn
 
 from peftkit.layers.base import AdapterLayer
@@ -20,34 +21,34 @@ def base_weights(model) -> dict[str, torch.Tensor]:
     return {k.replace(".base_layer", ""): v.clone() for k, v in state.items() if ".lora_" not in k}
 
 
-def test_merge_equals_unmerged_and_unmerge_restores(case, helpers) -> None:
+def test_merge_equals_unmerged_and_unmerge_restores(case) -> None:
     model = case.peft()
     x = case.inputs()
-    unmerged = helpers.output(model, x)
+    unmerged = output(model, x)
     before = base_weights(model)
     model.merge_adapter()
     assert all(m.merged for _, m in model.named_modules() if isinstance(m, AdapterLayer))
-    torch.testing.assert_close(helpers.output(model, x), unmerged, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(output(model, x), unmerged, rtol=1e-4, atol=1e-5)
     model.unmerge_adapter()
     after = base_weights(model)
     assert after.keys() == before.keys()
     for key, tensor in before.items():
         torch.testing.assert_close(after[key], tensor, rtol=0, atol=1e-6, msg=key)
-    torch.testing.assert_close(helpers.output(model, x), unmerged, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(output(model, x), unmerged, rtol=1e-5, atol=1e-6)
 
 
-def test_merge_and_unload_returns_plain_modules(case, helpers) -> None:
+def test_merge_and_unload_returns_plain_modules(case) -> None:
     model = case.peft()
     x = case.inputs()
-    expected = helpers.output(model, x)
+    expected = output(model, x)
     merged = model.merge_and_unload()
     assert module_types(merged) == module_types(case.base())
     assert not any(isinstance(m, (AdapterLayer, ModulesToSaveWrapper)) for m in merged.modules())
     assert merged.state_dict().keys() == case.base().state_dict().keys()
-    torch.testing.assert_close(helpers.output(merged, x), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(output(merged, x), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_unload_gives_back_the_base(case, helpers) -> None:
+def test_unload_gives_back_the_base(case) -> None:
     model = case.peft()
     x = case.inputs()
     saved = model.get_adapter_state_dict()
@@ -57,4 +58,4 @@ def test_unload_gives_back_the_base(case, helpers) -> None:
     # modules_to_save wrappers become their trained copy (PEFT's rule); everything else is the base.
     copies = {k.removeprefix("base_model.model."): v for k, v in saved.items()}
     base.load_state_dict({k: v for k, v in copies.items() if k in base.state_dict()}, strict=False)
-    torch.testing.assert_close(helpers.output(plain, x), helpers.output(base, x), rtol=0, atol=0)
+    torch.testing.assert_close(output(plain, x), output(base, x), rtol=0, atol=0)

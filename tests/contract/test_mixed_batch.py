@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.contract._cases import output, single_adapter_output
 
 import peftkit as peft
 
@@ -19,37 +20,37 @@ def three_adapters(case):
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_each_sample_equals_its_single_adapter_model(case, helpers, grad: bool) -> None:
+def test_each_sample_equals_its_single_adapter_model(case, grad: bool) -> None:
     model = three_adapters(case)
     x = case.inputs(len(ROUTE))
     if grad:  # gradient-tracking calls take the generic per-adapter path
         out = model(x, adapter_names=ROUTE)
         mixed = (out.logits if hasattr(out, "logits") else out).detach()
     else:
-        mixed = helpers.output(model, x, adapter_names=ROUTE)
-    expected = {"__base__": helpers.output(case.base(), x)}
+        mixed = output(model, x, adapter_names=ROUTE)
+    expected = {"__base__": output(case.base(), x)}
     for name in ("default", "b", "c"):
         config, state = model.peft_config[name], model.get_adapter_state_dict(name)
-        expected[name] = helpers.single_adapter_output(case, config, state, x)
+        expected[name] = single_adapter_output(case, config, state, x)
     for i, name in enumerate(ROUTE):
         torch.testing.assert_close(mixed[i], expected[name][i], rtol=1e-5, atol=1e-5, msg=f"sample {i} ({name})")
     # the routing ends with the call: a plain forward uses the active adapter again
-    torch.testing.assert_close(helpers.output(model, x), expected["default"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(output(model, x), expected["default"], rtol=1e-5, atol=1e-5)
 
 
-def test_wrong_length_raises(case, helpers) -> None:
+def test_wrong_length_raises(case) -> None:
     model = three_adapters(case)
     with pytest.raises(ValueError, match="adapter_names has 2 entries but the batch has 4"):
-        helpers.output(model, case.inputs(4), adapter_names=["b", "c"])
+        output(model, case.inputs(4), adapter_names=["b", "c"])
 
 
-def test_unknown_adapter_name_raises(case, helpers) -> None:
+def test_unknown_adapter_name_raises(case) -> None:
     model = three_adapters(case)
     with pytest.raises(peft.AdapterNameError, match="nope"):
-        helpers.output(model, case.inputs(2), adapter_names=["b", "nope"])
+        output(model, case.inputs(2), adapter_names=["b", "nope"])
 
 
-def test_train_mode_raises(case, helpers) -> None:
+def test_train_mode_raises(case) -> None:
     model = three_adapters(case).train()
     with pytest.raises(ValueError, match="eval"):
         model(case.inputs(2), adapter_names=["b", "c"])

@@ -5,20 +5,21 @@ from __future__ import annotations
 import json
 
 import torch
+from tests.contract._cases import output
 
 import peftkit as peft
 
 
-def test_save_load_gives_identical_outputs_and_state(case, helpers, tmp_path) -> None:
+def test_save_load_gives_identical_outputs_and_state(case, tmp_path) -> None:
     model = case.peft()
     x = case.inputs()
-    expected = helpers.output(model, x)
-    assert not torch.allclose(expected, helpers.output(case.base(), x)), "the adapter must change the output"
+    expected = output(model, x)
+    assert not torch.allclose(expected, output(case.base(), x)), "the adapter must change the output"
     model.save_pretrained(tmp_path)
 
     loaded = peft.PeftModel.from_pretrained(case.base(), tmp_path)
     assert type(loaded) is type(model)
-    torch.testing.assert_close(helpers.output(loaded, x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(output(loaded, x), expected, rtol=0, atol=0)
     saved = peft.get_peft_model_state_dict(model)
     reloaded = peft.get_peft_model_state_dict(loaded)
     assert sorted(saved) == sorted(reloaded)
@@ -38,11 +39,11 @@ def test_saved_config_loads_back_equal(case, tmp_path) -> None:
     assert set(config.target_modules) == set(original.target_modules)
 
 
-def test_non_default_adapter_round_trip(case, helpers, tmp_path) -> None:
+def test_non_default_adapter_round_trip(case, tmp_path) -> None:
     model = case.peft(adapter="other")
     x = case.inputs()
     model.save_pretrained(tmp_path)
     assert (tmp_path / "other" / "adapter_config.json").is_file()
     loaded = peft.PeftModel.from_pretrained(case.base(), tmp_path / "other", adapter_name="other")
     assert loaded.active_adapter == "other"
-    torch.testing.assert_close(helpers.output(loaded, x), helpers.output(model, x), rtol=0, atol=0)
+    torch.testing.assert_close(output(loaded, x), output(model, x), rtol=0, atol=0)

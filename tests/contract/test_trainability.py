@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.compat._models import build_model
 
 import peftkit as peft
 
@@ -36,15 +37,9 @@ def test_only_adapter_parameters_train(case) -> None:
 @pytest.mark.parametrize("bias", ["none", "all", "lora_only"])
 def test_bias_modes_match_reference_peft(bias: str) -> None:
     reference = pytest.importorskip("peft")
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    def base():
-        torch.manual_seed(0)
-        return GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=2, n_head=2, n_positions=16))
-
     kwargs = {"target_modules": ["c_attn"], "r": 2, "bias": bias, "fan_in_fan_out": True}
-    ours = peft.get_peft_model(base(), peft.LoraConfig(**kwargs))
-    theirs = reference.get_peft_model(base(), reference.LoraConfig(**kwargs))
+    ours = peft.get_peft_model(build_model("gpt2"), peft.LoraConfig(**kwargs))
+    theirs = reference.get_peft_model(build_model("gpt2"), reference.LoraConfig(**kwargs))
     assert trainable(ours) == trainable(theirs)
     if bias == "lora_only":
         assert "base_model.model.transformer.h.0.attn.c_attn.base_layer.bias" in trainable(ours)

@@ -26,22 +26,13 @@ def dora_linear(x, W, b, A, B, m, s):
     return x @ dora_weight(W, A, B, m, s).T + b
 
 
-class Tiny(nn.Module):
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
-
-
 LAYERS = {"linear": lambda: nn.Linear(6, 5), "conv1d": lambda: Conv1D(5, 6)}
 
 
 def build(kind: str):
-    config = peft.LoraConfig(target_modules=["layer"], r=3, lora_alpha=4, use_dora=True, init_lora_weights=False)
-    model = peft.get_peft_model(Tiny(LAYERS[kind]()), config)
-    layer = model.base_model.model.layer
+    config = peft.LoraConfig(target_modules=["0"], r=3, lora_alpha=4, use_dora=True, init_lora_weights=False)
+    model = peft.get_peft_model(nn.Sequential(LAYERS[kind]()), config)
+    layer = model.base_model.model[0]
     with torch.no_grad():  # a magnitude that differs from the initial row norm
         layer.lora_magnitude_vector["default"].weight.mul_(torch.rand(5) + 0.5)
     base = layer.get_base_layer()
@@ -78,8 +69,8 @@ def test_forward_and_gradients_match_formula(kind: str, mode: str) -> None:
 
 
 def test_initial_magnitude_is_row_norm() -> None:
-    config = peft.LoraConfig(target_modules=["layer"], r=3, lora_alpha=4, use_dora=True, init_lora_weights=False)
-    layer = peft.get_peft_model(Tiny(nn.Linear(6, 5)), config).base_model.model.layer
+    config = peft.LoraConfig(target_modules=["0"], r=3, lora_alpha=4, use_dora=True, init_lora_weights=False)
+    layer = peft.get_peft_model(nn.Sequential(nn.Linear(6, 5)), config).base_model.model[0]
     V = layer.get_base_layer().weight + (4 / 3) * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
     torch.testing.assert_close(layer.lora_magnitude_vector["default"].weight, V.norm(dim=1))
 
@@ -102,10 +93,10 @@ def test_merged_weight_matches_formula(kind: str) -> None:
 
 def test_dropout_is_off_in_eval_mode() -> None:
     config = peft.LoraConfig(
-        target_modules=["layer"], r=3, lora_alpha=4, use_dora=True, lora_dropout=0.5, init_lora_weights=False
+        target_modules=["0"], r=3, lora_alpha=4, use_dora=True, lora_dropout=0.5, init_lora_weights=False
     )
-    model = peft.get_peft_model(Tiny(nn.Linear(6, 5)), config).eval()
-    layer = model.base_model.model.layer
+    model = peft.get_peft_model(nn.Sequential(nn.Linear(6, 5)), config).eval()
+    layer = model.base_model.model[0]
     W, b = layer.get_base_layer().weight, layer.get_base_layer().bias
     A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     m = layer.lora_magnitude_vector["default"].weight

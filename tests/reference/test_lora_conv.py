@@ -24,19 +24,10 @@ def lora_conv2d(x, conv: nn.Conv2d, W, b, A, B, s):
     return F.conv2d(x, W, b, **geometry) + F.conv2d(x, delta_kernel(A, B, s), None, **geometry)
 
 
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, kernel_size=3, stride=2, padding=1, dilation=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
 def build():
-    config = peft.LoraConfig(target_modules=["conv"], r=2, lora_alpha=3, init_lora_weights=False)
-    model = peft.get_peft_model(Tiny(), config)
-    return model, model.base_model.model.conv
+    config = peft.LoraConfig(target_modules=["0"], r=2, lora_alpha=3, init_lora_weights=False)
+    model = peft.get_peft_model(nn.Sequential(nn.Conv2d(3, 4, kernel_size=3, stride=2, padding=1, dilation=1)), config)
+    return model, model.base_model.model[0]
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

@@ -19,19 +19,10 @@ def merged_embedding(E, A, B, s):
     return E + s * (B @ A).T
 
 
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(11, 6)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.emb(ids)
-
-
 def build(use_rslora: bool = False):
-    config = peft.LoraConfig(target_modules=["emb"], r=3, lora_alpha=5, use_rslora=use_rslora, init_lora_weights=False)
-    model = peft.get_peft_model(Tiny(), config)
-    return model, model.base_model.model.emb
+    config = peft.LoraConfig(target_modules=["0"], r=3, lora_alpha=5, use_rslora=use_rslora, init_lora_weights=False)
+    model = peft.get_peft_model(nn.Sequential(nn.Embedding(11, 6)), config)
+    return model, model.base_model.model[0]
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

@@ -32,15 +32,6 @@ def merged_linear(W, b, A, B, s, lora_b=None, fan_in_fan_out=False):
     return W2, b2
 
 
-class Tiny(nn.Module):
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
-
-
 LAYERS = {"linear": lambda: nn.Linear(6, 5), "conv1d": lambda: Conv1D(5, 6)}  # Conv1D(nf=out, nx=in)
 SETTINGS = [
     {"r": 3, "lora_alpha": 5},
@@ -55,9 +46,9 @@ def scaling(cfg: dict) -> float:
 
 def build(kind: str, cfg: dict):
     model = peft.get_peft_model(
-        Tiny(LAYERS[kind]()), peft.LoraConfig(target_modules=["layer"], init_lora_weights=False, **cfg)
+        nn.Sequential(LAYERS[kind]()), peft.LoraConfig(target_modules=["0"], init_lora_weights=False, **cfg)
     )
-    layer = model.base_model.model.layer
+    layer = model.base_model.model[0]
     if cfg.get("lora_bias"):
         with torch.no_grad():
             layer.lora_B["default"].bias.normal_()
