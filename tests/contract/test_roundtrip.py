@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from tests.contract._cases import output
 
 import peftkit as peft
@@ -47,3 +49,16 @@ def test_non_default_adapter_round_trip(case, tmp_path) -> None:
     loaded = peft.PeftModel.from_pretrained(case.base(), tmp_path / "other", adapter_name="other")
     assert loaded.active_adapter == "other"
     torch.testing.assert_close(output(loaded, x), output(model, x), rtol=0, atol=0)
+
+
+def test_failed_load_leaves_model_untouched(case, tmp_path, unchanged) -> None:
+    model = case.peft()
+    case.add(model, "spare", seed=2)
+    model.save_pretrained(tmp_path, selected_adapters=["spare"])
+    state = load_file(tmp_path / "spare" / "adapter_model.safetensors")
+    state.pop(sorted(k for k in state if ".lora_" in k)[-1])
+    save_file(state, tmp_path / "spare" / "adapter_model.safetensors")
+    check = unchanged(model)
+    with pytest.raises(peft.CheckpointError, match="missing keys"):
+        model.load_adapter(tmp_path / "spare", adapter_name="broken")
+    check()
