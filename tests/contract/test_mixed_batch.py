@@ -74,3 +74,12 @@ def test_generate_with_adapter_names_equals_per_sample_generation(llama_case) ->
         continuations.add(tuple(single[0, prompts.shape[1] :].tolist()))
     assert mixed.shape[1] > prompts.shape[1]
     assert len(continuations) > 1, "the adapters must lead to different generations for the test to mean something"
+
+
+def test_merged_adapters_refuse_mixed_batches(case) -> None:
+    model = three_adapters(case)
+    model.merge_adapter()
+    with pytest.raises(ValueError, match="merged; unmerge"):
+        output(model, case.inputs(2), adapter_names=["b", "c"])
+    model.unmerge_adapter()
+    output(model, case.inputs(2), adapter_names=["b", "c"])

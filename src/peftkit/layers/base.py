@@ -112,7 +112,7 @@ class AdapterLayer(nn.Module):
             return self.base_layer(x, *args, **kwargs)
         if self.batch_routing is not None:
             if self.merged_adapters:
-                raise RuntimeError("A mixed batch (adapter_names=...) cannot run while adapters are merged; unmerge.")
+                raise ValueError("A mixed batch (adapter_names=...) cannot run while adapters are merged; unmerge.")
             return self.mixed_forward(x, self.batch_routing, *args, **kwargs)
         if self.merged_adapters:
             return self.base_layer(x, *args, **kwargs)
