@@ -3,7 +3,7 @@ the transformers integration (adapter methods, Trainer, hub, hot-swap)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -17,6 +17,8 @@ from transformers import (
     LlamaForCausalLM,
     T5Config,
     T5ForConditionalGeneration,
+    Trainer,
+    TrainingArguments,
 )
 
 import peftkit
@@ -101,6 +103,64 @@ def output_of(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor
     model.eval()
     with torch.no_grad():
         return model(**inputs).logits
+
+
+# -- Trainer helpers --------------------------------------------------------------------------------
+class TokenDataset(torch.utils.data.Dataset):
+    """A few random token sequences, labels = inputs (causal LM)."""
+
+    def __init__(self, n: int = 16, length: int = 8, seed: int = 0) -> None:
+        self.ids = torch.randint(3, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.ids[i]}
+
+
+def inplace_model(adapter_seed: int = 0, dropout: float = 0.1) -> nn.Module:
+    """A tiny llama with a LoRA adapter added in place (initialised from ``adapter_seed``)."""
+    model = peftkit.enable_adapter_methods(tiny_llama())
+    torch.manual_seed(adapter_seed)
+    model.add_adapter(lora(lora_dropout=dropout))
+    return model
+
+
+def wrapped_model(adapter_seed: int = 0, dropout: float = 0.1) -> nn.Module:
+    """The same as :func:`inplace_model`, through ``get_peft_model``."""
+    base = tiny_llama()
+    torch.manual_seed(adapter_seed)
+    return peftkit.get_peft_model(base, lora(lora_dropout=dropout, task_type=peftkit.TaskType.CAUSAL_LM))
+
+
+STYLES: dict[str, Callable[..., nn.Module]] = {"inplace": inplace_model, "peft_model": wrapped_model}
+
+
+def trainer_args(output_dir: object, **overrides: object) -> TrainingArguments:
+    """Short CPU runs: batch 2, 8 steps, a checkpoint every 4, a loss logged every step."""
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=2,
+        max_steps=8,
+        save_steps=4,
+        logging_steps=1,
+        learning_rate=1e-2,
+        seed=42,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+    )
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def losses(trainer: Trainer) -> dict[int, float]:
+    return {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
+
+
+def adapter_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" in n}
 
 
 @pytest.fixture

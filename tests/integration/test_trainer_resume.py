@@ -5,79 +5,28 @@ their trainability, and load_best_model_at_end."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.integration._transformers_fixtures import VOCAB, lora, patched, tiny_llama  # noqa: F401 (fixture)
+from tests.integration._transformers_fixtures import (  # noqa: F401 (fixture)
+    STYLES,
+    TokenDataset,
+    adapter_weights,
+    lora,
+    losses,
+    patched,
+    trainer_args,
+)
 from torch import nn
-from transformers import Trainer, TrainingArguments
-
-import peftkit
+from transformers import Trainer
 
 MANIFEST = "adapter_checkpoint.json"
 
 
-class TokenDataset(torch.utils.data.Dataset):
-    """A few random token sequences, labels = inputs (causal LM)."""
-
-    def __init__(self, n: int = 16, length: int = 8, seed: int = 0) -> None:
-        self.ids = torch.randint(3, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.ids[i]}
-
-
-def inplace_model(adapter_seed: int = 0, **lora_kwargs: object) -> nn.Module:
-    model = peftkit.enable_adapter_methods(tiny_llama())
-    torch.manual_seed(adapter_seed)
-    model.add_adapter(lora(lora_dropout=0.1, **lora_kwargs))
-    return model
-
-
-def wrapped_model(adapter_seed: int = 0, **lora_kwargs: object) -> nn.Module:
-    base = tiny_llama()
-    torch.manual_seed(adapter_seed)
-    return peftkit.get_peft_model(base, lora(lora_dropout=0.1, task_type=peftkit.TaskType.CAUSAL_LM, **lora_kwargs))
-
-
-STYLES: dict[str, Callable[..., nn.Module]] = {"inplace": inplace_model, "peft_model": wrapped_model}
-
-
-def args(output_dir, **overrides: object) -> TrainingArguments:
-    settings = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=2,
-        max_steps=8,
-        save_steps=4,
-        logging_steps=1,
-        learning_rate=1e-2,
-        seed=42,
-        use_cpu=True,
-        report_to=[],
-        disable_tqdm=True,
-        save_safetensors=True,
-    )
-    settings.update(overrides)
-    settings.pop("save_safetensors")  # not an argument in every transformers version
-    return TrainingArguments(**settings)
-
-
-def losses(trainer: Trainer) -> dict[int, float]:
-    return {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
-
-
-def adapter_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" in n}
-
-
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_resume_reproduces_losses_step_by_step(patched, style: str, tmp_path) -> None:  # noqa: F811
-    full = Trainer(model=STYLES[style](), args=args(tmp_path / "full"), train_dataset=TokenDataset())
+    full = Trainer(model=STYLES[style](), args=trainer_args(tmp_path / "full"), train_dataset=TokenDataset())
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-4"
     files = sorted(os.listdir(checkpoint))
@@ -87,7 +36,7 @@ def test_resume_reproduces_losses_step_by_step(patched, style: str, tmp_path) ->
     assert stored and all(".lora_" in key for key in stored)
 
     resumed_model = STYLES[style](adapter_seed=123)  # a different starting adapter: the checkpoint must win
-    resumed = Trainer(model=resumed_model, args=args(tmp_path / "resumed"), train_dataset=TokenDataset())
+    resumed = Trainer(model=resumed_model, args=trainer_args(tmp_path / "resumed"), train_dataset=TokenDataset())
     resumed.train(resume_from_checkpoint=str(checkpoint))
     uninterrupted, continued = losses(full), losses(resumed)
     print(f"\n[{style}] uninterrupted losses: {[uninterrupted[s] for s in sorted(uninterrupted)]}")
@@ -116,13 +65,14 @@ def test_several_adapters_come_back_with_their_trainability(patched, style: str,
         return model
 
     model = build(0)
-    Trainer(model=model, args=args(tmp_path / "run", max_steps=2, save_steps=2), train_dataset=TokenDataset()).train()
+    run_args = trainer_args(tmp_path / "run", max_steps=2, save_steps=2)
+    Trainer(model=model, args=run_args, train_dataset=TokenDataset()).train()
     checkpoint = tmp_path / "run" / "checkpoint-2"
     assert sorted(os.listdir(checkpoint / "second")) == ["adapter_config.json", "adapter_model.safetensors"]
     saved_second = {k: v for k, v in adapter_weights(model).items() if ".second." in k}
     for fresh in (build(50), build(60, with_second=False)):
         trainer = Trainer(
-            model=fresh, args=args(tmp_path / "again", max_steps=3, save_steps=10), train_dataset=TokenDataset()
+            model=fresh, args=trainer_args(tmp_path / "again", max_steps=3, save_steps=10), train_dataset=TokenDataset()
         )
         trainer.train(resume_from_checkpoint=str(checkpoint))
         weights = {n: p for n, p in fresh.named_parameters() if ".lora_" in n}
@@ -143,7 +93,7 @@ def test_load_best_model_at_end(patched, style: str, tmp_path) -> None:  # noqa:
 
     trainer = Trainer(
         model=model,
-        args=args(
+        args=trainer_args(
             tmp_path / "run",
             max_steps=6,
             save_steps=2,
