@@ -214,6 +214,31 @@ class PeftModel(nn.Module):
             config = config_for_saving(self.peft_config[name], self.get_base_model())
             write_adapter(adapter_directory(save_directory, name), config, state, safe_serialization)
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        **save_kwargs: Any,
+    ) -> Any:
+        """Upload exactly the files of :meth:`save_pretrained` (``save_kwargs``) to hub repo ``repo_id``, one commit."""
+        from peftkit.io.hub import upload_adapter
+
+        save_kwargs.pop("max_shard_size", None)
+        return upload_adapter(
+            lambda directory: self.save_pretrained(directory, **save_kwargs),
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+        )
+
     def load_adapter(
         self,
         model_id: str | os.PathLike,
