@@ -69,6 +69,7 @@ _BUILDERS: dict[str, Callable[[], nn.Module]] = {
             decoder_start_token_id=0,
             pad_token_id=0,
             eos_token_id=1,
+            initializer_factor=4.0,  # as for llama: large enough weights that inputs and prompts matter
         )
     ),
 }
