@@ -23,15 +23,6 @@ from peftkit.methods.adalora.callback import AdaLoraCallback
 EPS = 1e-5
 
 
-class Holder(nn.Module):
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
-
-
 def svd_delta(layer: nn.Module, adapter: str = "default") -> torch.Tensor:
     """Oracle: ``s * B (A * E) / (ranknum + eps)`` with ``s = alpha``, or ``r`` when ``alpha <= 0``."""
     A, E, B = (t[adapter].detach() for t in (layer.lora_A, layer.lora_E, layer.lora_B))
@@ -41,8 +32,8 @@ def svd_delta(layer: nn.Module, adapter: str = "default") -> torch.Tensor:
 
 
 def build(base: nn.Module, **kwargs: object) -> nn.Module:
-    config = peft.AdaLoraConfig(target_modules=["layer"], total_step=10, target_r=1, init_lora_weights=False, **kwargs)
-    return peft.get_peft_model(Holder(base), config)
+    config = peft.AdaLoraConfig(target_modules=["0"], total_step=10, target_r=1, init_lora_weights=False, **kwargs)
+    return peft.get_peft_model(nn.Sequential(base), config)
 
 
 @pytest.mark.parametrize("alpha", [8, 0], ids=["alpha", "alpha<=0"])
@@ -52,7 +43,7 @@ def test_linear_forward_matches_formula(kind: str, alpha: int) -> None:
     base = nn.Linear(6, 5) if kind == "linear" else Conv1D(5, 6)
     original = copy.deepcopy(base)
     model = build(base, init_r=3, lora_alpha=alpha)
-    layer = model.base_model.model.layer
+    layer = model.base_model.model[0]
     assert tuple(layer.lora_A["default"].shape) == (3, 6)
     assert tuple(layer.lora_E["default"].shape) == (3, 1)
     assert tuple(layer.lora_B["default"].shape) == (5, 3)
@@ -66,7 +57,7 @@ def test_conv2d_forward_matches_formula() -> None:
     base = nn.Conv2d(3, 4, 3, padding=1, stride=2)
     original = copy.deepcopy(base)
     model = build(base, init_r=2)
-    layer = model.base_model.model.layer
+    layer = model.base_model.model[0]
     assert tuple(layer.lora_A["default"].shape) == (2, 3 * 3 * 3)
     x = torch.randn(2, 3, 7, 7)
     kernel = svd_delta(layer).view(original.weight.shape)
@@ -87,8 +78,25 @@ def test_merge_equals_unmerged_and_unmerge_restores(kind: str) -> None:
     model.base_model.merge_adapter()
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
     model.base_model.unmerge_adapter()
-    torch.testing.assert_close(model.base_model.model.layer.base_layer.weight, original.weight, atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.base_model.model[0].base_layer.weight, original.weight, atol=1e-6, rtol=0)
     torch.testing.assert_close(model.merge_and_unload()(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_batch_routes_each_sample_through_its_adapter() -> None:
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5)
+    original = copy.deepcopy(base)
+    model = build(base, init_r=3)
+    config = peft.AdaLoraConfig(target_modules=["0"], total_step=10, init_r=2, target_r=1, inference_mode=True)
+    model.add_adapter("b", config)
+    layer = model.base_model.model[0]
+    with torch.no_grad():
+        layer.lora_E["b"].normal_()
+    x = torch.randn(3, 6)
+    out = model.eval()(x, adapter_names=["b", "__base__", "default"])
+    torch.testing.assert_close(out[0], original(x[0]) + x[0] @ svd_delta(layer, "b").T)
+    torch.testing.assert_close(out[1], original(x[1]))
+    torch.testing.assert_close(out[2], original(x[2]) + x[2] @ svd_delta(layer).T)
 
 
 VOCAB = 40

@@ -25,17 +25,11 @@ LAYERS = {
     "conv2d_grouped": (lambda: nn.Conv2d(4, 6, 3, groups=2), (2, 4, 5, 5), 1),
     "conv3d": (lambda: nn.Conv3d(2, 4, 2), (2, 2, 3, 3, 3), 1),
 }
-
-
-class Holder(nn.Module):
-    """A one-layer model, so that the layer has a targetable name."""
-
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
+EVERY_LAYER = pytest.mark.parametrize(
+    ("kind", "feedforward"),
+    [(kind, ff) for kind in sorted(LAYERS) for ff in (False, True)],
+    ids=[f"{kind}-{'feedforward' if ff else 'attention'}" for kind in sorted(LAYERS) for ff in (False, True)],
+)
 
 
 def along(vector: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
@@ -60,20 +54,19 @@ def build(kind: str, feedforward: bool, names: tuple[str, ...] = ("default",)) -
     layer = factory()
     original = copy.deepcopy(layer)
     config = peft.IA3Config(
-        target_modules=["layer"], feedforward_modules=["layer"] if feedforward else [], init_ia3_weights=False
+        target_modules=["0"], feedforward_modules=["0"] if feedforward else [], init_ia3_weights=False
     )
-    model = peft.get_peft_model(Holder(layer), config, adapter_name=names[0])
+    model = peft.get_peft_model(nn.Sequential(layer), config, adapter_name=names[0])
     for name in names[1:]:
         model.add_adapter(name, config)
     return model, original
 
 
 def vector(model: nn.Module, name: str = "default") -> torch.Tensor:
-    return model.base_model.model.layer.ia3_l[name]
+    return model.base_model.model[0].ia3_l[name]
 
 
-@pytest.mark.parametrize("feedforward", [False, True], ids=["attention", "feedforward"])
-@pytest.mark.parametrize("kind", sorted(LAYERS))
+@EVERY_LAYER
 def test_forward_matches_formula_and_gradients_flow(kind: str, feedforward: bool) -> None:
     model, original = build(kind, feedforward)
     _, shape, dim = LAYERS[kind]
@@ -89,18 +82,17 @@ def test_forward_matches_formula_and_gradients_flow(kind: str, feedforward: bool
     reference = l_vec.detach().clone().requires_grad_(True)
     ia3_oracle(original, x, reference, dim, feedforward).square().sum().backward()
     torch.testing.assert_close(l_vec.grad, reference.grad)
-    assert model.base_model.model.layer.base_layer.weight.grad is None  # the base stays frozen
+    assert model.base_model.model[0].base_layer.weight.grad is None  # the base stays frozen
 
 
-@pytest.mark.parametrize("feedforward", [False, True], ids=["attention", "feedforward"])
-@pytest.mark.parametrize("kind", sorted(LAYERS))
+@EVERY_LAYER
 def test_merge_equals_unmerged_and_unmerge_restores(kind: str, feedforward: bool) -> None:
     model, original = build(kind, feedforward)
     _, shape, _ = LAYERS[kind]
     x = torch.randn(shape)
     expected = model(x).detach()
     model.base_model.merge_adapter()
-    layer = model.base_model.model.layer
+    layer = model.base_model.model[0]
     torch.testing.assert_close(layer.base_layer(x), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
     model.base_model.unmerge_adapter()
@@ -117,7 +109,7 @@ def test_safe_merge_refuses_non_finite_vectors_and_keeps_weights() -> None:
         vector(model)[0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN/Inf"):
         model.base_model.merge_adapter(safe_merge=True)
-    torch.testing.assert_close(model.base_model.model.layer.base_layer.weight, original.weight)
+    torch.testing.assert_close(model.base_model.model[0].base_layer.weight, original.weight)
 
 
 def test_several_adapters_compose_and_mixed_batches_route_per_sample() -> None:
@@ -137,9 +129,9 @@ def test_adapters_with_different_placement_share_a_layer() -> None:
     torch.manual_seed(0)
     layer = nn.Linear(6, 5)
     original = copy.deepcopy(layer)
-    attention = peft.IA3Config(target_modules=["layer"], feedforward_modules=[], init_ia3_weights=False)
-    model = peft.get_peft_model(Holder(layer), attention, adapter_name="att")
-    model.add_adapter("ff", peft.IA3Config(target_modules=["layer"], feedforward_modules=["layer"]))
+    attention = peft.IA3Config(target_modules=["0"], feedforward_modules=[], init_ia3_weights=False)
+    model = peft.get_peft_model(nn.Sequential(layer), attention, adapter_name="att")
+    model.add_adapter("ff", peft.IA3Config(target_modules=["0"], feedforward_modules=["0"]))
     with torch.no_grad():
         vector(model, "ff").uniform_(0.5, 1.5)
     model.base_model.set_adapter(["att", "ff"])
@@ -176,13 +168,14 @@ def test_training_lowers_the_loss_and_round_trips(tmp_path: Path) -> None:
     assert trainable and all(p.shape[0] == 1 or p.shape[1] == 1 for p in trainable)
     ids = torch.randint(0, 40, (4, 12), generator=torch.Generator().manual_seed(3))
     optimizer = torch.optim.Adam(trainable, lr=0.1)
-    losses = []
-    for _ in range(30):
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+        return loss
+
+    losses = [optimizer.step(closure).item() for _ in range(30)]
     assert losses[-1] < 0.85 * losses[0]
     model.save_pretrained(tmp_path)
     loaded = peft.PeftModel.from_pretrained(tiny_llama(), tmp_path)
@@ -199,9 +192,9 @@ def test_config_errors_say_what_to_change() -> None:
     with pytest.raises(peft.ConfigError, match="init_ia3_weights"):
         peft.IA3Config(init_ia3_weights="ones")  # type: ignore[arg-type]
     with pytest.raises(peft.ConfigError, match="no default feedforward_modules"):
-        peft.get_peft_model(Holder(nn.Linear(3, 3)), peft.IA3Config(target_modules=["layer"]))
+        peft.get_peft_model(nn.Sequential(nn.Linear(3, 3)), peft.IA3Config(target_modules=["0"]))
     with pytest.raises(peft.TargetingError, match="No default target_modules"):
-        peft.get_peft_model(Holder(nn.Linear(3, 3)), peft.IA3Config(feedforward_modules=[]))
+        peft.get_peft_model(nn.Sequential(nn.Linear(3, 3)), peft.IA3Config(feedforward_modules=[]))
     with pytest.raises(peft.TargetingError, match="cannot adapt"):
-        config = peft.IA3Config(target_modules=["layer"], feedforward_modules=[])
-        peft.get_peft_model(Holder(nn.Embedding(3, 3)), config)
+        config = peft.IA3Config(target_modules=["0"], feedforward_modules=[])
+        peft.get_peft_model(nn.Sequential(nn.Embedding(3, 3)), config)
