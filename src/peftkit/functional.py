@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError, TargetingError
+from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError
 from peftkit.layers.base import BASE_ADAPTER, AdapterLayer, BatchRouting
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.wrap import replace_module
@@ -142,6 +142,11 @@ def inject_adapter(
         AdapterNameError: the name is invalid or taken. TargetingError: nothing to adapt.
     """
     spec = method_of(config)
+    if spec.is_prompt_learning:
+        raise UnsupportedError(
+            f"{config.peft_type} adds virtual tokens, not adapter layers, so it cannot be injected into a model; "
+            "wrap the model with get_peft_model(model, config) instead."
+        )
     if spec.prepare_config is not None:
         config = spec.prepare_config(config, model)
     check_adapter_name(adapter_name, sorted(adapter_names_in(model)))

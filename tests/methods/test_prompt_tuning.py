@@ -205,3 +205,5 @@ def test_tasks_without_prompt_support_are_refused() -> None:
     config = PromptTuningConfig(task_type=TaskType.TOKEN_CLS, num_virtual_tokens=N)
     with pytest.raises(UnsupportedError, match="not implemented for task TOKEN_CLS"):
         get_peft_model(build("llama_base"), config)
+    with pytest.raises(UnsupportedError, match="cannot be injected into a model"):
+        peftkit.inject_adapter_in_model(_config(), build("llama"))
