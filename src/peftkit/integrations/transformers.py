@@ -64,7 +64,8 @@ class AdapterModelMixin:
     def __reduce_ex__(self, protocol: Any) -> Any:
         # The dynamic subclass cannot be found by name; rebuild it from the original class instead.
         reduced = super().__reduce_ex__(protocol)
-        return (_rebuild, (type(self)._peftkit_base_class,), *reduced[2:])
+        base = type(self).__dict__.get("_peftkit_base_class")
+        return reduced if base is None else (_rebuild, (base,), *reduced[2:])
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def _adapter_configs(self) -> dict[str, PeftConfig]:
