@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of peftkit against the reference peft; run ``python -m benchmarks.run``."""

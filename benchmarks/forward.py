@@ -1,0 +1,80 @@
+"""Unmerged inference forward with one active adapter: decode (1 new token after a 127-token KV cache) and
+prefill (128 tokens, no cache). Floor: the bare base model on the same input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, Settings, close, interleaved
+from benchmarks.models import SMALL, TINY, Shape, adapter_pair, build_model, lora_kwargs
+
+
+@dataclass(frozen=True)
+class ForwardShape:
+    model: Shape
+    seq: int
+
+
+PRESETS = {
+    "full": ForwardShape(SMALL, seq=128),
+    "quick": ForwardShape(SMALL, seq=128),
+    "tiny": ForwardShape(TINY, seq=8),
+}
+
+
+class Decoder:
+    """One model with a KV cache of ``seq - 1`` tokens; each call decodes the next token and the cache is
+    cropped back afterwards (untimed)."""
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor) -> None:
+        self.model, self.prefix, self.next = model, ids[:, :-1], ids[:, -1:]
+        self.cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=self.prefix, past_key_values=self.cache, use_cache=True)
+
+    def decode(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(input_ids=self.next, past_key_values=self.cache, use_cache=True).logits
+
+    def reset(self) -> None:
+        self.cache.crop(-1)
+
+
+def prefill(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits
+
+
+def run(settings: Settings) -> list[Row]:
+    shape = PRESETS[settings.preset]
+    base = build_model(shape.model, device=settings.device)
+    kit, ref = adapter_pair(base, **lora_kwargs())
+    kit.eval(), ref.eval()
+    ids = torch.randint(0, shape.model.vocab, (1, shape.seq), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(settings.device)
+    models = {PEFTKIT: kit, PEFT: ref, FLOOR: base}
+    decoders = {name: Decoder(m, ids) for name, m in models.items()}
+    agree_decode = close(decoders[PEFTKIT].decode(), decoders[PEFT].decode())
+    for decoder in decoders.values():
+        decoder.reset()
+    agree_prefill = close(prefill(kit, ids), prefill(ref, ids))
+    decode = interleaved(settings, {n: Case(run=d.decode, cleanup=d.reset) for n, d in decoders.items()})
+    full = interleaved(settings, {n: Case(run=lambda m=m: prefill(m, ids)) for n, m in models.items()})
+    what = f"{shape.model.describe()}; batch 1; r=16 all-linear, unmerged"
+    return [
+        Row("decode forward (1 token)", "ms", decode[PEFTKIT], decode[PEFT], decode[FLOOR], 1.05, agree_decode, what),
+        Row(
+            f"prefill forward ({shape.seq} tokens)",
+            "ms",
+            full[PEFTKIT],
+            full[PEFT],
+            full[FLOOR],
+            None,
+            agree_prefill,
+            what,
+        ),
+    ]

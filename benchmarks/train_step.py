@@ -1,0 +1,119 @@
+"""LoRA training step: time of forward + loss + backward, and the activation memory autograd keeps.
+
+Floor: the same model with every weight frozen and the embedding output requiring grad, so that backward
+runs through the whole network (activation gradients only, no weight gradients) — the least work any
+adapter method that trains inside the first layer must do. The optimizer step is left out (it is the same
+for both libraries and tiny: the adapters have <2% of the parameters).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, SavedActivations, Settings, close, interleaved
+from benchmarks.models import SMALL, TINY, Shape, adapter_pair, build_model, lora_kwargs, lora_parameters
+
+
+@dataclass(frozen=True)
+class TrainShape:
+    model: Shape
+    batch: int
+    seq: int
+
+
+PRESETS = {
+    "full": TrainShape(SMALL, batch=4, seq=128),
+    "quick": TrainShape(SMALL, batch=2, seq=64),
+    "tiny": TrainShape(TINY, batch=2, seq=8),
+}
+
+
+def frozen_floor(base: nn.Module) -> nn.Module:
+    """A copy of ``base`` with frozen weights whose embedding output requires grad."""
+    floor = copy.deepcopy(base)
+    floor.requires_grad_(False)
+    floor.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
+    return floor
+
+
+def step(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """One forward + loss + backward; returns the (detached) loss."""
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach()
+
+
+def zero_grads(model: nn.Module) -> None:
+    for param in model.parameters():
+        param.grad = None
+
+
+def activation_mib(model: nn.Module, ids: torch.Tensor) -> float:
+    """MiB of distinct storages saved for backward by one forward (then backward frees them)."""
+    recorder = SavedActivations(model)
+    with recorder.recording():
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    zero_grads(model)
+    return recorder.mib
+
+
+def agreement(kit: nn.Module, ref: nn.Module, ids: torch.Tensor, dropout: float) -> bool:
+    """Dropout 0: same loss and same gradient for every LoRA tensor. Dropout > 0 (random masks differ):
+    same eval-mode logits and a train-mode loss within 1%."""
+    if dropout == 0:
+        same = close(step(kit, ids), step(ref, ids))
+        grads_kit, grads_ref = lora_parameters(kit), lora_parameters(ref)
+        same = same and all(close(grads_kit[n].grad, p.grad, rtol=1e-3, atol=1e-6) for n, p in grads_ref.items())
+    else:
+        torch.manual_seed(0)
+        loss_kit, loss_ref = step(kit, ids), step(ref, ids)
+        same = bool(abs(loss_kit - loss_ref) <= 0.01 * abs(loss_ref))
+        kit.eval(), ref.eval()
+        with torch.no_grad():
+            same = same and close(kit(input_ids=ids).logits, ref(input_ids=ids).logits)
+        kit.train(), ref.train()
+    zero_grads(kit), zero_grads(ref)
+    return same
+
+
+def run(settings: Settings) -> list[Row]:
+    shape = PRESETS[settings.preset]
+    base = build_model(shape.model, device=settings.device)
+    ids = torch.randint(0, shape.model.vocab, (shape.batch, shape.seq), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(settings.device)
+    floor = frozen_floor(base).train()
+    what = f"{shape.model.describe()}; batch {shape.batch} x {shape.seq} tokens; r=16 all-linear"
+    rows: list[Row] = []
+    for dropout in (0.0, 0.05):
+        kit, ref = adapter_pair(base, **lora_kwargs(dropout=dropout))
+        kit.train(), ref.train()
+        agree = agreement(kit, ref, ids, dropout)
+        models = {PEFTKIT: kit, PEFT: ref, FLOOR: floor}
+        cases = {
+            name: Case(run=lambda m=m: step(m, ids), prepare=lambda m=m: zero_grads(m)) for name, m in models.items()
+        }
+        times = interleaved(settings, cases)
+        memory = {name: activation_mib(m, ids) for name, m in models.items()}
+        rows.append(
+            Row(f"train step, dropout {dropout:g}", "ms", times[PEFTKIT], times[PEFT], times[FLOOR], 1.05, agree, what)
+        )
+        target = 1.3 if dropout else None
+        rows.append(
+            Row(
+                f"activation memory, dropout {dropout:g}",
+                "MiB",
+                memory[PEFTKIT],
+                memory[PEFT],
+                memory[FLOOR],
+                target,
+                agree,
+                "distinct storages saved for backward (parameters excluded)",
+            )
+        )
+        del kit, ref
+    return rows
