@@ -19,19 +19,33 @@ SAFETENSORS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
 
 
+def atomic_write_all(writes: dict[str, Callable[[str], None]]) -> None:
+    """Write every file to a temporary path beside it, and only when all succeeded rename them into place.
+
+    Args:
+        writes: ``{final_path: write}``; ``write(tmp_path)`` produces the file's content at ``tmp_path``.
+    """
+    staged: list[tuple[str, str]] = []
+    try:
+        for path, write in writes.items():
+            directory = os.path.dirname(os.path.abspath(path))
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+            os.close(fd)
+            staged.append((tmp, os.fspath(path)))
+            write(tmp)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary path next to ``path``, then rename it to ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_all({os.fspath(path): write})
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -44,11 +58,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, write)
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, safe_serialization: bool = True) -> None:
-    """Save a flat tensor dict atomically as safetensors (metadata ``{"format": "pt"}``) or ``torch.save``.
-
-    Tensors are made contiguous and tensors sharing storage are cloned, as safetensors requires.
-    """
+def tensor_writer(tensors: dict[str, torch.Tensor], safe_serialization: bool = True) -> Callable[[str], None]:
+    """A ``write(path)`` function saving a flat tensor dict as safetensors (metadata ``{"format": "pt"}``) or
+    through ``torch.save``. Tensors are made contiguous and tensors sharing storage are cloned, as safetensors
+    requires."""
     seen: set[tuple[int, int]] = set()
     clean: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
@@ -60,9 +73,13 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, safe
     if safe_serialization:
         from safetensors.torch import save_file
 
-        atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={"format": "pt"}))
-    else:
-        atomic_write(path, lambda tmp: torch.save(clean, tmp))
+        return lambda path: save_file(clean, path, metadata={"format": "pt"})
+    return lambda path: torch.save(clean, path)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, safe_serialization: bool = True) -> None:
+    """Save a flat tensor dict atomically (see :func:`tensor_writer`)."""
+    atomic_write(path, tensor_writer(tensors, safe_serialization))
 
 
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

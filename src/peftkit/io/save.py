@@ -1,4 +1,4 @@
-"""Writing an adapter directory in PEFT's format (config JSON + safetensors), atomically per file."""
+"""Writing an adapter directory in PEFT's format (config JSON + safetensors), atomically as a pair."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import os
 import torch
 from torch import nn
 
-from peftkit.config import PeftConfig
-from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, save_tensors
+from peftkit.config import CONFIG_NAME, PeftConfig
+from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, atomic_write_all, tensor_writer
 
 
 def adapter_directory(root: str | os.PathLike, adapter_name: str) -> str:
@@ -45,11 +45,26 @@ def write_adapter(
     tensors: dict[str, torch.Tensor],
     safe_serialization: bool = True,
 ) -> None:
-    """Write ``adapter_config.json`` and the weights file into ``directory`` (created if needed)."""
+    """Write ``adapter_config.json`` and the weights file into ``directory`` (created if needed).
+
+    Both files are staged first and renamed into place only once both are written, so a failed save keeps the
+    previous adapter (weights and config) as a pair. A weights file of the other format left by an earlier
+    save is removed afterwards, since loaders prefer safetensors and would read the stale one.
+    """
     os.makedirs(directory, exist_ok=True)
-    # A config that cannot be serialised must fail the save before the weights file is replaced, so that the
-    # previous adapter (weights and config) stays intact as a pair.
-    json.dumps(config.to_dict())
-    weights = os.path.join(directory, SAFETENSORS_NAME if safe_serialization else BIN_NAME)
-    save_tensors(tensors, weights, safe_serialization=safe_serialization)
-    config.save_pretrained(directory)
+    text = json.dumps(config.to_dict(), indent=2, sort_keys=True)
+    weights, stale = (SAFETENSORS_NAME, BIN_NAME) if safe_serialization else (BIN_NAME, SAFETENSORS_NAME)
+
+    def write_config(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    atomic_write_all(
+        {
+            os.path.join(directory, weights): tensor_writer(tensors, safe_serialization),
+            os.path.join(directory, CONFIG_NAME): write_config,
+        }
+    )
+    stale_path = os.path.join(directory, stale)
+    if os.path.exists(stale_path):
+        os.remove(stale_path)
