@@ -38,7 +38,8 @@ from peftkit.io.load import read_weights, split_hub_kwargs
 from peftkit.io.state import adapter_tensors
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.layer import LoraLayer
-from peftkit.registry import method_of
+from peftkit.registry import METHODS, method_of
+from peftkit.types import PeftType
 
 CheckCompiled = Literal["error", "warn", "ignore"]
 
@@ -59,11 +60,20 @@ def resolve_adapter_model(model: nn.Module) -> tuple[nn.Module, dict[str, PeftCo
     return model, None
 
 
+#: Layer classes of LoRA proper (AdaLoRA's layers subclass LoraLayer but hold A, E, B).
+_LORA_LAYER_TYPES = frozenset(METHODS[PeftType.LORA].layer_table.values())
+
+
+def _is_plain_lora(config: PeftConfig) -> bool:
+    """LoRA proper: AdaLoRA's config subclasses LoraConfig but its layers have another shape."""
+    return isinstance(config, LoraConfig) and config.peft_type == PeftType.LORA
+
+
 def _lora_layers(inner: nn.Module, adapter: str | None = None) -> list[tuple[str, LoraLayer]]:
     return [
         (name, module)
         for name, module in iter_adapter_modules(inner)
-        if isinstance(module, LoraLayer) and (adapter is None or adapter in module.adapter_names())
+        if type(module) in _LORA_LAYER_TYPES and (adapter is None or adapter in module.adapter_names())
     ]
 
 
@@ -322,8 +332,8 @@ def swap_adapter_weights(
             f"(present: {sorted(configs or {})}). Load it first without hotswap."
         )
     old = configs[adapter_name]
-    if not isinstance(config, LoraConfig) or not isinstance(old, LoraConfig):
-        raise UnsupportedError("Hot-swapping is implemented for LoRA adapters only.")
+    if not _is_plain_lora(config) or not _is_plain_lora(old):
+        raise UnsupportedError("Hot-swapping is implemented for LoRA adapters only (not AdaLoRA, IA3 or prompts).")
     if any(adapter_name in layer.merged_adapters for _, layer in _lora_layers(inner, adapter_name)):
         raise HotswapError(f"Adapter {adapter_name!r} is merged into the base weights; unmerge it before swapping.")
     state = {strip_prefix(k): v for k, v in state.items()}

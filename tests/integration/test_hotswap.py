@@ -104,6 +104,17 @@ def test_peft_functions_on_peft_model(adapter_dirs) -> None:
         prepare_model_for_compiled_hotswap(model, target_rank=4)
 
 
+def test_only_lora_adapters_hotswap(tmp_path) -> None:
+    """AdaLoRA configs subclass LoraConfig, but their layers hold A, E and B: refused, model untouched."""
+    config = peftkit.AdaLoraConfig(target_modules=TARGETS, init_r=4, target_r=2, total_step=10)
+    model = peftkit.get_peft_model(tiny_llama(), config)
+    model.save_pretrained(tmp_path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(peftkit.UnsupportedError, match="LoRA adapters only"):
+        hotswap_adapter(model, str(tmp_path), adapter_name="default", torch_device="cpu")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 class TwoLayer(nn.Module):
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
