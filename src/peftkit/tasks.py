@@ -10,10 +10,10 @@ extends them as ``prompt_task`` requires.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from peftkit.config import PeftConfig
@@ -21,35 +21,42 @@ from peftkit.methods.prompt.model import prepare_causal_lm_inputs
 from peftkit.peft_model import PeftModel
 from peftkit.types import TaskType
 
+_INPUTS = ("input_ids", "attention_mask", "inputs_embeds")
+_OUTPUT_FLAGS = ("output_attentions", "output_hidden_states", "return_dict", "task_ids")
+
+
+def explicit_forward(*names: str, dropped: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """A ``forward`` whose signature lists ``names`` (``Trainer`` keeps the dataset columns it names).
+
+    Arguments left at ``None``, ``task_ids`` (multitask prompts only) and ``dropped`` are not passed on;
+    the rest go to :meth:`PeftModel.forward` unchanged.
+    """
+
+    def forward(self: PeftModel, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__}.forward takes at most {len(names)} positional inputs: {names}.")
+        kwargs.update(zip(names, args))
+        skip = {"task_ids", *dropped}
+        inputs = {k: v for k, v in kwargs.items() if v is not None and k not in skip}
+        return PeftModel.forward(self, adapter_names=adapter_names, **inputs)
+
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("self", keyword),
+            *(inspect.Parameter(n, keyword, default=None) for n in (*names, *dropped)),
+            inspect.Parameter("adapter_names", inspect.Parameter.KEYWORD_ONLY, default=None),
+            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+        ]
+    )
+    return forward
+
 
 class PeftModelForCausalLM(PeftModel):
     """Adapters on a causal language model (``AutoModelForCausalLM``)."""
 
     prompt_task = TaskType.CAUSAL_LM
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        task_ids: torch.Tensor | None = None,
-        adapter_names: Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        inputs = _present(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=return_dict,
-        )
-        return super().forward(adapter_names=adapter_names, **inputs, **kwargs)
+    forward = explicit_forward(*_INPUTS, "labels", *_OUTPUT_FLAGS)
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> Any:
         original = self.get_base_model().prepare_inputs_for_generation
@@ -62,42 +69,14 @@ class PeftModelForSeq2SeqLM(PeftModel):
     """Adapters on an encoder-decoder model (``AutoModelForSeq2SeqLM``)."""
 
     prompt_task = TaskType.SEQ_2_SEQ_LM
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        decoder_input_ids: torch.Tensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        decoder_inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        task_ids: torch.Tensor | None = None,
-        adapter_names: Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        inputs = _present(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask,
-            decoder_inputs_embeds=decoder_inputs_embeds,
-            labels=labels,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=return_dict,
-        )
-        return super().forward(adapter_names=adapter_names, **inputs, **kwargs)
+    forward = explicit_forward(*_INPUTS, *(f"decoder_{n}" for n in _INPUTS), "labels", *_OUTPUT_FLAGS)
 
 
 class _EncoderTaskModel(PeftModel):
     """Shared forward of the encoder tasks; ``head_module_names`` train in full (added to modules_to_save)."""
 
     head_module_names: tuple[str, ...] = ()
+    forward = explicit_forward(*_INPUTS, "labels", *_OUTPUT_FLAGS)
 
     def _prepare_config(self, config: PeftConfig, model: nn.Module) -> PeftConfig:
         if not self.head_module_names or not hasattr(config, "modules_to_save"):
@@ -109,30 +88,6 @@ class _EncoderTaskModel(PeftModel):
         config = copy.copy(config)
         config.modules_to_save = current + extra  # type: ignore[attr-defined]
         return config
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        task_ids: torch.Tensor | None = None,
-        adapter_names: Sequence[str] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        inputs = _present(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=return_dict,
-        )
-        return super().forward(adapter_names=adapter_names, **inputs, **kwargs)
 
 
 class PeftModelForSequenceClassification(_EncoderTaskModel):
@@ -164,10 +119,7 @@ class PeftModelForFeatureExtraction(_EncoderTaskModel):
 
     prompt_task = TaskType.FEATURE_EXTRACTION
 
-    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
-        kwargs.pop("labels", None)
-        kwargs.pop("task_ids", None)
-        return PeftModel.forward(self, *args, adapter_names=adapter_names, **kwargs)
+    forward = explicit_forward(*_INPUTS, *_OUTPUT_FLAGS, dropped=("labels",))
 
 
 TASK_TO_MODEL_CLASS: dict[TaskType, type[PeftModel]] = {
@@ -183,7 +135,3 @@ TASK_TO_MODEL_CLASS: dict[TaskType, type[PeftModel]] = {
 def model_class_for_task(task_type: TaskType | str | None) -> type[PeftModel]:
     """The ``PeftModel`` class for ``task_type`` (``PeftModel`` itself for ``None``)."""
     return PeftModel if task_type is None else TASK_TO_MODEL_CLASS[TaskType(task_type)]
-
-
-def _present(**kwargs: Any) -> dict[str, Any]:
-    return {k: v for k, v in kwargs.items() if v is not None}
