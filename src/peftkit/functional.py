@@ -25,14 +25,21 @@ from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select
 AdapterModule = AdapterLayer | ModulesToSaveWrapper
 
 
-def iter_adapter_modules(model: nn.Module) -> Iterator[tuple[str, AdapterModule]]:
-    """``(name, module)`` for every adapter layer and modules_to_save wrapper (outermost only)."""
+def _walk(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``model.named_modules()`` without the insides of adapter layers and modules_to_save wrappers."""
     skip: str | None = None
     for name, module in model.named_modules():
         if skip is not None and name.startswith(skip):
             continue
         if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
             skip = name + "."
+        yield name, module
+
+
+def iter_adapter_modules(model: nn.Module) -> Iterator[tuple[str, AdapterModule]]:
+    """``(name, module)`` for every adapter layer and modules_to_save wrapper (outermost only)."""
+    for name, module in _walk(model):
+        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
             yield name, module
 
 
@@ -110,15 +117,9 @@ def resolve_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec) -> s
 
 def _candidates(model: nn.Module, spec: MethodSpec) -> Iterator[tuple[str, nn.Module]]:
     """Modules that may be targeted: plain modules, and this method's layers (but not their insides)."""
-    skip: str | None = None
-    for name, module in model.named_modules():
-        if skip is not None and name.startswith(skip):
-            continue
-        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
-            skip = name + "."
-            if isinstance(module, AdapterLayer) and type(module) not in spec.layer_table.values():
-                continue
-        yield name, module
+    for name, module in _walk(model):
+        if not (isinstance(module, AdapterLayer) and type(module) not in spec.layer_table.values()):
+            yield name, module
 
 
 def inject_adapter(

@@ -65,7 +65,31 @@ class BatchRouting:
         return self._groups[device]
 
 
-class AdapterLayer(nn.Module):
+class AdapterState:
+    """Which adapters are active and whether adapters are disabled: shared by layers and wrappers.
+
+    Attributes:
+        _active_adapter: Names of the active adapters, in order.
+        _disable_adapters: ``True`` while every adapter is switched off.
+    """
+
+    _active_adapter: list[str]
+    _disable_adapters: bool
+
+    @property
+    def disable_adapters(self) -> bool:
+        return self._disable_adapters
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return list(self._active_adapter)
+
+    @property
+    def active_adapter(self) -> str | list[str]:
+        return self._active_adapter[0] if len(self._active_adapter) == 1 else list(self._active_adapter)
+
+
+class AdapterLayer(AdapterState, nn.Module):
     """Base of every adapter-carrying layer; owns the control flow, not the math.
 
     Attributes:
@@ -168,18 +192,6 @@ class AdapterLayer(nn.Module):
     @property
     def merged(self) -> bool:
         return bool(self.merged_adapters)
-
-    @property
-    def disable_adapters(self) -> bool:
-        return self._disable_adapters
-
-    @property
-    def active_adapters(self) -> list[str]:
-        return list(self._active_adapter)
-
-    @property
-    def active_adapter(self) -> str | list[str]:
-        return self._active_adapter[0] if len(self._active_adapter) == 1 else list(self._active_adapter)
 
     @property
     def weight(self) -> torch.Tensor:

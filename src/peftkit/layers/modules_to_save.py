@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.layers.base import BatchRouting
+from peftkit.layers.base import AdapterState, BatchRouting
 
 
-class ModulesToSaveWrapper(nn.Module):
+class ModulesToSaveWrapper(AdapterState, nn.Module):
     """Routes calls to the active adapter's copy of a module, or to the original when none is active."""
 
     def __init__(self, module_to_save: nn.Module, adapter_name: str) -> None:
@@ -39,18 +39,6 @@ class ModulesToSaveWrapper(nn.Module):
 
     def adapter_names(self) -> set[str]:
         return set(self.modules_to_save.keys())
-
-    @property
-    def active_adapters(self) -> list[str]:
-        return list(self._active_adapter)
-
-    @property
-    def active_adapter(self) -> str | list[str]:
-        return self._active_adapter[0] if len(self._active_adapter) == 1 else list(self._active_adapter)
-
-    @property
-    def disable_adapters(self) -> bool:
-        return self._disable_adapters
 
     def active_module(self) -> nn.Module:
         """The module a plain forward uses now."""
