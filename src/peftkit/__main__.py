@@ -1,4 +1,4 @@
-"""``python -m peftkit`` runs the command line."""
+"""``python -m peftkit``: the command line (with no command it runs ``peftkit train``, the built-in job)."""
 
 from peftkit.cli.main import main
 

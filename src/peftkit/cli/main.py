@@ -1,64 +1,134 @@
-"""``peftkit`` command line: for now one command, ``demo``, the default (a LoRA fine-tune of a tiny model)."""
+"""``peftkit`` command line: a table of typed command functions (see :mod:`peftkit.cli.parser`).
+
+    peftkit                      # = peftkit train: the built-in job
+    peftkit train --model DIR --data FILE --method lora --r 16
+    peftkit merge ADAPTER_DIR --output-dir DIR
+    peftkit inspect ADAPTER_DIR
+    peftkit convert ADAPTER_DIR
+
+Errors in arguments or files are printed as one line (``peftkit: error: ...``) with exit code 2; ``--debug``
+shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from peftkit.cli.errors import CliError
+from peftkit.cli.parser import OneLineParser, add_command, call, stderr_line
+from peftkit.errors import PeftkitError
 
 
-def demo(steps: int = 60, seed: int = 0) -> int:
-    """Fine-tune LoRA on a tiny Llama built from a config to continue a counting pattern; save, reload, compare."""
-    import tempfile
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, the typed function that implements it, and usage examples."""
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    name: str
+    function: Callable[..., int]
+    examples: str = ""
 
+
+def _commands() -> tuple[Command, ...]:
+    from peftkit.cli.convert import convert
+    from peftkit.cli.inspect import inspect
+    from peftkit.cli.merge import merge
+    from peftkit.cli.train import train
+
+    return (
+        Command(
+            "train",
+            train,
+            "examples:\n  peftkit train\n  peftkit train --model ./llama --data qa.jsonl "
+            "--method lora --r 16 --target-modules q_proj,v_proj --epochs 2 --output-dir out",
+        ),
+        Command("merge", merge, "example:\n  peftkit merge peftkit-output/adapter --output-dir merged-model"),
+        Command("inspect", inspect, "example:\n  peftkit inspect peftkit-output/adapter"),
+        Command(
+            "convert",
+            convert,
+            "examples:\n  peftkit convert old-adapter\n  peftkit convert old-adapter --output-dir new-adapter",
+        ),
+    )
+
+
+#: Exceptions that mean "bad arguments or files": shown as one line, exit code 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (CliError, PeftkitError, OSError, ValueError, ImportError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``peftkit`` parser with one subparser per entry of the command table."""
+    parser = OneLineParser(
+        prog="peftkit",
+        description="Parameter-efficient fine-tuning with PEFT's API and file format. With no command, runs "
+        "`peftkit train` (the built-in job: LoRA teaches a tiny model subtraction, offline, ~2 CPU minutes).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `peftkit COMMAND --help` for the options of each command.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and library warnings")
+    parser.add_argument("--version", action="version", version=f"peftkit {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for command in _commands():
+        add_command(sub, command.name, command.function, command.examples)
+    return parser
+
+
+def _version() -> str:
     import peftkit
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=32, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
-    )
-    base = LlamaForCausalLM(config)
-    starts = torch.randint(0, 16, (64, 1))
-    data = (starts + torch.arange(12)) % 32  # sequences counting up from a random start
-    model = peftkit.get_peft_model(base, peftkit.LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16,
-                                                             target_modules="all-linear"))
-    model.print_trainable_parameters()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    return peftkit.__version__
 
-    def loss_of() -> float:
-        model.eval()
-        with torch.no_grad():
-            return float(model(input_ids=data, labels=data).loss)
 
-    before = loss_of()
-    model.train()
-    for step in range(steps):
-        batch = data[torch.randint(0, len(data), (16,))]
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if step % 20 == 0:
-            print(f"step {step:3d}  loss {loss.item():.3f}")
-    after = loss_of()
-    with tempfile.TemporaryDirectory() as out:
-        model.save_pretrained(out)
-        reloaded = peftkit.PeftModel.from_pretrained(LlamaForCausalLM(config).eval(), out)
-        reloaded.get_base_model().load_state_dict(base.state_dict(), strict=False)
-        with torch.no_grad():
-            same = torch.allclose(reloaded(input_ids=data).logits, model(input_ids=data).logits, atol=1e-5)
-    print(f"eval loss before {before:.3f} -> after {after:.3f}; reloaded adapter reproduces outputs: {same}")
-    return 0 if after < before and same else 1
+def _with_default_command(argv: list[str], commands: Sequence[str]) -> list[str]:
+    """Insert ``train`` when no command is named (``peftkit``, ``peftkit --max-steps 5``)."""
+    first = next((a for a in argv if a != "--debug"), None)
+    if first is not None and (first in commands or first in ("-h", "--help", "--version") or first[0] != "-"):
+        return argv
+    position = 1 if argv[:1] == ["--debug"] else 0
+    return [*argv[:position], "train", *argv[position:]]
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal to peftkit's own lines and the progress bar."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars; the Trainer's bar stays
+    try:
+        from huggingface_hub.utils import enable_progress_bars
+
+        enable_progress_bars()  # keep download bars for hub models
+    except ImportError:
+        pass
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|accelerate)\b.*")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning, PEFT-compatible.")
-    sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("demo", help="fine-tune LoRA on a tiny built-in model (the default)")
-    run.add_argument("--steps", type=int, default=60, help="training steps (default 60)")
-    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
-    return demo(steps=getattr(args, "steps", 60))
+    """Run the command line; returns the exit code (0 ok, 1 failed check, 2 bad arguments or files)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = _with_default_command(args, [c.name for c in _commands()])
+    namespace = parser.parse_args(args)
+    if not namespace.debug:
+        _quiet_libraries()
+    try:
+        return call(namespace)
+    except KeyboardInterrupt:
+        stderr_line("peftkit: interrupted")
+        return 130
+    except USER_ERRORS as exc:
+        if namespace.debug:
+            raise
+        stderr_line(f"peftkit {namespace.command}: error: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
