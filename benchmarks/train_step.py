@@ -32,6 +32,9 @@ PRESETS = {
 }
 
 
+DROPOUTS = (0.0, 0.05)
+
+
 def frozen_floor(base: nn.Module) -> nn.Module:
     """A copy of ``base`` with frozen weights whose embedding output requires grad."""
     floor = copy.deepcopy(base)
@@ -88,32 +91,41 @@ def run(settings: Settings) -> list[Row]:
     ids = ids.to(settings.device)
     floor = frozen_floor(base).train()
     what = f"{shape.model.describe()}; batch {shape.batch} x {shape.seq} tokens; r=16 all-linear"
-    rows: list[Row] = []
-    for dropout in (0.0, 0.05):
+    models: dict[str, nn.Module] = {FLOOR: floor}
+    agree = {}
+    for dropout in DROPOUTS:
         kit, ref = adapter_pair(base, **lora_kwargs(dropout=dropout))
         kit.train(), ref.train()
-        agree = agreement(kit, ref, ids, dropout)
-        models = {PEFTKIT: kit, PEFT: ref, FLOOR: floor}
-        cases = {
-            name: Case(run=lambda m=m: step(m, ids), prepare=lambda m=m: zero_grads(m)) for name, m in models.items()
-        }
-        times = interleaved(settings, cases)
-        memory = {name: activation_mib(m, ids) for name, m in models.items()}
+        agree[dropout] = agreement(kit, ref, ids, dropout)
+        models[f"{PEFTKIT} {dropout}"], models[f"{PEFT} {dropout}"] = kit, ref
+    cases = {name: Case(run=lambda m=m: step(m, ids), prepare=lambda m=m: zero_grads(m)) for name, m in models.items()}
+    times = interleaved(settings, cases)
+    memory = {name: activation_mib(m, ids) for name, m in models.items()}
+    rows: list[Row] = []
+    for dropout in DROPOUTS:
+        kit, ref = f"{PEFTKIT} {dropout}", f"{PEFT} {dropout}"
         rows.append(
-            Row(f"train step, dropout {dropout:g}", "ms", times[PEFTKIT], times[PEFT], times[FLOOR], 1.05, agree, what)
+            Row(
+                f"train step, dropout {dropout:g}",
+                "ms",
+                times[kit],
+                times[ref],
+                times[FLOOR],
+                1.05,
+                agree[dropout],
+                what,
+            )
         )
-        target = 1.3 if dropout else None
         rows.append(
             Row(
                 f"activation memory, dropout {dropout:g}",
                 "MiB",
-                memory[PEFTKIT],
-                memory[PEFT],
+                memory[kit],
+                memory[ref],
                 memory[FLOOR],
-                target,
-                agree,
+                1.3 if dropout else None,
+                agree[dropout],
                 "distinct storages saved for backward (parameters excluded)",
             )
         )
-        del kit, ref
     return rows

@@ -140,11 +140,20 @@ class AdapterLayer(AdapterState, nn.Module):
             return self.mixed_forward(x, self.batch_routing, *args, **kwargs)
         if self.merged_adapters:
             return self.base_layer(x, *args, **kwargs)
-        present = self.adapter_names()
-        active = [name for name in self._active_adapter if name in present]
+        active = self._active_adapter
+        if len(active) == 1 and not args and not kwargs:
+            fast = self.single_adapter_forward(x, active[0])
+            if fast is not None:
+                return fast
+        active = [name for name in active if self.holds(name)]
         if not active:
             return self.base_layer(x, *args, **kwargs)
         return self.adapted_forward(x, active, *args, **kwargs)
+
+    def single_adapter_forward(self, x: torch.Tensor, adapter: str) -> torch.Tensor | None:
+        """Optional fast path for the commonest call (one active adapter, no extra arguments): the output, or
+        ``None`` to take the general path. It must check that this layer holds ``adapter``."""
+        return None
 
     def adapted_forward(self, x: torch.Tensor, adapters: Sequence[str], *args: Any, **kwargs: Any) -> torch.Tensor:
         """Forward with every adapter in ``adapters`` applied (their effects compose)."""
@@ -182,6 +191,16 @@ class AdapterLayer(AdapterState, nn.Module):
         return result
 
     # -- state ------------------------------------------------------------------------------------
+    def holds(self, adapter: str) -> bool:
+        """Whether this layer has weights for ``adapter`` (what ``adapter in self.adapter_names()`` says,
+        without building the set: this runs in every forward)."""
+        modules = self._modules
+        for attr in self.adapter_layer_names:
+            container = modules[attr] if attr in modules else getattr(self, attr)
+            if adapter in container:
+                return True
+        return False
+
     def adapter_names(self) -> set[str]:
         """Names of the adapters this layer holds."""
         names: set[str] = set()

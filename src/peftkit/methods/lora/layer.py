@@ -9,16 +9,19 @@ batched mixed-adapter path. Embedding and convolution layers live in ``embedding
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as module_hooks
+from transformers.pytorch_utils import Conv1D
 
 from peftkit.layers.base import AdapterLayer, BatchRouting
 from peftkit.merging.merge import update_weight
+from peftkit.methods.lora.autograd import lora_linear
 from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, row_norm
 from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
 
@@ -44,6 +47,40 @@ class LoraLayerSpec:
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     """Adapters train in float32 on half-precision or quantized bases, else in the base dtype."""
     return weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+#: Base types whose forward is exactly ``F.linear(x, W, b)`` (``Conv1D``: with ``W`` transposed).
+FUSABLE_BASES = (nn.Linear, Conv1D)
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` does more than its class's ``forward`` (hooks, a patched ``forward``)."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or "forward" in module.__dict__
+        or module_hooks._global_forward_hooks
+        or module_hooks._global_forward_pre_hooks
+        or module_hooks._global_backward_hooks
+        or module_hooks._global_backward_pre_hooks
+    )
+
+
+def empty_linear(
+    in_features: int, out_features: int, bias: bool, device: torch.device, dtype: torch.dtype
+) -> nn.Linear:
+    """An ``nn.Linear`` with uninitialised tensors (its constructor's Kaiming init would be overwritten anyway:
+    by the LoRA initialisation, or by a load)."""
+    layer = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(layer)
+    layer.in_features, layer.out_features = in_features, out_features
+    layer.weight = nn.Parameter(torch.empty((out_features, in_features), device=device, dtype=dtype))
+    layer.register_parameter(
+        "bias", nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+    )
+    return layer
 
 
 class LoraLayer(AdapterLayer):
@@ -166,13 +203,17 @@ class LoraLayer(AdapterLayer):
         update_weight(self.get_base_layer(), lambda w: w.div_(factor.to(w.dtype)).sub_(delta.to(w.dtype)))
 
     def _add_delta(self, adapter: str, sign: float, safe: bool) -> None:
-        delta = self.delta_weight(adapter).detach()
-        update_weight(self.get_base_layer(), lambda w: w.add_(delta.to(w.dtype), alpha=sign), safe=safe, what=adapter)
+        update_weight(self.get_base_layer(), self.weight_update(adapter, sign), safe=safe, what=adapter)
         bias = getattr(self.lora_B[adapter], "bias", None) if adapter in self.lora_B else None
         base_bias = getattr(self.get_base_layer(), "bias", None)  # nn.Embedding has no bias
         if bias is not None and base_bias is not None:
             with torch.no_grad():
                 base_bias.add_(bias.detach().to(base_bias.dtype), alpha=sign * self.scaling[adapter])
+
+    def weight_update(self, adapter: str, sign: float) -> Callable[[torch.Tensor], Any]:
+        """The in-place function that adds ``sign * delta_weight(adapter)`` to a base weight."""
+        delta = self.delta_weight(adapter).detach()
+        return lambda w: w.add_(delta.to(w.dtype), alpha=sign)
 
 
 class Linear(LoraLayer):
@@ -187,8 +228,48 @@ class Linear(LoraLayer):
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         weight = self.get_base_layer().weight
         kw = {"device": weight.device, "dtype": adapter_dtype(weight)}
-        self.lora_A[adapter] = nn.Linear(self.in_features, spec.r, bias=False, **kw)
-        self.lora_B[adapter] = nn.Linear(spec.r, self.out_features, bias=spec.lora_bias, **kw)
+        self.lora_A[adapter] = empty_linear(self.in_features, spec.r, bias=False, **kw)
+        self.lora_B[adapter] = empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw)
+
+    def weight_update(self, adapter: str, sign: float) -> Callable[[torch.Tensor], Any]:
+        """``W += sign * s * B @ A`` as one in-place GEMM (``W.addmm_``), with no full-size temporary.
+
+        Half-precision bases with float32 adapters keep the float32 product (the parent's path), as PEFT does.
+        """
+        A, B = (t.detach() for t in self.factor_tensors(adapter))
+        if A.dtype != self.get_base_layer().weight.dtype:
+            return super().weight_update(adapter, sign)
+        alpha = sign * float(self.scaling[adapter])
+        if self.fan_in_fan_out:
+            return lambda w: w.addmm_(A.t(), B.t(), alpha=alpha)
+        return lambda w: w.addmm_(B, A, alpha=alpha)
+
+    def single_adapter_forward(self, x: torch.Tensor, adapter: str) -> torch.Tensor | None:
+        """Base and adapter in one computation (:mod:`~peftkit.methods.lora.autograd`), or ``None`` where that
+        does not apply: DoRA, ``lora_bias``, a base that is not a hook-free ``nn.Linear`` / ``Conv1D``, mixed
+        dtypes or autocast, a tensor scaling while training, and under ``torch.compile``.
+
+        This runs once per layer and call, so it reads the module dictionaries directly instead of going
+        through ``nn.Module.__getattr__`` (which is slow enough to show in a one-token decode).
+        """
+        modules = self._modules
+        factor_a = modules["lora_A"]._modules.get(adapter)
+        base = modules["base_layer"]
+        if factor_a is None or type(base) not in FUSABLE_BASES or self.use_dora.get(adapter) or has_hooks(base):
+            return None
+        factor_b = modules["lora_B"]._modules[adapter]
+        A, B = factor_a._parameters["weight"], factor_b._parameters["weight"]
+        weight, bias = base._parameters["weight"], base._parameters.get("bias")
+        if factor_b._parameters.get("bias") is not None or not (x.dtype == weight.dtype == A.dtype):
+            return None
+        if torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling():
+            return None
+        dropout = modules["lora_dropout"]._modules[adapter]
+        p = dropout.p if dropout.training and isinstance(dropout, nn.Dropout) else 0.0
+        scaling = self.scaling[adapter]
+        if torch.is_tensor(scaling) and (p > 0 or torch.is_grad_enabled()):
+            return None
+        return lora_linear(x, weight.t() if self.fan_in_fan_out else weight, bias, A, B, scaling, p)
 
     def lora_out(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
         """``s * B(A(x))`` in the adapter's dtype."""
