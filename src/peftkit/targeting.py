@@ -29,7 +29,16 @@ def name_matches(name: str, targets: str | Collection[str] | None) -> bool:
         return False
     if isinstance(targets, str):
         return re.fullmatch(targets, name) is not None
-    return name in targets or any(name.endswith("." + t) for t in targets)
+    if name in targets:
+        return True
+    # ``name`` ends with ``"." + t`` for some target ``t``: look its dotted suffixes up instead of testing
+    # every target (the expansion of ``all-linear`` holds every linear layer's full name).
+    dot = name.find(".")
+    while dot != -1:
+        if name[dot + 1 :] in targets:
+            return True
+        dot = name.find(".", dot + 1)
+    return False
 
 
 def layer_index(name: str, layers_pattern: str | Collection[str] | None = None) -> int | None:

@@ -15,7 +15,7 @@ per-adapter parameter containers named in :attr:`adapter_layer_names`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -235,12 +235,26 @@ class AdapterLayer(AdapterState, nn.Module):
                 item = container[adapter]
                 yield from (item.parameters() if isinstance(item, nn.Module) else [item])
 
+    def all_adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """``(adapter name, parameter)`` for every adapter tensor of this layer, in one pass over the
+        containers (cheaper than :meth:`adapter_parameters` per name: this runs for every layer on every
+        ``set_adapter``)."""
+        modules = self._modules
+        for attr in self.adapter_layer_names:
+            container = modules[attr] if attr in modules else getattr(self, attr)
+            for name, item in container.items():
+                if not isinstance(item, nn.Module):
+                    yield name, item
+                elif item._modules:
+                    yield from ((name, param) for param in item.parameters())
+                else:
+                    yield from ((name, param) for param in item._parameters.values() if param is not None)
+
     def set_adapter(self, adapter_names: str | Sequence[str], trainable: bool = True) -> None:
         """Make ``adapter_names`` active; their parameters train iff ``trainable``, all others are frozen."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        for name in self.adapter_names():
-            for param in self.adapter_parameters(name):
-                param.requires_grad_(trainable and name in names)
+        for name, param in self.all_adapter_parameters():
+            param.requires_grad_(trainable and name in names)
         self._active_adapter = names
 
     def enable_adapters(self, enabled: bool) -> None:
@@ -248,9 +262,8 @@ class AdapterLayer(AdapterState, nn.Module):
         self._disable_adapters = not enabled
         if enabled:
             return
-        for name in self.adapter_names():
-            for param in self.adapter_parameters(name):
-                param.requires_grad_(False)
+        for _, param in self.all_adapter_parameters():
+            param.requires_grad_(False)
 
     def delete_adapter(self, adapter: str) -> None:
         """Remove ``adapter``'s weights and settings; if it was active, the first remaining one becomes active."""

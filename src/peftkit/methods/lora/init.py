@@ -20,17 +20,28 @@ from torch import nn
 _PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
 
 
+def kaiming_uniform_(tensor: torch.Tensor, a: float = math.sqrt(5)) -> torch.Tensor:
+    """``nn.init.kaiming_uniform_`` (leaky-ReLU gain, fan-in mode) in one op: the same bound, computed the same
+    way (so the same values for the same random state), without its per-call bookkeeping."""
+    fan_in = tensor[0].numel() if tensor.dim() > 1 else tensor.numel()
+    bound = math.sqrt(3.0) * (math.sqrt(2.0 / (1 + a**2)) / math.sqrt(fan_in))
+    return tensor.uniform_(-bound, bound)
+
+
 def init_linear_pair(A: torch.Tensor, B: torch.Tensor, mode: bool | str, r: int) -> None:
-    """Initialise ``A (r, ...)`` and ``B (out, r, ...)`` in place for the data-free modes."""
+    """Initialise ``A (r, ...)`` and ``B (out, r, ...)`` in place for the data-free modes (nothing to do for
+    tensors on the meta device, which hold no data)."""
+    if A.device.type == "meta":
+        return
     with torch.no_grad():
         if mode is False:
-            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
-            nn.init.kaiming_uniform_(B, a=math.sqrt(5))
+            kaiming_uniform_(A)
+            kaiming_uniform_(B)
         elif mode == "gaussian":
             nn.init.normal_(A, std=1.0 / r)
             B.zero_()
         else:
-            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+            kaiming_uniform_(A)
             B.zero_()
 
 
