@@ -26,14 +26,24 @@ AdapterModule = AdapterLayer | ModulesToSaveWrapper
 
 
 def _walk(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """``model.named_modules()`` without the insides of adapter layers and modules_to_save wrappers."""
-    skip: str | None = None
-    for name, module in model.named_modules():
-        if skip is not None and name.startswith(skip):
+    """``model.named_modules()`` without the insides of adapter layers and modules_to_save wrappers.
+
+    The same pre-order walk (a module reached twice is listed once), but it never descends into an adapter
+    layer, whose ~10 internal modules per adapted layer would otherwise dominate every walk.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    while stack:
+        name, module = stack.pop()
+        if id(module) in seen:
             continue
-        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
-            skip = name + "."
+        seen.add(id(module))
         yield name, module
+        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
+            continue
+        prefix = name + "." if name else ""
+        children = [(prefix + key, child) for key, child in module._modules.items() if child is not None]
+        stack.extend(reversed(children))
 
 
 def iter_adapter_modules(model: nn.Module) -> Iterator[tuple[str, AdapterModule]]:

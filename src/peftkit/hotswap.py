@@ -73,7 +73,7 @@ def _lora_layers(inner: nn.Module, adapter: str | None = None) -> list[tuple[str
     return [
         (name, module)
         for name, module in iter_adapter_modules(inner)
-        if type(module) in _LORA_LAYER_TYPES and (adapter is None or adapter in module.adapter_names())
+        if type(module) in _LORA_LAYER_TYPES and (adapter is None or module.holds(adapter))
     ]
 
 
@@ -156,6 +156,10 @@ def _forget_cached_stacks(layer: LoraLayer) -> None:
         layer._stack_cache = None
 
 
+#: Stands for a layer's base module where only the layer's name matters to the per-layer facts.
+_ANY_MODULE = nn.Identity()
+
+
 def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) -> PeftConfig:
     """A copy of LoRA ``config`` that describes the adapter as the model holds it.
 
@@ -171,7 +175,7 @@ def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) ->
     if not isinstance(new, LoraConfig) or not held:
         return new
     facts = method_of(config).layer_facts
-    if all(facts(config, name, nn.Identity()).r == rank for name, (rank, _) in held.items()):  # type: ignore[misc]
+    if all(facts(config, name, _ANY_MODULE).r == rank for name, (rank, _) in held.items()):  # type: ignore[misc]
         return new
     ranks = {name: rank for name, (rank, _) in held.items()}
     alphas = {

@@ -51,7 +51,7 @@ def adapter_tensors(
     renames = method_of(config).file_key_renames
     out: dict[str, AdapterTensor] = {}
     for name, module in iter_adapter_modules(model):
-        if adapter not in module.adapter_names():
+        if not module.holds(adapter):
             continue
         if isinstance(module, ModulesToSaveWrapper):
             for key, tensor in module.modules_to_save[adapter].state_dict().items():

@@ -80,6 +80,14 @@ class AdapterState:
     def disable_adapters(self) -> bool:
         return self._disable_adapters
 
+    def adapter_names(self) -> set[str]:
+        """Names of the adapters this module holds."""
+        raise NotImplementedError
+
+    def holds(self, adapter: str) -> bool:
+        """Whether this module holds ``adapter``."""
+        return adapter in self.adapter_names()
+
     @property
     def active_adapters(self) -> list[str]:
         return list(self._active_adapter)
