@@ -41,7 +41,8 @@ def answer_loss(model: nn.Module, rows: Sequence[dict[str, list[int]]], pad_id: 
     for chunk in _batches(rows, batch_size):
         batch = {k: v.to(device) for k, v in pad_batch(chunk, pad_id).items()}
         labels = batch.pop("labels")
-        logits = model(**batch).logits[:, :-1].float()  # [batch, length - 1, vocab]
+        # prompt methods return logits for their virtual tokens too: keep the last `length` positions
+        logits = model(**batch).logits[:, -labels.shape[1] : -1].float()  # [batch, length - 1, vocab]
         targets = labels[:, 1:]  # [batch, length - 1]
         loss = nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"

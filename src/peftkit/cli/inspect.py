@@ -117,7 +117,7 @@ def _kb(size: int) -> str:
 def _targets(targets: Any) -> str:
     """``q_proj, v_proj (8 modules)`` for a list of full module names; a regex or ``None`` as written."""
     if not isinstance(targets, list):
-        return str(targets)
+        return "-" if targets is None else str(targets)
     names = sorted({t.rsplit(".", 1)[-1] for t in targets})
     return ", ".join(names) + (f" ({len(targets)} modules)" if len(targets) > len(names) else "")
 

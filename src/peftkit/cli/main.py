@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="peftkit",
         description="Parameter-efficient fine-tuning with PEFT's API and file format. With no command, runs "
-        "`peftkit train` (the built-in job: LoRA teaches a tiny model subtraction, offline, ~2 CPU minutes).",
+        "`peftkit train` (the built-in job: LoRA teaches a tiny model to spell words backwards, offline, "
+        "in about two minutes on 2 CPU cores).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run `peftkit COMMAND --help` for the options of each command.",
     )
@@ -123,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         stderr_line("peftkit: interrupted")
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except USER_ERRORS as exc:
         if namespace.debug:
             raise

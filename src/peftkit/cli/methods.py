@@ -118,7 +118,8 @@ def build_config(method: str, options: dict[str, Any], total_steps: int) -> Peft
 def describe(config: PeftConfig) -> str:
     """A short human description such as ``LORA r=8 alpha=16 on all-linear``."""
     parts = [str(config.peft_type)]
-    for name in ("r", "target_r", "lora_alpha", "num_virtual_tokens"):
+    names = ("init_r", "target_r") if hasattr(config, "target_r") else ("r",)
+    for name in (*names, "lora_alpha", "num_virtual_tokens"):
         if hasattr(config, name):
             parts.append(f"{name.replace('lora_', '')}={getattr(config, name)}")
     targets = getattr(config, "target_modules", None)

@@ -8,7 +8,7 @@ from typing import Any
 from peftkit.cli.errors import CliError
 
 EMBEDDED_MODEL = "tiny-lm"
-EMBEDDED_DATA = "subtraction"
+EMBEDDED_DATA = "reverse"
 
 
 def embedded_path(name: str) -> str:

@@ -23,7 +23,7 @@ from peftkit.cli.report import print_summary
 from peftkit.cli.resources import EMBEDDED_DATA, embedded_path, load_causal_lm
 
 #: Settings of the built-in job when ``--model`` and ``--data`` are both left out (tuned for ~2 CPU minutes).
-EMBEDDED_DEFAULTS: dict[str, Any] = {"r": 16, "alpha": 32, "epochs": 30, "learning_rate": 3e-3, "batch_size": 32}
+EMBEDDED_DEFAULTS: dict[str, Any] = {"r": 16, "alpha": 32, "epochs": 16, "learning_rate": 3e-3, "batch_size": 32}
 
 
 @dataclass
@@ -68,21 +68,22 @@ def train(
     max_length: int = 256,
     max_new_tokens: int | None = None,
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
+    threads: int | None = None,
     seed: int = 0,
 ) -> int:
     """Fine-tune an adapter on a causal LM, evaluate it before and after, save it in PEFT's format.
 
-    With no options: the built-in job. A tiny character-level Llama that ships with peftkit (pretrained on
-    two-digit addition, never shown subtraction) learns subtraction ("57-23=" -> "34") with LoRA on 800
-    shipped examples, offline, in about two minutes on 2 CPU cores. It prints the held-out loss and exact
-    match before and after, and writes the adapter, the loss curve and the figures to --output-dir.
-    Built-in job settings: r=16, alpha=32, 30 epochs, learning rate 3e-3, batch size 32.
+    With no options: the built-in job. A tiny character-level Llama that ships with peftkit (pretrained to
+    repeat a word: "plomek=" -> "plomek") learns to spell words backwards ("plomek=" -> "kemolp") with LoRA
+    on 800 shipped examples, offline, in about two minutes on 2 CPU cores. It prints the held-out loss and
+    exact match before and after, and writes the adapter, the loss curve and the figures to --output-dir.
+    Built-in job settings: r=16, alpha=32, 16 epochs, learning rate 3e-3, batch size 32.
 
     Args:
         model: Base causal LM: a local directory or a hub id (default: the built-in tiny model).
         data: Training data: a .jsonl/.json/.csv/.tsv/.txt file with named fields (prompt/answer or text),
             a folder with train.* and test.* files, or a dataset saved with `datasets` (default: the
-            built-in subtraction data).
+            built-in word-reversal data).
         method: Adapter method.
         r: Rank (lora; adalora: the target average rank, init_r = 1.5 r) (default: 8).
         alpha: Scaling numerator, scaling = alpha / r (lora, adalora) (default: 16).
@@ -94,7 +95,7 @@ def train(
         num_virtual_tokens: Number of virtual tokens (prompt, prefix, ptuning) (default: 20).
         encoder_hidden_size: Hidden size of the prompt encoder (ptuning; prefix with projection).
         output_dir: Where the adapter, checkpoints, loss curve and metrics go.
-        epochs: Passes over the training data (default: 3; built-in job: 30).
+        epochs: Passes over the training data (default: 3; built-in job: 16).
         max_steps: Stop after this many optimiser steps (overrides --epochs).
         batch_size: Examples per step (default: 8; built-in job: 32).
         learning_rate: Peak learning rate, linear decay (default: per method, 2e-4 for lora).
@@ -106,11 +107,19 @@ def train(
         max_length: Longest example in tokens (longer ones are cut).
         max_new_tokens: Tokens generated per held-out answer (default: longest answer + 2).
         dtype: Weights' dtype (auto: as saved).
+        threads: CPU threads for torch (default: 1 for the built-in tiny model, whose matrices are too small
+            to gain from more and which then stays fast on a busy machine; torch's default otherwise).
         seed: Random seed (adapter initialisation, data order, evaluation split).
     """
     plan = make_plan(locals())
     fields = Fields(prompt_field, answer_field, text_field)
-    return run(plan, fields, eval_fraction=eval_fraction, max_new_tokens=max_new_tokens, dtype=dtype, resume=resume)
+    previous_threads = torch.get_num_threads()
+    if threads is not None or model is None:
+        torch.set_num_threads(threads or 1)
+    try:
+        return run(plan, fields, eval_fraction=eval_fraction, max_new_tokens=max_new_tokens, dtype=dtype, resume=resume)
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 def make_plan(options: dict[str, Any]) -> Plan:
@@ -121,7 +130,8 @@ def make_plan(options: dict[str, Any]) -> Plan:
                                                "use_dora", "num_virtual_tokens", "encoder_hidden_size")}  # fmt: skip
     if builtin and options["method"] == "lora":
         method_options = {k: defaults.get(k) if v is None else v for k, v in method_options.items()}
-    for name in ("r", "epochs", "max_steps", "batch_size", "learning_rate", "max_length", "num_virtual_tokens"):
+    positive = ("r", "epochs", "max_steps", "batch_size", "learning_rate", "max_length", "num_virtual_tokens")
+    for name in (*positive, "threads"):
         value = options.get(name)
         if value is not None and value <= 0:
             raise CliError(f"--{name.replace('_', '-')} must be positive, got {value}.")
@@ -153,7 +163,8 @@ def total_steps(plan: Plan, n_examples: int) -> int:
 
 
 def checkpoint_dir(output_dir: str, resume: bool) -> tuple[str, str | None]:
-    """``(checkpoints folder, checkpoint to resume from)``; a fresh run clears old ``checkpoint-N`` folders."""
+    """``(checkpoints folder, checkpoint to resume from)``; a fresh run gets the old ``checkpoint-N`` folders
+    removed (by :func:`fit`, once everything has loaded), so that a later ``--resume`` finds this run's."""
     folder = os.path.join(output_dir, "checkpoints")
     found = sorted(
         (d for d in (os.listdir(folder) if os.path.isdir(folder) else []) if re.fullmatch(r"checkpoint-\d+", d)),
@@ -163,9 +174,14 @@ def checkpoint_dir(output_dir: str, resume: bool) -> tuple[str, str | None]:
         if not found:
             raise CliError(f"--resume: no checkpoint-N folder in {folder}; run once without --resume first.")
         return folder, os.path.join(folder, found[-1])
-    for name in found:
-        shutil.rmtree(os.path.join(folder, name))
     return folder, None
+
+
+def clear_checkpoints(folder: str) -> None:
+    """Remove the ``checkpoint-N`` folders of an earlier run from ``folder``."""
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if re.fullmatch(r"checkpoint-\d+", name):
+            shutil.rmtree(os.path.join(folder, name))
 
 
 def run(
@@ -177,9 +193,9 @@ def run(
     import peftkit
 
     folder, checkpoint = checkpoint_dir(plan.output_dir, resume)
+    data_path = plan.data or embedded_path(EMBEDDED_DATA)
+    train_examples, eval_examples = load_examples(data_path, fields, eval_fraction, plan.seed)
     base, tokenizer, model_label = load_causal_lm(plan.model, dtype)
-    train_examples, eval_examples = load_examples(plan.data or embedded_path(EMBEDDED_DATA), fields, eval_fraction,
-                                                  plan.seed)  # fmt: skip
     dataset = EncodedDataset(train_examples, tokenizer, plan.max_length)
     steps = total_steps(plan, len(dataset))
     config = build_config(plan.method, plan.method_options, steps)
@@ -187,8 +203,8 @@ def run(
     model = peftkit.get_peft_model(base, config)
     trainable, total = model.get_nb_trainable_parameters()
     new_tokens = max_new_tokens or _answer_budget(eval_examples, tokenizer)
-    print(f"peftkit train: {describe(config)} | model {model_label} ({total - trainable:,} params, "
-          f"{trainable:,} trainable) | data {plan.data or EMBEDDED_DATA + ' (built-in)'}: {len(dataset)} train / "
+    print(f"peftkit train: {describe(config)} | model {model_label}: {total - trainable:,} params + "
+          f"{trainable:,} trainable | data {plan.data or EMBEDDED_DATA + ' (built-in)'}: {len(dataset)} train / "
           f"{len(eval_examples)} held-out | {steps} steps", flush=True)  # fmt: skip
 
     def score() -> Scores:
@@ -267,6 +283,8 @@ def fit(
     def collate(rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         return pad_batch(rows, pad_id)
 
+    if checkpoint is None:
+        clear_checkpoints(folder)
     trainer = make_trainer(model, dataset, collate, args, allocate_ranks=plan.method == "adalora")
     trainer.train(resume_from_checkpoint=checkpoint)
     return trainer
