@@ -23,7 +23,7 @@ from peftkit.cli.main import _commands, main
 from peftkit.cli.parser import docstring_parts
 from peftkit.cli.resources import EMBEDDED_MODEL, embedded_path
 
-STEPS = 12
+STEPS = 200  # half the built-in job: enough for most held-out words to come out right
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -67,7 +67,8 @@ def test_train_writes_everything_and_prints_the_figures(trained: dict[str, objec
     assert metrics["steps"] == STEPS and metrics["reload_max_abs_diff"] <= 1e-4
     before, after = metrics["before"], metrics["after"]
     assert before["total"] == after["total"] == 200
-    assert after["loss"] < before["loss"]  # a few steps already lower the held-out loss
+    assert before["exact_match"] == 0.0 and after["exact_match"] >= 0.5  # the main job's claim, shortened
+    assert after["loss"] < 0.1 * before["loss"]
     # the printed table carries the same figures as metrics.json
     assert re.search(rf"loss\s+{before['loss']:.4f}\s+{after['loss']:.4f}", stdout), stdout
     assert re.search(rf"exact match\s+{100 * before['exact_match']:.1f}%\s+{100 * after['exact_match']:.1f}%", stdout)
@@ -180,6 +181,9 @@ def test_convert_bin_and_old_config(trained: dict[str, object], tmp_path, capsys
 
 
 def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "With no command, runs `peftkit train`" in " ".join(out.split())
     for command in _commands():
@@ -192,6 +196,8 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
             shown = name.upper() if param.default is pyinspect.Parameter.empty else "--" + name.replace("_", "-")
             assert shown in flat, (command.name, name)
             assert " ".join(helps[name].split()[:5]) in flat, (command.name, name)
+    run_cli(capsys, "inspect", "no-such-adapter")
+    assert hf_logging.get_verbosity() == verbosity  # the command's quieting of transformers is undone
 
 
 @pytest.mark.parametrize(
@@ -226,6 +232,13 @@ def test_bad_files_give_one_clear_line(tmp_path, capsys) -> None:
     fields.write_text("q,a\n1+1=,2\n2+2=,4\n")
     code, _, err = run_cli(capsys, "train", "--data", str(fields), "--output-dir", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1 and "--prompt-field" in err
+    saved = tmp_path / "saved-dataset"
+    saved.mkdir()
+    (saved / "dataset_dict.json").write_text('{"splits": ["train"]}')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "datasets", None)  # as if `datasets` were not installed
+        code, _, err = run_cli(capsys, "train", "--data", str(saved), "--output-dir", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1 and "pip install datasets" in err
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')

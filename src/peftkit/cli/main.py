@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from peftkit.cli.errors import CliError
@@ -94,21 +95,38 @@ def _with_default_command(argv: list[str], commands: Sequence[str]) -> list[str]
     return [*argv[:position], "train", *argv[position:]]
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal to peftkit's own lines and the progress bar."""
-    import transformers
+@contextmanager
+def quiet_libraries(enabled: bool = True) -> Iterator[None]:
+    """Keep the terminal to peftkit's own lines and the Trainer's progress bar while a command runs.
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars; the Trainer's bar stays
-    try:
-        from huggingface_hub.utils import enable_progress_bars
+    transformers' logging and loading bars, and library ``UserWarning``s, are silenced, and put back as they
+    were afterwards (``main`` may run inside a larger program, e.g. a test session).
+    """
+    if not enabled:
+        yield
+        return
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
 
-        enable_progress_bars()  # keep download bars for hub models
-    except ImportError:
-        pass
-    logging.getLogger("torch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|accelerate)\b.*")
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hub_bars_off = hub_utils.are_progress_bars_disabled()
+    torch_logger = logging.getLogger("torch")
+    torch_level = torch_logger.level
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars; the Trainer's bar stays
+    hub_utils.enable_progress_bars()  # keep download bars for hub models
+    torch_logger.setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|accelerate)\b.*")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        (hub_utils.disable_progress_bars if hub_bars_off else hub_utils.enable_progress_bars)()
+        torch_logger.setLevel(torch_level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,10 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _with_default_command(args, [c.name for c in _commands()])
     namespace = parser.parse_args(args)
-    if not namespace.debug:
-        _quiet_libraries()
     try:
-        return call(namespace)
+        with quiet_libraries(enabled=not namespace.debug):
+            return call(namespace)
     except KeyboardInterrupt:
         stderr_line("peftkit: interrupted")
         return 130
