@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from peftkit.config import PeftConfig
@@ -279,24 +280,41 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
             replace_module(model, name, base)
 
 
-@contextmanager
-def mixed_batch(model: nn.Module, adapter_names: Sequence[str]) -> Iterator[BatchRouting]:
-    """Route sample ``i`` of the next forward(s) through adapter ``adapter_names[i]`` (``"__base__"``: none)."""
+@torch.compiler.disable
+def start_mixed_batch(model: nn.Module, adapter_names: Sequence[str]) -> tuple[BatchRouting, list[AdapterModule]]:
+    """Check ``adapter_names`` and hand every adapter module the routing; returns ``(routing, modules)``.
+
+    Never traced by ``torch.compile``: the names become the routing's index tensors here, so a compiled model
+    sees only tensors and does not recompile for a new mix of adapters.
+    """
     present = adapter_names_in(model)
     unknown = sorted(set(adapter_names) - present - {BASE_ADAPTER})
     if unknown:
         raise AdapterNameError(
             f"adapter_names contains unknown adapters {unknown}; present: {sorted(present)} (or {BASE_ADAPTER!r})."
         )
-    routing = BatchRouting.from_names(list(adapter_names))
+    routing = BatchRouting.from_names(list(adapter_names), sorted(present))
     modules = [module for _, module in iter_adapter_modules(model)]
     for module in modules:
         module.batch_routing = routing
+    return routing, modules
+
+
+@torch.compiler.disable
+def end_mixed_batch(modules: Sequence[AdapterModule]) -> None:
+    """Undo :func:`start_mixed_batch`."""
+    for module in modules:
+        module.batch_routing = None
+
+
+@contextmanager
+def mixed_batch(model: nn.Module, adapter_names: Sequence[str]) -> Iterator[BatchRouting]:
+    """Route sample ``i`` of the next forward(s) through adapter ``adapter_names[i]`` (``"__base__"``: none)."""
+    routing, modules = start_mixed_batch(model, adapter_names)
     try:
         yield routing
     finally:
-        for module in modules:
-            module.batch_routing = None
+        end_mixed_batch(modules)
 
 
 def merge_adapters(model: nn.Module, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:

@@ -159,8 +159,13 @@ class PeftModel(nn.Module):
             self._tuner.enable_adapter_layers()
 
     # -- forward ------------------------------------------------------------------------------
+    @torch.compiler.disable(recursive=False)
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
-        """Run the model; ``adapter_names`` (one per sample, ``"__base__"`` for none) routes a mixed batch."""
+        """Run the model; ``adapter_names`` (one per sample, ``"__base__"`` for none) routes a mixed batch.
+
+        ``torch.compile`` skips this frame (not what it calls): turning the per-sample names into index tensors
+        happens outside the compiled graph, so a new mix of adapters does not recompile.
+        """
         if self._is_prompt_learning:
             return prompt.prompt_forward(self._tuner, self.prompt_task, args, dict(kwargs, adapter_names=adapter_names))
         with self._routing(adapter_names):

@@ -14,6 +14,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from peftkit.config import PeftConfig
@@ -32,6 +33,7 @@ def explicit_forward(*names: str, dropped: tuple[str, ...] = ()) -> Callable[...
     the rest go to :meth:`PeftModel.forward` unchanged.
     """
 
+    @torch.compiler.disable(recursive=False)  # argument plumbing only; the model below it is what compiles
     def forward(self: PeftModel, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         if len(args) > len(names):
             raise TypeError(f"{type(self).__name__}.forward takes at most {len(names)} positional inputs: {names}.")

@@ -35,18 +35,29 @@ class BatchRouting:
     Attributes:
         names: The distinct adapter names of the batch, in order of first appearance.
         index: ``(batch,)`` long tensor: the position in ``names`` of each sample's adapter.
+        adapters: Every adapter of the model, sorted (the slot order of stacked layers).
+        slots: ``(batch,)`` long tensor: the position in ``adapters`` of each sample's adapter.
     """
 
     names: tuple[str, ...]
     index: torch.Tensor
+    adapters: tuple[str, ...] = ()
+    slots: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     _groups: dict[torch.device, list[tuple[str, torch.Tensor]]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_names(cls, per_sample: Sequence[str]) -> BatchRouting:
-        """Build the routing of ``per_sample`` (one adapter name per sample)."""
+    def from_names(cls, per_sample: Sequence[str], adapters: Sequence[str] = ()) -> BatchRouting:
+        """Build the routing of ``per_sample`` (one adapter name per sample).
+
+        Args:
+            adapters: Every adapter of the model, in a fixed order: ``slots`` gives each sample's position in
+                it (``len(adapters)`` for the base model or an unknown name), the same for every layer.
+        """
         names = tuple(dict.fromkeys(per_sample))
         position = {name: i for i, name in enumerate(names)}
-        return cls(names, torch.tensor([position[n] for n in per_sample], dtype=torch.long))
+        slot = {name: i for i, name in enumerate(adapters)}
+        slots = torch.tensor([slot.get(n, len(adapters)) for n in per_sample], dtype=torch.long)
+        return cls(names, torch.tensor([position[n] for n in per_sample], dtype=torch.long), tuple(adapters), slots)
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -56,6 +67,12 @@ class BatchRouting:
         if self.index.device != device:
             self.index = self.index.to(device)
         return self.index
+
+    def slots_on(self, device: torch.device) -> torch.Tensor:
+        """The per-sample slots on ``device`` (moved once, then cached)."""
+        if self.slots.device != device:
+            self.slots = self.slots.to(device)
+        return self.slots
 
     def groups(self, device: torch.device) -> list[tuple[str, torch.Tensor]]:
         """``[(name, sample_indices)]`` for each distinct adapter, computed once per device."""
@@ -148,6 +165,10 @@ class AdapterLayer(AdapterState, nn.Module):
             return self.mixed_forward(x, self.batch_routing, *args, **kwargs)
         if self.merged_adapters:
             return self.base_layer(x, *args, **kwargs)
+        if torch.compiler.is_compiling():
+            traced = self.compiled_forward(x, *args, **kwargs)
+            if traced is not None:
+                return traced
         active = self._active_adapter
         if len(active) == 1 and not args and not kwargs:
             fast = self.single_adapter_forward(x, active[0])
@@ -157,6 +178,11 @@ class AdapterLayer(AdapterState, nn.Module):
         if not active:
             return self.base_layer(x, *args, **kwargs)
         return self.adapted_forward(x, active, *args, **kwargs)
+
+    def compiled_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | None:
+        """Optional path while ``torch.compile`` traces: one that reads no adapter names (so switching adapters
+        does not recompile), or ``None`` for the general path."""
+        return None
 
     def single_adapter_forward(self, x: torch.Tensor, adapter: str) -> torch.Tensor | None:
         """Optional fast path for the commonest call (one active adapter, no extra arguments): the output, or

@@ -9,7 +9,7 @@ batched mixed-adapter path. Embedding and convolution layers live in ``embedding
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from transformers.pytorch_utils import Conv1D
 
 from peftkit.layers.base import AdapterLayer, BatchRouting
 from peftkit.merging.merge import update_weight
+from peftkit.methods.lora import stacked
 from peftkit.methods.lora.autograd import lora_linear
 from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, row_norm
 from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
@@ -224,6 +225,7 @@ class Linear(LoraLayer):
         weight = self.get_base_layer().weight
         self.out_features, self.in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
         self._stack_cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
+        self._active_slots = torch.zeros(0, dtype=torch.long, device=weight.device)
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         weight = self.get_base_layer().weight
@@ -293,49 +295,64 @@ class Linear(LoraLayer):
         return out.to(result.dtype)
 
     def mixed_forward(self, x: torch.Tensor, routing: BatchRouting, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Batched path: ``y_i = base(x_i) + x_i A_{k(i)}^T B_{k(i)}^T`` with stacked, pre-scaled factors.
+        """Stacked path (:mod:`~peftkit.methods.lora.stacked`): ``y_i = base(x_i) + x_i A_t[k_i] B_t[k_i]``.
 
-        Cost is one base forward plus two batched matmuls whatever the number of distinct adapters; the
-        stacks ``A (K, r_max, in)``, ``B (K, out, r_max)`` (zero-padded; zero for ``__base__``) are built
-        once and reused until a weight changes. DoRA adapters and gradient-tracking calls take the generic path.
+        One base forward plus two batched matmuls whatever the number of distinct adapters; the stacks are built
+        once and reused until a weight changes (traced afresh under ``torch.compile``). DoRA, ``lora_bias`` and
+        calls that record adapter gradients take the generic per-adapter path.
         """
-        present = [n for n in routing.names if n in self.lora_A]
-        if any(self.use_dora.get(n) or self.lora_B[n].bias is not None for n in present) or (
-            torch.is_grad_enabled() and any(p.requires_grad for n in present for p in self.adapter_parameters(n))
-        ):
+        if args or kwargs or x.shape[0] != len(routing) or not stacked.stackable(self) or stacked.needs_grad(self):
             return super().mixed_forward(x, routing, *args, **kwargs)
-        if x.shape[0] != len(routing):
-            return super().mixed_forward(x, routing, *args, **kwargs)  # raises the shape error
-        result = self.base_layer(x, *args, **kwargs)
-        if not present:
-            return result
-        A, B = self._stacked(routing.names)
-        index = routing.index_on(x.device)
-        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(A.dtype)
-        hidden = torch.bmm(flat, A.index_select(0, index).transpose(1, 2))
-        delta = torch.bmm(hidden, B.index_select(0, index).transpose(1, 2))
-        return result + delta.view(result.shape).to(result.dtype)
+        result = self.base_layer(x)
+        if torch.compiler.is_compiling():
+            A_t, B_t = stacked.stack_factors(self, routing.adapters)
+            return stacked.add_routed(result, x, A_t, B_t, routing.slots.to(x.device))
+        A_t, B_t = stacked.cached_stacks(self, routing.adapters)
+        return stacked.add_routed(result, x, A_t, B_t, routing.slots_on(x.device))
 
-    def _stacked(self, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        key = tuple(
-            (n, self.scaling[n], *((id(p), p._version) for p in self.adapter_parameters(n))) if n in self.lora_A else n
-            for n in names
-        )
-        if self._stack_cache is not None and self._stack_cache[0] == key:
-            return self._stack_cache[1], self._stack_cache[2]
-        present = [n for n in names if n in self.lora_A]
-        r_max = max(self.r[n] for n in present)
-        ref = self.lora_A[present[0]].weight
-        A = ref.new_zeros((len(names), r_max, self.in_features))
-        B = ref.new_zeros((len(names), self.out_features, r_max))
-        with torch.no_grad():
-            for k, name in enumerate(names):
-                if name in self.lora_A:
-                    r = self.r[name]
-                    A[k, :r] = self.lora_A[name].weight
-                    B[k, :, :r] = self.lora_B[name].weight * self.scaling[name]
-        self._stack_cache = (key, A, B)
-        return A, B
+    def compiled_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | None:
+        """Under ``torch.compile`` in eval mode: the active adapters picked by the index tensor
+        ``_active_slots`` (updated in place by ``set_adapter``) from factors stacked in the graph, so that
+        switching adapters or hot-swapping weights changes data, never the traced code."""
+        if args or kwargs or self.training or not stacked.stackable(self) or stacked.needs_grad(self):
+            return None
+        result = self.base_layer(x)
+        slots = self._active_slots
+        if slots.shape[0] == 0:
+            return result
+        A_t, B_t = stacked.stack_factors(self, sorted(self.lora_A.keys()))
+        return stacked.add_active(result, x, A_t, B_t, slots.to(x.device))
+
+    @property
+    def _active_adapter(self) -> list[str]:
+        return self.__dict__["_active_names"]
+
+    @_active_adapter.setter
+    def _active_adapter(self, names: list[str]) -> None:
+        self.__dict__["_active_names"] = names
+        self.refresh_active_slots()
+
+    def refresh_active_slots(self) -> None:
+        """Recompute ``_active_slots`` (positions of the active adapters among this layer's, sorted), in place
+        when its size is unchanged so that a compiled graph keeps reading the same tensor."""
+        if "lora_A" not in self._modules or "_active_names" not in self.__dict__:
+            return
+        device = self.get_base_layer().weight.device
+        slots = stacked.slots_of(sorted(self.lora_A.keys()), self._active_adapter, device)
+        current = self.__dict__.get("_active_slots")
+        if current is not None and current.shape == slots.shape and current.device == slots.device:
+            current.copy_(slots)
+        else:
+            self._active_slots = slots
+
+    def update_layer(self, adapter: str, spec: LoraLayerSpec, init_weights: bool = True) -> None:
+        super().update_layer(adapter, spec, init_weights)
+        self.refresh_active_slots()
+
+    def delete_adapter(self, adapter: str) -> None:
+        super().delete_adapter(adapter)
+        self._stack_cache = None
+        self.refresh_active_slots()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

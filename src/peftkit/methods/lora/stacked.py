@@ -1,0 +1,116 @@
+"""Several LoRA adapters of one linear layer as stacked tensors: mixed batches, and a name-free forward for
+``torch.compile``.
+
+For adapters ``a_0 .. a_{K-1}`` (plus one all-zero slot ``K`` for the bare base model) of a layer with input
+size ``in`` and output size ``out``, and ``R`` the largest rank (smaller ranks zero-padded, which is exact:
+the padded rows of ``A`` and columns of ``B`` are zero, so ``B_pad A_pad = B A``)::
+
+    A_t (K + 1, in, R):   A_t[k] = A_k^T
+    B_t (K + 1, R, out):  B_t[k] = s_k B_k^T      (the scaling folded in)
+
+A sample ``i`` routed to slot ``k_i`` computes ``y_i = base(x_i) + x_i A_t[k_i] B_t[k_i]``: one base forward
+plus two batched matmuls, whatever the number of distinct adapters; the index ``k`` is a tensor, so neither
+the cost nor a compiled graph depends on which adapters a batch mixes. Several adapters active at once
+(``set_adapter([a, b])``) sum, which is one LoRA of concatenated rank: ``x [A_t[a] | A_t[b]] [B_t[a]; B_t[b]]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _scaled_factors(layer: Any, name: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A^T (in, R), s B^T (R, out))`` of adapter ``name``, zero-padded to rank ``R``."""
+    A, B = layer.lora_A[name].weight, layer.lora_B[name].weight
+    a_t, b_t = A.t(), (B * layer.scaling[name]).t()
+    pad = rank - A.shape[0]
+    if pad:
+        a_t, b_t = F.pad(a_t, (0, pad)), F.pad(b_t, (0, 0, 0, pad))
+    return a_t, b_t
+
+
+def stack_factors(layer: Any, adapters: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A_t, B_t)`` of ``layer`` over ``adapters`` (slots the layer does not hold, and the last, are zero).
+
+    Plain tensor operations on the live parameters, so the result is current whether it runs eagerly or is
+    traced by ``torch.compile``.
+    """
+    held = [name for name in adapters if name in layer.lora_A]
+    rank = max(layer.lora_A[name].weight.shape[0] for name in held)
+    ref = layer.lora_A[held[0]].weight
+    zero_a, zero_b = ref.new_zeros(layer.in_features, rank), ref.new_zeros(rank, layer.out_features)
+    parts = [_scaled_factors(layer, name, rank) if name in layer.lora_A else (zero_a, zero_b) for name in adapters]
+    parts.append((zero_a, zero_b))
+    return torch.stack([a for a, _ in parts]), torch.stack([b for _, b in parts])
+
+
+def _version_key(layer: Any, name: str) -> tuple[Any, ...]:
+    """What must be unchanged for a cached stack of ``name`` to stay valid (tensor identities and versions)."""
+    if name not in layer.lora_A:
+        return (name,)
+    A, B, s = layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
+    scale = (id(s), s._version) if torch.is_tensor(s) else s
+    return (name, id(A), A._version, id(B), B._version, scale)
+
+
+def cached_stacks(layer: Any, adapters: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`stack_factors`, built once and reused until an adapter's weights or scaling change.
+
+    The cache lives in ``layer._stack_cache``; anything that replaces factors or scalings outside
+    in-place tensor updates (which bump versions) must set it to ``None``.
+    """
+    key = (adapters, tuple(_version_key(layer, name) for name in adapters))
+    cache = layer._stack_cache
+    if cache is not None and cache[0] == key:
+        return cache[1], cache[2]
+    with torch.no_grad():
+        A_t, B_t = stack_factors(layer, adapters)
+    layer._stack_cache = (key, A_t, B_t)
+    return A_t, B_t
+
+
+def add_routed(
+    result: torch.Tensor, x: torch.Tensor, A_t: torch.Tensor, B_t: torch.Tensor, slots: torch.Tensor
+) -> torch.Tensor:
+    """``result_i + x_i A_t[slots_i] B_t[slots_i]`` for every sample ``i`` (in place where possible).
+
+    Shapes: ``x (batch, ..., in)``, ``result (batch, ..., out)``, ``slots (batch,)``.
+    """
+    batch = x.shape[0]
+    h = torch.bmm(x.reshape(batch, -1, x.shape[-1]).to(A_t.dtype), A_t.index_select(0, slots))
+    B_sel = B_t.index_select(0, slots)
+    if result.dtype == B_t.dtype and result.is_contiguous() and not torch.compiler.is_compiling():
+        result.view(batch, -1, result.shape[-1]).baddbmm_(h, B_sel)
+        return result
+    return result + torch.bmm(h, B_sel).view(result.shape).to(result.dtype)
+
+
+def add_active(
+    result: torch.Tensor, x: torch.Tensor, A_t: torch.Tensor, B_t: torch.Tensor, slots: torch.Tensor
+) -> torch.Tensor:
+    """``result + sum_k x A_t[k] B_t[k]`` over the active ``slots (n,)``: one LoRA of concatenated rank."""
+    count, width, rank = slots.shape[0], A_t.shape[1], A_t.shape[2]
+    A_cat = A_t.index_select(0, slots).transpose(0, 1).reshape(width, count * rank)
+    B_cat = B_t.index_select(0, slots).reshape(count * rank, B_t.shape[2])
+    return result + ((x.to(A_t.dtype) @ A_cat) @ B_cat).to(result.dtype)
+
+
+def slots_of(adapters: Sequence[str], wanted: Sequence[str], device: torch.device) -> torch.Tensor:
+    """``(n,)`` positions of ``wanted`` in ``adapters`` (those absent are left out)."""
+    position = {name: i for i, name in enumerate(adapters)}
+    return torch.tensor([position[n] for n in wanted if n in position], dtype=torch.long, device=device)
+
+
+def stackable(layer: Any) -> bool:
+    """Whether every adapter of ``layer`` fits the stacked form (plain LoRA: no DoRA, no ``lora_B`` bias)."""
+    return not any(layer.use_dora.get(n) or layer.lora_B[n].bias is not None for n in layer.lora_A)
+
+
+def needs_grad(layer: nn.Module) -> bool:
+    """Whether a forward of ``layer`` now records gradients for an adapter (stacks are inference-only)."""
+    return torch.is_grad_enabled() and any(p.requires_grad for _, p in layer.all_adapter_parameters())
