@@ -193,9 +193,13 @@ def inject_adapter(
 def _activate_keeping_grads(model: nn.Module, active: Sequence[str], record: Injection) -> None:
     """Re-apply ``active`` to every layer (a new layer starts with the newcomer active) without changing what
     trains: parameters that existed keep their ``requires_grad``, the newcomer's are frozen."""
-    set_active_adapters(model, active, trainable=False)
-    for param in model.parameters():
-        param.requires_grad_(record.grad_state.get(param, False))
+    wanted = list(active)
+    for _, module in iter_adapter_modules(model):
+        if module.holds(record.adapter_name):
+            for param in module.adapter_parameters(record.adapter_name):
+                param.requires_grad_(False)
+        if module.active_adapters != wanted:
+            module.set_active_names(wanted)
 
 
 def _inject_one(

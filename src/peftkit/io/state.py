@@ -5,7 +5,7 @@ Keys here are relative to the inner model (no ``base_model.model.`` prefix) and 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +62,7 @@ def adapter_tensors(
             if adapter not in container:
                 continue
             item = container[adapter]
-            items = item.state_dict().items() if isinstance(item, nn.Module) else [("", item.data)]
+            items = module_tensors(item) if isinstance(item, nn.Module) else [("", item.data)]
             for key, tensor in items:
                 full = f"{name}.{attr}.{adapter}" + (f".{key}" if key else "")
                 out[rename_suffix(remove_adapter_name(full, adapter), renames)] = AdapterTensor(tensor, True)
@@ -72,6 +72,23 @@ def adapter_tensors(
             if key.endswith("bias") and key not in out and not _is_adapter_internal(key):
                 out[key] = AdapterTensor(tensor, False)
     return out
+
+
+def module_tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+    """``module.state_dict().items()``, read straight from a plain leaf module's dictionaries (the general
+    ``state_dict`` machinery costs more than the rest of a hot-swap for small adapter factors)."""
+    plain = (
+        not module._modules
+        and not module._state_dict_hooks
+        and not module._state_dict_pre_hooks
+        and type(module)._save_to_state_dict is nn.Module._save_to_state_dict
+        and type(module).get_extra_state is nn.Module.get_extra_state
+    )
+    if not plain:
+        return module.state_dict().items()
+    params = [(k, v.detach()) for k, v in module._parameters.items() if v is not None]
+    skip = module._non_persistent_buffers_set
+    return params + [(k, v.detach()) for k, v in module._buffers.items() if v is not None and k not in skip]
 
 
 def _add_base_tensors(

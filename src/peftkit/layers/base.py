@@ -105,6 +105,10 @@ class AdapterState:
         """Whether this module holds ``adapter``."""
         return adapter in self.adapter_names()
 
+    def set_active_names(self, names: Sequence[str]) -> None:
+        """Make ``names`` the active adapters without touching any ``requires_grad`` (``set_adapter`` does)."""
+        self._active_adapter = list(names)
+
     @property
     def active_adapters(self) -> list[str]:
         return list(self._active_adapter)

@@ -73,14 +73,17 @@ def empty_linear(
     in_features: int, out_features: int, bias: bool, device: torch.device, dtype: torch.dtype
 ) -> nn.Linear:
     """An ``nn.Linear`` with uninitialised tensors (its constructor's Kaiming init would be overwritten anyway:
-    by the LoRA initialisation, or by a load)."""
+    by the LoRA initialisation, or by a load).
+
+    Built field by field, as ``nn.Linear.__init__`` would leave it minus ``reset_parameters``: injection makes
+    two of these per adapted layer, and the generic ``nn.Module.__setattr__`` path is a visible share of a
+    load's time.
+    """
     layer = nn.Linear.__new__(nn.Linear)
     nn.Module.__init__(layer)
-    layer.in_features, layer.out_features = in_features, out_features
-    layer.weight = nn.Parameter(torch.empty((out_features, in_features), device=device, dtype=dtype))
-    layer.register_parameter(
-        "bias", nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
-    )
+    layer.__dict__.update(in_features=in_features, out_features=out_features)
+    layer._parameters["weight"] = nn.Parameter(torch.empty((out_features, in_features), device=device, dtype=dtype))
+    layer._parameters["bias"] = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
     return layer
 
 
@@ -226,6 +229,7 @@ class Linear(LoraLayer):
         self.out_features, self.in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
         self._stack_cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
         self._active_slots = torch.zeros(0, dtype=torch.long, device=weight.device)
+        self._active_slot_list: list[int] = []
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         weight = self.get_base_layer().weight
@@ -337,13 +341,17 @@ class Linear(LoraLayer):
         when its size is unchanged so that a compiled graph keeps reading the same tensor."""
         if "lora_A" not in self._modules or "_active_names" not in self.__dict__:
             return
-        device = self.get_base_layer().weight.device
-        slots = stacked.slots_of(sorted(self.lora_A.keys()), self._active_adapter, device)
+        position = {name: i for i, name in enumerate(sorted(self.lora_A.keys()))}
+        wanted = [position[name] for name in self.__dict__["_active_names"] if name in position]
+        if wanted == self.__dict__.get("_active_slot_list"):
+            return
+        self._active_slot_list = wanted
         current = self.__dict__.get("_active_slots")
-        if current is not None and current.shape == slots.shape and current.device == slots.device:
+        slots = torch.tensor(wanted, dtype=torch.long)
+        if current is not None and current.shape == slots.shape:
             current.copy_(slots)
         else:
-            self._active_slots = slots
+            self._active_slots = slots.to(self.get_base_layer().weight.device)
 
     def update_layer(self, adapter: str, spec: LoraLayerSpec, init_weights: bool = True) -> None:
         super().update_layer(adapter, spec, init_weights)
