@@ -296,11 +296,13 @@ def _plan_copies(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping
     return copies
 
 
-def _new_layer_facts(inner: nn.Module, adapter: str, config: PeftConfig, state: Mapping[str, torch.Tensor]) -> dict:
+def _new_layer_facts(
+    layers: list[tuple[str, LoraLayer]], adapter: str, config: PeftConfig, state: Mapping[str, torch.Tensor]
+) -> dict:
     """``layer name -> (layer, facts)`` of the new adapter; checks that the file's ranks match its config."""
     facts_of = method_of(config).layer_facts
     out = {}
-    for name, layer in _lora_layers(inner, adapter):
+    for name, layer in layers:
         facts = facts_of(config, name, layer.get_base_layer())  # type: ignore[misc]
         a_key = f"{name}.lora_A.weight" if adapter in layer.lora_A else f"{name}.lora_embedding_A"
         if a_key in state and state[a_key].shape[0] != facts.r:
@@ -338,11 +340,12 @@ def swap_adapter_weights(
     old = configs[adapter_name]
     if not _is_plain_lora(config) or not _is_plain_lora(old):
         raise UnsupportedError("Hot-swapping is implemented for LoRA adapters only (not AdaLoRA, IA3 or prompts).")
-    if any(adapter_name in layer.merged_adapters for _, layer in _lora_layers(inner, adapter_name)):
+    holders = _lora_layers(inner, adapter_name)
+    if any(adapter_name in layer.merged_adapters for _, layer in holders):
         raise HotswapError(f"Adapter {adapter_name!r} is merged into the base weights; unmerge it before swapping.")
     state = {strip_prefix(k): v for k, v in state.items()}
     copies = _plan_copies(inner, adapter_name, old, state)
-    layers = _new_layer_facts(inner, adapter_name, config, state)
+    layers = _new_layer_facts(holders, adapter_name, config, state)
     with torch.no_grad():
         for item in copies:
             new = item.new.to(device=item.live.device, dtype=item.live.dtype)

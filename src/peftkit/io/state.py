@@ -57,8 +57,9 @@ def adapter_tensors(
             for key, tensor in module.modules_to_save[adapter].state_dict().items():
                 out[f"{name}.{key}"] = AdapterTensor(tensor, True)
             continue
+        modules = module._modules
         for attr in module.adapter_layer_names:
-            container = getattr(module, attr)
+            container = modules[attr] if attr in modules else getattr(module, attr)
             if adapter not in container:
                 continue
             item = container[adapter]
