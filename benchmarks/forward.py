@@ -62,8 +62,12 @@ def run(settings: Settings) -> list[Row]:
     for decoder in decoders.values():
         decoder.reset()
     agree_prefill = close(prefill(kit, ids), prefill(ref, ids))
-    decode = interleaved(settings, {n: Case(run=d.decode, cleanup=d.reset) for n, d in decoders.items()})
-    full = interleaved(settings, {n: Case(run=lambda m=m: prefill(m, ids)) for n, m in models.items()})
+    # A decode takes milliseconds: many more repetitions for the same time budget.
+    decode_cases = {n: Case(run=d.decode, cleanup=d.reset) for n, d in decoders.items()}
+    decode = interleaved(settings, decode_cases, reps=settings.reps * 10)
+    full = interleaved(
+        settings, {n: Case(run=lambda m=m: prefill(m, ids)) for n, m in models.items()}, reps=settings.reps * 2
+    )
     what = f"{shape.model.describe()}; batch 1; r=16 all-linear, unmerged"
     return [
         Row("decode forward (1 token)", "ms", decode[PEFTKIT], decode[PEFT], decode[FLOOR], 1.05, agree_decode, what),

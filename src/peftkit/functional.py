@@ -165,8 +165,9 @@ def inject_adapter(
     record = Injection(adapter_name, grad_state={p: p.requires_grad for p in model.parameters()})
     targets = resolve_targets(model, config, spec)
     layer_types = tuple(spec.layer_table.values())
+    candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
     names = select_targets(
-        _candidates(model, spec),
+        candidates.items(),
         targets,
         exclude_modules=getattr(config, "exclude_modules", None),
         layers_to_transform=getattr(config, "layers_to_transform", None),
@@ -175,7 +176,7 @@ def inject_adapter(
     )
     try:
         for name in names:
-            _inject_one(model, name, config, spec, adapter_name, init_weights, record)
+            _inject_one(model, name, config, spec, adapter_name, init_weights, record, candidates)
         _wrap_modules_to_save(model, getattr(config, "modules_to_save", None), adapter_name, record)
     except BaseException:
         record.undo(model)
@@ -203,9 +204,18 @@ def _activate_keeping_grads(model: nn.Module, active: Sequence[str], record: Inj
 
 
 def _inject_one(
-    model: nn.Module, name: str, config: PeftConfig, spec: MethodSpec, adapter: str, init: bool, record: Injection
+    model: nn.Module,
+    name: str,
+    config: PeftConfig,
+    spec: MethodSpec,
+    adapter: str,
+    init: bool,
+    record: Injection,
+    modules: dict[str, nn.Module] | None = None,
 ) -> None:
-    module = model.get_submodule(name)
+    """Adapt module ``name``; ``modules`` (name -> module, from the targeting walk) saves walking the path."""
+    modules = modules or {}
+    module = modules[name] if name in modules else model.get_submodule(name)
     if isinstance(module, AdapterLayer):
         module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]
         record.updated.append(module)
@@ -213,7 +223,9 @@ def _inject_one(
     facts = spec.layer_facts(config, name, module)  # type: ignore[misc]
     layer = spec.layer_class_for(module)(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
     layer.update_layer(adapter, facts, init)  # type: ignore[attr-defined]
-    record.created.append((name, replace_module(model, name, layer)))
+    parent_name = name.rpartition(".")[0]
+    parent = modules.get(parent_name) if parent_name in modules else None
+    record.created.append((name, replace_module(model, name, layer, parent=parent)))
 
 
 def _wrap_modules_to_save(model: nn.Module, wanted: Sequence[str] | None, adapter: str, record: Injection) -> None:

@@ -11,9 +11,15 @@ def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    """Put ``new`` where module ``name`` was; returns the module that was there."""
-    parent, child = get_submodule_parent(model, name)
+def replace_module(model: nn.Module, name: str, new: nn.Module, parent: nn.Module | None = None) -> nn.Module:
+    """Put ``new`` where module ``name`` was; returns the module that was there.
+
+    Args:
+        parent: The module that holds ``name`` (looked up from ``model`` when not given).
+    """
+    child = name.rpartition(".")[2]
+    if parent is None:
+        parent, child = get_submodule_parent(model, name)
     old = getattr(parent, child)
     setattr(parent, child, new)
     return old
