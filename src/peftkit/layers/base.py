@@ -132,13 +132,15 @@ class AdapterLayer(AdapterState, nn.Module):
     #: Attributes whose values are plain ``dict``s of per-adapter settings (ranks, scalings, ...).
     other_param_names: ClassVar[tuple[str, ...]] = ()
 
+    merged_adapters: list[str]
+    batch_routing: BatchRouting | None
+
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
-        self._disable_adapters = False
-        self.merged_adapters: list[str] = []
+        # Plain attributes in one go: ``nn.Module.__setattr__`` is slow, and this runs for every adapted layer.
+        self.__dict__.update(_disable_adapters=False, merged_adapters=[], batch_routing=None)
         self._active_adapter: list[str] = []
-        self.batch_routing: BatchRouting | None = None
 
     # -- method hooks -----------------------------------------------------------------------------
     def adapt_input(self, x: torch.Tensor, adapter: str) -> torch.Tensor:

@@ -93,20 +93,34 @@ class LoraLayer(AdapterLayer):
     adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
     other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora")
 
+    fan_in_fan_out: bool
+    r: dict[str, int]
+    lora_alpha: dict[str, float]
+    scaling: dict[str, float]
+    use_dora: dict[str, bool]
+    _dora_norms: dict[str, torch.Tensor]
+    lora_dropout: nn.ModuleDict
+    lora_A: nn.ModuleDict
+    lora_B: nn.ModuleDict
+    lora_embedding_A: nn.ParameterDict
+    lora_embedding_B: nn.ParameterDict
+    lora_magnitude_vector: nn.ModuleDict
+
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
-        self.fan_in_fan_out = fan_in_fan_out
-        self.r: dict[str, int] = {}
-        self.lora_alpha: dict[str, float] = {}
-        self.scaling: dict[str, float] = {}
-        self.use_dora: dict[str, bool] = {}
-        self.lora_dropout = nn.ModuleDict()
-        self.lora_A = nn.ModuleDict()
-        self.lora_B = nn.ModuleDict()
-        self.lora_embedding_A = nn.ParameterDict()
-        self.lora_embedding_B = nn.ParameterDict()
-        self.lora_magnitude_vector = nn.ModuleDict()
-        self._dora_norms: dict[str, torch.Tensor] = {}
+        # Registered in bulk (what plain assignment does, minus ``nn.Module.__setattr__``'s checks, which cost
+        # more than the rest of building a layer: a 1B model has hundreds of them).
+        self.__dict__.update(
+            fan_in_fan_out=fan_in_fan_out, r={}, lora_alpha={}, scaling={}, use_dora={}, _dora_norms={}
+        )
+        self._modules.update(
+            lora_dropout=nn.ModuleDict(),
+            lora_A=nn.ModuleDict(),
+            lora_B=nn.ModuleDict(),
+            lora_embedding_A=nn.ParameterDict(),
+            lora_embedding_B=nn.ParameterDict(),
+            lora_magnitude_vector=nn.ModuleDict(),
+        )
 
     def update_layer(self, adapter: str, spec: LoraLayerSpec, init_weights: bool = True) -> None:
         """Create (or replace) adapter ``adapter`` with the facts in ``spec``.
@@ -223,13 +237,21 @@ class LoraLayer(AdapterLayer):
 class Linear(LoraLayer):
     """LoRA on ``nn.Linear`` / GPT-2 ``Conv1D``: ``A: (r, in)``, ``B: (out, r)``; ``x (..., in) -> (..., out)``."""
 
+    _stack_cache: tuple[Any, torch.Tensor, torch.Tensor] | None
+    _active_slots: torch.Tensor
+    _active_slot_list: list[int]
+
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
         weight = self.get_base_layer().weight
-        self.out_features, self.in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
-        self._stack_cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
-        self._active_slots = torch.zeros(0, dtype=torch.long, device=weight.device)
-        self._active_slot_list: list[int] = []
+        out_features, in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        self.__dict__.update(
+            out_features=out_features,
+            in_features=in_features,
+            _stack_cache=None,
+            _active_slots=torch.zeros(0, dtype=torch.long, device=weight.device),
+            _active_slot_list=[],
+        )
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         weight = self.get_base_layer().weight
