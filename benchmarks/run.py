@@ -38,7 +38,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "large": large.run,
     "recompiles": recompiles.run,
 }
-REPS = {"full": 7, "quick": 2, "tiny": 1}
+REPS = {"full": 7, "quick": 3, "tiny": 1}
 
 
 def machine() -> dict[str, Any]:
@@ -69,12 +69,12 @@ def machine() -> dict[str, Any]:
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller shapes and 2 repetitions (~1-2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller shapes and 3 repetitions (~1-2 minutes)")
     parser.add_argument("--preset", choices=["full", "quick", "tiny"], help="explicit preset (tiny: harness test)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time or wall clock")
     parser.add_argument("--device", default="cpu", help="device of the models (cpu, cuda)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (0: leave torch's default)")
-    parser.add_argument("--reps", type=int, help="timed repetitions per variant (default: 7, quick: 2)")
+    parser.add_argument("--reps", type=int, help="timed repetitions per variant (default: 7, quick: 3)")
     parser.add_argument("--only", help=f"comma-separated figures: {', '.join(FIGURES)}")
     parser.add_argument("--json", default="benchmarks/results.json", help="where to write the JSON results")
     return parser.parse_args(argv)
