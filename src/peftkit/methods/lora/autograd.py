@@ -109,8 +109,29 @@ class DropMask:
         return tensor
 
     def dropped_copy(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A contiguous copy of ``tensor`` with the dropped elements zeroed (not yet rescaled)."""
-        return self.zero_(tensor.clone(memory_format=torch.contiguous_format))
+        """A contiguous copy of ``tensor`` with the dropped elements zeroed (not yet rescaled), in the scratch
+        buffer (see :func:`scratch`): valid until the next call."""
+        return self.zero_(scratch(tensor).copy_(tensor))
+
+
+#: Largest scratch buffer kept between calls (elements); bigger ones are allocated each time.
+SCRATCH_MAX_NUMEL = 1 << 23
+
+
+def scratch(like: torch.Tensor) -> torch.Tensor:
+    """A reusable contiguous tensor shaped like ``like`` (CPU), for transient products of the dropout path.
+
+    A fresh multi-megabyte temporary per layer and step is a fresh ``mmap`` on the CPU, and faulting its pages
+    in costs as much as filling it; one buffer per thread, grown to the largest size seen, avoids that. Each
+    use is finished before the next one starts (forward and backward of one layer run to completion).
+    """
+    if like.device.type != "cpu" or like.numel() > SCRATCH_MAX_NUMEL:
+        return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    cache: dict[torch.dtype, torch.Tensor] = _local.__dict__.setdefault("scratch", {})
+    buffer = cache.get(like.dtype)
+    if buffer is None or buffer.numel() < like.numel():
+        buffer = cache[like.dtype] = torch.empty(like.numel(), dtype=like.dtype)
+    return buffer[: like.numel()].view(like.shape)
 
 
 def lora_linear_forward(
@@ -170,18 +191,18 @@ class LoraLinearFunction(torch.autograd.Function):
         grad_h = (g @ lora_B).mul_(s)
         mask = DropMask(flat, p, ctx.seed) if p > 0 and (need_x or need_a) else None
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
-        if need_x:
-            grad_x = g @ weight
-            if mask is None:
-                grad_x.addmm_(grad_h, lora_A)
-            else:
-                grad_x.add_(mask.zero_(grad_h @ lora_A), alpha=1 / (1 - p))
-            grad_x = grad_x.view(x.shape)
         if need_a:
             if mask is None:
                 grad_a = grad_h.t() @ flat
             else:
                 grad_a = (grad_h.t() @ mask.dropped_copy(flat)).mul_(1 / (1 - p))
+        if need_x:
+            grad_x = g @ weight
+            if mask is None:
+                grad_x.addmm_(grad_h, lora_A)
+            else:  # the scratch buffer is free again: dA is done with the dropped copy
+                grad_x.add_(mask.zero_(torch.mm(grad_h, lora_A, out=scratch(flat))), alpha=1 / (1 - p))
+            grad_x = grad_x.view(x.shape)
         if need_bb:
             grad_bb = g.t() @ (h * s)
         if need_w:
