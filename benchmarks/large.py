@@ -161,7 +161,11 @@ class MergeFloor:
 
     def __init__(self, model: nn.Module, r: int = 16, scaling: float = 2.0) -> None:
         self.items = [
-            (m.weight, torch.randn(m.out_features, r) * 1e-4, torch.randn(r, m.in_features) * 0.01)
+            (
+                m.weight,
+                torch.randn(m.out_features, r, device=m.weight.device) * 1e-4,
+                torch.randn(r, m.in_features, device=m.weight.device) * 0.01,
+            )
             for m in targets(model)
         ]
         self.scaling = scaling
