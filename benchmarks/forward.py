@@ -70,7 +70,17 @@ def run(settings: Settings) -> list[Row]:
     )
     what = f"{shape.model.describe()}; batch 1; r=16 all-linear, unmerged"
     return [
-        Row("decode forward (1 token)", "ms", decode[PEFTKIT], decode[PEFT], decode[FLOOR], 1.05, agree_decode, what),
+        Row(
+            "decode forward (1 token)",
+            "ms",
+            decode[PEFTKIT],
+            decode[PEFT],
+            decode[FLOOR],
+            1.05,
+            agree_decode,
+            what,
+            samples=decode.triple(PEFTKIT, PEFT, FLOOR),
+        ),
         Row(
             f"prefill forward ({shape.seq} tokens)",
             "ms",
@@ -80,5 +90,6 @@ def run(settings: Settings) -> list[Row]:
             None,
             agree_prefill,
             what,
+            samples=full.triple(PEFTKIT, PEFT, FLOOR),
         ),
     ]

@@ -1,9 +1,11 @@
 """Timing, memory accounting, agreement checks and result rows shared by every benchmark.
 
 Timing is interleaved: repetition ``i`` runs every variant once (peftkit, peft, floor, in an order that rotates
-with ``i``) so that slow drifts of a shared machine hit all variants alike, and each variant's figure is the
-median of its repetitions. The default clock is the process CPU time with one intra-op thread (robust on a
-machine whose cores are shared with other work); ``wall`` uses ``perf_counter`` and synchronises CUDA.
+with ``i``) so that slow drifts of a shared machine hit all variants alike. Each variant's figure is the
+median of its repetitions, and each ratio the median of the per-repetition ratios (the two times of one
+round were taken moments apart, so a slow spell of the machine cancels out of their ratio). The default
+clock is the process CPU time with one intra-op thread (robust on a machine whose cores are shared with
+other work); ``wall`` uses ``perf_counter`` and synchronises CUDA.
 """
 
 from __future__ import annotations
@@ -70,24 +72,29 @@ class Row:
     agree: bool | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list[float]] | None = None
 
-    @staticmethod
-    def _ratio(a: float | None, b: float | None) -> float | None:
-        if a is None or b is None or b == 0:
+    def _ratio(self, a: str, b: str) -> float | None:
+        """``a / b``: the median over repetitions of the ratio within each round when timings were sampled
+        (both measured moments apart, so a slow spell of the machine cancels), else the plain ratio."""
+        if self.samples is not None and a in self.samples and b in self.samples:
+            return statistics.median(x / y for x, y in zip(self.samples[a], self.samples[b]))
+        top, bottom = getattr(self, a), getattr(self, b)
+        if top is None or bottom is None or bottom == 0:
             return None
-        return a / b
+        return top / bottom
 
     @property
     def kit_vs_peft(self) -> float | None:
-        return self._ratio(self.peftkit, self.peft)
+        return self._ratio(PEFTKIT, PEFT)
 
     @property
     def kit_vs_floor(self) -> float | None:
-        return self._ratio(self.peftkit, self.floor)
+        return self._ratio(PEFTKIT, FLOOR)
 
     @property
     def peft_vs_floor(self) -> float | None:
-        return self._ratio(self.peft, self.floor)
+        return self._ratio(PEFT, FLOOR)
 
     @property
     def met(self) -> bool | None:
@@ -114,6 +121,7 @@ class Row:
             "agree": self.agree,
             "note": self.note,
             **self.extra,
+            "samples_ms": self.samples,
         }
 
 
@@ -126,8 +134,21 @@ class Case:
     cleanup: Callable[[], Any] | None = None
 
 
-def interleaved(settings: Settings, cases: dict[str, Case], reps: int | None = None) -> dict[str, float]:
-    """Median time in milliseconds of each case, over ``reps`` interleaved repetitions after one warm-up.
+class Timings(dict):  # type: ignore[type-arg]
+    """Median milliseconds per case; ``samples`` keeps every repetition's time, aligned by round."""
+
+    def __init__(self, samples: dict[str, list[float]]) -> None:
+        super().__init__({name: statistics.median(values) for name, values in samples.items()})
+        self.samples = samples
+
+    def triple(self, kit: str, peft: str, floor: str | list[float]) -> dict[str, list[float]]:
+        """The samples of peftkit, peft and the floor (a case name, or per-round values) under the row's keys."""
+        floor_samples = self.samples[floor] if isinstance(floor, str) else floor
+        return {PEFTKIT: self.samples[kit], PEFT: self.samples[peft], FLOOR: floor_samples}
+
+
+def interleaved(settings: Settings, cases: dict[str, Case], reps: int | None = None) -> Timings:
+    """Time in milliseconds of each case, over ``reps`` interleaved repetitions after one warm-up.
 
     The garbage collector runs before each round and is disabled during each timed call.
     """
@@ -152,7 +173,7 @@ def interleaved(settings: Settings, cases: dict[str, Case], reps: int | None = N
                 case.cleanup()
             if rep > 0:
                 samples[name].append(elapsed * 1e3)
-    return {n: statistics.median(v) for n, v in samples.items()}
+    return Timings(samples)
 
 
 class SavedActivations:

@@ -132,6 +132,7 @@ def injection_row(settings: Settings, base: nn.Module, where: str) -> Row:
         agree,
         f"{count:.2f}B-parameter {base.config.num_hidden_layers}-layer Llama shape, {len(floor.shapes)} "
         "linear layers, r=16",
+        samples=times.triple(PEFTKIT, PEFT, FLOOR),
     )
 
 
@@ -195,7 +196,8 @@ def merge_row(settings: Settings, base: nn.Module) -> Row:
     }
     times = interleaved(settings, cases, reps=_reps(settings))
     agree = merge_agrees(settings)
-    return Row("merge_and_unload", "ms", times[PEFTKIT], times[PEFT], times[FLOOR], 1.5, agree, "same model, r=16")
+    samples = times.triple(PEFTKIT, PEFT, FLOOR)
+    return Row("merge_and_unload", "ms", *(times[k] for k in samples), 1.5, agree, "same model, r=16", samples=samples)
 
 
 def run(settings: Settings) -> list[Row]:

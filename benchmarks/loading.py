@@ -78,7 +78,8 @@ def load_row(settings: Settings, kit: nn.Module, ref: nn.Module, path: Path, ids
         FLOOR: Case(run=CopyFloor(path / "adapter_model.safetensors", settings.device).run),
     }
     times = interleaved(settings, cases)
-    return Row("load_adapter", "ms", times[PEFTKIT], times[PEFT], times[FLOOR], 3.0, agree, "second adapter, r=16")
+    samples = times.triple(PEFTKIT, PEFT, FLOOR)
+    return Row("load_adapter", "ms", *(times[k] for k in samples), 3.0, agree, "second adapter, r=16", samples=samples)
 
 
 def hotswap_row(settings: Settings, kit: nn.Module, ref: nn.Module, dirs: list[Path], ids: torch.Tensor) -> Row:
@@ -96,7 +97,8 @@ def hotswap_row(settings: Settings, kit: nn.Module, ref: nn.Module, dirs: list[P
         FLOOR: Case(run=CopyFloor(dirs[0] / "adapter_model.safetensors", settings.device).run),
     }
     times = interleaved(settings, cases)
-    return Row("hot-swap", "ms", times[PEFTKIT], times[PEFT], times[FLOOR], 1.5, agree, "same config, new weights")
+    samples = times.triple(PEFTKIT, PEFT, FLOOR)
+    return Row("hot-swap", "ms", *(times[k] for k in samples), 1.5, agree, "same config, new weights", samples=samples)
 
 
 def run(settings: Settings) -> list[Row]:

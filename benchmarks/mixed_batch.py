@@ -59,6 +59,7 @@ def run(settings: Settings) -> list[Row]:
         cases[f"{PEFT}-{count}"] = Case(run=lambda names=names: forward(ref, ids, names))
     times = interleaved(settings, cases)
     one = {"peftkit_one_adapter": times["kit-one"], "peft_one_adapter": times["peft-one"]}
+    floor = [min(a, b) for a, b in zip(times.samples["kit-one"], times.samples["peft-one"])]
     what = f"{shape.model.describe()}; batch {shape.batch} x {shape.seq} tokens"
     rows = [
         Row(
@@ -72,6 +73,7 @@ def run(settings: Settings) -> list[Row]:
             f"floor: one adapter for all samples, the faster library (peftkit {one['peftkit_one_adapter']:.3g} ms, "
             f"peft {one['peft_one_adapter']:.3g} ms); {what}",
             extra=dict(one),
+            samples=times.triple(f"{PEFTKIT}-{count}", f"{PEFT}-{count}", floor),
         )
         for count in shape.counts
     ]
