@@ -31,42 +31,19 @@ def test_required_architectures_are_covered() -> None:
 
 
 # peftkit's own rows (the reference has none): their names must exist in a tiny model of that type.
+_DECODER = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1)
+_ENCODER_DECODER = dict(
+    d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+    encoder_ffn_dim=32, decoder_ffn_dim=32,
+)  # fmt: skip
 OWN_ROWS = {
-    "phi3": dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1),
-    "whisper": dict(
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-    ),
-    "mbart": dict(
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-    ),
-    "m2m_100": dict(
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-    ),
-    "starcoder2": dict(
-        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1
-    ),
+    "phi3": _DECODER,
+    "whisper": _ENCODER_DECODER,
+    "mbart": _ENCODER_DECODER,
+    "m2m_100": _ENCODER_DECODER,
+    "starcoder2": {**_DECODER, "num_key_value_heads": 1},
     "distilbert": dict(dim=16, hidden_dim=32, n_layers=1, n_heads=2),
-    "vit": dict(
-        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1, image_size=8, patch_size=4
-    ),
+    "vit": {**_DECODER, "image_size": 8, "patch_size": 4},
 }
 
 
