@@ -1,12 +1,52 @@
-"""Fixtures shared by the test directories: ``unchanged`` checks that a failed operation left a model as it was."""
+"""Fixtures and markers shared by the test directories.
+
+* ``unchanged`` checks that a failed operation left a model as it was.
+* ``@pytest.mark.reference_peft``: the test compares against the reference ``peft`` driving transformers (its
+  adapter methods, or its prompt methods feeding transformers' forward and ``generate``). It runs only where the
+  installed peft satisfies transformers' own minimum (``MIN_PEFT_VERSION``), read from transformers, and is
+  skipped with that reason elsewhere (e.g. the newest environment, before a peft release catches up).
+"""
 
 from __future__ import annotations
 
+import functools
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
+
+
+@functools.cache
+def reference_peft_gap() -> str | None:
+    """Why the reference peft cannot serve as the oracle next to the installed transformers; ``None`` if it can."""
+    import transformers
+    from packaging.version import Version
+    from transformers.integrations import peft as transformers_peft
+
+    try:
+        installed = version("peft")
+    except PackageNotFoundError:
+        return "the reference peft is not installed"
+    minimum = getattr(transformers_peft, "MIN_PEFT_VERSION", None)
+    if minimum is not None and Version(installed) < Version(minimum):
+        return (
+            f"transformers {transformers.__version__} requires peft >= {minimum} "
+            f"(transformers.integrations.peft.MIN_PEFT_VERSION); peft {installed} is installed"
+        )
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "reference_peft: compares against peft inside transformers; needs transformers' minimum peft"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("reference_peft") is not None and (gap := reference_peft_gap()) is not None:
+        pytest.skip(f"reference peft unusable here: {gap}")
 
 
 def _snapshot(model: nn.Module) -> dict[str, Any]:

@@ -63,6 +63,7 @@ def test_issue_example(patched, tmp_path) -> None:  # noqa: F811
         assert not trainable(loaded) and not loaded.training
 
 
+@pytest.mark.reference_peft
 @pytest.mark.parametrize("arch", sorted(BUILDERS))
 def test_adapters_move_between_peftkit_and_transformers_with_peft(arch: str, tmp_path) -> None:
     """Oracle: transformers' own methods backed by the reference peft, on the same base weights."""

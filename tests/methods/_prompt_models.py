@@ -5,6 +5,7 @@ Every builder seeds torch first, so two calls give bit-identical base weights.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,13 @@ def make_tokenizer(directory: Path) -> str:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>").save_pretrained(directory)
     return str(directory)
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword under which the installed transformers' ``model.forward`` takes the key/value cache (the
+    name changed from ``past_key_values`` to ``cache``; the old one only goes through a deprecation shim)."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def capture_inputs(model: nn.Module) -> dict[str, Any]:

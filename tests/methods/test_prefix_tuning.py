@@ -7,6 +7,7 @@ import torch
 from tests.methods._prompt_models import (
     batch,
     build,
+    cache_keyword,
     capture_inputs,
     greedy_by_forward,
     greedy_seq2seq_by_forward,
@@ -51,9 +52,9 @@ def test_forward_is_base_model_with_the_prefix_as_cache() -> None:
     prefix = model.prompt_encoder["default"].embedding.weight.detach()
     mask = torch.cat([torch.ones(2, N, dtype=torch.long), inputs["attention_mask"]], 1)
     with torch.no_grad():
-        expected = build("llama")(
-            input_ids=inputs["input_ids"], attention_mask=mask, past_key_values=_reference_cache(prefix, 2)
-        )
+        base = build("llama")
+        cache = {cache_keyword(base): _reference_cache(prefix, 2)}
+        expected = base(input_ids=inputs["input_ids"], attention_mask=mask, **cache)
         got = model(**{k: v for k, v in inputs.items() if k != "labels"})
     torch.testing.assert_close(got.logits, expected.logits)
     assert got.logits.shape[1] == 6  # the prefix adds keys and values, not outputs
@@ -67,7 +68,26 @@ def test_mask_is_extended_labels_are_not_and_positions_shift() -> None:
     assert seen["attention_mask"].tolist() == [[1] * N + row for row in inputs["attention_mask"].tolist()]
     assert torch.equal(seen["labels"], inputs["labels"])
     assert seen["position_ids"].tolist() == [list(range(N, N + 6))] * 2
-    assert seen["past_key_values"].get_seq_length() == N + 6  # the prefix, then this forward's tokens
+    assert seen[cache_keyword(model.get_base_model())].get_seq_length() == N + 6  # the prefix, then this forward's tokens
+
+
+def test_llama_sequence_classification_reads_the_prefix_and_trains() -> None:
+    """The classification forward takes the cache under whatever name the installed transformers gives it."""
+    model = get_peft_model(build("llama_seq_cls"), _config("SEQ_CLS"))
+    inputs = batch("llama_seq_cls")
+    prefix = model.prompt_encoder["default"].embedding.weight.detach()
+    mask = torch.cat([torch.ones(2, N, dtype=torch.long), inputs["attention_mask"]], 1)
+    base = build("llama_seq_cls")
+    with torch.no_grad():
+        cache = {cache_keyword(base): _reference_cache(prefix, 2)}
+        expected = base(input_ids=inputs["input_ids"], attention_mask=mask, labels=inputs["labels"], **cache)
+        got = model(**inputs)
+        plain = build("llama_seq_cls")(**inputs)
+    torch.testing.assert_close(got.logits, expected.logits)
+    torch.testing.assert_close(got.loss, expected.loss)
+    assert not torch.allclose(got.logits, plain.logits, atol=1e-3)  # the prefix changes the classification
+    losses = train_losses(model, target_batch("llama_seq_cls"), steps=25, lr=0.1)
+    assert losses[-1] < 0.7 * losses[0]
 
 
 @pytest.mark.parametrize("projection", [False, True])
@@ -121,7 +141,7 @@ def test_seq2seq_prefix_reaches_the_decoder_and_generate_matches() -> None:
         model(**inputs, decoder_attention_mask=decoder_mask)
     assert seen["decoder_attention_mask"].shape == (2, N + 4)
     assert torch.equal(seen["attention_mask"], inputs["attention_mask"])  # the encoder sees no prefix
-    assert seen["past_key_values"].self_attention_cache.get_seq_length() == N + 4
+    assert seen[cache_keyword(model.get_base_model())].self_attention_cache.get_seq_length() == N + 4
     out = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=4)
     assert torch.equal(out, greedy_seq2seq_by_forward(model, inputs["input_ids"], inputs["attention_mask"], 4))
 

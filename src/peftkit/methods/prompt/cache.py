@@ -15,17 +15,24 @@ row ``2i`` the keys and row ``2i + 1`` the values of layer ``i``. Two cache layo
 
 Models whose cache has another form (hybrid / sliding-window caches, fused multi-query caches, models without a
 cache) are refused with a clear error instead of computing something wrong.
+
+The keyword that carries the cache into ``forward`` and out of ``prepare_inputs_for_generation`` is read from
+the installed model's signature (:func:`cache_argument`): transformers renamed ``past_key_values`` to ``cache``,
+and the old name is then only accepted through a shim that drops it when both are passed.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from peftkit.config import PromptLearningConfig
-from peftkit.errors import ConfigError
+from peftkit.errors import ConfigError, UnsupportedError
 
 CacheLayout = Literal["decoder", "encoder_decoder"]
 
@@ -55,6 +62,44 @@ CACHE_LAYOUTS: dict[str, CacheLayout] = {
     ),
     **dict.fromkeys(("t5", "mt5", "bart", "mbart", "pegasus", "marian"), "encoder_decoder"),
 }
+
+
+#: The names transformers has given the key/value cache argument of ``forward``, newest first.
+CACHE_ARGUMENTS = ("cache", "past_key_values")
+
+
+def cache_argument(function: Callable[..., Any]) -> str | None:
+    """The keyword under which ``function`` (a model's ``forward`` or ``prepare_inputs_for_generation``, bound
+    or not) takes the key/value cache, read from its signature (decorators that keep ``__wrapped__`` are seen
+    through); ``None`` when it lists none of :data:`CACHE_ARGUMENTS`. Cached per underlying function."""
+    return _listed_cache_argument(getattr(function, "__func__", function))
+
+
+@functools.lru_cache(maxsize=256)
+def _listed_cache_argument(function: Callable[..., Any]) -> str | None:
+    parameters = inspect.signature(function).parameters
+    return next((name for name in CACHE_ARGUMENTS if name in parameters), None)
+
+
+def forward_cache_argument(model: nn.Module) -> str:
+    """The keyword that carries a key/value cache into ``model.forward``.
+
+    Raises:
+        UnsupportedError: ``model.forward`` takes no cache, so a key/value prefix cannot reach its attention.
+    """
+    name = cache_argument(model.forward)
+    if name is None:
+        raise UnsupportedError(
+            f"{type(model).__name__}.forward takes no key/value cache argument (none of {', '.join(CACHE_ARGUMENTS)}),"
+            " so prefix tuning cannot reach its attention layers. Use prompt tuning, P-tuning or LoRA for this model."
+        )
+    return name
+
+
+def generation_cache_key(prepare: Callable[..., Any], model: nn.Module) -> str | None:
+    """The key under which ``prepare`` (``model``'s ``prepare_inputs_for_generation``) returns the cache: the
+    name its signature lists, else the one ``model.forward`` takes; ``None`` for a model without a cache."""
+    return cache_argument(prepare) or cache_argument(model.forward)
 
 
 def cache_layout(model: nn.Module) -> CacheLayout:

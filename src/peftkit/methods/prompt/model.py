@@ -5,7 +5,8 @@ Two ways to feed ``n`` virtual tokens to the model:
 * *prepended embeddings* (prompt tuning, P-tuning): ``inputs_embeds = [prompts ; embed(input_ids)]``, the
   attention mask gets ``n`` ones in front and causal-LM labels ``n`` times ``-100`` (no loss on virtual tokens);
 * *key/value prefix* (prefix tuning): every attention layer sees ``n`` extra keys and values through the cache
-  (``past_key_values``), the attention mask gets ``n`` ones in front and position ids shift by ``n``.
+  (the ``cache`` / ``past_key_values`` argument, whichever the model's signature lists), the attention mask gets
+  ``n`` ones in front and position ids shift by ``n``.
 
 For encoder-decoder models prompts go to the encoder; a prefix goes to the decoder's self-attention.
 Generation patches the base model's ``prepare_inputs_for_generation`` for the duration of ``generate``, so the
@@ -15,7 +16,6 @@ prompt is injected at the first step (when the cache is empty) and the mask is e
 from __future__ import annotations
 
 import functools
-import inspect
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from peftkit.errors import UnsupportedError
+from peftkit.methods.prompt.cache import forward_cache_argument, generation_cache_key
 from peftkit.methods.prompt.inputs import (
     adjust_positions,
     batch_size_of,
@@ -88,7 +89,7 @@ def _causal_lm_forward(tuner: PromptTuner, kwargs: dict[str, Any]) -> Any:
     drop_token_type_ids(kwargs)
     kwargs["attention_mask"] = extend_attention_mask(kwargs.get("attention_mask"), n)
     if kv_prefix:
-        kwargs["past_key_values"] = tuner.past_key_values(batch)
+        kwargs[forward_cache_argument(tuner.model)] = tuner.past_key_values(batch)
     else:
         _embedded(tuner, kwargs, batch, n)
         kwargs["labels"] = extend_labels(kwargs.get("labels"), n)
@@ -100,7 +101,7 @@ def _seq2seq_forward(tuner: PromptTuner, kwargs: dict[str, Any]) -> Any:
     drop_token_type_ids(kwargs)
     if kv_prefix:
         kwargs["decoder_attention_mask"] = extend_attention_mask(kwargs.get("decoder_attention_mask"), n)
-        kwargs["past_key_values"] = tuner.past_key_values(batch)
+        kwargs[forward_cache_argument(tuner.model)] = tuner.past_key_values(batch)
     else:
         kwargs["attention_mask"] = extend_attention_mask(kwargs.get("attention_mask"), n)
         _embedded(tuner, kwargs, batch, n)
@@ -113,11 +114,7 @@ def _encoder_task_forward(tuner: PromptTuner, kwargs: dict[str, Any], task: Task
         drop_token_type_ids(kwargs)
     kwargs["attention_mask"] = extend_attention_mask(kwargs.get("attention_mask"), n)
     if kv_prefix:
-        if "past_key_values" not in inspect.signature(tuner.model.forward).parameters:
-            raise UnsupportedError(
-                f"{type(tuner.model).__name__}.forward takes no past_key_values, so prefix tuning cannot reach it."
-            )
-        kwargs["past_key_values"] = tuner.past_key_values(batch)
+        kwargs[forward_cache_argument(tuner.model)] = tuner.past_key_values(batch)
     else:
         token_types = extend_token_type_ids(kwargs.pop("token_type_ids", None), n)
         if token_types is not None:
@@ -169,7 +166,8 @@ def prepare_causal_lm_inputs(tuner: PromptTuner, original: Callable[..., Any], *
     inputs = original(*args, **kwargs)
     config, encoder = tuner.active()
     n = int(config.num_virtual_tokens)  # type: ignore[arg-type]
-    cache = inputs.get("past_key_values")
+    key = generation_cache_key(original, tuner.model)
+    cache = inputs.get(key) if key is not None else None
     cached = cache.get_seq_length() if cache is not None else 0
     input_ids = inputs.get("input_ids")
     if cached and input_ids is not None and cached >= input_ids.shape[1]:
@@ -181,7 +179,7 @@ def prepare_causal_lm_inputs(tuner: PromptTuner, original: Callable[..., Any], *
     if cached == 0:
         batch = batch_size_of(input_ids, inputs.get("inputs_embeds"))
         if encoder.kv_prefix:
-            inputs["past_key_values"] = tuner.past_key_values(batch)
+            inputs[forward_cache_argument(tuner.model)] = tuner.past_key_values(batch)
         else:
             _embedded(tuner, inputs, batch, n)
             inputs["input_ids"] = None
@@ -191,12 +189,13 @@ def prepare_causal_lm_inputs(tuner: PromptTuner, original: Callable[..., Any], *
 def prepare_seq2seq_prefix_inputs(tuner: PromptTuner, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """The base model's ``prepare_inputs_for_generation``; at the first step the cache becomes the prefix."""
     inputs = original(*args, **kwargs)
+    key = forward_cache_argument(tuner.model)
     first = kwargs.get("is_first_iteration")
     if first is None:
-        cache = inputs.get("past_key_values")
+        cache = inputs.get(generation_cache_key(original, tuner.model) or key)
         first = cache is None or cache.get_seq_length() == 0
     if first:
-        inputs["past_key_values"] = tuner.past_key_values(inputs["decoder_input_ids"].shape[0])
+        inputs[key] = tuner.past_key_values(inputs["decoder_input_ids"].shape[0])
     return inputs
 
 
