@@ -68,7 +68,8 @@ def test_mask_is_extended_labels_are_not_and_positions_shift() -> None:
     assert seen["attention_mask"].tolist() == [[1] * N + row for row in inputs["attention_mask"].tolist()]
     assert torch.equal(seen["labels"], inputs["labels"])
     assert seen["position_ids"].tolist() == [list(range(N, N + 6))] * 2
-    assert seen[cache_keyword(model.get_base_model())].get_seq_length() == N + 6  # the prefix, then this forward's tokens
+    cache = seen[cache_keyword(model.get_base_model())]
+    assert cache.get_seq_length() == N + 6  # the prefix, then this forward's tokens
 
 
 def test_llama_sequence_classification_reads_the_prefix_and_trains() -> None:
