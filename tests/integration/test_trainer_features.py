@@ -4,6 +4,7 @@ with an adapter attached is accepted (a base without one is refused, as transfor
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -19,9 +20,17 @@ from tests.integration._transformers_fixtures import (  # noqa: F401 (fixture)
     tiny_llama,
     trainer_args,
 )
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
 import peftkit
+
+#: The TrainingArguments field that turns activation (gradient) checkpointing on, by what the installed
+#: transformers offers: the old name is a deprecated alias where the new one exists.
+CHECKPOINTING = next(
+    name
+    for name in ("activation_checkpointing", "gradient_checkpointing")
+    if name in {f.name for f in dataclasses.fields(TrainingArguments)}
+)
 
 
 @pytest.mark.parametrize("style", sorted(STYLES))
@@ -32,7 +41,7 @@ def test_gradient_checkpointing_trains_the_adapter(patched, style: str, tmp_path
         before = adapter_weights(model)
         trainer = Trainer(
             model=model,
-            args=trainer_args(tmp_path / str(checkpointing), max_steps=3, gradient_checkpointing=checkpointing),
+            args=trainer_args(tmp_path / str(checkpointing), max_steps=3, **{CHECKPOINTING: checkpointing}),
             train_dataset=TokenDataset(),
         )
         trainer.train()
