@@ -11,6 +11,7 @@ from transformers import DynamicCache
 
 from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, Settings, close, interleaved
 from benchmarks.models import SMALL, TINY, Shape, adapter_pair, build_model, lora_kwargs
+from peftkit.methods.prompt.cache import cache_argument
 
 
 @dataclass(frozen=True)
@@ -28,17 +29,18 @@ PRESETS = {
 
 class Decoder:
     """One model with a KV cache of ``seq - 1`` tokens; each call decodes the next token and the cache is
-    cropped back afterwards (untimed)."""
+    cropped back afterwards (untimed). ``cache_key``: the keyword the base model's forward takes the cache by."""
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, ids: torch.Tensor, cache_key: str) -> None:
         self.model, self.prefix, self.next = model, ids[:, :-1], ids[:, -1:]
         self.cache = DynamicCache(config=model.config)
+        self.cache_key = cache_key
         with torch.no_grad():
-            model(input_ids=self.prefix, past_key_values=self.cache, use_cache=True)
+            model(input_ids=self.prefix, use_cache=True, **{cache_key: self.cache})
 
     def decode(self) -> torch.Tensor:
         with torch.no_grad():
-            return self.model(input_ids=self.next, past_key_values=self.cache, use_cache=True).logits
+            return self.model(input_ids=self.next, use_cache=True, **{self.cache_key: self.cache}).logits
 
     def reset(self) -> None:
         self.cache.crop(-1)
@@ -57,7 +59,10 @@ def run(settings: Settings) -> list[Row]:
     ids = torch.randint(0, shape.model.vocab, (1, shape.seq), generator=torch.Generator().manual_seed(0))
     ids = ids.to(settings.device)
     models = {PEFTKIT: kit, PEFT: ref, FLOOR: base}
-    decoders = {name: Decoder(m, ids) for name, m in models.items()}
+    cache_key = cache_argument(base.forward)
+    if cache_key is None:
+        raise RuntimeError(f"{type(base).__name__}.forward takes no key/value cache; the decode figure needs one.")
+    decoders = {name: Decoder(m, ids, cache_key) for name, m in models.items()}
     agree_decode = close(decoders[PEFTKIT].decode(), decoders[PEFT].decode())
     for decoder in decoders.values():
         decoder.reset()
