@@ -14,10 +14,10 @@ from tests.methods._prompt_models import (
     target_batch,
     train_losses,
 )
-from transformers import BertConfig, BertForSequenceClassification, DynamicCache
+from transformers import BertConfig, BertForSequenceClassification, DynamicCache, LlamaForCausalLM
 
 import peftkit
-from peftkit import CheckpointError, ConfigError, PrefixTuningConfig, get_peft_model
+from peftkit import CheckpointError, ConfigError, PrefixTuningConfig, UnsupportedError, get_peft_model
 
 N = 3
 LAYERS, KV_HEADS, HEAD_DIM = 2, 1, 8  # tiny llama: 2 heads of 8, one key-value head
@@ -155,6 +155,20 @@ def test_model_without_known_cache_layout_is_refused() -> None:
         get_peft_model(bert, _config("SEQ_CLS"))
     with pytest.raises(ConfigError, match="needs num_transformer_submodules=2"):
         get_peft_model(build("t5"), _config("SEQ_2_SEQ_LM", num_transformer_submodules=1))
+
+
+class _NoCacheLlama(LlamaForCausalLM):
+    """A llama whose forward takes no key/value cache (as a custom model head may)."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> object:
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+def test_forward_without_a_cache_argument_is_refused_at_creation() -> None:
+    base = build("llama")
+    base.__class__ = _NoCacheLlama
+    with pytest.raises(UnsupportedError, match=r"_NoCacheLlama\.forward takes no key/value cache argument"):
+        get_peft_model(base, _config())
 
 
 def test_bad_values_and_bad_checkpoints(tmp_path) -> None:

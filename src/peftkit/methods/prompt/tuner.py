@@ -24,7 +24,7 @@ from peftkit.config import PromptLearningConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
 from peftkit.io.keys import add_prefix, strip_prefix
 from peftkit.io.state import adapter_state_dict, check_and_load
-from peftkit.methods.prompt.cache import build_cache, cache_layout
+from peftkit.methods.prompt.cache import build_cache, cache_layout, forward_cache_argument
 from peftkit.methods.prompt.dimensions import fill_dimensions
 from peftkit.methods.prompt.encoder import PromptEncoderBase
 from peftkit.registry import method_of
@@ -117,6 +117,7 @@ class PromptTuner:
 
     def _check_prefix_support(self, config: PromptLearningConfig) -> None:
         layout = cache_layout(self.model)
+        forward_cache_argument(self.model)  # refuse a forward without a cache now, not at the first call
         wanted = 2 if layout == "encoder_decoder" else 1
         if config.num_transformer_submodules != wanted:
             raise ConfigError(
