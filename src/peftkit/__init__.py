@@ -37,18 +37,8 @@ from peftkit.mapping import (
     inject_adapter_in_model,
     set_peft_model_state_dict,
 )
-from peftkit.methods.adalora.config import AdaLoraConfig
-from peftkit.methods.adalora.model import AdaLoraModel
-from peftkit.methods.ia3.config import IA3Config
-from peftkit.methods.ia3.model import IA3Model
-from peftkit.methods.lora.config import LoraConfig
-from peftkit.methods.p_tuning.config import PromptEncoderConfig, PromptEncoderReparameterizationType
-from peftkit.methods.p_tuning.encoder import PromptEncoder
-from peftkit.methods.prefix_tuning.config import PrefixTuningConfig
-from peftkit.methods.prefix_tuning.encoder import PrefixEncoder
-from peftkit.methods.prompt_tuning.config import PromptTuningConfig, PromptTuningInit
-from peftkit.methods.prompt_tuning.embedding import PromptEmbedding
 from peftkit.peft_model import PeftModel
+from peftkit.registry import public_names as _public_names
 from peftkit.tasks import (
     PeftModelForCausalLM,
     PeftModelForFeatureExtraction,
@@ -57,14 +47,16 @@ from peftkit.tasks import (
     PeftModelForSequenceClassification,
     PeftModelForTokenClassification,
 )
-from peftkit.tuner import LoraModel
 from peftkit.types import PeftType, TaskType
 
 __version__ = "0.1.0"
 
+# Each method's public names (``LoraConfig``, ``IA3Model``, ``PromptEncoder``...) come from its spec's
+# ``public_names``, so a new method is exported by its catalog line alone.
+_METHOD_NAMES = _public_names()
+globals().update(_METHOD_NAMES)
+
 __all__ = [
-    "AdaLoraConfig",
-    "AdaLoraModel",
     "AdapterNameError",
     "AutoModel",
     "AutoModelForCausalLM",
@@ -82,10 +74,6 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "HotswapError",
-    "IA3Config",
-    "IA3Model",
-    "LoraConfig",
-    "LoraModel",
     "PeftConfig",
     "PeftModel",
     "PeftModelForCausalLM",
@@ -96,15 +84,7 @@ __all__ = [
     "PeftModelForTokenClassification",
     "PeftType",
     "PeftkitError",
-    "PrefixEncoder",
-    "PrefixTuningConfig",
-    "PromptEmbedding",
-    "PromptEncoder",
-    "PromptEncoderConfig",
-    "PromptEncoderReparameterizationType",
     "PromptLearningConfig",
-    "PromptTuningConfig",
-    "PromptTuningInit",
     "TargetingError",
     "TaskType",
     "UnsupportedError",
@@ -117,4 +97,5 @@ __all__ = [
     "prepare_model_for_compiled_hotswap",
     "set_peft_model_state_dict",
     "unpatch_transformers",
+    *sorted(_METHOD_NAMES),
 ]

@@ -19,8 +19,7 @@ from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError
 from peftkit.layers.base import BASE_ADAPTER, AdapterLayer, BatchRouting
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.wrap import replace_module
-from peftkit.methods.spec import MethodSpec
-from peftkit.registry import method_of
+from peftkit.methods.spec import MethodSpec, method_of
 from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
 
 AdapterModule = AdapterLayer | ModulesToSaveWrapper
@@ -260,12 +259,12 @@ def mark_trainable(model: nn.Module, spec: MethodSpec, config: PeftConfig, activ
     set_active_adapters(model, active, trainable=not config.inference_mode)
     if config.inference_mode:
         return
-    bias = getattr(config, "bias", "none")
+    bias = spec.bias_rule(config)
     if bias == "all":
         for name, param in model.named_parameters():
             if name.endswith("bias") and ".original_module." not in name:
                 param.requires_grad_(True)
-    elif bias == "lora_only":
+    elif bias == "adapter_layers":
         for _, module in iter_adapter_modules(model):
             if isinstance(module, AdapterLayer) and module.get_base_layer().bias is not None:
                 module.get_base_layer().bias.requires_grad_(True)

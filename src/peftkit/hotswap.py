@@ -38,8 +38,8 @@ from peftkit.io.load import read_weights, split_hub_kwargs
 from peftkit.io.state import adapter_tensors
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.layer import LoraLayer
-from peftkit.registry import METHODS, method_of
-from peftkit.types import PeftType
+from peftkit.methods.lora.method import LORA
+from peftkit.registry import method_of
 
 CheckCompiled = Literal["error", "warn", "ignore"]
 
@@ -61,12 +61,12 @@ def resolve_adapter_model(model: nn.Module) -> tuple[nn.Module, dict[str, PeftCo
 
 
 #: Layer classes of LoRA proper (AdaLoRA's layers subclass LoraLayer but hold A, E, B).
-_LORA_LAYER_TYPES = frozenset(METHODS[PeftType.LORA].layer_table.values())
+_LORA_LAYER_TYPES = frozenset(LORA.layer_table.values())
 
 
 def _is_plain_lora(config: PeftConfig) -> bool:
     """LoRA proper: AdaLoRA's config subclasses LoraConfig but its layers have another shape."""
-    return isinstance(config, LoraConfig) and config.peft_type == PeftType.LORA
+    return isinstance(config, LoraConfig) and config.peft_type == LORA.peft_type
 
 
 def _lora_layers(inner: nn.Module, adapter: str | None = None) -> list[tuple[str, LoraLayer]]:

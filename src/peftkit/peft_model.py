@@ -28,6 +28,10 @@ from peftkit.methods.prompt.tuner import PromptTuner
 from peftkit.tuner import tuner_class_for
 from peftkit.types import TaskType
 
+#: ``task_type`` -> ``PeftModelFor*`` class, filled by :mod:`peftkit.tasks` (which builds on this module) for
+#: :meth:`PeftModel.from_pretrained`'s choice of class.
+TASK_CLASSES: dict[TaskType, type[PeftModel]] = {}
+
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts, counting packed 4-bit weights at their unpacked size."""
@@ -302,12 +306,14 @@ class PeftModel(nn.Module):
 
         The task class is chosen from the adapter's ``task_type`` when called on ``PeftModel`` itself.
         """
-        from peftkit.tasks import model_class_for_task
-
         hub = split_hub_kwargs(kwargs)
         subfolder = kwargs.pop("subfolder", None)
         config = config or PeftConfig.from_pretrained(model_id, subfolder=subfolder, **hub)
-        target_cls = model_class_for_task(config.task_type) if cls is PeftModel else cls
+        target_cls = cls
+        if cls is PeftModel and config.task_type is not None:
+            if TaskType(config.task_type) not in TASK_CLASSES:
+                raise ConfigError(f"task_type={config.task_type!r} has no PeftModel class; import peftkit first.")
+            target_cls = TASK_CLASSES[TaskType(config.task_type)]
         wrapper = target_cls(model, None, adapter_name)
         wrapper.load_adapter(
             model_id, adapter_name, is_trainable=is_trainable, config=config, subfolder=subfolder, **hub, **kwargs

@@ -19,7 +19,7 @@ from torch import nn
 
 from peftkit.config import PeftConfig
 from peftkit.methods.prompt.model import prepare_causal_lm_inputs
-from peftkit.peft_model import PeftModel
+from peftkit.peft_model import TASK_CLASSES, PeftModel
 from peftkit.types import TaskType
 
 _INPUTS = ("input_ids", "attention_mask", "inputs_embeds")
@@ -132,6 +132,7 @@ TASK_TO_MODEL_CLASS: dict[TaskType, type[PeftModel]] = {
     TaskType.QUESTION_ANS: PeftModelForQuestionAnswering,
     TaskType.FEATURE_EXTRACTION: PeftModelForFeatureExtraction,
 }
+TASK_CLASSES.update(TASK_TO_MODEL_CLASS)
 
 
 def model_class_for_task(task_type: TaskType | str | None) -> type[PeftModel]:

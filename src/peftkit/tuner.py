@@ -15,7 +15,7 @@ from torch import nn
 from peftkit import functional as F
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError
-from peftkit.registry import method_of
+from peftkit.methods.spec import method_of
 from peftkit.targeting import ALL_LINEAR
 
 
@@ -142,5 +142,8 @@ class LoraModel(TunerModel):
 
 def tuner_class_for(config: PeftConfig | None) -> type[TunerModel]:
     """The tuner model class of ``config``'s method (``TunerModel`` unless its spec names a subclass)."""
-    loader = method_of(config).tuner_class if config is not None else None
-    return loader() if loader is not None else TunerModel
+    custom = method_of(config).tuner_class if config is not None else None
+    if custom is None:
+        return TunerModel
+    assert issubclass(custom, TunerModel), f"{custom} must subclass TunerModel"
+    return custom

@@ -55,7 +55,7 @@ class AdaLoraConfig(LoraConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.peft_type = PeftType.ADALORA
+        self.peft_type = PeftType("ADALORA")
         self._validate_schedule()
 
     def _validate_rank_pattern(self) -> None:

@@ -46,7 +46,7 @@ class IA3Config(PeftConfig):
     init_ia3_weights: bool = True
 
     def __post_init__(self) -> None:
-        self.peft_type = PeftType.IA3
+        self.peft_type = PeftType("IA3")
         for name in ("target_modules", "exclude_modules", "feedforward_modules"):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):

@@ -101,7 +101,7 @@ class LoraConfig(PeftConfig):
     )
 
     def __post_init__(self) -> None:
-        self.peft_type = PeftType.LORA
+        self.peft_type = PeftType("LORA")
         if isinstance(self.target_modules, (list, tuple)):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, (list, tuple)):

@@ -27,7 +27,7 @@ from peftkit.io.state import adapter_state_dict, check_and_load
 from peftkit.methods.prompt.cache import build_cache, cache_layout
 from peftkit.methods.prompt.dimensions import fill_dimensions
 from peftkit.methods.prompt.encoder import PromptEncoderBase
-from peftkit.registry import method_of
+from peftkit.methods.spec import method_of
 
 #: The single key of a prompt adapter's own weights in the file.
 PROMPT_KEY = "prompt_embeddings"
