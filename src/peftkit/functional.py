@@ -18,6 +18,7 @@ from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError
 from peftkit.layers.base import BASE_ADAPTER, AdapterLayer, BatchRouting
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
 from peftkit.layers.wrap import replace_module
 from peftkit.methods.spec import MethodSpec, method_of
 from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
@@ -90,9 +91,12 @@ class Injection:
     grad_state: dict[nn.Parameter, bool] = field(default_factory=dict)
     target_names: list[str] = field(default_factory=list)
     config: PeftConfig | None = None
+    shared: bool = False
 
     def undo(self, model: nn.Module) -> None:
         """Restore ``model`` to what it was before the injection."""
+        if self.shared:
+            drop_shared_tensors(model, self.adapter_name)
         for module in self.updated:
             module.delete_adapter(self.adapter_name)
         for name, original in reversed(self.created):
@@ -176,6 +180,7 @@ def inject_adapter(
     try:
         for name in names:
             _inject_one(model, name, config, spec, adapter_name, init_weights, record, candidates)
+        _add_model_tensors(model, spec, config, adapter_name, names, record)
         _wrap_modules_to_save(model, getattr(config, "modules_to_save", None), adapter_name, record)
     except BaseException:
         record.undo(model)
@@ -225,6 +230,24 @@ def _inject_one(
     parent_name = name.rpartition(".")[0]
     parent = modules.get(parent_name) if parent_name in modules else None
     record.created.append((name, replace_module(model, name, layer, parent=parent)))
+
+
+def _add_model_tensors(
+    model: nn.Module, spec: MethodSpec, config: PeftConfig, adapter: str, names: Sequence[str], record: Injection
+) -> None:
+    """Create the tensors ``adapter`` holds once per model (``spec.model_tensors``) from its targets' base
+    modules, and hand their holder to each of its layers."""
+    if spec.model_tensors is None:
+        return
+    layers = {name: model.get_submodule(name) for name in names}
+    targets = {n: m.get_base_layer() if isinstance(m, AdapterLayer) else m for n, m in layers.items()}
+    holder = holder_for(model)
+    record.shared = True
+    holder.add(adapter, spec.model_tensors.create(config, targets))
+    for layer in layers.values():
+        if isinstance(layer, AdapterLayer):
+            layer.add_module(HOLDER_NAME, holder)  # so that ``model.to()`` moves the tensors
+            layer.use_model_tensors(adapter, holder)
 
 
 def _wrap_modules_to_save(model: nn.Module, wanted: Sequence[str] | None, adapter: str, record: Injection) -> None:
@@ -293,6 +316,7 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
         if not module.adapter_names():
             base = module.base_layer if isinstance(module, AdapterLayer) else module.original_module
             replace_module(model, name, base)
+    drop_shared_tensors(model, adapter_name)
 
 
 @torch.compiler.disable
@@ -358,4 +382,5 @@ def unload(
             replace_module(model, name, module.get_base_layer())
         else:
             replace_module(model, name, module.active_module())
+    forget_shared_tensors(model)
     return model

@@ -17,6 +17,7 @@ from peftkit.functional import iter_adapter_modules
 from peftkit.io.keys import remove_adapter_name, rename_suffix
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.layers.shared import shared_tensors
 from peftkit.methods.spec import EMBEDDING_LAYER_NAMES, SPECS, method_of
 
 _MAX_KEYS_IN_ERROR = 10
@@ -45,7 +46,8 @@ def adapter_tensors(
         embedding_layers: Include base weights of adapted embedding layers; ``None`` includes them as
             optional keys (what a load accepts).
     """
-    renames = method_of(config).file_key_renames
+    spec = method_of(config)
+    renames = spec.file_key_renames
     out: dict[str, AdapterTensor] = {}
     for name, module in iter_adapter_modules(model):
         if not module.holds(adapter):
@@ -65,7 +67,11 @@ def adapter_tensors(
                 full = f"{name}.{attr}.{adapter}" + (f".{key}" if key else "")
                 out[rename_suffix(remove_adapter_name(full, adapter), renames)] = AdapterTensor(tensor, True)
         _add_base_tensors(out, name, module, config, embedding_layers)
-    if method_of(config).bias_rule(config) == "all":
+    holder = shared_tensors(model)
+    if spec.model_tensors is not None and holder is not None and holder.holds(adapter):
+        if spec.model_tensors.saved(config):  # else a load re-creates them from the config
+            out.update((key, AdapterTensor(tensor, True)) for key, tensor in holder.get(adapter).items())
+    if spec.bias_rule(config) == "all":
         for key, tensor in model.state_dict(keep_vars=False).items():
             if key.endswith("bias") and key not in out and not _is_adapter_internal(key):
                 out[key] = AdapterTensor(tensor, False)

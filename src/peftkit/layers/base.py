@@ -8,9 +8,18 @@ dictionaries keyed by adapter name. :meth:`AdapterLayer.forward` decides, for ev
 * a mixed batch (``batch_routing`` set) -> :meth:`AdapterLayer.mixed_forward`, one adapter per sample,
 * otherwise                           -> :meth:`AdapterLayer.adapted_forward` with the active adapters.
 
-Methods supply the math through small hooks: :meth:`adapt_input` (e.g. IA3 scales the input),
-:meth:`adapt_output` (e.g. LoRA adds ``s * B A x``), :meth:`merge_one` / :meth:`unmerge_one`, and the
-per-adapter parameter containers named in :attr:`adapter_layer_names`.
+The layer contract: a method's layer class subclasses :class:`AdapterLayer` and supplies
+
+* :attr:`adapter_layer_names` (per-adapter ``ModuleDict`` / ``ParameterDict`` of trainable tensors, whose
+  attribute names reach the state dict, e.g. ``lora_A``) and :attr:`other_param_names` (per-adapter settings);
+* ``__init__(base_layer, fan_in_fan_out=False)`` and :meth:`update_layer` (required): add one adapter from the
+  per-layer facts the method's spec computes (``MethodSpec.layer_facts``);
+* the math: :meth:`adapt_input` (e.g. IA3 scales the input) and/or :meth:`adapt_output` (e.g. LoRA adds
+  ``s * B A x``); :meth:`merge_one` / :meth:`unmerge_one` to fold an adapter into the base weight;
+* optional fast paths (:meth:`single_adapter_forward`, :meth:`compiled_forward`, :meth:`mixed_forward`), and
+  :meth:`use_model_tensors` when the method holds tensors once per model (``MethodSpec.model_tensors``).
+
+Everything else (disabled / merged / active adapters, mixed batches, deleting) is the template's.
 """
 
 from __future__ import annotations
@@ -143,6 +152,20 @@ class AdapterLayer(AdapterState, nn.Module):
         self._active_adapter: list[str] = []
 
     # -- method hooks -----------------------------------------------------------------------------
+    def update_layer(self, adapter: str, facts: Any, init_weights: bool = True) -> None:
+        """Add adapter ``adapter`` (required hook).
+
+        Args:
+            facts: What the method's ``MethodSpec.layer_facts`` computed for this layer (rank, scaling...).
+            init_weights: ``False`` allocates the tensors without initialising them (a load follows).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement update_layer")
+
+    def use_model_tensors(self, adapter: str, holder: nn.Module) -> None:
+        """Receive the holder of the tensors ``adapter`` keeps once per model (methods with
+        ``MethodSpec.model_tensors``). The core has registered it as this layer's child ``peft_shared_tensors``;
+        read ``holder.get(adapter)`` at forward time, never keep its tensors, which ``model.to()`` replaces."""
+
     def adapt_input(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
         """Transform the input before the base layer (identity unless the method scales inputs)."""
         return x
