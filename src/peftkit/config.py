@@ -224,4 +224,5 @@ class PromptLearningConfig(PeftConfig):
 
     @property
     def is_prompt_learning(self) -> bool:
+        """``True``: prompt methods add virtual tokens instead of adapter layers."""
         return True

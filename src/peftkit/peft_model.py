@@ -94,26 +94,32 @@ class PeftModel(nn.Module):
 
     @property
     def peft_config(self) -> dict[str, PeftConfig]:
+        """Adapter name -> config."""
         return self._tuner.peft_config
 
     @property
     def active_adapter(self) -> str | list[str]:
+        """The active adapter's name (a list when several are active)."""
         return self._tuner.active_adapter
 
     @property
     def active_adapters(self) -> list[str]:
+        """The active adapters' names."""
         return self._tuner.active_adapters
 
     @property
     def active_peft_config(self) -> PeftConfig:
+        """The config of the (first) active adapter."""
         return self.peft_config[self.active_adapters[0]]
 
     @property
     def peft_type(self) -> Any:
+        """The active adapter's ``PeftType``."""
         return self.active_peft_config.peft_type
 
     @property
     def modules_to_save(self) -> set[str] | None:
+        """Names of the modules trained in full and saved with the adapters, or ``None``."""
         names = {n for c in self.peft_config.values() for n in (getattr(c, "modules_to_save", None) or [])}
         return names or None
 

@@ -63,7 +63,7 @@ def in_selected_layers(
 
 
 def pattern_value(name: str, pattern: dict[str, object], default: object) -> object:
-    """First value of ``pattern`` whose regex key matches ``name`` as ``(.*\\.)?(key)$``; else ``default``."""
+    r"""First value of ``pattern`` whose regex key matches ``name`` as ``(.*\.)?(key)$``; else ``default``."""
     for key, value in pattern.items():
         if re.match(rf"(.*\.)?({key})$", name):
             return value

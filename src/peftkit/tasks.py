@@ -61,6 +61,7 @@ class PeftModelForCausalLM(PeftModel):
     forward = explicit_forward(*_INPUTS, "labels", *_OUTPUT_FLAGS)
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's generation inputs, with the virtual tokens of an active prompt adapter."""
         original = self.get_base_model().prepare_inputs_for_generation
         if self._is_prompt_learning and not self._tuner.disabled:
             return prepare_causal_lm_inputs(self._tuner, original, *args, **kwargs)

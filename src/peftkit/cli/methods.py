@@ -80,7 +80,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def parse_modules(value: str | None) -> list[str] | str | None:
-    """``"q_proj,v_proj"`` -> a list of names; ``"all-linear"`` or a regex (``.*\\.(q|v)_proj``) stay a string."""
+    r"""``"q_proj,v_proj"`` -> a list of names; ``"all-linear"`` or a regex (``.*\.(q|v)_proj``) stay a string."""
     if value is None or value == "all-linear":
         return value
     if re.fullmatch(r"[\w.\-]+(\s*,\s*[\w.\-]+)*", value.strip()) and not re.search(r"\.[*+?]", value):

@@ -24,6 +24,7 @@ class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line on stderr (exit code 2), pointing at ``--help``."""
 
     def error(self, message: str) -> NoReturn:
+        """Exit with code 2 and one line on stderr."""
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 

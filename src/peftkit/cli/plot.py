@@ -41,6 +41,7 @@ class Canvas:
         self.pixels = [bytearray(b"\xff" * (3 * width)) for _ in range(height)]
 
     def dot(self, x: int, y: int, color: Color, radius: int = 0) -> None:
+        """Paint a dot of ``radius`` pixels at ``(x, y)``."""
         for yy in range(y - radius, y + radius + 1):
             for xx in range(x - radius, x + radius + 1):
                 if 0 <= xx < self.width and 0 <= yy < self.height:

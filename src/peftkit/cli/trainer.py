@@ -31,6 +31,7 @@ class LossBar(ProgressCallback):
     """tqdm progress bar with the latest training loss as its postfix, instead of printing log dicts."""
 
     def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+        """Show the latest loss on the bar."""
         if self.training_bar is not None and logs and "loss" in logs:
             self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
 

@@ -90,7 +90,7 @@ class AutoAdapterModel:
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> nn.Module:
-        """transformers' ``from_config``, with the adapter methods."""
+        """Transformers' ``from_config``, with the adapter methods."""
         import transformers
 
         return enable_adapter_methods(getattr(transformers, cls.transformers_auto).from_config(config, **kwargs))

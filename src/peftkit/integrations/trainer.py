@@ -127,7 +127,7 @@ def _unwrapped(trainer: Any, model: nn.Module | None = None) -> nn.Module:
 
 
 def _handles(trainer: Any, model: nn.Module | None = None) -> bool:
-    """peftkit takes over for its own models, except under DeepSpeed / FSDP (their engines own the weights)."""
+    """Peftkit takes over for its own models, except under DeepSpeed / FSDP (their engines own the weights)."""
     distributed = getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
     return not distributed and is_adapter_model(_unwrapped(trainer, model))
 

@@ -67,15 +67,21 @@ def adapter_tensors(
                 full = f"{name}.{attr}.{adapter}" + (f".{key}" if key else "")
                 out[rename_suffix(remove_adapter_name(full, adapter), renames)] = AdapterTensor(tensor, True)
         _add_base_tensors(out, name, module, config, embedding_layers)
-    holder = shared_tensors(model)
-    if spec.model_tensors is not None and holder is not None and holder.holds(adapter):
-        if spec.model_tensors.saved(config):  # else a load re-creates them from the config
-            out.update((key, AdapterTensor(tensor, True)) for key, tensor in holder.get(adapter).items())
+    out.update(_model_tensors(model, adapter, config))
     if spec.bias_rule(config) == "all":
         for key, tensor in model.state_dict(keep_vars=False).items():
             if key.endswith("bias") and key not in out and not _is_adapter_internal(key):
                 out[key] = AdapterTensor(tensor, False)
     return out
+
+
+def _model_tensors(model: nn.Module, adapter: str, config: PeftConfig) -> dict[str, AdapterTensor]:
+    """The tensors ``adapter`` holds once per model, keyed by name, when its method saves them (else a load
+    re-creates them from the config)."""
+    tensors, holder = method_of(config).model_tensors, shared_tensors(model)
+    if tensors is None or holder is None or not holder.holds(adapter) or not tensors.saved(config):
+        return {}
+    return {key: AdapterTensor(tensor, True) for key, tensor in holder.get(adapter).items()}
 
 
 def module_tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:

@@ -283,8 +283,12 @@ class AdapterLayer(AdapterState, nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.get_base_layer().bias
 
-    def get_base_layer(self) -> nn.Module:
-        """The innermost original module (layers may be nested)."""
+    def get_base_layer(self) -> Any:
+        """The innermost original module (layers may be nested).
+
+        Typed ``Any``: it is whichever module type the method wraps (``nn.Linear``, ``Conv1D``, a quantized
+        linear...), whose ``weight`` / ``bias`` / shape attributes ``nn.Module`` cannot describe statically.
+        """
         base = self.base_layer
         while isinstance(base, AdapterLayer):
             base = base.base_layer

@@ -43,6 +43,7 @@ class AdaLoraCallback(TrainerCallback):
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        """Run :meth:`AdaLoraModel.update_and_allocate` for the step just taken."""
         model = kwargs.get("model")
         if model is None:
             raise TypeError("AdaLoraCallback got no model from the Trainer.")

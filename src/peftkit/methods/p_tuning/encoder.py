@@ -61,6 +61,7 @@ class PromptEncoder(PromptEncoderBase):
         )
 
     def encode(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Re-parameterise the virtual-token embeddings ``(T, d)`` through the MLP or LSTM head."""
         if self.encoder_type == PromptEncoderReparameterizationType.LSTM:
             embeds = self.lstm_head(embeds)[0]
         return self.mlp_head(embeds)

@@ -52,15 +52,19 @@ class PrefixEncoder(PromptEncoderBase):
 
     @classmethod
     def output_width(cls, config: PrefixTuningConfig) -> int:  # type: ignore[override]
+        """Width of one virtual token's output: ``2 * num_layers * token_dim`` (keys and values)."""
         return 2 * int(config.num_layers) * int(config.token_dim)  # type: ignore[arg-type]
 
     @classmethod
     def input_width(cls, config: PrefixTuningConfig) -> int:  # type: ignore[override]
+        """Width of the embedding table: ``token_dim``."""
         return int(config.token_dim) if config.prefix_projection else cls.output_width(config)  # type: ignore[arg-type]
 
     @classmethod
     def output_is_parameter(cls, config: PrefixTuningConfig) -> bool:  # type: ignore[override]
+        """``True`` without the projection: the prefixes are the parameters themselves."""
         return not config.prefix_projection
 
     def encode(self, embeds: torch.Tensor) -> torch.Tensor:
+        """The prefixes ``(T, 2 * num_layers * token_dim)``, through the projection when there is one."""
         return self.transform(embeds) if self.prefix_projection else embeds

@@ -93,4 +93,5 @@ class PromptEncoderBase(nn.Module):
             self.embedding.weight.copy_(saved.to(self.embedding.weight.dtype))
 
     def extra_repr(self) -> str:
+        """Virtual tokens and output width, for ``print(model)``."""
         return f"table={self.table}"

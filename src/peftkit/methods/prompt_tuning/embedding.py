@@ -59,4 +59,5 @@ class PromptEmbedding(PromptEncoderBase):
 
     @classmethod
     def output_is_parameter(cls, config: PromptTuningConfig) -> bool:  # type: ignore[override]
+        """``True``: the virtual-token embeddings are the parameters themselves."""
         return True
