@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -95,16 +97,22 @@ def train(
             to gain from more and which then stays fast on a busy machine; torch's default otherwise).
         seed: Random seed (adapter initialisation, data order, evaluation split).
     """
-    options = {k: v for k, v in locals().items() if k != "method_options"}
-    plan = make_plan(options, method_options)
+    plan = make_plan({k: v for k, v in locals().items() if k != "method_options"}, method_options)
     fields = Fields(prompt_field, answer_field, text_field)
-    previous_threads = torch.get_num_threads()
-    if threads is not None or model is None:
-        torch.set_num_threads(threads or 1)
-    try:
+    with torch_threads(threads if threads is not None or model is not None else 1):
         return run(plan, fields, eval_fraction=eval_fraction, max_new_tokens=max_new_tokens, dtype=dtype, resume=resume)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (``None``: torch's setting), restoring it after."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
     finally:
-        torch.set_num_threads(previous_threads)
+        torch.set_num_threads(previous)
 
 
 def make_plan(options: dict[str, Any], method_options: dict[str, Any]) -> Plan:
