@@ -12,12 +12,14 @@ from peftkit.auto import (
 from peftkit.config import PeftConfig, PromptLearningConfig
 from peftkit.errors import (
     AdapterNameError,
+    ArgumentTypeError,
     CheckpointError,
     ConfigError,
     HotswapError,
     PeftkitError,
     TargetingError,
     UnsupportedError,
+    UsageError,
 )
 from peftkit.hotswap import hotswap_adapter, prepare_model_for_compiled_hotswap
 from peftkit.integrations import (
@@ -58,6 +60,7 @@ globals().update(_METHOD_NAMES)
 
 __all__ = [
     "AdapterNameError",
+    "ArgumentTypeError",
     "AutoModel",
     "AutoModelForCausalLM",
     "AutoModelForQuestionAnswering",
@@ -88,6 +91,7 @@ __all__ = [
     "TargetingError",
     "TaskType",
     "UnsupportedError",
+    "UsageError",
     "enable_adapter_methods",
     "get_peft_model",
     "get_peft_model_state_dict",

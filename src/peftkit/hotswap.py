@@ -79,7 +79,7 @@ def _lora_layers(inner: nn.Module, adapter: str | None = None) -> list[tuple[str
 
 def _check_compiled(model: nn.Module, check_compiled: str) -> None:
     if check_compiled not in ("error", "warn", "ignore"):
-        raise ValueError(f"check_compiled must be 'error', 'warn' or 'ignore', got {check_compiled!r}.")
+        raise HotswapError(f"check_compiled must be 'error', 'warn' or 'ignore', got {check_compiled!r}.")
     compiled = hasattr(model, "_orig_mod") or getattr(model, "_compiled_call_impl", None) is not None
     if not compiled or check_compiled == "ignore":
         return

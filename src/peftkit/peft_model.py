@@ -18,7 +18,7 @@ from torch import nn
 
 from peftkit import functional as F
 from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError, ConfigError
+from peftkit.errors import AdapterNameError, CheckpointError, ConfigError, UsageError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
 from peftkit.io.load import attach_adapter, read_weights, split_hub_kwargs
 from peftkit.io.save import adapter_directory, config_for_saving, write_adapter
@@ -194,7 +194,7 @@ class PeftModel(nn.Module):
             yield
             return
         if self.training:
-            raise ValueError("adapter_names (mixed batches) is for inference; call model.eval() first.")
+            raise UsageError("adapter_names (mixed batches) is for inference; call model.eval() first.")
         with F.mixed_batch(self.get_base_model(), adapter_names):
             yield
 
@@ -219,7 +219,7 @@ class PeftModel(nn.Module):
     ) -> None:
         """Write each adapter (``default`` in ``save_directory``, others in subfolders) in PEFT's format."""
         if os.path.isfile(save_directory):
-            raise ValueError(f"save_directory {save_directory!s} is a file; pass a directory.")
+            raise CheckpointError(f"save_directory {save_directory!s} is a file; pass a directory.")
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
         self._tuner.check_names(names)
         if not is_main_process:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from peftkit.config import PeftConfig
+from peftkit.errors import ArgumentTypeError
 from peftkit.methods.prompt.model import prepare_causal_lm_inputs
 from peftkit.peft_model import TASK_CLASSES, PeftModel
 from peftkit.types import TaskType
@@ -36,7 +37,9 @@ def explicit_forward(*names: str, dropped: tuple[str, ...] = ()) -> Callable[...
     @torch.compiler.disable(recursive=False)  # argument plumbing only; the model below it is what compiles
     def forward(self: PeftModel, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         if len(args) > len(names):
-            raise TypeError(f"{type(self).__name__}.forward takes at most {len(names)} positional inputs: {names}.")
+            raise ArgumentTypeError(
+                f"{type(self).__name__}.forward takes at most {len(names)} positional inputs: {names}."
+            )
         kwargs.update(zip(names, args))
         skip = {"task_ids", *dropped}
         inputs = {k: v for k, v in kwargs.items() if v is not None and k not in skip}

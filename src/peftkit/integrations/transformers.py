@@ -24,7 +24,14 @@ from torch import nn
 
 from peftkit import functional as F
 from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError, ConfigError, HotswapError, UnsupportedError
+from peftkit.errors import (
+    AdapterNameError,
+    ArgumentTypeError,
+    CheckpointError,
+    ConfigError,
+    HotswapError,
+    UnsupportedError,
+)
 from peftkit.hotswap import prepare_adapter, swap_adapter_weights
 from peftkit.io.hub import HUB_KWARGS, upload_adapter
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
@@ -47,7 +54,9 @@ def as_peftkit_config(config: Any) -> PeftConfig:
         return PeftConfig.from_dict(dict(config))
     if hasattr(config, "to_dict") and hasattr(config, "peft_type"):
         return PeftConfig.from_dict(config.to_dict())
-    raise TypeError(f"adapter_config must be a PeftConfig (e.g. peftkit.LoraConfig), got {type(config).__name__}.")
+    raise ArgumentTypeError(
+        f"adapter_config must be a PeftConfig (e.g. peftkit.LoraConfig), got {type(config).__name__}."
+    )
 
 
 class AdapterModelMixin:
@@ -166,7 +175,7 @@ class AdapterModelMixin:
     ) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
         unknown = sorted(set(kwargs) - HUB_KWARGS - _IGNORED_LOAD_KWARGS - {"subfolder", "ignore_mismatched_sizes"})
         if unknown:
-            raise TypeError(f"load_adapter() got unexpected keyword arguments: {', '.join(unknown)}.")
+            raise ArgumentTypeError(f"load_adapter() got unexpected keyword arguments: {', '.join(unknown)}.")
         model_id = model_id or getattr(load_config, "pretrained_model_name_or_path", None)
         if model_id is None and (peft_config is None or state is None):
             raise ConfigError("Pass a directory or hub id, or both peft_config and adapter_state_dict.")
@@ -207,9 +216,9 @@ class AdapterModelMixin:
             HotswapError: adapters are already loaded and ``check_compiled="error"``.
         """
         if check_compiled not in ("error", "warn", "ignore"):
-            raise ValueError(f"check_compiled must be 'error', 'warn' or 'ignore', got {check_compiled!r}.")
+            raise HotswapError(f"check_compiled must be 'error', 'warn' or 'ignore', got {check_compiled!r}.")
         if int(target_rank) < 1:
-            raise ValueError(f"target_rank must be a positive integer, got {target_rank!r}.")
+            raise HotswapError(f"target_rank must be a positive integer, got {target_rank!r}.")
         loaded = sorted(self.__dict__.get("peft_config") or {})
         if loaded and check_compiled == "error":
             raise HotswapError(
@@ -309,7 +318,7 @@ class AdapterModelMixin:
         if not self.__dict__.get("_hf_peft_config_loaded"):
             return super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
         if os.path.isfile(save_directory):
-            raise ValueError(f"save_directory {save_directory!s} is a file; pass a directory.")
+            raise CheckpointError(f"save_directory {save_directory!s} is a file; pass a directory.")
         options = {
             k: kwargs[k] for k in ("safe_serialization", "save_embedding_layers", "save_peft_format") if k in kwargs
         }
@@ -323,7 +332,7 @@ class AdapterModelMixin:
         else:
             active = self.active_adapters()
             if len(active) != 1:
-                raise ValueError(
+                raise AdapterNameError(
                     f"save_pretrained writes the active adapter, but {len(active)} are active ({active}); call "
                     "set_adapter(name) first or pass selected_adapters=[...]."
                 )
@@ -389,7 +398,7 @@ def enable_adapter_methods(model: nn.Module) -> nn.Module:
     from transformers import PreTrainedModel
 
     if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"Adapter methods need a transformers PreTrainedModel, got {type(model).__name__}.")
+        raise ArgumentTypeError(f"Adapter methods need a transformers PreTrainedModel, got {type(model).__name__}.")
     if not isinstance(model, AdapterModelMixin):
         model.__class__ = adapter_model_class(type(model))
     return model

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from peftkit.errors import AdapterNameError
+from peftkit.errors import AdapterNameError, UsageError
 
 #: The name that routes a sample of a mixed batch to the bare base model.
 BASE_ADAPTER = "__base__"
@@ -190,7 +190,7 @@ class AdapterLayer(AdapterState, nn.Module):
             return self.base_layer(x, *args, **kwargs)
         if self.batch_routing is not None:
             if self.merged_adapters:
-                raise ValueError("A mixed batch (adapter_names=...) cannot run while adapters are merged; unmerge.")
+                raise UsageError("A mixed batch (adapter_names=...) cannot run while adapters are merged; unmerge.")
             return self.mixed_forward(x, self.batch_routing, *args, **kwargs)
         if self.merged_adapters:
             return self.base_layer(x, *args, **kwargs)
@@ -235,7 +235,7 @@ class AdapterLayer(AdapterState, nn.Module):
         like a loop over adapters.
         """
         if x.shape[0] != len(routing):
-            raise ValueError(
+            raise UsageError(
                 f"adapter_names has {len(routing)} entries but the batch has {x.shape[0]} samples; "
                 "pass one adapter name per sample."
             )

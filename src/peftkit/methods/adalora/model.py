@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from peftkit.config import PeftConfig
-from peftkit.errors import ConfigError
+from peftkit.errors import ArgumentTypeError, ConfigError
 from peftkit.methods.adalora.allocator import RankAllocator, orthogonality_penalty
 from peftkit.tuner import TunerModel
 
@@ -83,4 +83,4 @@ class AdaLoraModel(TunerModel):
 
     def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
         """Not available for AdaLoRA (as in PEFT); use LoRA adapters to combine."""
-        raise TypeError("AdaLoraModel does not support add_weighted_adapter; use LoRA adapters instead.")
+        raise ArgumentTypeError("AdaLoraModel does not support add_weighted_adapter; use LoRA adapters instead.")

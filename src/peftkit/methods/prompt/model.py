@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from peftkit.errors import UnsupportedError
+from peftkit.errors import ArgumentTypeError, UnsupportedError, UsageError
 from peftkit.methods.prompt.inputs import (
     adjust_positions,
     batch_size_of,
@@ -57,7 +57,7 @@ def prompt_forward(tuner: PromptTuner, task: TaskType | None, args: tuple, kwarg
     if tuner.disabled:
         return tuner.model(*args, **kwargs)
     if args:
-        raise TypeError("Pass the inputs of a prompt-method model as keyword arguments (input_ids=..., ...).")
+        raise ArgumentTypeError("Pass the inputs of a prompt-method model as keyword arguments (input_ids=..., ...).")
     if task is None:
         raise UnsupportedError(
             "A prompt adapter needs a task-specific wrapper to know where the virtual tokens go; set task_type "
@@ -211,7 +211,7 @@ def _seq2seq_generate(tuner: PromptTuner, args: tuple, kwargs: dict[str, Any]) -
     if args:
         kwargs["input_ids"], args = args[0], args[1:]
     if kwargs.get("input_ids") is None:
-        raise ValueError("generate with a prompt adapter on a seq2seq model needs input_ids.")
+        raise UsageError("generate with a prompt adapter on a seq2seq model needs input_ids.")
     if kwargs.pop("encoder_outputs", None) is not None:
         warnings.warn("encoder_outputs are ignored by generate with a prompt adapter.", stacklevel=3)
     batch = int(kwargs["input_ids"].shape[0])
