@@ -1,16 +1,17 @@
 """The import graph of ``src/peftkit``: no cycles and no edge from a lower layer to a higher one.
 
 Every ``import`` counts, at module level and inside functions (a deferred import is still a dependency),
-and so does every spec location in :data:`peftkit.catalog.METHOD_SPECS` (``peftkit.registry`` imports them
-with ``importlib``). The layers, lowest first (a module may import its own layer and those below it):
+except under ``if TYPE_CHECKING:`` (never executed), and so does every spec location in
+:data:`peftkit.catalog.METHOD_SPECS` (``peftkit.registry`` imports them with ``importlib``). The layers, lowest
+first (a module may import its own layer and those below it):
 
-* leaves: the on-disk vocabulary (``types``, ``catalog``), ``errors``, and the file helpers that need nothing
-  else (``io.files``, ``io.hub``, ``io.keys``);
+* leaves: the on-disk vocabulary (``types``, ``catalog``), ``errors``, ``locking``, and the file helpers that
+  need nothing else (``io.files``, ``io.hub``, ``io.keys``);
 * ``config``; then ``targeting`` / ``defaults``; ``quant``; the template layers (``layers``) and the merge
   primitive they use (``merging.merge``);
 * ``methods.spec``: the contract between the core and the methods, with the lookup the registry fills;
-* the method-agnostic core: ``functional``, then the tuner model and adapter state dicts (``tuner``,
-  ``io.state``, ``io.save``, ``io.load``);
+* the method-agnostic core: ``functional`` (with ``adapter_state``), then the tuner model and the adapter
+  files and state dicts (``tuner``, ``io``);
 * the methods (``methods.<name>``), which build on the core (prompt tuner, ``AdaLoraModel``...);
 * ``registry``, which imports every method; then the services that use a given method (``hotswap``,
   ``merging``); then the shells: ``peft_model``, ``tasks``, ``mapping`` / ``auto``, ``integrations``, and at
@@ -32,14 +33,14 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "peftkit"
 
 #: Lowest layer first; a module belongs to the entry with the longest matching dotted prefix.
 LAYERS: list[tuple[str, ...]] = [
-    ("types", "catalog", "errors", "io.files", "io.hub", "io.keys"),
+    ("types", "catalog", "errors", "locking", "io.files", "io.hub", "io.keys"),
     ("config",),
     ("targeting", "defaults"),
     ("quant",),
     ("layers", "merging.merge"),
     ("methods.spec",),
-    ("functional",),
-    ("tuner", "io.state", "io.save", "io.load"),
+    ("adapter_state", "functional"),
+    ("tuner", "io"),
     ("methods",),
     ("registry",),
     ("hotswap", "merging"),
@@ -77,11 +78,29 @@ def _resolve(name: str, modules: dict[str, Path]) -> str | None:
     return rel
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return isinstance(test, ast.Name | ast.Attribute) and ast.unparse(test).endswith("TYPE_CHECKING")
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (annotations only, never executed)."""
+    out, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        if _is_type_checking(node):
+            stack.extend(node.orelse)  # type: ignore[attr-defined]
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+    return out
+
+
 def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """Every peftkit module ``module`` imports, wherever the import statement is."""
+    """Every peftkit module ``module`` imports at run time, wherever the import statement is."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str | None] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(_resolve(alias.name, modules) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -172,6 +191,11 @@ def test_the_graph_sees_function_level_and_relative_imports() -> None:
     assert "io.files" in graph["config"]  # imported inside PeftConfig.save_pretrained
     assert "methods.lora.method" in graph["registry"]  # through the catalog
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    guarded = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from peftkit.tuner import TunerModel\n"
+    assert _runtime_nodes(ast.parse(guarded))  # parses
+    assert not any(
+        isinstance(n, ast.ImportFrom) and n.module == "peftkit.tuner" for n in _runtime_nodes(ast.parse(guarded))
+    )
 
 
 def test_no_import_cycles() -> None:
