@@ -117,7 +117,7 @@ class MethodSpec:
         cli_config: ``(fields, total_steps) -> fields``: last edit of the config fields the command line built
             (AdaLoRA needs the number of steps as ``total_step``).
         trainer_callbacks: ``() -> callbacks`` a ``Trainer`` needs for this method (AdaLoRA's rank allocation).
-        describe_module: ``(module_tensors, config_dict) -> (rank, |delta W|)`` for ``peftkit inspect``: the
+        describe_module: ``(module, tensors, config_dict) -> (rank, |delta W|)`` for ``peftkit inspect``: the
             rank of a module's update and the Frobenius norm of its weight change, ``None`` where it has none.
     """
 
@@ -146,7 +146,7 @@ class MethodSpec:
     cli_config: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
     trainer_callbacks: Callable[[], list[Any]] | None = None
     describe_module: (
-        Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], tuple[int | None, float | None]] | None
+        Callable[[str, Mapping[str, torch.Tensor], Mapping[str, Any]], tuple[int | None, float | None]] | None
     ) = None
 
     @property

@@ -38,9 +38,9 @@ class IA3Config(PeftConfig):
             starts them random (useful for tests).
     """
 
-    target_modules: list[str] | str | None = None
-    exclude_modules: list[str] | str | None = None
-    feedforward_modules: list[str] | str | None = None
+    target_modules: set[str] | list[str] | str | None = None
+    exclude_modules: set[str] | list[str] | str | None = None
+    feedforward_modules: set[str] | list[str] | str | None = None
     fan_in_fan_out: bool = False
     modules_to_save: list[str] | None = None
     init_ia3_weights: bool = True

@@ -46,8 +46,8 @@ class LoraConfig(PeftConfig):
     """
 
     r: int = 8
-    target_modules: list[str] | str | None = None
-    exclude_modules: list[str] | str | None = None
+    target_modules: set[str] | list[str] | str | None = None
+    exclude_modules: set[str] | list[str] | str | None = None
     lora_alpha: int | float = 8
     lora_dropout: float = 0.0
     fan_in_fan_out: bool = False

@@ -40,8 +40,8 @@ LORA_CLI_OPTIONS = (
 def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLayerSpec:
     """Rank and alpha after ``rank_pattern`` / ``alpha_pattern``; ``fan_in_fan_out`` forced on for Conv1D."""
     return LoraLayerSpec(
-        r=int(pattern_value(name, config.rank_pattern, config.r)),  # type: ignore[arg-type]
-        alpha=float(pattern_value(name, config.alpha_pattern, config.lora_alpha)),  # type: ignore[arg-type]
+        r=int(pattern_value(name, config.rank_pattern, config.r)),
+        alpha=float(pattern_value(name, config.alpha_pattern, config.lora_alpha)),
         dropout=float(config.lora_dropout),
         init=config.init_lora_weights,
         use_rslora=config.use_rslora,
