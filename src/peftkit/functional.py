@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -225,8 +226,9 @@ def _inject_one(
         record.updated.append(module)
         return
     facts = spec.layer_facts(config, name, module)  # type: ignore[misc]
-    layer = spec.layer_class_for(module)(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
-    layer.update_layer(adapter, facts, init)  # type: ignore[attr-defined]
+    layer_class: Any = spec.layer_class_for(module)  # the layer contract: (base_layer, fan_in_fan_out=...)
+    layer = layer_class(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
+    layer.update_layer(adapter, facts, init)
     parent_name = name.rpartition(".")[0]
     parent = modules.get(parent_name) if parent_name in modules else None
     record.created.append((name, replace_module(model, name, layer, parent=parent)))

@@ -71,7 +71,7 @@ def _is_plain_lora(config: PeftConfig) -> bool:
 
 def _lora_layers(inner: nn.Module, adapter: str | None = None) -> list[tuple[str, LoraLayer]]:
     return [
-        (name, module)
+        (name, module)  # type: ignore[misc]  # the type check below keeps LoRA layers only
         for name, module in iter_adapter_modules(inner)
         if type(module) in _LORA_LAYER_TYPES and (adapter is None or module.holds(adapter))
     ]
@@ -103,7 +103,7 @@ def set_scaling(layer: LoraLayer, adapter: str, value: float) -> None:
     current = layer.scaling[adapter]
     if torch.is_tensor(current):
         with torch.no_grad():
-            current.fill_(value)  # type: ignore[union-attr]
+            current.fill_(value)
     else:
         layer.scaling[adapter] = value
 
@@ -153,7 +153,7 @@ def pad_rank(layer: LoraLayer, adapter: str, target_rank: int, use_rslora: bool 
 
 def _forget_cached_stacks(layer: LoraLayer) -> None:
     if hasattr(layer, "_stack_cache"):
-        layer._stack_cache = None
+        layer.__dict__["_stack_cache"] = None
 
 
 #: Stands for a layer's base module where only the layer's name matters to the per-layer facts.

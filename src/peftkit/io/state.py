@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,7 +59,7 @@ def adapter_tensors(
             continue
         modules = module._modules
         for attr in module.adapter_layer_names:
-            container = modules[attr] if attr in modules else getattr(module, attr)
+            container: Any = modules[attr] if attr in modules else getattr(module, attr)
             if adapter not in container:
                 continue
             item = container[adapter]

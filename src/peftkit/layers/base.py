@@ -259,7 +259,7 @@ class AdapterLayer(AdapterState, nn.Module):
         without building the set: this runs in every forward)."""
         modules = self._modules
         for attr in self.adapter_layer_names:
-            container = modules[attr] if attr in modules else getattr(self, attr)
+            container: Any = modules[attr] if attr in modules else getattr(self, attr)
             if adapter in container:
                 return True
         return False
@@ -308,7 +308,7 @@ class AdapterLayer(AdapterState, nn.Module):
         ``set_adapter``)."""
         modules = self._modules
         for attr in self.adapter_layer_names:
-            container = modules[attr] if attr in modules else getattr(self, attr)
+            container: Any = modules[attr] if attr in modules else getattr(self, attr)
             for name, item in container.items():
                 if not isinstance(item, nn.Module):
                     yield name, item

@@ -51,7 +51,7 @@ class AdaLoraConfig(LoraConfig):
     beta2: float = 0.85
     orth_reg_weight: float = 0.5
     total_step: int | None = None
-    rank_pattern: dict | None = None
+    rank_pattern: dict | None = None  # type: ignore[assignment]  # AdaLoRA fills it during training; None until then (PEFT's default)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -166,7 +166,7 @@ class LoraLinearFunction(torch.autograd.Function):
     """``y = x Wᵀ + b + s · dropout_p(x) Aᵀ Bᵀ`` with the mask regenerated in backward (see module doc)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         weight: torch.Tensor,

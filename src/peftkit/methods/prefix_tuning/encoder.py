@@ -40,8 +40,8 @@ class PrefixEncoder(PromptEncoderBase):
                 nn.Linear(hidden, self.output_width(config)),
             )
             if zero:
-                nn.init.zeros_(self.transform[-1].weight)
-                nn.init.zeros_(self.transform[-1].bias)
+                nn.init.zeros_(self.transform[-1].weight)  # type: ignore[arg-type]  # the last layer is the nn.Linear built above
+                nn.init.zeros_(self.transform[-1].bias)  # type: ignore[arg-type]  # the last layer is the nn.Linear built above
         elif zero:
             nn.init.zeros_(self.embedding.weight)
 

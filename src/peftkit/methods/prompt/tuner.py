@@ -58,7 +58,7 @@ class PromptTuner:
         owner: The ``PeftModel``; its ``base_model`` is the user's model and ``prompt_encoder`` the encoders.
     """
 
-    def __init__(self, owner: nn.Module) -> None:
+    def __init__(self, owner: Any) -> None:
         self.owner = owner
         self.peft_config: dict[str, PromptLearningConfig] = {}
         self.active_adapter: str | list[str] = []
@@ -66,7 +66,7 @@ class PromptTuner:
         self._word_embeddings: nn.Module | None = None
 
     @classmethod
-    def install(cls, peft_model: nn.Module, model: nn.Module) -> PromptTuner:
+    def install(cls, peft_model: Any, model: nn.Module) -> PromptTuner:
         """Turn ``peft_model`` (without adapters yet) into a prompt-method wrapper of ``model``."""
         peft_model.base_model = model
         peft_model.prompt_encoder = nn.ModuleDict()

@@ -42,14 +42,15 @@ class PromptEmbedding(PromptEncoderBase):
     """
 
     def __init__(
-        self, config: PromptTuningConfig, word_embeddings: nn.Module | None = None, init_weights: bool = True
+        self, config: PromptTuningConfig, word_embeddings: nn.Embedding | None = None, init_weights: bool = True
     ) -> None:
         super().__init__(config, table=config.inference_mode)
         if not init_weights or config.inference_mode or config.prompt_tuning_init == PromptTuningInit.RANDOM:
             return
         if word_embeddings is None:
             raise ConfigError(
-                f"prompt_tuning_init={config.prompt_tuning_init.value} needs the model's word embeddings."
+                f"prompt_tuning_init={PromptTuningInit(config.prompt_tuning_init).value} needs the model's word "
+                "embeddings."
             )
         ids = initial_token_ids(config, int(word_embeddings.num_embeddings), self.embedding.num_embeddings)
         weight = next(word_embeddings.parameters())
