@@ -47,7 +47,7 @@ __all__ = ["hotswap_adapter", "prepare_model_for_compiled_hotswap", "swap_adapte
 
 
 # -- where the adapters and their configs live ---------------------------------------------------------
-def resolve_adapter_model(model: nn.Module) -> tuple[nn.Module, dict[str, PeftConfig] | None]:
+def resolve_adapter_model(model: Any) -> tuple[nn.Module, dict[str, PeftConfig] | None]:
     """``(inner model, adapter configs)`` for a PeftModel, an in-place transformers model with adapters, or a
     model from ``inject_adapter_in_model``; compiled wrappers are looked through."""
     model = getattr(model, "_orig_mod", model)
@@ -178,9 +178,7 @@ def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) ->
     if all(facts(config, name, _ANY_MODULE).r == rank for name, (rank, _) in held.items()):  # type: ignore[misc]
         return new
     ranks = {name: rank for name, (rank, _) in held.items()}
-    alphas = {
-        name: scaling * (math.sqrt(rank) if config.use_rslora else rank) for name, (rank, scaling) in held.items()
-    }
+    alphas = {name: scaling * (math.sqrt(rank) if new.use_rslora else rank) for name, (rank, scaling) in held.items()}
     new.r = Counter(ranks.values()).most_common(1)[0][0]
     new.lora_alpha = Counter(alphas.values()).most_common(1)[0][0]
     new.rank_pattern = {re.escape(n): r for n, r in ranks.items() if r != new.r}

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from peftkit import functional as F
-from peftkit.config import PeftConfig
+from peftkit.config import PeftConfig, PromptLearningConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError, UsageError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
 from peftkit.io.load import attach_adapter, read_weights, split_hub_kwargs
@@ -72,7 +72,9 @@ class PeftModel(nn.Module):
         self.special_peft_forward_args = {"adapter_names"}
         if peft_config is not None and peft_config.is_prompt_learning:
             prompt.check_task(self.prompt_task)
-            PromptTuner.install(self, model).inject_adapter(adapter_name, self._prepare_config(peft_config, model))
+            config = self._prepare_config(peft_config, model)
+            assert isinstance(config, PromptLearningConfig)  # is_prompt_learning says so
+            PromptTuner.install(self, model).inject_adapter(adapter_name, config)
             return
         if peft_config is not None:
             peft_config = self._prepare_config(peft_config, model)
@@ -123,8 +125,9 @@ class PeftModel(nn.Module):
         names = {n for c in self.peft_config.values() for n in (getattr(c, "modules_to_save", None) or [])}
         return names or None
 
-    def get_base_model(self) -> nn.Module:
-        """The wrapped user model (with adapter layers in place)."""
+    def get_base_model(self) -> Any:
+        """The wrapped user model (with adapter layers in place); typed ``Any``: usually a transformers model,
+        whose ``generate``, ``config``... ``nn.Module`` does not declare."""
         return self.base_model if self._is_prompt_learning else self.base_model.model
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -206,7 +209,7 @@ class PeftModel(nn.Module):
         self.base_model.check_names([adapter_name])
         config = self.peft_config[adapter_name]
         state = adapter_state_dict(self.get_base_model(), adapter_name, config, save_embedding_layers)
-        return add_prefix(state, MODEL_PREFIX)  # type: ignore[return-value]
+        return add_prefix(state, MODEL_PREFIX)
 
     def save_pretrained(
         self,

@@ -137,7 +137,7 @@ def all_linear_names(
         candidates: ``(name, module)`` pairs to consider instead of ``model.named_modules()``; on a model that
             already carries adapters, pass its modules with each adapter layer standing for its base layer.
     """
-    head: Any = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head: Any = getattr(model, "get_output_embeddings", lambda: None)()
     head = head.get_base_layer() if hasattr(head, "get_base_layer") else head
     pairs = model.named_modules() if candidates is None else candidates
     names = {name for name, module in pairs if isinstance(module, linear_types) and module is not head}

@@ -46,7 +46,7 @@ def explicit_forward(*names: str, dropped: tuple[str, ...] = ()) -> Callable[...
         return PeftModel.forward(self, adapter_names=adapter_names, **inputs)
 
     keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    forward.__signature__ = inspect.Signature(
         [
             inspect.Parameter("self", keyword),
             *(inspect.Parameter(n, keyword, default=None) for n in (*names, *dropped)),
@@ -92,7 +92,7 @@ class _EncoderTaskModel(PeftModel):
         if not extra:
             return config
         config = copy.copy(config)
-        config.modules_to_save = current + extra  # type: ignore[attr-defined]
+        config.modules_to_save = current + extra
         return config
 
 

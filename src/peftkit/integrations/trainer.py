@@ -44,11 +44,11 @@ def is_adapter_model(model: Any) -> bool:
     return isinstance(model, PeftModel) or has_adapters(model)
 
 
-def _view(model: nn.Module) -> tuple[dict, nn.Module, list[str]]:
+def _view(model: Any) -> tuple[dict, nn.Module, list[str]]:
     """``(adapter configs, inner model, active adapter names)`` of either model style."""
     if isinstance(model, PeftModel):
         return model.peft_config, model.get_base_model(), list(model.active_adapters)
-    return model.peft_config, model, model.active_adapters()  # type: ignore[operator]
+    return model.peft_config, model, model.active_adapters()
 
 
 def _adapter_params(inner: nn.Module, name: str) -> list[nn.Parameter]:

@@ -15,6 +15,7 @@ import torch
 from peftkit.config import PeftConfig
 from peftkit.errors import ArgumentTypeError, ConfigError
 from peftkit.methods.adalora.allocator import RankAllocator, orthogonality_penalty
+from peftkit.methods.adalora.config import AdaLoraConfig
 from peftkit.tuner import TunerModel
 
 
@@ -66,7 +67,9 @@ class AdaLoraModel(TunerModel):
         if isinstance(loss, torch.Tensor) and len(trainable) == 1:
             penalty = orthogonality_penalty(self.model, trainable[0])
             if penalty is not None:
-                outputs.loss = loss + self.peft_config[trainable[0]].orth_reg_weight * penalty
+                config = self.peft_config[trainable[0]]
+                assert isinstance(config, AdaLoraConfig)  # an AdaLoraModel holds AdaLoRA adapters only
+                outputs.loss = loss + config.orth_reg_weight * penalty
         return outputs
 
     def update_and_allocate(self, global_step: int) -> None:

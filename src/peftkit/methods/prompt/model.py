@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from torch import nn
-
 from peftkit.errors import ArgumentTypeError, UnsupportedError, UsageError
 from peftkit.methods.prompt.inputs import (
     adjust_positions,
@@ -128,7 +126,7 @@ def _encoder_task_forward(tuner: PromptTuner, kwargs: dict[str, Any], task: Task
 
 # -- generation ---------------------------------------------------------------------------------------
 @contextmanager
-def patched_prepare(model: nn.Module, wrapper: Callable[..., dict[str, Any]]) -> Iterator[None]:
+def patched_prepare(model: Any, wrapper: Callable[..., dict[str, Any]]) -> Iterator[None]:
     """Within the block ``model.prepare_inputs_for_generation`` is ``wrapper(original, *args, **kwargs)``."""
     had_own = "prepare_inputs_for_generation" in model.__dict__
     original = model.prepare_inputs_for_generation

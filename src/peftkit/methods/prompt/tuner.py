@@ -76,7 +76,8 @@ class PromptTuner:
 
     # -- views ---------------------------------------------------------------------------------------
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> Any:
+        """The user's model (a transformers model: ``generate``, ``config``...)."""
         return self.owner.base_model
 
     @property
