@@ -149,7 +149,7 @@ class PeftConfig:
                 stacklevel=2,
             )
         try:
-            return target(**{k: v for k, v in data.items() if k in known})  # type: ignore[return-value]
+            return target(**{k: v for k, v in data.items() if k in known})  # type: ignore[return-value]  # from_dict builds the registered subclass of cls (checked above)
         except TypeError as exc:
             raise ConfigError(f"Cannot build {target.__name__} from {data!r}: {exc}") from exc
 

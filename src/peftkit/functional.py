@@ -222,10 +222,10 @@ def _inject_one(
     modules = modules or {}
     module = modules[name] if name in modules else model.get_submodule(name)
     if isinstance(module, AdapterLayer):
-        module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]
+        module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         record.updated.append(module)
         return
-    facts = spec.layer_facts(config, name, module)  # type: ignore[misc]
+    facts = spec.layer_facts(config, name, module)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
     layer_class: Any = spec.layer_class_for(module)  # the layer contract: (base_layer, fan_in_fan_out=...)
     layer = layer_class(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
     layer.update_layer(adapter, facts, init)

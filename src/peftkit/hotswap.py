@@ -95,7 +95,7 @@ def hold_scaling_as_tensor(layer: LoraLayer, adapter: str) -> None:
     current = layer.scaling[adapter]
     if not torch.is_tensor(current):
         device = layer.factor_tensors(adapter)[0].device
-        layer.scaling[adapter] = torch.tensor(float(current), device=device)  # type: ignore[assignment]
+        layer.scaling[adapter] = torch.tensor(float(current), device=device)  # type: ignore[assignment]  # a tensor scaling (compile-friendly) where LoRA keeps floats
 
 
 def set_scaling(layer: LoraLayer, adapter: str, value: float) -> None:
@@ -175,7 +175,7 @@ def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) ->
     if not isinstance(new, LoraConfig) or not held:
         return new
     facts = method_of(config).layer_facts
-    if all(facts(config, name, _ANY_MODULE).r == rank for name, (rank, _) in held.items()):  # type: ignore[misc]
+    if all(facts(config, name, _ANY_MODULE).r == rank for name, (rank, _) in held.items()):  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         return new
     ranks = {name: rank for name, (rank, _) in held.items()}
     alphas = {name: scaling * (math.sqrt(rank) if new.use_rslora else rank) for name, (rank, scaling) in held.items()}
@@ -199,7 +199,7 @@ def prepare_adapter(
             pad_rank(layer, adapter, target_rank, use_rslora=rslora)
     if config is not None and layers:
         held = {name: (layer.r[adapter], float(layer.scaling[adapter])) for name, layer in layers}
-        configs[adapter] = config_as_held(config, held)  # type: ignore[index]
+        configs[adapter] = config_as_held(config, held)  # type: ignore[index]  # configs is a dict whenever adapters are held
     return bool(layers)
 
 
@@ -237,7 +237,7 @@ def prepare_model_for_compiled_hotswap(
     if target_rank is None or config is None:
         return
     for each in config.values() if isinstance(config, dict) else [config]:
-        each.r = target_rank  # type: ignore[attr-defined]
+        each.r = target_rank  # type: ignore[attr-defined]  # hot-swap holds LoRA adapters only (LoraConfig has r)
         pattern = getattr(each, "rank_pattern", None) or {}
         for key in pattern:
             pattern[key] = target_rank
@@ -301,7 +301,7 @@ def _new_layer_facts(
     facts_of = method_of(config).layer_facts
     out = {}
     for name, layer in layers:
-        facts = facts_of(config, name, layer.get_base_layer())  # type: ignore[misc]
+        facts = facts_of(config, name, layer.get_base_layer())  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         a_key = f"{name}.lora_A.weight" if adapter in layer.lora_A else f"{name}.lora_embedding_A"
         if a_key in state and state[a_key].shape[0] != facts.r:
             raise HotswapError(

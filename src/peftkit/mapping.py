@@ -76,7 +76,7 @@ def get_peft_model_state_dict(
         return model.get_adapter_state_dict(adapter_name)
     inner, prefix = _split_wrapper(model)
     config = _config_of(model, adapter_name)
-    return add_prefix(adapter_state_dict(inner, adapter_name, config, save_embedding_layers), prefix)  # type: ignore[return-value]
+    return add_prefix(adapter_state_dict(inner, adapter_name, config, save_embedding_layers), prefix)
 
 
 def set_peft_model_state_dict(

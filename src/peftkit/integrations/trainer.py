@@ -64,7 +64,7 @@ def save_adapter_checkpoint(model: nn.Module, output_dir: str | os.PathLike, saf
     else:
         layout = {name: "" if name == active[0] else name for name in configs}
         for name, sub in layout.items():
-            model.save_adapter(os.path.join(output_dir, sub), name, safe_serialization=safe_serialization)  # type: ignore[operator]
+            model.save_adapter(os.path.join(output_dir, sub), name, safe_serialization=safe_serialization)  # type: ignore[operator]  # a model with the adapter methods (checked by the caller) has these
     adapters = {}
     for name, sub in layout.items():
         params = _adapter_params(inner, name)
@@ -109,10 +109,10 @@ def load_adapter_checkpoint(model: nn.Module, checkpoint_dir: str | os.PathLike)
         if name in configs:
             set_peft_model_state_dict(model, read_weights(directory), adapter_name=name)
         else:
-            model.load_adapter(directory, adapter_name=name, is_trainable=bool(entry.get("trainable")))  # type: ignore[operator]
+            model.load_adapter(directory, adapter_name=name, is_trainable=bool(entry.get("trainable")))  # type: ignore[operator]  # a model with the adapter methods (checked by the caller) has these
     active = manifest.get("active_adapters")
     if active:
-        model.set_adapter(active[0] if len(active) == 1 else list(active))  # type: ignore[operator]
+        model.set_adapter(active[0] if len(active) == 1 else list(active))  # type: ignore[operator]  # a model with the adapter methods (checked by the caller) has these
     inner = _view(model)[1]
     for name, entry in manifest["adapters"].items():
         if entry.get("trainable") is not None:

@@ -81,7 +81,7 @@ class AdaLoraModel(TunerModel):
         """
         adapter = self.trainable_adapter_name
         if self.rankallocator is None or self.rankallocator.adapter != adapter:
-            self.rankallocator = RankAllocator(self.model, adapter, self.peft_config[adapter])  # type: ignore[arg-type]
+            self.rankallocator = RankAllocator(self.model, adapter, self.peft_config[adapter])  # type: ignore[arg-type]  # an AdaLoraModel holds AdaLoraConfig adapters only
         self.rankallocator.step(global_step)
 
     def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:

@@ -37,7 +37,7 @@ class PromptEncoder(PromptEncoderBase):
         self.encoder_type = PromptEncoderReparameterizationType(config.encoder_reparameterization_type)
         if self.table:
             return
-        dim = int(config.token_dim)  # type: ignore[arg-type]
+        dim = int(config.token_dim)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
         hidden = int(config.encoder_hidden_size or dim)
         if self.encoder_type == PromptEncoderReparameterizationType.LSTM:
             self.lstm_head = nn.LSTM(

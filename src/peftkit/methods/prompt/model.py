@@ -69,7 +69,7 @@ def prompt_forward(tuner: PromptTuner, task: TaskType | None, args: tuple, kwarg
 def _common(tuner: PromptTuner, kwargs: dict[str, Any]) -> tuple[int, int, bool]:
     """``(batch_size, n, kv_prefix)`` of a call; fixes position ids in ``kwargs``."""
     config, encoder = tuner.active()
-    n = int(config.num_virtual_tokens)  # type: ignore[arg-type]
+    n = int(config.num_virtual_tokens)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
     adjust_positions(kwargs, n, encoder.kv_prefix)
     return batch_size_of(kwargs.get("input_ids"), kwargs.get("inputs_embeds")), n, encoder.kv_prefix
 
@@ -166,7 +166,7 @@ def prepare_causal_lm_inputs(tuner: PromptTuner, original: Callable[..., Any], *
     at the first step (empty cache) the prompt injected as prepended embeddings or as the cache itself."""
     inputs = original(*args, **kwargs)
     config, encoder = tuner.active()
-    n = int(config.num_virtual_tokens)  # type: ignore[arg-type]
+    n = int(config.num_virtual_tokens)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
     cache = inputs.get("past_key_values")
     cached = cache.get_seq_length() if cache is not None else 0
     input_ids = inputs.get("input_ids")
@@ -200,7 +200,7 @@ def prepare_seq2seq_prefix_inputs(tuner: PromptTuner, original: Callable[..., An
 
 def _seq2seq_generate(tuner: PromptTuner, args: tuple, kwargs: dict[str, Any]) -> Any:
     config, encoder = tuner.active()
-    n = int(config.num_virtual_tokens)  # type: ignore[arg-type]
+    n = int(config.num_virtual_tokens)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
     adjust_positions(kwargs, n, encoder.kv_prefix)
     drop_token_type_ids(kwargs)
     if encoder.kv_prefix:

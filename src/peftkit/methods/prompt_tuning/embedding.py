@@ -59,6 +59,6 @@ class PromptEmbedding(PromptEncoderBase):
         self.embedding.weight = nn.Parameter(start)
 
     @classmethod
-    def output_is_parameter(cls, config: PromptTuningConfig) -> bool:  # type: ignore[override]
+    def output_is_parameter(cls, config: PromptTuningConfig) -> bool:  # type: ignore[override]  # each encoder takes its own method's config (subclass of the base's)
         """``True``: the virtual-token embeddings are the parameters themselves."""
         return True
