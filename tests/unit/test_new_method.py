@@ -126,7 +126,7 @@ print("ok")
 
 def test_a_new_method_needs_its_folder_and_one_catalog_line(tmp_path: Path) -> None:
     package = tmp_path / "peftkit"
-    shutil.copytree(SRC, package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(SRC, package, ignore=shutil.ignore_patterns("__pycache__", "data"))
     folder = package / "methods" / "scale"
     folder.mkdir()
     (folder / "__init__.py").write_text('"""Toy method: a trainable scale per output."""\n')
