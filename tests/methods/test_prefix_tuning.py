@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests._tiny import batch, build, target_batch
 from tests.methods._prompt_models import (
-    batch,
-    build,
     cache_keyword,
     capture_inputs,
     greedy_by_forward,
     greedy_seq2seq_by_forward,
-    target_batch,
     train_losses,
 )
 from transformers import BertConfig, BertForSequenceClassification, DynamicCache, LlamaForCausalLM
