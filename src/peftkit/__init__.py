@@ -49,6 +49,7 @@ from peftkit.methods.prefix_tuning.encoder import PrefixEncoder
 from peftkit.methods.prompt_tuning.config import PromptTuningConfig, PromptTuningInit
 from peftkit.methods.prompt_tuning.embedding import PromptEmbedding
 from peftkit.peft_model import PeftModel
+from peftkit.quant.prepare import prepare_model_for_kbit_training
 from peftkit.tasks import (
     PeftModelForCausalLM,
     PeftModelForFeatureExtraction,
@@ -115,6 +116,7 @@ __all__ = [
     "inject_adapter_in_model",
     "patch_transformers",
     "prepare_model_for_compiled_hotswap",
+    "prepare_model_for_kbit_training",
     "set_peft_model_state_dict",
     "unpatch_transformers",
 ]

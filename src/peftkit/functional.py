@@ -20,6 +20,7 @@ from peftkit.layers.base import BASE_ADAPTER, AdapterLayer, BatchRouting
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.wrap import replace_module
 from peftkit.methods.spec import MethodSpec
+from peftkit.quant.merge import prepare_base, release_base
 from peftkit.registry import method_of
 from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
 
@@ -166,6 +167,8 @@ def inject_adapter(
     targets = resolve_targets(model, config, spec)
     layer_types = tuple(spec.layer_table.values())
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
+    for module in candidates.values():  # every quantized layer, adapted or not, feeds the adapters' gradients
+        prepare_base(module)
     names = select_targets(
         candidates.items(),
         targets,
@@ -359,4 +362,6 @@ def unload(
             replace_module(model, name, module.get_base_layer())
         else:
             replace_module(model, name, module.active_module())
+    for _, module in _walk(model):
+        release_base(module)
     return model
