@@ -151,10 +151,13 @@ class Bnb8bitBackend:
     def _codes(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """``(CB, SCB)``: on the weight before the first forward, on the layer's matmul state after it."""
         weight, state = module.weight, module.state
-        codes = weight.CB if getattr(weight, "CB", None) is not None else (state.CB if state.CB is not None else weight.data)
-        scales = weight.SCB if getattr(weight, "SCB", None) is not None else state.SCB
+        codes = getattr(weight, "CB", None)
+        if codes is None:
+            codes = state.CB if state.CB is not None else weight.data
+        scales = getattr(weight, "SCB", None)
+        scales = scales if scales is not None else state.SCB
         if scales is None:
-            raise RuntimeError(f"{type(module).__name__} has int8 weights but no row scales (SCB); it was not quantized.")
+            raise RuntimeError(f"{type(module).__name__} has int8 weights but no row scales (SCB).")
         return codes, scales
 
     def dequantize(self, module: nn.Module) -> torch.Tensor:
