@@ -129,5 +129,7 @@ def test_unload_gives_bitsandbytes_its_inference_repack_back(tiny_dir) -> None:
     model = peftkit.get_peft_model(base, METHODS["lora"]())
     assert all(not m.support_avx512bf16_for_cpu for m in quantized_linears(model).values())
     unloaded = model.unload()
-    restored = {n: m.support_avx512bf16_for_cpu for n, m in unloaded.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    restored = {
+        n: m.support_avx512bf16_for_cpu for n, m in unloaded.named_modules() if isinstance(m, bnb.nn.Linear4bit)
+    }
     assert restored == flags
