@@ -5,7 +5,8 @@ It does what PEFT's function of the same name documents:
 
 1. freeze every parameter of the base model;
 2. upcast the float16 / bfloat16 parameters that are not quantized (layer norms, embeddings, the head) to
-   float32, for stable training (quantized weights keep their packed storage);
+   float32, for stable training (quantized weights keep their packed storage), except for quantization
+   methods whose kernels read those tensors in the model's dtype (GPTQ, AQLM, EETQ, HQQ, torchao);
 3. with gradient checkpointing: make the input embeddings' output require grad (so that checkpointed blocks
    whose own inputs are frozen still propagate gradients to the adapters inside them, which reentrant
    checkpointing needs) and turn on the model's gradient checkpointing with ``gradient_checkpointing_kwargs``.
@@ -22,6 +23,8 @@ from torch import nn
 from peftkit.errors import UnsupportedError
 
 _HALF = (torch.float16, torch.bfloat16)
+#: Quantization methods whose kernels take the model's float tensors in the model's dtype: not upcast (as PEFT).
+KEEP_DTYPE_METHODS = ("gptq", "aqlm", "eetq", "hqq", "torchao")
 
 
 def is_loaded_in_kbit(model: nn.Module) -> bool:
@@ -100,8 +103,9 @@ def prepare_model_for_kbit_training(
     for param in model.parameters():
         param.requires_grad_(False)
     quantizer = getattr(model, "hf_quantizer", None)
-    method = str(getattr(getattr(quantizer, "quantization_config", None), "quant_method", ""))
-    if "gptq" not in method:  # GPTQ's float parameters are kernel inputs that must keep their dtype
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", "")
+    method = str(getattr(method, "value", method))  # transformers' QuantizationMethod is a str enum
+    if not any(name in method for name in KEEP_DTYPE_METHODS):
         _upcast_half_parameters(model)
     if not (is_loaded_in_kbit(model) and use_gradient_checkpointing):
         return model
