@@ -107,13 +107,15 @@ def backend_for(module: nn.Module) -> QuantBackend | None:
 def weight_shape(module: nn.Module) -> torch.Size:
     """The logical shape of ``module.weight`` (through the backend for quantized layers)."""
     backend = backend_for(module)
-    return module.weight.shape if backend is None else backend.weight_shape(module)
+    weight: torch.Tensor = module.weight  # type: ignore[assignment]
+    return weight.shape if backend is None else backend.weight_shape(module)
 
 
 def dense_weight(module: nn.Module) -> torch.Tensor:
     """``module.weight`` itself, or for a quantized layer its dequantized float32 copy ``(out, in)``."""
     backend = backend_for(module)
-    return module.weight if backend is None else backend.dequantize(module)
+    weight: torch.Tensor = module.weight  # type: ignore[assignment]
+    return weight if backend is None else backend.dequantize(module)
 
 
 def dense_tensor(weight: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
+
+def bitsandbytes() -> Any:
+    """The ``bitsandbytes`` module, imported on first use: peftkit's one import of it."""
+    import bitsandbytes as bnb
+
+    return bnb
+
+
 #: Instance attribute through which ``Linear4bit.forward`` decides whether to repack for CPU inference.
 REPACK_FLAG = "support_avx512bf16_for_cpu"
 #: Where :meth:`Bnb4bitBackend.prepare` keeps the flag's original value for :meth:`Bnb4bitBackend.release`.
@@ -38,29 +46,26 @@ class Bnb4bitBackend:
 
     name: str = "bitsandbytes 4-bit"
 
-    def matches(self, module: nn.Module) -> bool:
-        import bitsandbytes as bnb
-
+    def matches(self, module: Any) -> bool:
+        bnb = bitsandbytes()
         return isinstance(module, bnb.nn.Linear4bit) and isinstance(module.weight, bnb.nn.Params4bit)
 
-    def weight_shape(self, module: nn.Module) -> torch.Size:
+    def weight_shape(self, module: Any) -> torch.Size:
         state = module.weight.quant_state
         if state is not None:
             return torch.Size(state.shape)
         return torch.Size((module.out_features, module.in_features))
 
-    def dequantize(self, module: nn.Module) -> torch.Tensor:
-        import bitsandbytes as bnb
-
+    def dequantize(self, module: Any) -> torch.Tensor:
+        bnb = bitsandbytes()
         weight = module.weight
         return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).to(torch.float32)
 
-    def compute_dtype(self, module: nn.Module) -> torch.dtype:
+    def compute_dtype(self, module: Any) -> torch.dtype:
         return module.compute_dtype or module.weight.quant_state.dtype
 
-    def replace_weight(self, module: nn.Module, weight: torch.Tensor) -> None:
-        import bitsandbytes as bnb
-
+    def replace_weight(self, module: Any, weight: torch.Tensor) -> None:
+        bnb = bitsandbytes()
         old = module.weight
         data, state = bnb.functional.quantize_4bit(
             weight.to(old.quant_state.dtype).contiguous(),
@@ -82,32 +87,31 @@ class Bnb4bitBackend:
         )
         module.quant_state = state
 
-    def snapshot(self, module: nn.Module) -> Any:
+    def snapshot(self, module: Any) -> Any:
         return module.weight
 
-    def restore(self, module: nn.Module, snapshot: Any) -> None:
+    def restore(self, module: Any, snapshot: Any) -> None:
         module.weight = snapshot
         module.quant_state = snapshot.quant_state
 
-    def prepare(self, module: nn.Module) -> None:
+    def prepare(self, module: Any) -> None:
         if SAVED_REPACK_FLAG not in module.__dict__:
             module.__dict__[SAVED_REPACK_FLAG] = getattr(module, REPACK_FLAG, False)
         setattr(module, REPACK_FLAG, False)
         self._undo_repack(module)
 
-    def release(self, module: nn.Module) -> None:
+    def release(self, module: Any) -> None:
         if SAVED_REPACK_FLAG in module.__dict__:
             setattr(module, REPACK_FLAG, module.__dict__.pop(SAVED_REPACK_FLAG))
 
-    def training_error(self, module: nn.Module) -> str | None:
+    def training_error(self, module: Any) -> str | None:
         return None
 
     @staticmethod
-    def _undo_repack(module: nn.Module) -> None:
+    def _undo_repack(module: Any) -> None:
         """Bring a weight that an eval forward already repacked for CPU inference back to the training layout
         (bitsandbytes' own inverse; the absmax it rounded to bfloat16 stays rounded, hence the warning)."""
-        import bitsandbytes as bnb
-
+        bnb = bitsandbytes()
         weight = module.weight
         if not getattr(weight.quant_state, "packing_format_for_cpu", False):
             return
@@ -139,16 +143,15 @@ class Bnb8bitBackend:
 
     name: str = "bitsandbytes 8-bit"
 
-    def matches(self, module: nn.Module) -> bool:
-        import bitsandbytes as bnb
-
+    def matches(self, module: Any) -> bool:
+        bnb = bitsandbytes()
         return isinstance(module, bnb.nn.Linear8bitLt) and module.weight.dtype == torch.int8
 
-    def weight_shape(self, module: nn.Module) -> torch.Size:
+    def weight_shape(self, module: Any) -> torch.Size:
         return module.weight.shape
 
     @staticmethod
-    def _codes(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    def _codes(module: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(CB, SCB)``: on the weight before the first forward, on the layer's matmul state after it."""
         weight, state = module.weight, module.state
         codes = getattr(weight, "CB", None)
@@ -160,19 +163,17 @@ class Bnb8bitBackend:
             raise RuntimeError(f"{type(module).__name__} has int8 weights but no row scales (SCB).")
         return codes, scales
 
-    def dequantize(self, module: nn.Module) -> torch.Tensor:
-        import bitsandbytes as bnb
-
+    def dequantize(self, module: Any) -> torch.Tensor:
+        bnb = bitsandbytes()
         codes, scales = self._codes(module)
         return bnb.functional.int8_vectorwise_dequant(codes, scales).to(torch.float32)
 
-    def compute_dtype(self, module: nn.Module) -> torch.dtype:
+    def compute_dtype(self, module: Any) -> torch.dtype:
         bias = module.bias
         return bias.dtype if bias is not None else torch.float16
 
-    def replace_weight(self, module: nn.Module, weight: torch.Tensor) -> None:
-        import bitsandbytes as bnb
-
+    def replace_weight(self, module: Any, weight: torch.Tensor) -> None:
+        bnb = bitsandbytes()
         # bitsandbytes quantizes from float16 (Int8Params._quantize); the same path keeps the same rounding.
         codes, scales, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16).contiguous())
         old_state = module.state
@@ -182,19 +183,19 @@ class Bnb8bitBackend:
         state.use_pool, state.is_training = old_state.use_pool, old_state.is_training
         module.state = state
 
-    def snapshot(self, module: nn.Module) -> Any:
+    def snapshot(self, module: Any) -> Any:
         return _Int8Snapshot(module.weight, module.state)
 
-    def restore(self, module: nn.Module, snapshot: Any) -> None:
+    def restore(self, module: Any, snapshot: Any) -> None:
         module.weight, module.state = snapshot.weight, snapshot.state
 
-    def prepare(self, module: nn.Module) -> None:
+    def prepare(self, module: Any) -> None:
         return None
 
-    def release(self, module: nn.Module) -> None:
+    def release(self, module: Any) -> None:
         return None
 
-    def training_error(self, module: nn.Module) -> str | None:
+    def training_error(self, module: Any) -> str | None:
         return None
 
 

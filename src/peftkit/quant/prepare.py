@@ -74,7 +74,7 @@ def _make_inputs_require_grad(model: nn.Module) -> None:
     def require_grad(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         output.requires_grad_(True)
 
-    model.get_input_embeddings().register_forward_hook(require_grad)
+    model.get_input_embeddings().register_forward_hook(require_grad)  # type: ignore[operator]
 
 
 def prepare_model_for_kbit_training(

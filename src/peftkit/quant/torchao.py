@@ -25,13 +25,19 @@ from torch import nn
 from peftkit.errors import UnsupportedError
 
 
+def torchao() -> Any:
+    """The ``torchao`` package with the submodules used here, imported on first use: peftkit's one import of it."""
+    import torchao.quantization.granularity  # type: ignore[import-untyped]
+    import torchao.utils  # type: ignore[import-untyped]
+
+    return torchao
+
+
 def _requantize_int8(old: Any, weight: torch.Tensor) -> torch.Tensor:
     """``Int8Tensor`` with ``old``'s block size, activation quantization and range."""
-    from torchao.quantization.granularity import PerBlock
-
     return type(old).from_hp(
         weight,
-        PerBlock(tuple(old.block_size)),
+        torchao().quantization.granularity.PerBlock(tuple(old.block_size)),
         act_quant_kwargs=old.act_quant_kwargs,
         reduce_range=old.reduce_range,
     )
@@ -60,21 +66,19 @@ class TorchaoBackend:
 
     name: str = "torchao"
 
-    def matches(self, module: nn.Module) -> bool:
-        from torchao.utils import TorchAOBaseTensor
+    def matches(self, module: Any) -> bool:
+        return isinstance(getattr(module, "weight", None), torchao().utils.TorchAOBaseTensor)
 
-        return isinstance(getattr(module, "weight", None), TorchAOBaseTensor)
-
-    def weight_shape(self, module: nn.Module) -> torch.Size:
+    def weight_shape(self, module: Any) -> torch.Size:
         return module.weight.shape
 
-    def dequantize(self, module: nn.Module) -> torch.Tensor:
+    def dequantize(self, module: Any) -> torch.Tensor:
         return module.weight.dequantize().to(torch.float32)
 
-    def compute_dtype(self, module: nn.Module) -> torch.dtype:
+    def compute_dtype(self, module: Any) -> torch.dtype:
         return module.weight.dtype
 
-    def replace_weight(self, module: nn.Module, weight: torch.Tensor) -> None:
+    def replace_weight(self, module: Any, weight: torch.Tensor) -> None:
         old = module.weight
         requantize = REQUANTIZERS.get(type(old).__name__)
         if requantize is None:
@@ -85,19 +89,19 @@ class TorchaoBackend:
             )
         module.weight = nn.Parameter(requantize(old, weight.to(old.dtype)), requires_grad=False)
 
-    def snapshot(self, module: nn.Module) -> Any:
+    def snapshot(self, module: Any) -> Any:
         return module.weight
 
-    def restore(self, module: nn.Module, snapshot: Any) -> None:
+    def restore(self, module: Any, snapshot: Any) -> None:
         module.weight = snapshot
 
-    def prepare(self, module: nn.Module) -> None:
+    def prepare(self, module: Any) -> None:
         return None
 
-    def release(self, module: nn.Module) -> None:
+    def release(self, module: Any) -> None:
         return None
 
-    def training_error(self, module: nn.Module) -> str | None:
+    def training_error(self, module: Any) -> str | None:
         if callable(getattr(module.weight, "dequantize", None)):
             return None
         return f"its torchao {type(module.weight).__name__} weight cannot be dequantized for the input gradient"
