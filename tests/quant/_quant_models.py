@@ -120,3 +120,10 @@ def assert_same_packed(before: dict[str, torch.Tensor], after: dict[str, torch.T
     assert before.keys() == after.keys(), where
     for key, tensor in before.items():
         assert torch.equal(after[key], tensor), f"{where}: {key}"
+
+
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Eval-mode logits under ``no_grad`` (the call that triggers bitsandbytes' CPU inference repack)."""
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits

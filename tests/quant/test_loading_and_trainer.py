@@ -9,16 +9,10 @@ import json
 import pytest
 import torch
 from tests.integration._transformers_fixtures import TokenDataset, losses, patched, trainer_args  # noqa: F401
-from tests.quant._quant_models import KINDS, METHODS, load_quantized, token_batch
+from tests.quant._quant_models import KINDS, METHODS, load_quantized, logits, token_batch
 from transformers import Trainer
 
 import peftkit
-
-
-def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(input_ids=ids).logits
 
 
 @pytest.mark.parametrize("kind", ["nf4", "int8", "torchao-int8"])

@@ -22,6 +22,7 @@ from tests.quant._quant_models import (
     METHODS,
     assert_same_packed,
     load_quantized,
+    logits,
     packed_tensors,
     quantized_linears,
     token_batch,
@@ -33,12 +34,6 @@ from peftkit.merging.merge import MergeError
 from peftkit.quant.merge import QuantizedMergeWarning
 
 MERGE_KINDS = sorted(KINDS)
-
-
-def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(input_ids=ids).logits
 
 
 def adapted(base: torch.nn.Module, method: str) -> peftkit.PeftModel:
