@@ -104,6 +104,7 @@ def test_gradients_match_the_dequantized_dense_model(tiny_dir, kind: str, method
 
 @pytest.mark.parametrize("kind", ["nf4", "int8", "torchao-int8"])
 def test_training_lowers_the_loss_across_evaluations(tiny_dir, kind: str) -> None:
+    torch.manual_seed(0)
     model = peftkit.get_peft_model(load_quantized(tiny_dir, kind), METHODS["lora"]())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
     ids, losses = token_batch(), []

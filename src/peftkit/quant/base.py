@@ -96,7 +96,8 @@ def backend_for(module: nn.Module) -> QuantBackend | None:
     Cheap for ordinary layers: a plain ``nn.Parameter`` weight is never quantized (bitsandbytes and torchao
     weights are tensor subclasses).
     """
-    if type(getattr(module, "weight", None)) in (nn.Parameter, torch.Tensor):
+    weight = module._parameters.get("weight") if "weight" in module._parameters else getattr(module, "weight", None)
+    if weight is None or type(weight) in (nn.Parameter, torch.Tensor):
         return None
     for backend in _backends():
         if backend.matches(module):
