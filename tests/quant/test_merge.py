@@ -103,3 +103,19 @@ def test_safe_merge_of_a_broken_adapter_writes_nothing(tiny_dir, kind: str) -> N
     with pytest.raises(MergeError, match="NaN"):
         model.merge_adapter(safe_merge=True)
     assert_same_packed(packed, packed_tensors(layer.get_base_layer()), "q_proj")
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8", "torchao-int8"])
+def test_pissa_init_requantizes_the_residual(tiny_dir, kind: str) -> None:
+    """PiSSA writes ``W - s B A`` into the base: on a quantized base the residual is requantized, so the adapted
+    model starts within the quantization error (twice ``e_q`` of the base, as above) of the base model."""
+    ids = token_batch()
+    base = load_quantized(tiny_dir, kind)
+    expected = logits(base, ids)
+    quantization_error = (expected - logits(AutoModelForCausalLM.from_pretrained(tiny_dir), ids)).abs().max()
+    config = peftkit.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights="pissa")
+    with pytest.warns(QuantizedMergeWarning, match="PiSSA"):
+        model = peftkit.get_peft_model(base, config)
+    assert (logits(model, ids) - expected).abs().max() <= 2 * quantization_error
+    with model.disable_adapter():
+        assert (logits(model, ids) - expected).abs().max() > 0, "the base must now hold the residual"

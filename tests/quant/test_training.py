@@ -134,3 +134,25 @@ def test_unload_gives_bitsandbytes_its_inference_repack_back(tiny_dir) -> None:
         n: m.support_avx512bf16_for_cpu for n, m in unloaded.named_modules() if isinstance(m, bnb.nn.Linear4bit)
     }
     assert restored == flags
+
+
+def test_the_repack_is_what_breaks_training_after_an_evaluation(tiny_dir) -> None:
+    """Control for ``test_gradients_are_the_same_after_an_evaluation``: with bitsandbytes' repack switched back
+    on, the same train / evaluate / train sequence loses or changes adapter gradients (the reference's trap)."""
+    import bitsandbytes as bnb
+
+    if not bnb.functional.has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16, so bitsandbytes never repacks 4-bit weights for inference")
+    model = peftkit.get_peft_model(load_quantized(tiny_dir, "nf4"), METHODS["lora"]())
+    for module in quantized_linears(model).values():
+        module.support_avx512bf16_for_cpu = True
+    ids = token_batch()
+    before = adapter_gradients(model, ids)
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    model(input_ids=ids, labels=ids).loss.backward()
+    after = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    assert any(after[n] is None or not torch.equal(after[n], g) for n, g in before.items())

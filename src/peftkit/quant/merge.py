@@ -25,11 +25,11 @@ class QuantizedMergeWarning(UserWarning):
 
 
 def warn_requantized(backend: QuantBackend) -> None:
-    """Tell the user that a merge into a ``backend`` weight rounded it to the quantization grid."""
+    """Tell the user that writing into a ``backend`` weight rounded it to the quantization grid."""
     warnings.warn(
-        f"Merging into a {backend.name} weight: it is dequantized, updated and quantized again, so the merged "
-        "weight is rounded to the quantization grid and outputs differ slightly from the unmerged model "
-        "(unmerge restores the original quantized weight exactly).",
+        f"Writing into a {backend.name} weight (an adapter merge, or a PiSSA/OLoRA residual): it is dequantized, "
+        "updated and quantized again, so the new weight is rounded to the quantization grid and outputs differ "
+        "slightly from the exact result (unmerge restores the original quantized weight exactly).",
         QuantizedMergeWarning,
         stacklevel=4,
     )
