@@ -77,6 +77,22 @@ def _make_inputs_require_grad(model: nn.Module) -> None:
     model.get_input_embeddings().register_forward_hook(require_grad)  # type: ignore[operator]
 
 
+def _enable_checkpointing(model: nn.Module, kwargs: dict[str, Any] | None) -> None:
+    """Turn on the model's activation checkpointing through the method its transformers offers (newer versions
+    name it ``activation_checkpointing_enable`` and deprecate ``gradient_checkpointing_enable``)."""
+    for method, keyword in (
+        ("activation_checkpointing_enable", "activation_checkpointing_kwargs"),
+        ("gradient_checkpointing_enable", "gradient_checkpointing_kwargs"),
+    ):
+        enable = getattr(model, method, None)
+        if callable(enable):
+            if keyword in inspect.signature(enable).parameters:
+                enable(**{keyword: kwargs})
+            else:
+                enable()
+            return
+
+
 def prepare_model_for_kbit_training(
     model: nn.Module,
     use_gradient_checkpointing: bool = True,
@@ -89,7 +105,7 @@ def prepare_model_for_kbit_training(
         model: A transformers model, usually loaded with ``quantization_config=BitsAndBytesConfig(...)``.
         use_gradient_checkpointing: Turn on the model's gradient checkpointing (saves activation memory at the
             cost of one more forward per block).
-        gradient_checkpointing_kwargs: Passed to ``model.gradient_checkpointing_enable`` (e.g.
+        gradient_checkpointing_kwargs: Passed to the model's checkpointing switch (e.g.
             ``{"use_reentrant": False}``); with reentrant checkpointing (the default when ``use_reentrant`` is
             not given as ``False``) the input embeddings' output is made to require grad.
 
@@ -112,11 +128,5 @@ def prepare_model_for_kbit_training(
     kwargs = dict(gradient_checkpointing_kwargs or {})
     if kwargs.get("use_reentrant", True):
         _make_inputs_require_grad(model)
-    enable = getattr(model, "gradient_checkpointing_enable", None)
-    if enable is None:
-        return model
-    if "gradient_checkpointing_kwargs" in inspect.signature(enable).parameters:
-        enable(gradient_checkpointing_kwargs=kwargs or None)
-    else:
-        enable()
+    _enable_checkpointing(model, kwargs or None)
     return model
