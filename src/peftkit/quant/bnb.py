@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftkit.errors import UnsupportedError, UsageError
+
 
 def bitsandbytes() -> Any:
     """The ``bitsandbytes`` module, imported on first use: peftkit's one import of it."""
@@ -117,7 +119,7 @@ class Bnb4bitBackend:
             return
         inverse = getattr(bnb.functional, "_convert_weight_packed_for_cpu_inverse", None)
         if inverse is None:
-            raise RuntimeError(
+            raise UnsupportedError(
                 f"This {type(module).__name__} was repacked for CPU inference and this bitsandbytes offers no "
                 "inverse; reload the model and attach adapters before any evaluation."
             )
@@ -160,7 +162,10 @@ class Bnb8bitBackend:
         scales = getattr(weight, "SCB", None)
         scales = scales if scales is not None else state.SCB
         if scales is None:
-            raise RuntimeError(f"{type(module).__name__} has int8 weights but no row scales (SCB).")
+            raise UsageError(
+                f"This {type(module).__name__} has int8 weights but no row scales (SCB): it was never quantized. "
+                "Load the model with BitsAndBytesConfig(load_in_8bit=True), or move the layer to a device first."
+            )
         return codes, scales
 
     def dequantize(self, module: Any) -> torch.Tensor:

@@ -27,8 +27,8 @@ from peftkit.errors import UnsupportedError
 
 def torchao() -> Any:
     """The ``torchao`` package with the submodules used here, imported on first use: peftkit's one import of it."""
-    import torchao.quantization.granularity  # type: ignore[import-untyped]
-    import torchao.utils  # type: ignore[import-untyped]
+    import torchao.quantization.granularity
+    import torchao.utils
 
     return torchao
 
