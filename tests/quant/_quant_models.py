@@ -9,28 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tests._tiny import VOCAB, llama_config
 from torch import nn
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM, TorchAoConfig
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaForCausalLM, TorchAoConfig
 
 import peftkit
 
-VOCAB = 64
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
 
 def write_tiny_llama(directory: Path) -> Path:
     """A float32 Llama with 64-wide layers (bitsandbytes' CPU kernels want multiples of 32), seeded."""
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
+    LlamaForCausalLM(llama_config(hidden=64)).save_pretrained(directory)
     return directory
 
 
