@@ -156,3 +156,28 @@ def test_the_repack_is_what_breaks_training_after_an_evaluation(tiny_dir) -> Non
     model(input_ids=ids, labels=ids).loss.backward()
     after = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     assert any(after[n] is None or not torch.equal(after[n], g) for n, g in before.items())
+
+
+def test_a_model_evaluated_before_the_adapter_is_unpacked_with_a_warning(tiny_dir) -> None:
+    """A 4-bit model that already ran an eval no-grad forward (repacked, where the CPU has AVX512-BF16) gets its
+    training layout back when adapters are attached, with a warning, and trains right across evaluations."""
+    import bitsandbytes as bnb
+
+    if not bnb.functional.has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16, so bitsandbytes never repacks 4-bit weights for inference")
+    base = load_quantized(tiny_dir, "nf4")
+    ids = token_batch()
+    base.eval()
+    with torch.no_grad():
+        base(input_ids=ids)
+    with pytest.warns(UserWarning, match="repacked by bitsandbytes"):
+        model = peftkit.get_peft_model(base, METHODS["lora"]())
+    assert not any(
+        getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in quantized_linears(model).values()
+    )
+    before = adapter_gradients(model, ids)
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    after = adapter_gradients(model, ids)
+    assert all(g.abs().sum() > 0 and torch.equal(after[n], g) for n, g in before.items())
