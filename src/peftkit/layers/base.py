@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from peftkit.errors import AdapterNameError
+from peftkit.layers.placement import onloaded
 
 #: The name that routes a sample of a mixed batch to the bare base model.
 BASE_ADAPTER = "__base__"
@@ -321,16 +322,21 @@ class AdapterLayer(AdapterState, nn.Module):
     def merge(self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> None:
         """Fold ``adapter_names`` (default: the active adapters) into the base weight."""
         names = list(adapter_names) if adapter_names is not None else self.active_adapters
-        for name in names:
-            if name in self.merged_adapters or name not in self.adapter_names():
-                continue
-            self.merge_one(name, safe_merge)
-            self.merged_adapters.append(name)
+        todo = [name for name in names if name not in self.merged_adapters and name in self.adapter_names()]
+        if not todo:
+            return
+        with onloaded(self.get_base_layer()):  # an offloaded base: merge into its stored weights
+            for name in todo:
+                self.merge_one(name, safe_merge)
+                self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
         """Undo every merge, last merged first."""
-        while self.merged_adapters:
-            self.unmerge_one(self.merged_adapters.pop())
+        if not self.merged_adapters:
+            return
+        with onloaded(self.get_base_layer()):
+            while self.merged_adapters:
+                self.unmerge_one(self.merged_adapters.pop())
 
     def extra_repr(self) -> str:
         return f"adapters={sorted(self.adapter_names())}, active={self._active_adapter}"
