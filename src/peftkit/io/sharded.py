@@ -101,6 +101,11 @@ def select_state(
     by_source = {strip_wrapper_segments(entry.source): disk for disk, entry in entries.items()}
     found = {by_source[source]: state_dict[key] for key, source in match_keys(state_dict.keys(), by_source).items()}
     missing = sorted(disk for disk, entry in entries.items() if entry.required and disk not in found)
+    if missing and not state_dict:
+        raise CheckpointError(
+            "The state_dict passed to save is empty. A full state dict gathered with cpu_offload=True exists on "
+            "rank 0 only (and DeepSpeed gives {} without stage3_gather_16bit_weights_on_model_save): save on rank 0."
+        )
     if missing:
         raise CheckpointError(
             f"The state_dict passed to save lacks {len(missing)} adapter tensors (e.g. {', '.join(missing[:_SHOWN])});"

@@ -288,6 +288,8 @@ class Linear(LoraLayer):
         if factor_a is None or type(base) not in FUSABLE_BASES or self.use_dora.get(adapter) or has_hooks(base):
             return None
         factor_b = modules["lora_B"]._modules[adapter]
+        if type(factor_a) is not nn.Linear or type(factor_b) is not nn.Linear:  # e.g. wrapped by FSDP1
+            return None
         A, B = factor_a._parameters["weight"], factor_b._parameters["weight"]
         weight, bias = base._parameters["weight"], base._parameters.get("bias")
         if factor_b._parameters.get("bias") is not None or not (x.dtype == weight.dtype == A.dtype):
