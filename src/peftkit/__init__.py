@@ -32,6 +32,7 @@ from peftkit.integrations import (
     unpatch_transformers,
 )
 from peftkit.mapping import (
+    gather_peft_model_state_dict,
     get_peft_model,
     get_peft_model_state_dict,
     inject_adapter_in_model,
@@ -109,6 +110,7 @@ __all__ = [
     "TaskType",
     "UnsupportedError",
     "enable_adapter_methods",
+    "gather_peft_model_state_dict",
     "get_peft_model",
     "get_peft_model_state_dict",
     "hotswap_adapter",

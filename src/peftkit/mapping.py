@@ -14,8 +14,8 @@ from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, UnsupportedError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix, strip_prefix
 from peftkit.io.save import base_model_name
-from peftkit.io.sharded import unwrap_parallel
-from peftkit.io.state import adapter_state_dict, check_and_load
+from peftkit.io.sharded import gather_adapter_state, unwrap_parallel
+from peftkit.io.state import adapter_state_dict, adapter_tensors, check_and_load, wants_embedding_layers
 from peftkit.layers.placement import adapters_on_meta
 from peftkit.peft_model import PeftModel
 from peftkit.tasks import model_class_for_task
@@ -91,6 +91,22 @@ def get_peft_model_state_dict(
     config = _config_of(model, adapter_name)
     state = adapter_state_dict(inner, adapter_name, config, save_embedding_layers, state_dict)
     return add_prefix(state, prefix)  # type: ignore[return-value]
+
+
+def gather_peft_model_state_dict(
+    model: nn.Module, adapter_name: str = "default", save_embedding_layers: bool | str = "auto"
+) -> dict[str, torch.Tensor]:
+    """The adapter's full tensors on the CPU, gathered from FSDP2 shards / ZeRO-3 partitions (only the adapter's,
+    never the base weights), keyed like :func:`get_peft_model_state_dict`.
+
+    A collective: call it on every rank; then e.g. ``model.save_pretrained(dir, state_dict=state,
+    is_main_process=rank == 0)`` (the keys are accepted there as well).
+    """
+    model = unwrap_parallel(model)
+    inner, prefix = _split_wrapper(model)
+    config = _config_of(model, adapter_name)
+    embedding = wants_embedding_layers(config, save_embedding_layers)
+    return add_prefix(gather_adapter_state(inner, adapter_tensors(inner, adapter_name, config, embedding)), prefix)  # type: ignore[return-value]
 
 
 def set_peft_model_state_dict(

@@ -82,6 +82,8 @@ def fsdp2(out: Path) -> dict:
     if rank == 0:  # with cpu_offload=True the full state dict exists on rank 0 only
         via_function = peftkit.get_peft_model_state_dict(model, state_dict=state)
         save_file({k: v.contiguous() for k, v in via_function.items()}, out / "via_function.safetensors")
+    gathered = peftkit.gather_peft_model_state_dict(model)  # every rank: the adapter's tensors only
+    model.save_pretrained(out / "gathered", state_dict=gathered, is_main_process=rank == 0)
     error = plain_save_error(model, out / f"plain{rank}")
     dist.barrier()
 

@@ -52,6 +52,7 @@ def test_fsdp2_fully_shard(tmp_path: Path, reference) -> None:
     check_losses(result, losses)
     check_adapter_dir(tmp_path / "final", final)
     check_adapter_dir(tmp_path / "resumed", final)  # resumed from step 2: the same end point
+    check_adapter_dir(tmp_path / "gathered", final)  # gather_peft_model_state_dict: adapter-only all-gather
     assert load_file(tmp_path / "via_function.safetensors").keys() == final.keys()  # get_peft_model_state_dict
     assert "DTensor" in result["plain_save_error"] and "state_dict=" in result["plain_save_error"]
     assert not list(tmp_path.glob("plain*"))

@@ -31,7 +31,8 @@ _HOW_TO_GATHER = (
     "Save from a gathered state dict instead: on every rank compute `sd = torch.distributed.checkpoint.state_dict."
     "get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))` (FSDP2) or let "
     "the Trainer save (DeepSpeed ZeRO-3), then call `model.save_pretrained(dir, state_dict=sd, is_main_process="
-    "rank == 0)`; or call `peftkit.io.sharded.gather_adapter_state(...)` on every rank."
+    "rank == 0)`; or pass `state_dict=peftkit.gather_peft_model_state_dict(model)` (called on every rank: it gathers "
+    "the adapter's tensors only)."
 )
 
 
@@ -90,7 +91,8 @@ def select_state(
     model: nn.Module, entries: Mapping[str, AdapterTensor], state_dict: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """The adapter's tensors (on-disk keys) taken from ``state_dict``, a full state dict of the model or of any
-    wrapper around it (``module.``, ``_orig_mod.``, ``base_model.model.``, ``_fsdp_wrapped_module.`` prefixes).
+    wrapper around it (``module.``, ``_orig_mod.``, ``base_model.model.``, ``_fsdp_wrapped_module.`` prefixes),
+    or an adapter state dict keyed as on disk (:func:`peftkit.gather_peft_model_state_dict`).
 
     Args:
         entries: :func:`peftkit.io.state.adapter_tensors` of ``model`` (what the file must hold).
@@ -98,7 +100,8 @@ def select_state(
     Raises:
         CheckpointError: a required tensor is absent, sharded, empty, or has another shape than the model's.
     """
-    by_source = {strip_wrapper_segments(entry.source): disk for disk, entry in entries.items()}
+    by_source = {disk: disk for disk in entries}  # already keyed as on disk (e.g. gathered adapter-only)
+    by_source.update({strip_wrapper_segments(entry.source): disk for disk, entry in entries.items()})
     found = {by_source[source]: state_dict[key] for key, source in match_keys(state_dict.keys(), by_source).items()}
     missing = sorted(disk for disk, entry in entries.items() if entry.required and disk not in found)
     if missing and not state_dict:
