@@ -23,6 +23,13 @@ def reference() -> tuple[list[float], dict[str, torch.Tensor]]:
     return reference_run()
 
 
+@pytest.fixture(scope="module")
+def torch_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """DDP and FSDP2, one after the other in one torchrun launch."""
+    out = tmp_path_factory.mktemp("torch_runs")
+    return out, launch("_torch_workers.py", "ddp,fsdp2", out)
+
+
 def check_adapter_dir(directory: Path, expected: dict[str, torch.Tensor]) -> None:
     """PEFT's two files, trainable LoRA tensors only, full shapes, the trained values, and a working reload."""
     names = {p.name for p in directory.iterdir()}
@@ -46,9 +53,9 @@ def check_losses(result: dict, reference: list[float]) -> None:
     assert result["resumed_losses"][-(STEPS - RESUME_AT) :] == pytest.approx(result["losses"][RESUME_AT:], abs=1e-6)
 
 
-def test_fsdp2_fully_shard(tmp_path: Path, reference) -> None:
+def test_fsdp2_fully_shard(torch_runs, reference) -> None:
     losses, final = reference
-    result = launch("_torch_workers.py", "fsdp2", tmp_path)
+    tmp_path, result = torch_runs[0] / "fsdp2", torch_runs[1]["fsdp2"]
     check_losses(result, losses)
     check_adapter_dir(tmp_path / "final", final)
     check_adapter_dir(tmp_path / "resumed", final)  # resumed from step 2: the same end point
@@ -58,9 +65,9 @@ def test_fsdp2_fully_shard(tmp_path: Path, reference) -> None:
     assert not list(tmp_path.glob("plain*"))
 
 
-def test_ddp(tmp_path: Path, reference) -> None:
+def test_ddp(torch_runs, reference) -> None:
     losses, final = reference
-    result = launch("_torch_workers.py", "ddp", tmp_path)
+    tmp_path, result = torch_runs[0] / "ddp", torch_runs[1]["ddp"]
     check_losses(result, losses)
     check_adapter_dir(tmp_path / "final", final)
     check_adapter_dir(tmp_path / "resumed", final)
