@@ -68,8 +68,8 @@ def unwritable_reason(tensor: torch.Tensor) -> str | None:
         return "a DTensor (one shard of an FSDP2-sharded parameter)"
     if tensor.is_meta:
         return "on the meta device (no values: load or materialise the adapter first)"
-    if tensor.numel() == 0:
-        return f"empty, shape {tuple(tensor.shape)} (partitioned by DeepSpeed ZeRO-3, or otherwise not gathered)"
+    if tensor.dim() == 1 and tensor.numel() == 0:  # ZeRO-3's placeholder; (0, n) is a legit pruned AdaLoRA rank
+        return "empty, shape (0,) (partitioned by DeepSpeed ZeRO-3, or otherwise not gathered)"
     return None
 
 
