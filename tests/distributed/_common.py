@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tests.integration._transformers_fixtures import tiny_llama
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import peftkit
 
@@ -23,20 +23,6 @@ WORLD = 2
 STEPS = 4  # training steps of a full run; checkpoints are taken after step RESUME_AT
 RESUME_AT = 2
 LR = 0.05
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    return LlamaForCausalLM(config)
 
 
 def lora_config() -> peftkit.LoraConfig:
