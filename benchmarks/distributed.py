@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,10 @@ def launch(engine: str) -> dict:
     """Run the worker for ``engine`` with 2 processes and return its JSON."""
     with tempfile.TemporaryDirectory() as directory:
         out = Path(directory) / "result.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
+        with socket.socket() as sock:  # a free port for the rendezvous
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
         command += [str(ROOT / "benchmarks" / "distributed_worker.py"), engine, str(out)]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}")
         if engine == "zero3":

@@ -1,7 +1,8 @@
 """A 70B-shaped Llama on the meta device (no weights at all): LoRA injection, and loading a saved adapter with
 ``low_cpu_mem_usage=True`` (the adapter's tensors are assigned from the file: the only real memory), peftkit vs
 the reference peft. Time on the chosen clock; peak resident memory (RSS high-water mark, MiB above the level
-before the call, Linux ``/proc/self/clear_refs``) in a separate untimed pass.
+before the call, Linux ``/proc/self/clear_refs``) in a fresh process per library, so that memory freed by an
+earlier run cannot hide a peak.
 
 Floors: injection allocates nothing on meta (no floor shown); loading must at least read the adapter file
 (``safetensors.load_file``), and its memory floor is the file's size.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +49,13 @@ def peak_rss_mib(call: Callable[[], Any]) -> float:
 def _status_kib(field: str) -> int:
     with open("/proc/self/status", encoding="utf-8") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
+
+
+def fresh_peak_mib(library: str, what: str, preset: str, directory: str = "") -> float:
+    """:func:`peak_rss_mib` of ``what`` (``inject`` / ``load``) for ``library``, measured in a new process."""
+    command = [sys.executable, "-m", "benchmarks.scale", library, what, preset, directory]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def _inject(library: str, shape: Shape) -> Callable[[], Any]:
@@ -96,7 +106,7 @@ def run(settings: Settings) -> list[Row]:
     note = f"{params:.1f}B-parameter Llama shape on meta, r=8 on q_proj/v_proj"
     inject = interleaved(settings, {PEFTKIT: Case(_inject(PEFTKIT, shape)), PEFT: Case(_inject(PEFT, shape))}, reps)
     rows = [Row("70B meta: LoRA injection", "ms", inject[PEFTKIT], inject[PEFT], None, None, None, note)]
-    memory = [peak_rss_mib(_inject(lib, shape)) for lib in (PEFTKIT, PEFT)]
+    memory = [fresh_peak_mib(lib, "inject", settings.preset) for lib in (PEFTKIT, PEFT)]
     rows.append(Row("70B meta: injection peak RSS", "MiB", *memory, None, None, None, note))
     with tempfile.TemporaryDirectory() as directory:
         size = _write_adapter(shape, directory)
@@ -106,7 +116,7 @@ def run(settings: Settings) -> list[Row]:
         cases[FLOOR] = Case(lambda: load_file(path))
         load = interleaved(settings, cases, reps)
         agree, ref_on_meta = _agree(shape, directory)
-        memory = [peak_rss_mib(_load(lib, shape, directory)) for lib in (PEFTKIT, PEFT)]
+        memory = [fresh_peak_mib(lib, "load", settings.preset, directory) for lib in (PEFTKIT, PEFT)]
     note = f"{note}; adapter file {size / 2**20:.0f} MiB; peft leaves {ref_on_meta} LoRA tensors on meta"
     samples = load.triple(PEFTKIT, PEFT, FLOOR)
     rows.append(
@@ -114,3 +124,11 @@ def run(settings: Settings) -> list[Row]:
     )
     rows.append(Row("70B meta: load peak RSS", "MiB", *memory, size / 2**20, None, agree, note))
     return rows
+
+
+if __name__ == "__main__":  # one memory measurement in a fresh process (see fresh_peak_mib)
+    library, what, preset, directory = sys.argv[1:5]
+    shape = SHAPES[preset]
+    call = _inject(library, shape) if what == "inject" else _load(library, shape, directory)
+    peak_rss_mib(_inject(library, TINY))  # warm-up: imports and first-call allocations are not the figure
+    print(peak_rss_mib(call))
