@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftkit.errors import TargetingError
+
 #: accelerate's environment variable naming the block classes to wrap (comma-separated), as PEFT reads it.
 CLASSES_ENV = "FSDP_TRANSFORMER_CLS_TO_WRAP"
 
@@ -30,7 +32,7 @@ def block_classes(model: nn.Module) -> set[type[nn.Module]]:
     ``_no_split_modules`` of every transformers model inside it.
 
     Raises:
-        ValueError: a class named in the environment variable is not in the model.
+        TargetingError: a class named in the environment variable is not in the model.
     """
     names: set[str] = set()
     for module in model.modules():
@@ -39,7 +41,7 @@ def block_classes(model: nn.Module) -> set[type[nn.Module]]:
     found = {type(m) for m in model.modules() if type(m).__name__ in (set(requested) or names)}
     missing = sorted(set(requested) - {cls.__name__ for cls in found})
     if missing:
-        raise ValueError(f"{CLASSES_ENV} names {missing}, which the model does not contain.")
+        raise TargetingError(f"{CLASSES_ENV} names {missing}, which the model does not contain; fix the variable.")
     return found
 
 

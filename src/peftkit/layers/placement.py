@@ -32,7 +32,7 @@ def adapters_on_meta(enabled: bool = True) -> Iterator[None]:
 
 
 def offload_hook(module: nn.Module) -> Any | None:
-    """accelerate's ``AlignDevicesHook`` with ``offload=True`` on ``module`` (inside a ``SequentialHook`` too)."""
+    """Accelerate's ``AlignDevicesHook`` with ``offload=True`` on ``module`` (inside a ``SequentialHook`` too)."""
     hook = getattr(module, "_hf_hook", None)
     for candidate in [hook, *getattr(hook, "hooks", ())]:
         if candidate is not None and getattr(candidate, "offload", False) and hasattr(candidate, "weights_map"):
