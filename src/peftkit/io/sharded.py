@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import ExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ _HOW_TO_GATHER = (
 )
 
 
-def unwrap_parallel(model: nn.Module) -> nn.Module:
+def unwrap_parallel(model: Any) -> Any:
     """The model inside DDP / DataParallel / FSDP1 / DeepSpeed engine / ``torch.compile`` wrappers.
 
     Each of these keeps the user's model in ``module`` (``_orig_mod`` for a compiled model) and adds that name
@@ -153,7 +153,7 @@ def gather_adapter_state(model: nn.Module, entries: Mapping[str, AdapterTensor])
             stack.enter_context(deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None))
         out: dict[str, torch.Tensor] = {}
         for disk, entry in entries.items():
-            live = params[disk] if params[disk] is not None else entry.tensor
+            live: Any = params[disk] if params[disk] is not None else entry.tensor  # a DTensor has full_tensor()
             value = live.full_tensor() if type(live).__name__ == "DTensor" else live
             out[disk] = value.detach().to("cpu", copy=True)
     return out

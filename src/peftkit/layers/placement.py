@@ -60,7 +60,7 @@ def adapter_device(base: nn.Module, *, allow_meta: bool = True) -> torch.device:
     """
     if allow_meta and _ON_META.get():
         return torch.device("meta")
-    weight = base.weight
+    weight: torch.Tensor = base.weight  # type: ignore[assignment]  # adapted bases are weight-carrying layers
     if weight.device.type != "meta":
         return weight.device
     return execution_device(base) or weight.device
@@ -75,7 +75,8 @@ def assign_parameter(model: nn.Module, source: str, value: torch.Tensor) -> None
     if old is not None:
         module._parameters[leaf] = nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad)
     else:
-        module._buffers[leaf] = value.to(module._buffers[leaf].dtype)
+        buffer = module._buffers[leaf]
+        module._buffers[leaf] = value if buffer is None else value.to(buffer.dtype)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -71,7 +71,7 @@ class SVDLayer(LoraLayer):
         if spec.lora_bias:
             raise UnsupportedError("AdaLoRA has no lora_bias; set lora_bias=False.")
         weight = self.get_base_layer().weight
-        kw = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
+        kw: dict[str, Any] = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
         self.lora_A[adapter] = nn.Parameter(torch.empty(spec.r, self.factor_width(), **kw))
         self.lora_E[adapter] = nn.Parameter(torch.empty(spec.r, 1, **kw))
         self.lora_B[adapter] = nn.Parameter(torch.empty(self.out_features, spec.r, **kw))

@@ -261,7 +261,7 @@ class Linear(LoraLayer):
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         weight = self.get_base_layer().weight
-        kw = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
+        kw: dict[str, Any] = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
         self.lora_A[adapter] = empty_linear(self.in_features, spec.r, bias=False, **kw)
         self.lora_B[adapter] = empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw)
 
@@ -292,7 +292,7 @@ class Linear(LoraLayer):
         if factor_a is None or type(base) not in FUSABLE_BASES or self.use_dora.get(adapter) or has_hooks(base):
             return None
         factor_b = modules["lora_B"]._modules[adapter]
-        if type(factor_a) is not nn.Linear or type(factor_b) is not nn.Linear:  # e.g. wrapped by FSDP1
+        if "weight" not in factor_a._parameters or "weight" not in factor_b._parameters:  # e.g. wrapped by FSDP1
             return None
         A, B = factor_a._parameters["weight"], factor_b._parameters["weight"]
         weight, bias = base._parameters["weight"], base._parameters.get("bias")
