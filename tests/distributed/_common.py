@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,15 @@ def share(ids: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return ids.chunk(world)[rank]
 
 
-def reference_run(steps: int = STEPS) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """One process, full batches: the losses and the final adapter every distributed run must reproduce."""
+def reference_run(
+    steps: int = STEPS, batch_of: Callable[[int], torch.Tensor] = batch
+) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """One process, full batches (``batch_of(step)``): the losses and final adapter a distributed run must give."""
     model = peft_model()
     optimizer = adamw(model)
     losses = []
     for step in range(steps):
-        ids = batch(step)
+        ids = batch_of(step)
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()

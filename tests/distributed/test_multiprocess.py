@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.distributed._common import RESUME_AT, STEPS, launch, peft_model, reference_run, tiny_llama
+from tests.distributed._common import RESUME_AT, STEPS, launch, reference_run, tiny_llama
+from tests.distributed._trainer_workers import Batches
 
 import peftkit
 
@@ -75,17 +76,17 @@ def test_ddp(torch_runs, reference) -> None:
     assert via_ddp.keys() == final.keys()
 
 
+def deepspeed_rows(step: int) -> torch.Tensor:
+    """What every process gets at ``step`` under the Trainer's DeepSpeed path here: the same 2 dataset rows on
+    both ranks (its dataloader is not split across processes), so one process on those rows is the reference."""
+    return torch.stack([Batches()[2 * step + i]["input_ids"] for i in range(2)])
+
+
 def test_trainer_deepspeed_zero3(tmp_path: Path) -> None:
-    """DeepSpeed's engine orders and reduces differently from one process, so the run is compared with itself:
-    the resumed run repeats the uninterrupted one, and every file holds the engine's gathered values."""
+    losses, final = reference_run(batch_of=deepspeed_rows)
     result = launch("_trainer_workers.py", "zero3", tmp_path, env={"DS_ACCELERATOR": "cpu"}, timeout=600)
-    resumed = result["resumed_losses"][-(STEPS - RESUME_AT) :]
-    assert resumed == pytest.approx(result["losses"][RESUME_AT:], abs=1e-6)
-    final = load_file(tmp_path / "final" / "adapter_model.safetensors")  # trainer.save_model()
-    untrained = peftkit.get_peft_model_state_dict(peft_model())
-    assert final.keys() == untrained.keys()
-    assert all(not torch.allclose(final[k], untrained[k]) for k in final)  # trained values, not the start
-    check_adapter_dir(tmp_path / "final", final)
+    check_losses(result, losses)
+    check_adapter_dir(tmp_path / "final", final)  # trainer.save_model()
     check_adapter_dir(tmp_path / "resumed_final", final)
     checkpoint = tmp_path / "run" / f"checkpoint-{RESUME_AT}"
     assert not list(checkpoint.glob("model*.safetensors"))
