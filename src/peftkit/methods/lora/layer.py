@@ -20,6 +20,7 @@ from torch.nn.modules import module as module_hooks
 from transformers.pytorch_utils import Conv1D
 
 from peftkit.layers.base import AdapterLayer, BatchRouting
+from peftkit.layers.placement import adapter_device, onloaded
 from peftkit.merging.merge import update_weight
 from peftkit.methods.lora import stacked
 from peftkit.methods.lora.autograd import lora_linear
@@ -142,8 +143,9 @@ class LoraLayer(AdapterLayer):
         if init_weights:
             self.init_weights(adapter, spec)
         if spec.use_dora:
-            empty = torch.empty(self.out_features, device=self.weight.device)
-            magnitude = self.dora_norm(adapter) if init_weights else empty
+            empty = torch.empty(self.out_features, device=adapter_device(self.get_base_layer()))
+            with onloaded(self.get_base_layer(), write_back=False):  # the norm reads an offloaded base's weight
+                magnitude = self.dora_norm(adapter) if init_weights else empty
             self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(self.lora_A[adapter].weight.dtype))  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         if not self._active_adapter:
             self._active_adapter = [adapter]
@@ -263,7 +265,7 @@ class Linear(LoraLayer):
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         weight = self.get_base_layer().weight
-        kw = {"device": weight.device, "dtype": adapter_dtype(weight)}
+        kw: dict[str, Any] = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
         self.lora_A[adapter] = empty_linear(self.in_features, spec.r, bias=False, **kw)
         self.lora_B[adapter] = empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw)
 
@@ -294,6 +296,8 @@ class Linear(LoraLayer):
         if factor_a is None or type(base) not in FUSABLE_BASES or self.use_dora.get(adapter) or has_hooks(base):
             return None
         factor_b = modules["lora_B"]._modules[adapter]
+        if "weight" not in factor_a._parameters or "weight" not in factor_b._parameters:  # e.g. wrapped by FSDP1
+            return None
         A, B = factor_a._parameters["weight"], factor_b._parameters["weight"]
         weight, bias = base._parameters["weight"], base._parameters.get("bias")
         if factor_b._parameters.get("bias") is not None or not (x.dtype == weight.dtype == A.dtype):
