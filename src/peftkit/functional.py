@@ -22,6 +22,7 @@ from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
 from peftkit.layers.wrap import replace_module
 from peftkit.methods.spec import MethodSpec, method_of
+from peftkit.quant.merge import prepare_base, release_base
 from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
 
 AdapterModule = AdapterLayer | ModulesToSaveWrapper
@@ -170,6 +171,8 @@ def inject_adapter(
     targets = resolve_targets(model, config, spec)
     layer_types = tuple(spec.layer_table.values())
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
+    for module in candidates.values():  # every quantized layer, adapted or not, feeds the adapters' gradients
+        prepare_base(module)
     names = select_targets(
         candidates.items(),
         targets,
@@ -385,4 +388,6 @@ def unload(
         else:
             replace_module(model, name, module.active_module())
     forget_shared_tensors(model)
+    for _, plain in _walk(model):
+        release_base(plain)
     return model
