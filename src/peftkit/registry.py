@@ -22,7 +22,7 @@ def method_for(peft_type: PeftType | str) -> MethodSpec:
     """The spec of ``peft_type`` (an enum or its string), with a clear error for unknown methods."""
     try:
         return METHODS[PeftType(peft_type)]
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError):
         known = ", ".join(t.value for t in METHODS)
         raise ConfigError(f"peft_type={peft_type!r} is not implemented by peftkit; known methods: {known}.") from None
 

@@ -139,7 +139,7 @@ def test_model_without_known_cache_layout_is_refused() -> None:
 def test_bad_values_and_bad_checkpoints(tmp_path) -> None:
     with pytest.raises(ConfigError, match="num_virtual_tokens must be a positive integer"):
         PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=0)
-    with pytest.raises(ConfigError, match="init_weights must be None or 'zero'"):
+    with pytest.raises(ConfigError, match="init_weights must be one of 'zero' or None"):
         _config(init_weights="ones")
     with pytest.raises(ConfigError, match="not a multiple of num_attention_heads"):
         get_peft_model(build("gpt2"), _config(token_dim=15, num_attention_heads=2))
