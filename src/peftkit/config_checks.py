@@ -103,9 +103,7 @@ def check_size(owner: str, name: str, value: Any, *, allow_none: bool = False, m
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_SIZE:
-        raise ConfigError(
-            f"{owner}.{name} must be an integer from {minimum} to {MAX_SIZE}, got {_short(value)}."
-        )
+        raise ConfigError(f"{owner}.{name} must be an integer from {minimum} to {MAX_SIZE}, got {_short(value)}.")
 
 
 def check_regex(owner: str, name: str, pattern: Any, template: str = "{}") -> None:

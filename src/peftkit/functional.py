@@ -7,6 +7,7 @@ shells' business.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +22,14 @@ from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.wrap import replace_module
 from peftkit.methods.spec import MethodSpec
 from peftkit.registry import method_of
-from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
+from peftkit.targeting import (
+    ALL_LINEAR,
+    all_linear_names,
+    check_modules_to_save,
+    name_matches,
+    select_targets,
+    warn_unmatched_patterns,
+)
 
 AdapterModule = AdapterLayer | ModulesToSaveWrapper
 
@@ -174,6 +182,7 @@ def inject_adapter(
         layers_pattern=getattr(config, "layers_pattern", None),
         adaptable=spec.adaptable_types + layer_types,
     )
+    warn_unmatched_patterns(config, spec.pattern_fields, names)
     try:
         for name in names:
             _inject_one(model, name, config, spec, adapter_name, init_weights, record, candidates)
@@ -231,7 +240,9 @@ def _inject_one(
 def _wrap_modules_to_save(model: nn.Module, wanted: Sequence[str] | None, adapter: str, record: Injection) -> None:
     if not wanted:
         return
-    for name, module in list(model.named_modules()):
+    modules = list(model.named_modules())
+    check_modules_to_save(wanted, [name for name, _ in modules])
+    for name, module in modules:
         if not name or not name_matches(name, wanted) or ".modules_to_save." in name or ".original_module" in name:
             continue
         if isinstance(module, ModulesToSaveWrapper):
@@ -334,17 +345,31 @@ def mixed_batch(model: nn.Module, adapter_names: Sequence[str]) -> Iterator[Batc
 
 
 def merge_adapters(model: nn.Module, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:
-    """Fold ``adapter_names`` (default: each layer's active adapters) into the base weights."""
-    for _, module in iter_adapter_modules(model):
-        if isinstance(module, AdapterLayer):
-            module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+    """Fold ``adapter_names`` (default: each layer's active adapters) into the base weights.
+
+    Warns (``UserWarning``) and changes nothing when every requested adapter is already merged everywhere.
+    """
+    layers = [m for _, m in iter_adapter_modules(model) if isinstance(m, AdapterLayer)]
+    pending = any(
+        name not in layer.merged_adapters and layer.holds(name)
+        for layer in layers
+        for name in (adapter_names if adapter_names is not None else layer.active_adapters)
+    )
+    if layers and not pending:
+        warnings.warn("All adapters are already merged; merge_adapter() has nothing to do.", stacklevel=3)
+        return
+    for layer in layers:
+        layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
 
 
 def unmerge_adapters(model: nn.Module) -> None:
-    """Undo every merge."""
-    for _, module in iter_adapter_modules(model):
-        if isinstance(module, AdapterLayer):
-            module.unmerge()
+    """Undo every merge. Warns (``UserWarning``) and changes nothing when no adapter is merged."""
+    layers = [m for _, m in iter_adapter_modules(model) if isinstance(m, AdapterLayer)]
+    if layers and not any(layer.merged_adapters for layer in layers):
+        warnings.warn("No adapter is merged; unmerge_adapter() has nothing to do.", stacklevel=3)
+        return
+    for layer in layers:
+        layer.unmerge()
 
 
 def unload(

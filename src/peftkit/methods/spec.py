@@ -37,6 +37,8 @@ class MethodSpec:
             without the model prefix), e.g. AdaLoRA drops the ranks its ``rank_pattern`` pruned.
         tuner_class: Returns the method's ``TunerModel`` subclass (imported lazily: the tuner layer sits
             above the methods); ``None`` uses ``TunerModel``.
+        pattern_fields: Config fields that are ``{regex: value}`` overrides per module (LoRA's ``rank_pattern``,
+            ``alpha_pattern``); a key that matches no adapted module is warned about.
         prompt_encoder: For prompt methods (no layer table): the encoder class, built as
             ``prompt_encoder(config, word_embeddings, init_weights)``; ``None`` for layer methods.
     """
@@ -55,6 +57,7 @@ class MethodSpec:
     finalize_state: Callable[[Any, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     tuner_class: Callable[[], type] | None = None
     prompt_encoder: type[nn.Module] | None = None
+    pattern_fields: tuple[str, ...] = ()
 
     @property
     def is_prompt_learning(self) -> bool:

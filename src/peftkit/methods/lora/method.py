@@ -65,4 +65,5 @@ LORA = MethodSpec(
     linear_types=(nn.Linear, Conv1D),
     file_key_renames={".lora_magnitude_vector.weight": ".lora_magnitude_vector"},
     settle_config=settle_lora_config,
+    pattern_fields=("rank_pattern", "alpha_pattern"),
 )

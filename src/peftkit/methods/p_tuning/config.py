@@ -12,7 +12,6 @@ from peftkit.config import PromptLearningConfig
 from peftkit.errors import ConfigError
 from peftkit.types import PeftType
 
-
 #: Most LSTM layers accepted in a P-tuning encoder (PEFT's default is 2).
 _MAX_ENCODER_LAYERS = 64
 
