@@ -278,8 +278,9 @@ def mark_trainable(model: nn.Module, spec: MethodSpec, config: PeftConfig, activ
                 param.requires_grad_(True)
     elif bias == "lora_only":
         for _, module in iter_adapter_modules(model):
-            if isinstance(module, AdapterLayer) and module.get_base_layer().bias is not None:
-                module.get_base_layer().bias.requires_grad_(True)
+            bias = getattr(module.get_base_layer(), "bias", None) if isinstance(module, AdapterLayer) else None
+            if bias is not None:  # an adapted nn.Embedding has no bias: nothing to train there (as in PEFT)
+                bias.requires_grad_(True)
 
 
 def set_active_adapters(model: nn.Module, names: str | Sequence[str], trainable: bool = True) -> None:

@@ -150,6 +150,13 @@ def check_and_load(
         for k, v in state.items()
         if k in expected and v.shape != expected[k].tensor.shape
     ]
+    wrong_kind = [
+        f"{k}: {v.dtype}"
+        for k, v in state.items()
+        if k in expected and expected[k].tensor.is_floating_point() and not v.is_floating_point()
+    ]
+    if wrong_kind:
+        problems.append(f"non-floating-point tensors where weights belong: {_some(wrong_kind)}")
     if mismatched and not ignore_mismatched_sizes:
         problems.append(
             "shape mismatch: "

@@ -15,6 +15,8 @@ per-adapter parameter containers named in :attr:`adapter_layer_names`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -80,6 +82,25 @@ class BatchRouting:
             index = self.index_on(device)
             self._groups[device] = [(name, (index == i).nonzero().flatten()) for i, name in enumerate(self.names)]
         return self._groups[device]
+
+
+@functools.cache
+def _first_parameter(cls: type) -> str | None:
+    params = list(inspect.signature(cls.forward).parameters.values())[1:]  # skip ``self``
+    return params[0].name if params and params[0].kind is not inspect.Parameter.VAR_KEYWORD else None
+
+
+def input_from_kwargs(module: nn.Module, kwargs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Split the main input (``module.forward``'s first parameter, e.g. ``input`` of ``nn.Linear``) from ``kwargs``.
+
+    Raises:
+        TypeError: no keyword argument is the first parameter of ``module.forward`` (as calling it would).
+    """
+    name = _first_parameter(type(module))
+    if name is None or name not in kwargs:
+        raise TypeError(f"{type(module).__name__}.forward() is missing its input argument {name!r}.")
+    rest = dict(kwargs)
+    return rest.pop(name), rest
 
 
 class AdapterState:
@@ -160,7 +181,9 @@ class AdapterLayer(AdapterState, nn.Module):
         raise NotImplementedError(f"{type(self).__name__} cannot unmerge adapters")
 
     # -- forward ----------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if x is None:  # called with keyword arguments only, e.g. ``linear(input=t)``
+            x, kwargs = input_from_kwargs(self.get_base_layer(), kwargs)
         if self._disable_adapters:
             if self.merged_adapters:
                 self.unmerge()
@@ -258,7 +281,7 @@ class AdapterLayer(AdapterState, nn.Module):
 
     @property
     def bias(self) -> torch.Tensor | None:
-        return self.get_base_layer().bias
+        return getattr(self.get_base_layer(), "bias", None)  # nn.Embedding has none
 
     def get_base_layer(self) -> nn.Module:
         """The innermost original module (layers may be nested)."""

@@ -49,15 +49,27 @@ class ModulesToSaveWrapper(AdapterState, nn.Module):
                 return self.modules_to_save[name]
         return self.original_module
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Call the active copy with the arguments as given (positional or keyword); in a mixed batch, every tensor
+        argument whose first dimension is the batch is split by sample."""
         if self.batch_routing is None or self._disable_adapters:
-            return self.active_module()(x, *args, **kwargs)
+            return self.active_module()(*args, **kwargs)
+        batch = len(self.batch_routing)
+        tensors = [v for v in (*args, *kwargs.values()) if torch.is_tensor(v) and v.dim() and v.shape[0] == batch]
+        if not tensors:
+            raise ValueError(f"A mixed batch of {batch} samples reached {type(self.original_module).__name__} "
+                             "without a tensor of that batch size among its arguments.")  # fmt: skip
+
+        def take(value: Any, rows: torch.Tensor) -> Any:
+            is_batched = torch.is_tensor(value) and value.dim() and value.shape[0] == batch
+            return value.index_select(0, rows) if is_batched else value
+
         result: torch.Tensor | None = None
-        for name, rows in self.batch_routing.groups(x.device):
+        for name, rows in self.batch_routing.groups(tensors[0].device):
             module = self.modules_to_save[name] if name in self.modules_to_save else self.original_module
-            sub = module(x.index_select(0, rows), *args, **kwargs)
+            sub = module(*(take(a, rows) for a in args), **{k: take(v, rows) for k, v in kwargs.items()})
             if result is None:
-                result = sub.new_empty((x.shape[0], *sub.shape[1:]))
+                result = sub.new_empty((batch, *sub.shape[1:]))
             result.index_copy_(0, rows, sub)
         assert result is not None
         return result

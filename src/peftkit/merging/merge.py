@@ -12,8 +12,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from peftkit.errors import PeftkitError
 
-class MergeError(ValueError):
+
+class MergeError(PeftkitError, ValueError):
     """A merge would write NaN or infinite values into the base weights."""
 
 

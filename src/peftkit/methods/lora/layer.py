@@ -20,7 +20,7 @@ from torch.nn.modules import module as module_hooks
 from transformers.pytorch_utils import Conv1D
 
 from peftkit.layers.base import AdapterLayer, BatchRouting
-from peftkit.merging.merge import update_weight
+from peftkit.merging.merge import MergeError, update_weight
 from peftkit.methods.lora import stacked
 from peftkit.methods.lora.autograd import lora_linear
 from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, row_norm
@@ -221,12 +221,19 @@ class LoraLayer(AdapterLayer):
         update_weight(self.get_base_layer(), lambda w: w.div_(factor.to(w.dtype)).sub_(delta.to(w.dtype)))
 
     def _add_delta(self, adapter: str, sign: float, safe: bool) -> None:
-        update_weight(self.get_base_layer(), self.weight_update(adapter, sign), safe=safe, what=adapter)
         bias = getattr(self.lora_B[adapter], "bias", None) if adapter in self.lora_B else None
         base_bias = getattr(self.get_base_layer(), "bias", None)  # nn.Embedding has no bias
-        if bias is not None and base_bias is not None:
+        bias_delta = None if bias is None or base_bias is None else bias.detach().to(base_bias.dtype)
+        if (
+            safe
+            and bias_delta is not None
+            and not torch.isfinite(base_bias + sign * self.scaling[adapter] * bias_delta).all()
+        ):
+            raise MergeError(f"Merging {adapter} would write NaN/Inf into the base bias (its lora_bias); not merged.")
+        update_weight(self.get_base_layer(), self.weight_update(adapter, sign), safe=safe, what=adapter)
+        if bias_delta is not None:
             with torch.no_grad():
-                base_bias.add_(bias.detach().to(base_bias.dtype), alpha=sign * self.scaling[adapter])
+                base_bias.add_(bias_delta, alpha=sign * self.scaling[adapter])
 
     def weight_update(self, adapter: str, sign: float) -> Callable[[torch.Tensor], Any]:
         """The in-place function that adds ``sign * delta_weight(adapter)`` to a base weight."""

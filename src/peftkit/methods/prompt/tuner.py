@@ -177,11 +177,11 @@ class PromptTuner:
             )
         saved = state.get(PROMPT_KEY)
         expected = tuple(encoder.embedding.weight.shape)
-        if saved is None or tuple(saved.shape) != expected:
-            found = "missing" if saved is None else f"of shape {tuple(saved.shape)}"
+        if saved is None or tuple(saved.shape) != expected or not saved.is_floating_point():
+            found = "missing" if saved is None else f"of shape {tuple(saved.shape)} and dtype {saved.dtype}"
             raise CheckpointError(
                 f"The checkpoint's {PROMPT_KEY!r} is {found}; adapter {adapter_name!r} needs shape {expected} "
-                "(virtual tokens x width). Check the base model and adapter_config.json."
+                "(virtual tokens x width), floating point. Check the base model and adapter_config.json."
             )
         rest = {strip_prefix(k, PROMPT_MODEL_PREFIX): v for k, v in state.items() if k != PROMPT_KEY}
         check_and_load(self.model, adapter_name, config, rest)
