@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 import types
 import typing
@@ -90,12 +91,17 @@ def check_field_types(config: Any) -> None:
         ConfigError: naming the first field whose value has the wrong type, with the expected type.
     """
     owner = type(config).__name__
-    hints = typing.get_type_hints(type(config))
+    hints = _type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name in hints and not conforms(value, hints[f.name]):
             expected = _describe(hints[f.name])
             raise ConfigError(f"{owner}.{f.name} must be {expected}, got {_short(value)} ({type(value).__name__}).")
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # evaluating the annotations costs more than checking them: once per class
 
 
 def check_size(owner: str, name: str, value: Any, *, allow_none: bool = False, minimum: int = 1) -> None:

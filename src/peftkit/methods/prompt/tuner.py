@@ -51,6 +51,27 @@ def find_word_embeddings(model: nn.Module) -> nn.Module:
     )
 
 
+#: Most parameters a prompt encoder may have (2**34: 64 GiB in float32, far beyond any real prompt encoder).
+MAX_ENCODER_PARAMETERS = 2**34
+
+
+def check_encoder_size(config: PromptLearningConfig, encoder_class: Any) -> None:
+    """Build the encoder on the meta device (no memory) and refuse sizes no machine could hold.
+
+    Raises:
+        ConfigError: the encoder would have more than :data:`MAX_ENCODER_PARAMETERS` parameters.
+    """
+    with torch.device("meta"):
+        probe = encoder_class(config, None, False)
+    count = sum(p.numel() for p in probe.parameters())
+    if count > MAX_ENCODER_PARAMETERS:
+        raise ConfigError(
+            f"This {config.peft_type} config asks for a prompt encoder of {count:,} parameters (num_virtual_tokens="
+            f"{config.num_virtual_tokens}, token_dim={config.token_dim}, "
+            f"encoder_hidden_size={getattr(config, 'encoder_hidden_size', None)}); reduce these sizes."
+        )
+
+
 class PromptTuner:
     """Configs, encoders and the active adapter of a prompt-method ``PeftModel``.
 
@@ -113,6 +134,7 @@ class PromptTuner:
         config = fill_dimensions(config, self.model, encoder_class.kv_prefix)
         if encoder_class.kv_prefix:
             self._check_prefix_support(config)
+        check_encoder_size(config, encoder_class)
         return config, encoder_class
 
     def _check_prefix_support(self, config: PromptLearningConfig) -> None:
