@@ -10,7 +10,7 @@ from peftkit.errors import ConfigError, TargetingError, UnsupportedError
 
 @pytest.mark.parametrize("r", [0, -1, 2.5, "8", True, None])
 def test_bad_rank(r) -> None:
-    with pytest.raises(ConfigError, match="LoraConfig.r must be"):
+    with pytest.raises(ConfigError, match=r"LoraConfig\.r must be"):
         peft.LoraConfig(r=r)
 
 

@@ -95,5 +95,5 @@ def test_missing_modules_to_save_error_names_it_and_close_names(toy, unchanged, 
 
 
 def test_ia3_invalid_feedforward_regex_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="IA3Config.feedforward_modules holds an invalid regular expression"):
+    with pytest.raises(ConfigError, match=r"IA3Config\.feedforward_modules holds an invalid regular expression"):
         peft.IA3Config(target_modules=".*proj", feedforward_modules="(v_proj")
