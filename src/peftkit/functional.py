@@ -174,6 +174,7 @@ def inject_adapter(
     targets = resolve_targets(model, config, spec)
     layer_types = tuple(spec.layer_table.values())
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
+    to_save = getattr(config, "modules_to_save", None) or ()
     names = select_targets(
         candidates.items(),
         targets,
@@ -181,6 +182,9 @@ def inject_adapter(
         layers_to_transform=getattr(config, "layers_to_transform", None),
         layers_pattern=getattr(config, "layers_pattern", None),
         adaptable=spec.adaptable_types + layer_types,
+        # a module trained in full (and everything in it) gets no adapter layer, as in PEFT: its copy would
+        # otherwise carry one too, and the original's would be neither saved nor restored
+        skip=[name for name in candidates if name and to_save and name_matches(name, to_save)],
     )
     warn_unmatched_patterns(config, spec.pattern_fields, names)
     try:
