@@ -14,12 +14,18 @@ from torch import nn
 from peftkit.config import PeftConfig
 from peftkit.errors import CheckpointError
 from peftkit.functional import iter_adapter_modules
+from peftkit.io.embeddings import (
+    EMBEDDING_LAYER_NAMES,
+    default_base_path,
+    plain_embedding_modules,
+    targets_embedding,
+    vocab_resized,
+)
 from peftkit.io.keys import remove_adapter_name, rename_suffix
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.registry import METHODS, method_of
 
-EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
 _MAX_KEYS_IN_ERROR = 10
 
 
@@ -31,12 +37,16 @@ class AdapterTensor:
     required: bool
 
 
-def wants_embedding_layers(config: PeftConfig, save_embedding_layers: bool | str) -> bool:
-    """PEFT's rule: ``"auto"`` saves base embedding weights when the targets name an embedding layer."""
+def wants_embedding_layers(
+    config: PeftConfig, save_embedding_layers: bool | str, model: nn.Module | None = None
+) -> bool:
+    """PEFT's rule: ``"auto"`` saves embedding weights when the targets name an embedding layer, or when the
+    vocabulary of ``model`` differs from its base model's (see :mod:`peftkit.io.embeddings`)."""
     if save_embedding_layers != "auto":
         return bool(save_embedding_layers)
-    targets = getattr(config, "target_modules", None) or ()
-    return any(name in targets for name in EMBEDDING_LAYER_NAMES)
+    if targets_embedding(config, model):
+        return True
+    return model is not None and vocab_resized(model, default_base_path(config, model))
 
 
 def adapter_tensors(
@@ -50,6 +60,7 @@ def adapter_tensors(
     """
     renames = method_of(config).file_key_renames
     out: dict[str, AdapterTensor] = {}
+    adapted_embedding = False
     for name, module in iter_adapter_modules(model):
         if not module.holds(adapter):
             continue
@@ -67,7 +78,12 @@ def adapter_tensors(
             for key, tensor in items:
                 full = f"{name}.{attr}.{adapter}" + (f".{key}" if key else "")
                 out[rename_suffix(remove_adapter_name(full, adapter), renames)] = AdapterTensor(tensor, True)
-        _add_base_tensors(out, name, module, config, embedding_layers)
+        adapted_embedding |= _add_base_tensors(out, name, module, config, embedding_layers)
+    if embedding_layers is None or (embedding_layers and not adapted_embedding):
+        # whole (resized) embedding layers: written when asked for, accepted by a load
+        for name, module in plain_embedding_modules(model, skip=(AdapterLayer, ModulesToSaveWrapper)):
+            for key, tensor in module.state_dict().items():
+                out.setdefault(f"{name}.{key}" if name else key, AdapterTensor(tensor, False))
     if getattr(config, "bias", "none") == "all":
         for key, tensor in model.state_dict(keep_vars=False).items():
             if key.endswith("bias") and key not in out and not _is_adapter_internal(key):
@@ -94,13 +110,15 @@ def module_tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
 
 def _add_base_tensors(
     out: dict[str, AdapterTensor], name: str, layer: AdapterLayer, config: PeftConfig, embedding_layers: bool | None
-) -> None:
+) -> bool:
+    """Add the base tensors saved with ``layer``; returns whether ``layer`` adapts an embedding layer."""
     base = layer.get_base_layer()
     if getattr(config, "bias", "none") == "lora_only" and getattr(base, "bias", None) is not None:
         out[f"{name}.base_layer.bias"] = AdapterTensor(base.bias.data, False)
     is_embedding = isinstance(base, nn.Embedding) or name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES
     if is_embedding and (embedding_layers is None or embedding_layers):
         out[f"{name}.base_layer.weight"] = AdapterTensor(base.weight.data, False)
+    return is_embedding
 
 
 def _is_adapter_internal(key: str) -> bool:
@@ -113,7 +131,7 @@ def adapter_state_dict(
     model: nn.Module, adapter: str, config: PeftConfig, save_embedding_layers: bool | str = "auto"
 ) -> dict[str, torch.Tensor]:
     """The tensors to save for ``adapter`` (keys as on disk, without the model prefix)."""
-    embedding = wants_embedding_layers(config, save_embedding_layers)
+    embedding = wants_embedding_layers(config, save_embedding_layers, model)
     state = {k: v.tensor for k, v in adapter_tensors(model, adapter, config, embedding).items()}
     finalize = method_of(config).finalize_state
     return finalize(config, state) if finalize is not None else state
