@@ -20,6 +20,7 @@ from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError
 from peftkit.layers.base import BASE_ADAPTER, AdapterLayer, BatchRouting
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.wrap import replace_module
+from peftkit.merging.untie import untie_for_merge
 from peftkit.methods.spec import MethodSpec
 from peftkit.registry import method_of
 from peftkit.targeting import (
@@ -363,6 +364,7 @@ def merge_adapters(model: nn.Module, adapter_names: Sequence[str] | None = None,
     if layers and not pending:
         warnings.warn("All adapters are already merged; merge_adapter() has nothing to do.", stacklevel=3)
         return
+    untie_for_merge(model, [(n, m) for n, m in iter_adapter_modules(model) if isinstance(m, AdapterLayer)])
     for layer in layers:
         layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
 
@@ -382,6 +384,8 @@ def unload(
 ) -> nn.Module:
     """Replace every adapter layer by its base layer (merging first if ``merge``); modules_to_save wrappers
     become their active copy. Returns ``model``."""
+    if merge:
+        untie_for_merge(model, [(n, m) for n, m in iter_adapter_modules(model) if isinstance(m, AdapterLayer)])
     for name, module in list(iter_adapter_modules(model)):
         if isinstance(module, AdapterLayer):
             if merge:

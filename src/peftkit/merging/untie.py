@@ -1,0 +1,57 @@
+"""Untying shared base weights before a merge writes into them.
+
+A weight tied to another module (``lm_head.weight is embed_tokens.weight`` with ``tie_word_embeddings``, T5's
+shared embedding) must not receive one layer's merged delta: the other module would silently change with it
+(the logits of a tied Llama moved by 6 when only ``lm_head`` carried LoRA). Before merging, such a layer gets
+its own copy of the weight, so the merged model computes exactly what the unmerged one did.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+from torch import nn
+
+
+def shared_with(model: nn.Module, layers: Iterable[tuple[str, nn.Module]]) -> dict[str, list[str]]:
+    """For each ``(name, layer)`` whose base weight is also held by a module outside that layer: the names of
+    those other holders. Layers whose weight is not shared are left out."""
+    holders: dict[int, list[str]] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for attr, param in module._parameters.items():
+            if param is not None:
+                holders.setdefault(id(param), []).append(f"{module_name}.{attr}" if module_name else attr)
+    shared: dict[str, list[str]] = {}
+    for name, layer in layers:
+        weight = getattr(layer.get_base_layer(), "weight", None)  # type: ignore[operator]
+        if not isinstance(weight, nn.Parameter):
+            continue
+        others = [h for h in holders.get(id(weight), []) if not h.startswith(name + ".")]
+        if others:
+            shared[name] = sorted(set(others))
+    return shared
+
+
+def untie_for_merge(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> None:
+    """Give every layer in ``layers`` whose base weight is shared its own copy of it, with a warning naming the
+    layers; ``config.tie_word_embeddings`` is cleared so that saving and reloading keep the two apart."""
+    shared = shared_with(model, layers)
+    if not shared:
+        return
+    for name, layer in layers:
+        if name in shared:
+            base = layer.get_base_layer()  # type: ignore[operator]
+            base.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=base.weight.requires_grad)
+    config = getattr(model, "config", None)
+    cleared = ""
+    for part in (config, getattr(config, "get_text_config", lambda: None)() if config is not None else None):
+        if getattr(part, "tie_word_embeddings", False):
+            part.tie_word_embeddings = False
+            cleared = " and config.tie_word_embeddings set to False"
+    described = "; ".join(f"{name} (shared with {', '.join(others)})" for name, others in shared.items())
+    warnings.warn(
+        f"Merging into tied weights would change the modules they are tied to: {described}. These layers now have "
+        f"their own copy of the weight{cleared}, so the merged model computes what the unmerged one did.",
+        stacklevel=4,
+    )
