@@ -25,13 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.config import CONFIG_NAME
+from peftkit.config import CONFIG_NAME, PeftConfig
 from peftkit.errors import CheckpointError
 from peftkit.functional import iter_adapter_modules
 from peftkit.integrations.transformers import has_adapters
 from peftkit.io.files import atomic_write_text
 from peftkit.io.load import read_weights
 from peftkit.mapping import set_peft_model_state_dict
+from peftkit.methods.prompt.tuner import TRAINING_STATE_NAME
 from peftkit.peft_model import PeftModel
 
 #: The file that records a checkpoint's adapters (name -> sub-directory, trainable) and the active ones.
@@ -61,6 +62,9 @@ def save_adapter_checkpoint(model: nn.Module, output_dir: str | os.PathLike, saf
     if isinstance(model, PeftModel):
         model.save_pretrained(output_dir, safe_serialization=safe_serialization)
         layout = {name: "" if name == "default" else name for name in configs}
+        if model._is_prompt_learning:  # encoders the adapter file cannot restore go into a side file
+            for name, sub in layout.items():
+                model._tuner.save_training_state(name, os.path.join(output_dir, sub))
     else:
         layout = {name: "" if name == active[0] else name for name in configs}
         for name, sub in layout.items():
@@ -68,6 +72,8 @@ def save_adapter_checkpoint(model: nn.Module, output_dir: str | os.PathLike, saf
     adapters = {}
     for name, sub in layout.items():
         params = _adapter_params(inner, name)
+        if _is_prompt_model(model):
+            params += list(model._tuner.encoders[name].parameters())  # type: ignore[union-attr]
         adapters[name] = {"path": sub, "trainable": any(p.requires_grad for p in params) if params else None}
     manifest = {"format_version": 1, "active_adapters": active, "adapters": adapters}
     atomic_write_text(os.path.join(output_dir, MANIFEST_NAME), json.dumps(manifest, indent=2, sort_keys=True))
@@ -106,7 +112,9 @@ def load_adapter_checkpoint(model: nn.Module, checkpoint_dir: str | os.PathLike)
     configs = _view(model)[0]
     for name, entry in manifest["adapters"].items():
         directory = os.path.join(checkpoint_dir, entry["path"])
-        if name in configs:
+        if _is_prompt_model(model):
+            _restore_prompt_adapter(model, name, directory, bool(entry.get("trainable", True)))
+        elif name in configs:
             set_peft_model_state_dict(model, read_weights(directory), adapter_name=name)
         else:
             model.load_adapter(directory, adapter_name=name, is_trainable=bool(entry.get("trainable")))  # type: ignore[operator]
@@ -119,6 +127,24 @@ def load_adapter_checkpoint(model: nn.Module, checkpoint_dir: str | os.PathLike)
             for param in _adapter_params(inner, name):
                 param.requires_grad_(bool(entry["trainable"]))
     model.train(training)
+
+
+def _is_prompt_model(model: nn.Module) -> bool:
+    return isinstance(model, PeftModel) and model._is_prompt_learning
+
+
+def _restore_prompt_adapter(model: PeftModel, name: str, directory: str, trainable: bool) -> None:
+    """A prompt adapter from a checkpoint, in place: with its whole encoder when the checkpoint has the side file
+    (added first, trainable form, when the model lacks it), else from the adapter file alone."""
+    tuner = model._tuner
+    if name not in tuner.peft_config:
+        if not os.path.isfile(os.path.join(directory, TRAINING_STATE_NAME)):
+            model.load_adapter(directory, adapter_name=name, is_trainable=trainable)
+            return
+        config = PeftConfig.from_pretrained(directory)
+        config.inference_mode = not trainable
+        model.add_adapter(name, config)
+    tuner.load_training_state(name, read_weights(directory), directory)
 
 
 # -- the Trainer's entry points (installed by peftkit.patch_transformers) -----------------------------------

@@ -13,6 +13,9 @@ token -- plus its ``modules_to_save`` copies under ``base_model.<module path>`` 
 
 from __future__ import annotations
 
+import copy
+import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +34,9 @@ from peftkit.registry import method_of
 
 #: The single key of a prompt adapter's own weights in the file.
 PROMPT_KEY = "prompt_embeddings"
+#: A Trainer checkpoint's side file with an encoder that the adapter file cannot restore (P-tuning's MLP /
+#: LSTM, prefix tuning's projection): the adapter files stay exactly PEFT's.
+TRAINING_STATE_NAME = "prompt_encoder_training_state.safetensors"
 #: Prefix of the ``modules_to_save`` keys of a prompt adapter in the file.
 PROMPT_MODEL_PREFIX = "base_model."
 
@@ -70,6 +76,27 @@ def check_encoder_size(config: PromptLearningConfig, encoder_class: Any) -> None
             f"{config.num_virtual_tokens}, token_dim={config.token_dim}, "
             f"encoder_hidden_size={getattr(config, 'encoder_hidden_size', None)}); reduce these sizes."
         )
+
+
+def table_config(config: PromptLearningConfig, encoder_class: Any) -> PromptLearningConfig:
+    """The config to build a *loaded* encoder from: in table form whenever the file holds only the encoder's
+    output (P-tuning, prefix tuning with projection), also for a trainable load.
+
+    PEFT loads such a file with ``is_trainable=True`` by putting the saved output where the encoder's *input*
+    goes and running a freshly initialised MLP / LSTM on it, so its outputs silently differ from the saved
+    adapter's. Here the saved output itself becomes the trainable table: the loaded adapter computes exactly what
+    was saved, and training continues on the virtual-token vectors directly (a warning says so).
+    """
+    if config.inference_mode or encoder_class.output_is_parameter(config):
+        return config
+    warnings.warn(
+        f"A saved {config.peft_type} adapter holds only its encoder's output, not the encoder; it is loaded as a "
+        "trainable table of virtual-token vectors (outputs exactly as saved; the reparameterisation is gone).",
+        stacklevel=5,
+    )
+    table = copy.copy(config)
+    table.inference_mode = True
+    return table
 
 
 class PromptTuner:
@@ -171,7 +198,7 @@ class PromptTuner:
             CheckpointError: ``prompt_embeddings`` missing or of the wrong shape, or bad ``modules_to_save`` keys.
         """
         config, encoder_class = self._prepare(adapter_name, config)
-        encoder = encoder_class(config, self._embeddings_for(encoder_class), False)
+        encoder = encoder_class(table_config(config, encoder_class), self._embeddings_for(encoder_class), False)
         record = F.add_modules_to_save(self.model, config.modules_to_save, adapter_name)
         try:
             self._load(adapter_name, config, encoder, state)
@@ -269,6 +296,42 @@ class PromptTuner:
         dtype = getattr(self.model, "dtype", None)
         flat = flat.to(dtype) if isinstance(dtype, torch.dtype) else flat
         return build_cache(flat.unsqueeze(0).expand(batch_size, -1, -1), config, cache_layout(self.model))
+
+    # -- training state (Trainer checkpoints) ---------------------------------------------------------
+    def save_training_state(self, adapter_name: str, directory: str) -> None:
+        """Write the whole encoder of ``adapter_name`` (e.g. P-tuning's MLP) to ``directory``/
+        :data:`TRAINING_STATE_NAME` when the adapter file alone cannot restore it; else write nothing."""
+        encoder = self.encoders[adapter_name]
+        if encoder.table or encoder.output_is_parameter(self.peft_config[adapter_name]):  # type: ignore[operator]
+            return
+        from peftkit.io.files import save_tensors
+
+        save_tensors(dict(encoder.state_dict()), os.path.join(directory, TRAINING_STATE_NAME))
+
+    def load_training_state(self, adapter_name: str, state: dict[str, torch.Tensor], directory: str) -> None:
+        """Restore ``adapter_name`` in place from a checkpoint: its ``modules_to_save`` from ``state`` (file keys)
+        and the whole encoder from :data:`TRAINING_STATE_NAME` when ``directory`` has one.
+
+        Raises:
+            CheckpointError: the encoder state does not fit this adapter's encoder (keys or shapes).
+        """
+        path = os.path.join(directory, TRAINING_STATE_NAME)
+        if not os.path.isfile(path):
+            self.load_state(adapter_name, state)
+            return
+        from peftkit.io.files import load_tensors
+
+        encoder, saved = self.encoders[adapter_name], load_tensors(path)
+        own = encoder.state_dict()
+        wrong = sorted(set(own) ^ set(saved)) + [k for k in own if k in saved and own[k].shape != saved[k].shape]
+        if wrong:
+            raise CheckpointError(
+                f"{path} does not fit adapter {adapter_name!r}'s encoder (keys or shapes: {wrong[:5]}); was the "
+                "checkpoint written with the same config?"
+            )
+        rest = {strip_prefix(k, PROMPT_MODEL_PREFIX): v for k, v in state.items() if k != PROMPT_KEY}
+        check_and_load(self.model, adapter_name, self.peft_config[adapter_name], rest)
+        encoder.load_state_dict(saved)
 
     # -- state ---------------------------------------------------------------------------------------
     def adapter_state_dict(self, adapter_name: str) -> dict[str, torch.Tensor]:
