@@ -284,3 +284,20 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "peftkit train: error: --max-steps must be positive, got 0."
+
+
+def test_ptuning_resumes(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """P-tuning keeps its MLP encoder in the checkpoints, so ``--resume`` continues the run instead of failing
+    (prefix tuning with projection shares the path; its Trainer resume is in test_trainer_prompt_resume)."""
+    out = str(tmp_path / "ptuning")
+    options = ["--method", "ptuning", "--encoder-hidden-size", "16", "--output-dir", out]
+    code, stdout, err = run_cli(capsys, "train", *options, "--max-steps", "2")
+    assert code == 0, stdout + err
+    code, stdout, err = run_cli(capsys, "train", *options, "--max-steps", "3", "--resume")
+    assert code == 0, stdout + err
+    with open(os.path.join(out, "checkpoints", "checkpoint-3", "trainer_state.json")) as fh:
+        steps = [e["step"] for e in json.load(fh)["log_history"] if "loss" in e]
+    with open(os.path.join(out, "checkpoints", "checkpoint-2", "trainer_state.json")) as fh:
+        first = [e["step"] for e in json.load(fh)["log_history"] if "loss" in e]
+    assert steps[: len(first)] == first and steps[-1] == 3
+    assert set(load_file(os.path.join(out, "adapter", "adapter_model.safetensors"))) == {"prompt_embeddings"}

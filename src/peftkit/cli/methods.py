@@ -112,6 +112,8 @@ def build_config(method: str, options: dict[str, Any], total_steps: int) -> Peft
         target_r = fields.get("target_r", 8)
         fields.setdefault("init_r", max(12, math.ceil(1.5 * target_r)))
         fields["total_step"] = total_steps
+    if method == "prefix" and "encoder_hidden_size" in fields:
+        fields["prefix_projection"] = True  # the hidden size is that of the projection
     return cls(task_type="CAUSAL_LM", **fields)
 
 
