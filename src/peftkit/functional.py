@@ -19,8 +19,8 @@ from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError
 from peftkit.layers.base import BASE_ADAPTER, AdapterLayer, BatchRouting
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.layers.untie import untie_for_merge
 from peftkit.layers.wrap import replace_module
-from peftkit.merging.untie import untie_for_merge
 from peftkit.methods.spec import MethodSpec
 from peftkit.registry import method_of
 from peftkit.targeting import (
@@ -192,6 +192,8 @@ def inject_adapter(
         for name in names:
             _inject_one(model, name, config, spec, adapter_name, init_weights, record, candidates)
         _wrap_modules_to_save(model, getattr(config, "modules_to_save", None), adapter_name, record)
+        if spec.after_inject is not None:
+            spec.after_inject(config, model, adapter_name)
     except BaseException:
         record.undo(model)
         raise

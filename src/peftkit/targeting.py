@@ -24,6 +24,8 @@ ALL_LINEAR = "all-linear"
 DEFAULT_LAYER_PATTERNS = ("layers", "h", "block", "blocks", "layer")
 _MAX_NAMES_IN_ERROR = 40
 
+#: Module names PEFT treats as embedding layers when they are targets.
+EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
 #: Heads that the task classes add to every config's ``modules_to_save`` (PEFT's ``classifier`` / ``score`` for
 #: classification, ``qa_outputs`` for question answering); a model has only some of them, and that is no error.
 TASK_HEAD_NAMES = frozenset({"classifier", "score", "qa_outputs"})

@@ -63,3 +63,55 @@ def test_merge_adapter_then_unmerge_restores_the_outputs() -> None:
     torch.testing.assert_close(model(input_ids=IDS).logits, unmerged, atol=1e-4, rtol=1e-4)
     with model.disable_adapter():
         torch.testing.assert_close(model(input_ids=IDS).logits, tied_llama()(input_ids=IDS).logits, atol=1e-5, rtol=0)
+
+
+# -- ensure_weight_tying (PEFT's option): both sides of the tie adapted with one set of factors -----------------
+def untied_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = tied_llama().config
+    config.tie_word_embeddings = False
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("targets", [["lm_head"], ["embed_tokens"]])
+@torch.no_grad()
+def test_ensure_weight_tying_adapts_both_sides_with_one_set_of_factors(targets) -> None:
+    config = peftkit.LoraConfig(target_modules=targets, r=4, init_lora_weights=False, ensure_weight_tying=True)
+    model = peftkit.get_peft_model(tied_llama(), config).eval()
+    inner = model.base_model.model
+    embed, head = inner.model.embed_tokens, inner.lm_head
+    assert head.lora_A["default"].weight.data_ptr() == embed.lora_embedding_B["default"].data_ptr()
+    assert head.lora_B["default"].weight.data_ptr() == embed.lora_embedding_A["default"].data_ptr()
+    torch.testing.assert_close(head.delta_weight("default"), embed.delta_weight("default"))  # one adapted table
+    table = embed.base_layer.weight + embed.delta_weight("default")
+    hidden = inner.model(input_ids=IDS).last_hidden_state
+    torch.testing.assert_close(model(input_ids=IDS).logits, hidden @ table.T, atol=1e-5, rtol=1e-5)
+    unmerged = model(input_ids=IDS).logits
+    with pytest.warns(UserWarning, match="tied weights"):
+        merged = model.merge_and_unload()  # the reference merges the delta twice into the shared table here
+    torch.testing.assert_close(merged(input_ids=IDS).logits, unmerged, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("source, target", [("peft", "peftkit"), ("peftkit", "peft")])
+@torch.no_grad()
+def test_ensure_weight_tying_adapters_move_between_libraries(tmp_path, source, target) -> None:
+    import warnings
+
+    import peft as reference
+
+    libs = {"peft": reference, "peftkit": peftkit}
+    config = libs[source].LoraConfig(target_modules=["lm_head"], init_lora_weights=False, ensure_weight_tying=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saved = libs[source].get_peft_model(tied_llama(), config).eval()
+        saved.save_pretrained(tmp_path)
+        loaded = libs[target].PeftModel.from_pretrained(tied_llama(), tmp_path).eval()
+    expected = saved(input_ids=IDS).logits
+    assert not torch.allclose(expected, tied_llama()(input_ids=IDS).logits, atol=1e-3)
+    torch.testing.assert_close(loaded(input_ids=IDS).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ensure_weight_tying_without_tied_weights_warns() -> None:
+    config = peftkit.LoraConfig(target_modules=["lm_head"], ensure_weight_tying=True)
+    with pytest.warns(UserWarning, match="no tied embeddings"):
+        peftkit.get_peft_model(untied_llama(), config)

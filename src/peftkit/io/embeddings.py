@@ -20,8 +20,7 @@ from typing import Any
 
 from torch import nn
 
-#: Module names PEFT treats as embedding layers when they are targets.
-EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
+from peftkit.targeting import EMBEDDING_LAYER_NAMES
 
 
 def vocab_size_of(config: Any) -> int | None:

@@ -37,6 +37,8 @@ class MethodSpec:
             without the model prefix), e.g. AdaLoRA drops the ranks its ``rank_pattern`` pruned.
         tuner_class: Returns the method's ``TunerModel`` subclass (imported lazily: the tuner layer sits
             above the methods); ``None`` uses ``TunerModel``.
+        after_inject: ``(config, model, adapter_name) -> None``: last step of an injection, once every layer
+            has the adapter (e.g. LoRA ties the output head's factors to the input embedding's).
         pattern_fields: Config fields that are ``{regex: value}`` overrides per module (LoRA's ``rank_pattern``,
             ``alpha_pattern``); a key that matches no adapted module is warned about.
         prompt_encoder: For prompt methods (no layer table): the encoder class, built as
@@ -58,6 +60,7 @@ class MethodSpec:
     tuner_class: Callable[[], type] | None = None
     prompt_encoder: type[nn.Module] | None = None
     pattern_fields: tuple[str, ...] = ()
+    after_inject: Callable[[Any, nn.Module, str], None] | None = None
 
     @property
     def is_prompt_learning(self) -> bool:

@@ -46,6 +46,8 @@ class LoraConfig(PeftConfig):
         layers_pattern: Name of the layer list (``"layers"``, ``"h"``, ...) used with ``layers_to_transform``.
         rank_pattern: ``{regex: r}`` overriding ``r`` for matching module names.
         alpha_pattern: ``{regex: alpha}`` overriding ``lora_alpha`` for matching module names.
+        ensure_weight_tying: With tied word embeddings, targeting either ``embed_tokens`` or ``lm_head`` adapts
+            both, the head's factors tied to the embedding's, so both sides keep one adapted table (PEFT's option).
         use_dora: Weight-decomposed LoRA (Liu et al., 2024): a trainable magnitude per output row.
         lora_bias: Give ``lora_B`` a trainable bias.
     """
@@ -93,7 +95,6 @@ class LoraConfig(PeftConfig):
         "alora_invocation_tokens",
         "arrow_config",
         "corda_config",
-        "ensure_weight_tying",
         "eva_config",
         "kasa_config",
         "layer_replication",

@@ -13,6 +13,7 @@ from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.conv import Conv
 from peftkit.methods.lora.embedding import Embedding
 from peftkit.methods.lora.layer import Linear, LoraLayerSpec
+from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.spec import MethodSpec
 from peftkit.targeting import pattern_value
 from peftkit.types import PeftType
@@ -66,4 +67,6 @@ LORA = MethodSpec(
     file_key_renames={".lora_magnitude_vector.weight": ".lora_magnitude_vector"},
     settle_config=settle_lora_config,
     pattern_fields=("rank_pattern", "alpha_pattern"),
+    prepare_config=prepare_tied_targets,
+    after_inject=tie_adapters,
 )
