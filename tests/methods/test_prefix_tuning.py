@@ -88,8 +88,11 @@ def test_projection_saves_its_output_and_loads_as_a_table(tmp_path) -> None:
     inputs = batch("llama")
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
-    with pytest.raises(ConfigError, match="cannot be loaded into a trainable encoder"):
-        peftkit.PeftModel.from_pretrained(build("llama"), tmp_path, is_trainable=True)
+    with pytest.warns(UserWarning, match="holds only its encoder's output"):  # loads as a trainable table
+        trainable = peftkit.PeftModel.from_pretrained(build("llama"), tmp_path, is_trainable=True)
+    assert trainable.prompt_encoder["default"].embedding.weight.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(trainable.eval()(**inputs).logits, model(**inputs).logits)
 
 
 def test_round_trip_without_projection_can_train_on(tmp_path) -> None:

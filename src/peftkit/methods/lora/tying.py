@@ -49,9 +49,7 @@ def prepare_tied_targets(config: object, model: nn.Module) -> object:
         return config
     tied = tied_embedding_names(model)
     if tied is None:
-        warnings.warn(
-            "ensure_weight_tying=True, but the model has no tied embeddings; nothing tied.", stacklevel=5
-        )
+        warnings.warn("ensure_weight_tying=True, but the model has no tied embeddings; nothing tied.", stacklevel=5)
         return config
     saved = getattr(config, "modules_to_save", None) or []
     if any(name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES for name in saved):
