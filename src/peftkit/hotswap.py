@@ -279,6 +279,8 @@ def _plan_copies(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping
     copies = []
     for key, value in state.items():
         live, dim = expected[key].tensor, _rank_dim(key)
+        if live.is_floating_point() and not value.is_floating_point():
+            raise HotswapError(f"Cannot hot-swap {key}: the file holds a {value.dtype} tensor where weights belong.")
         fits = value.shape == live.shape or (
             dim is not None
             and value.dim() == live.dim()
