@@ -91,7 +91,7 @@ def check_field_types(config: Any) -> None:
         ConfigError: naming the first field whose value has the wrong type, with the expected type.
     """
     owner = type(config).__name__
-    hints = _type_hints(type(config))
+    hints = _type_hints(type(config))  # type: ignore[arg-type]
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name in hints and not conforms(value, hints[f.name]):
@@ -100,7 +100,7 @@ def check_field_types(config: Any) -> None:
 
 
 @functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:
+def _type_hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)  # evaluating the annotations costs more than checking them: once per class
 
 

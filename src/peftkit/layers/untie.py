@@ -46,7 +46,7 @@ def untie_for_merge(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> No
     config = getattr(model, "config", None)
     cleared = ""
     for part in (config, getattr(config, "get_text_config", lambda: None)() if config is not None else None):
-        if getattr(part, "tie_word_embeddings", False):
+        if part is not None and getattr(part, "tie_word_embeddings", False):
             part.tie_word_embeddings = False
             cleared = " and config.tie_word_embeddings set to False"
     described = "; ".join(f"{name} (shared with {', '.join(others)})" for name, others in shared.items())

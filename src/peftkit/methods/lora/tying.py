@@ -91,5 +91,5 @@ def tie_adapters(config: object, model: nn.Module, adapter: str) -> None:
             f"ensure_weight_tying: {tied[0]} and {tied[1]} got different ranks or alphas for adapter {adapter!r}; "
             "give both the same r and lora_alpha (rank_pattern / alpha_pattern)."
         )
-    head.lora_A[adapter].weight = nn.Parameter(embed.lora_embedding_B[adapter].t())  # type: ignore[index]
-    head.lora_B[adapter].weight = nn.Parameter(embed.lora_embedding_A[adapter].t())  # type: ignore[index]
+    head.lora_A[adapter].weight = nn.Parameter(embed.lora_embedding_B[adapter].t())  # type: ignore[index, union-attr]
+    head.lora_B[adapter].weight = nn.Parameter(embed.lora_embedding_A[adapter].t())  # type: ignore[index, union-attr]
