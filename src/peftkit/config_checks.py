@@ -113,9 +113,9 @@ def check_size(owner: str, name: str, value: Any, *, allow_none: bool = False, m
 
 
 def check_regex(owner: str, name: str, pattern: Any, template: str = "{}") -> None:
-    """Compile ``template.format(pattern)`` when ``pattern`` is a string, naming ``name`` if it is invalid.
+    r"""Compile ``template.format(pattern)`` when ``pattern`` is a string, naming ``name`` if it is invalid.
 
-    ``template`` is how the library uses the pattern (e.g. ``(.*\\.)?({})$`` for ``rank_pattern`` keys).
+    ``template`` is how the library uses the pattern (e.g. ``(.*\.)?({})$`` for ``rank_pattern`` keys).
     """
     if not isinstance(pattern, str):
         return

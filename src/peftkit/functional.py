@@ -7,10 +7,10 @@ shells' business.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,19 +18,12 @@ from torch import nn
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError
 from peftkit.layers.base import BASE_ADAPTER, AdapterLayer, BatchRouting
+from peftkit.layers.model_merge import merge_layers, unmerge_layers, untie_for_merge
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
-from peftkit.layers.untie import untie_for_merge
+from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
 from peftkit.layers.wrap import replace_module
-from peftkit.methods.spec import MethodSpec
-from peftkit.registry import method_of
-from peftkit.targeting import (
-    ALL_LINEAR,
-    all_linear_names,
-    check_modules_to_save,
-    name_matches,
-    select_targets,
-    warn_unmatched_patterns,
-)
+from peftkit.methods.spec import MethodSpec, method_of
+from peftkit.targeting import ALL_LINEAR, all_linear_names, check_modules_to_save, config_targets, name_matches
 
 AdapterModule = AdapterLayer | ModulesToSaveWrapper
 
@@ -100,9 +93,12 @@ class Injection:
     grad_state: dict[nn.Parameter, bool] = field(default_factory=dict)
     target_names: list[str] = field(default_factory=list)
     config: PeftConfig | None = None
+    shared: bool = False
 
     def undo(self, model: nn.Module) -> None:
         """Restore ``model`` to what it was before the injection."""
+        if self.shared:
+            drop_shared_tensors(model, self.adapter_name)
         for module in self.updated:
             module.delete_adapter(self.adapter_name)
         for name, original in reversed(self.created):
@@ -172,25 +168,13 @@ def inject_adapter(
         config = spec.prepare_config(config, model)
     check_adapter_name(adapter_name, sorted(adapter_names_in(model)))
     record = Injection(adapter_name, grad_state={p: p.requires_grad for p in model.parameters()})
-    targets = resolve_targets(model, config, spec)
-    layer_types = tuple(spec.layer_table.values())
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
-    to_save = getattr(config, "modules_to_save", None) or ()
-    names = select_targets(
-        candidates.items(),
-        targets,
-        exclude_modules=getattr(config, "exclude_modules", None),
-        layers_to_transform=getattr(config, "layers_to_transform", None),
-        layers_pattern=getattr(config, "layers_pattern", None),
-        adaptable=spec.adaptable_types + layer_types,
-        # a module trained in full (and everything in it) gets no adapter layer, as in PEFT: its copy would
-        # otherwise carry one too, and the original's would be neither saved nor restored
-        skip=[name for name in candidates if name and to_save and name_matches(name, to_save)],
-    )
-    warn_unmatched_patterns(config, spec.pattern_fields, names)
+    adaptable = spec.adaptable_types + tuple(spec.layer_table.values())
+    names = config_targets(candidates, resolve_targets(model, config, spec), config, adaptable, spec.pattern_fields)
     try:
         for name in names:
             _inject_one(model, name, config, spec, adapter_name, init_weights, record, candidates)
+        _add_model_tensors(model, spec, config, adapter_name, names, record)
         _wrap_modules_to_save(model, getattr(config, "modules_to_save", None), adapter_name, record)
         if spec.after_inject is not None:
             spec.after_inject(config, model, adapter_name)
@@ -233,15 +217,34 @@ def _inject_one(
     modules = modules or {}
     module = modules[name] if name in modules else model.get_submodule(name)
     if isinstance(module, AdapterLayer):
-        module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]
+        module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         record.updated.append(module)
         return
-    facts = spec.layer_facts(config, name, module)  # type: ignore[misc]
-    layer = spec.layer_class_for(module)(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
-    layer.update_layer(adapter, facts, init)  # type: ignore[attr-defined]
+    facts = spec.layer_facts(config, name, module)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
+    layer_class: Any = spec.layer_class_for(module)  # the layer contract: (base_layer, fan_in_fan_out=...)
+    layer = layer_class(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
+    layer.update_layer(adapter, facts, init)
     parent_name = name.rpartition(".")[0]
     parent = modules.get(parent_name) if parent_name in modules else None
     record.created.append((name, replace_module(model, name, layer, parent=parent)))
+
+
+def _add_model_tensors(
+    model: nn.Module, spec: MethodSpec, config: PeftConfig, adapter: str, names: Sequence[str], record: Injection
+) -> None:
+    """Create the tensors ``adapter`` holds once per model (``spec.model_tensors``) from its targets' base
+    modules, and hand their holder to each of its layers."""
+    if spec.model_tensors is None:
+        return
+    layers = {name: model.get_submodule(name) for name in names}
+    targets = {n: m.get_base_layer() if isinstance(m, AdapterLayer) else m for n, m in layers.items()}
+    holder = holder_for(model)
+    record.shared = True
+    holder.add(adapter, spec.model_tensors.create(config, targets))
+    for layer in layers.values():
+        if isinstance(layer, AdapterLayer):
+            layer.add_module(HOLDER_NAME, holder)  # so that ``model.to()`` moves the tensors
+            layer.use_model_tensors(adapter, holder)
 
 
 def _wrap_modules_to_save(model: nn.Module, wanted: Sequence[str] | None, adapter: str, record: Injection) -> None:
@@ -278,16 +281,16 @@ def mark_trainable(model: nn.Module, spec: MethodSpec, config: PeftConfig, activ
     set_active_adapters(model, active, trainable=not config.inference_mode)
     if config.inference_mode:
         return
-    bias = getattr(config, "bias", "none")
+    bias = spec.bias_rule(config)
     if bias == "all":
         for name, param in model.named_parameters():
             if name.endswith("bias") and ".original_module." not in name:
                 param.requires_grad_(True)
-    elif bias == "lora_only":
+    elif bias == "adapter_layers":
         for _, module in iter_adapter_modules(model):
-            bias = getattr(module.get_base_layer(), "bias", None) if isinstance(module, AdapterLayer) else None
-            if bias is not None:  # an adapted nn.Embedding has no bias: nothing to train there (as in PEFT)
-                bias.requires_grad_(True)
+            base_bias = getattr(module.get_base_layer(), "bias", None) if isinstance(module, AdapterLayer) else None
+            if base_bias is not None:  # an adapted nn.Embedding has no bias: nothing to train there (as in PEFT)
+                base_bias.requires_grad_(True)
 
 
 def set_active_adapters(model: nn.Module, names: str | Sequence[str], trainable: bool = True) -> None:
@@ -313,6 +316,7 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
         if not module.adapter_names():
             base = module.base_layer if isinstance(module, AdapterLayer) else module.original_module
             replace_module(model, name, base)
+    drop_shared_tensors(model, adapter_name)
 
 
 @torch.compiler.disable
@@ -352,33 +356,19 @@ def mixed_batch(model: nn.Module, adapter_names: Sequence[str]) -> Iterator[Batc
         end_mixed_batch(modules)
 
 
-def merge_adapters(model: nn.Module, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:
-    """Fold ``adapter_names`` (default: each layer's active adapters) into the base weights.
+def _layers(model: nn.Module) -> list[tuple[str, AdapterLayer]]:
+    return [(n, m) for n, m in iter_adapter_modules(model) if isinstance(m, AdapterLayer)]
 
-    Warns (``UserWarning``) and changes nothing when every requested adapter is already merged everywhere.
-    """
-    layers = [m for _, m in iter_adapter_modules(model) if isinstance(m, AdapterLayer)]
-    pending = any(
-        name not in layer.merged_adapters and layer.holds(name)
-        for layer in layers
-        for name in (adapter_names if adapter_names is not None else layer.active_adapters)
-    )
-    if layers and not pending:
-        warnings.warn("All adapters are already merged; merge_adapter() has nothing to do.", stacklevel=3)
-        return
-    untie_for_merge(model, [(n, m) for n, m in iter_adapter_modules(model) if isinstance(m, AdapterLayer)])
-    for layer in layers:
-        layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+
+def merge_adapters(model: nn.Module, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:
+    """Fold ``adapter_names`` (default: each layer's active adapters) into the base weights (warns and changes
+    nothing when all are merged; gives tied weights their own copy first, see :mod:`peftkit.layers.model_merge`)."""
+    merge_layers(model, _layers(model), adapter_names, safe_merge)
 
 
 def unmerge_adapters(model: nn.Module) -> None:
-    """Undo every merge. Warns (``UserWarning``) and changes nothing when no adapter is merged."""
-    layers = [m for _, m in iter_adapter_modules(model) if isinstance(m, AdapterLayer)]
-    if layers and not any(layer.merged_adapters for layer in layers):
-        warnings.warn("No adapter is merged; unmerge_adapter() has nothing to do.", stacklevel=3)
-        return
-    for layer in layers:
-        layer.unmerge()
+    """Undo every merge (warns and changes nothing when no adapter is merged)."""
+    unmerge_layers(_layers(model))
 
 
 def unload(
@@ -387,7 +377,7 @@ def unload(
     """Replace every adapter layer by its base layer (merging first if ``merge``); modules_to_save wrappers
     become their active copy. Returns ``model``."""
     if merge:
-        untie_for_merge(model, [(n, m) for n, m in iter_adapter_modules(model) if isinstance(m, AdapterLayer)])
+        untie_for_merge(model, _layers(model))  # type: ignore[arg-type]
     for name, module in list(iter_adapter_modules(model)):
         if isinstance(module, AdapterLayer):
             if merge:
@@ -395,4 +385,5 @@ def unload(
             replace_module(model, name, module.get_base_layer())
         else:
             replace_module(model, name, module.active_module())
+    forget_shared_tensors(model)
     return model

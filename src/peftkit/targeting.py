@@ -14,18 +14,19 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from torch import nn
 
 from peftkit.errors import TargetingError
 
+_V = TypeVar("_V")
+
 ALL_LINEAR = "all-linear"
 DEFAULT_LAYER_PATTERNS = ("layers", "h", "block", "blocks", "layer")
 _MAX_NAMES_IN_ERROR = 40
 
-#: Module names PEFT treats as embedding layers when they are targets.
-EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
 #: Heads that the task classes add to every config's ``modules_to_save`` (PEFT's ``classifier`` / ``score`` for
 #: classification, ``qa_outputs`` for question answering); a model has only some of them, and that is no error.
 TASK_HEAD_NAMES = frozenset({"classifier", "score", "qa_outputs"})
@@ -70,8 +71,8 @@ def in_selected_layers(
     return index is not None and index in wanted
 
 
-def pattern_value(name: str, pattern: dict[str, object], default: object) -> object:
-    """First value of ``pattern`` whose regex key matches ``name`` as ``(.*\\.)?(key)$``; else ``default``."""
+def pattern_value(name: str, pattern: Mapping[str, _V], default: _V) -> _V:
+    r"""First value of ``pattern`` whose regex key matches ``name`` as ``(.*\.)?(key)$``; else ``default``."""
     for key, value in pattern.items():
         if re.match(rf"(.*\.)?({key})$", name):
             return value
@@ -167,6 +168,33 @@ def select_targets(
     return chosen
 
 
+def config_targets(
+    candidates: Mapping[str, nn.Module],
+    targets: str | Collection[str],
+    config: object,
+    adaptable: tuple[type, ...],
+    pattern_fields: Collection[str] = (),
+) -> list[str]:
+    """:func:`select_targets` with a config's ``exclude_modules`` / ``layers_to_transform`` / ``layers_pattern``.
+
+    Modules trained in full (``modules_to_save``, and everything in them) get no adapter layer, as in PEFT: their
+    copy would carry one too, and the original's would be neither saved nor restored. Keys of ``pattern_fields``
+    (``rank_pattern`` ...) that match no chosen module are warned about.
+    """
+    to_save = getattr(config, "modules_to_save", None) or ()
+    names = select_targets(
+        candidates.items(),
+        targets,
+        exclude_modules=getattr(config, "exclude_modules", None),
+        layers_to_transform=getattr(config, "layers_to_transform", None),
+        layers_pattern=getattr(config, "layers_pattern", None),
+        adaptable=adaptable,
+        skip=[name for name in candidates if name and to_save and name_matches(name, to_save)],
+    )
+    warn_unmatched_patterns(config, pattern_fields, names)
+    return names
+
+
 def all_linear_names(
     model: nn.Module,
     linear_types: tuple[type, ...],
@@ -178,7 +206,7 @@ def all_linear_names(
         candidates: ``(name, module)`` pairs to consider instead of ``model.named_modules()``; on a model that
             already carries adapters, pass its modules with each adapter layer standing for its base layer.
     """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head: Any = getattr(model, "get_output_embeddings", lambda: None)()
     head = head.get_base_layer() if hasattr(head, "get_base_layer") else head
     pairs = model.named_modules() if candidates is None else candidates
     names = {name for name, module in pairs if isinstance(module, linear_types) and module is not head}

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from peftkit.targeting import EMBEDDING_LAYER_NAMES
+from peftkit.methods.spec import EMBEDDING_LAYER_NAMES
 
 
 def vocab_size_of(config: Any) -> int | None:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftkit.errors import AdapterNameError, UsageError
 from peftkit.layers.base import AdapterState, BatchRouting
 
 
@@ -57,7 +58,7 @@ class ModulesToSaveWrapper(AdapterState, nn.Module):
         batch = len(self.batch_routing)
         tensors = [v for v in (*args, *kwargs.values()) if torch.is_tensor(v) and v.dim() and v.shape[0] == batch]
         if not tensors:
-            raise ValueError(f"A mixed batch of {batch} samples reached {type(self.original_module).__name__} "
+            raise UsageError(f"A mixed batch of {batch} samples reached {type(self.original_module).__name__} "
                              "without a tensor of that batch size among its arguments.")  # fmt: skip
 
         def take(value: Any, rows: torch.Tensor) -> Any:
@@ -83,7 +84,7 @@ class ModulesToSaveWrapper(AdapterState, nn.Module):
     def set_adapter(self, adapter_names: str | Sequence[str], trainable: bool = True) -> None:
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         if len([n for n in names if n in self.modules_to_save]) > 1:
-            raise ValueError(f"Only one adapter with modules_to_save can be active at a time, got {names}.")
+            raise AdapterNameError(f"Only one adapter with modules_to_save can be active at a time, got {names}.")
         for name, module in self.modules_to_save.items():
             module.requires_grad_(trainable and name in names)
         self._active_adapter = names

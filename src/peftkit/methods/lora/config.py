@@ -53,8 +53,8 @@ class LoraConfig(PeftConfig):
     """
 
     r: int = 8
-    target_modules: list[str] | str | None = None
-    exclude_modules: list[str] | str | None = None
+    target_modules: set[str] | list[str] | str | None = None
+    exclude_modules: set[str] | list[str] | str | None = None
     lora_alpha: int | float = 8
     lora_dropout: float = 0.0
     fan_in_fan_out: bool = False
@@ -110,7 +110,7 @@ class LoraConfig(PeftConfig):
     )
 
     def __post_init__(self) -> None:
-        self.peft_type = PeftType.LORA
+        self.peft_type = PeftType("LORA")
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
         super().__post_init__()

@@ -16,7 +16,7 @@ from torch import nn
 
 from peftkit.errors import ConfigError, UnsupportedError
 from peftkit.layers.base import AdapterLayer
-from peftkit.targeting import EMBEDDING_LAYER_NAMES
+from peftkit.methods.spec import EMBEDDING_LAYER_NAMES
 
 
 def tied_embedding_names(model: nn.Module) -> tuple[str, str] | None:

@@ -1,4 +1,6 @@
-"""Untying shared base weights before a merge writes into them.
+"""Merging and unmerging every adapter layer of a model: nothing-to-do warnings, and untying shared weights.
+
+Untying shared base weights before a merge writes into them:
 
 A weight tied to another module (``lm_head.weight is embed_tokens.weight`` with ``tie_word_embeddings``, T5's
 shared embedding) must not receive one layer's merged delta: the other module would silently change with it
@@ -9,9 +11,13 @@ its own copy of the weight, so the merged model computes exactly what the unmerg
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from torch import nn
+
+from peftkit.layers.base import AdapterLayer
+
+Named = list[tuple[str, AdapterLayer]]
 
 
 def shared_with(model: nn.Module, layers: Iterable[tuple[str, nn.Module]]) -> dict[str, list[str]]:
@@ -55,3 +61,28 @@ def untie_for_merge(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> No
         f"their own copy of the weight{cleared}, so the merged model computes what the unmerged one did.",
         stacklevel=4,
     )
+
+
+def merge_layers(model: nn.Module, layers: Named, adapter_names: Sequence[str] | None, safe_merge: bool) -> None:
+    """Merge ``adapter_names`` (default: each layer's active adapters) into every layer of ``layers``, untying
+    shared weights first. Warns (``UserWarning``) and changes nothing when all of them are merged already."""
+    pending = any(
+        name not in layer.merged_adapters and layer.holds(name)
+        for _, layer in layers
+        for name in (adapter_names if adapter_names is not None else layer.active_adapters)
+    )
+    if layers and not pending:
+        warnings.warn("All adapters are already merged; merge_adapter() has nothing to do.", stacklevel=4)
+        return
+    untie_for_merge(model, layers)  # type: ignore[arg-type]
+    for _, layer in layers:
+        layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+
+
+def unmerge_layers(layers: Named) -> None:
+    """Undo every merge in ``layers``. Warns (``UserWarning``) and changes nothing when no adapter is merged."""
+    if layers and not any(layer.merged_adapters for _, layer in layers):
+        warnings.warn("No adapter is merged; unmerge_adapter() has nothing to do.", stacklevel=4)
+        return
+    for _, layer in layers:
+        layer.unmerge()
