@@ -91,7 +91,7 @@ def check_field_types(config: Any) -> None:
         ConfigError: naming the first field whose value has the wrong type, with the expected type.
     """
     owner = type(config).__name__
-    hints = _type_hints(type(config))  # type: ignore[arg-type]
+    hints = _type_hints(type(config))  # type: ignore[arg-type]  # classes are hashable; mypy reads __hash__
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name in hints and not conforms(value, hints[f.name]):

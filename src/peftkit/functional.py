@@ -377,7 +377,7 @@ def unload(
     """Replace every adapter layer by its base layer (merging first if ``merge``); modules_to_save wrappers
     become their active copy. Returns ``model``."""
     if merge:
-        untie_for_merge(model, _layers(model))  # type: ignore[arg-type]
+        untie_for_merge(model, _layers(model))
     for name, module in list(iter_adapter_modules(model)):
         if isinstance(module, AdapterLayer):
             if merge:

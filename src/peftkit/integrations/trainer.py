@@ -73,7 +73,7 @@ def save_adapter_checkpoint(model: nn.Module, output_dir: str | os.PathLike, saf
     for name, sub in layout.items():
         params = _adapter_params(inner, name)
         if _is_prompt_model(model):
-            params += list(model._tuner.encoders[name].parameters())  # type: ignore[union-attr, index]
+            params += list(model._tuner.encoders[name].parameters())  # type: ignore[union-attr, index]  # nn.Module.__getattr__ types submodules and dicts as Tensor | Module
         adapters[name] = {"path": sub, "trainable": any(p.requires_grad for p in params) if params else None}
     manifest = {"format_version": 1, "active_adapters": active, "adapters": adapters}
     atomic_write_text(os.path.join(output_dir, MANIFEST_NAME), json.dumps(manifest, indent=2, sort_keys=True))
@@ -113,7 +113,7 @@ def load_adapter_checkpoint(model: nn.Module, checkpoint_dir: str | os.PathLike)
     for name, entry in manifest["adapters"].items():
         directory = os.path.join(checkpoint_dir, entry["path"])
         if _is_prompt_model(model):
-            _restore_prompt_adapter(model, name, directory, bool(entry.get("trainable", True)))  # type: ignore[arg-type]
+            _restore_prompt_adapter(model, name, directory, bool(entry.get("trainable", True)))  # type: ignore[arg-type]  # checked
         elif name in configs:
             set_peft_model_state_dict(model, read_weights(directory), adapter_name=name)
         else:

@@ -20,7 +20,7 @@ from peftkit.layers.base import AdapterLayer
 Named = list[tuple[str, AdapterLayer]]
 
 
-def shared_with(model: nn.Module, layers: Iterable[tuple[str, nn.Module]]) -> dict[str, list[str]]:
+def shared_with(model: nn.Module, layers: Iterable[tuple[str, AdapterLayer]]) -> dict[str, list[str]]:
     """For each ``(name, layer)`` whose base weight is also held by a module outside that layer: the names of
     those other holders. Layers whose weight is not shared are left out."""
     holders: dict[int, list[str]] = {}
@@ -30,7 +30,7 @@ def shared_with(model: nn.Module, layers: Iterable[tuple[str, nn.Module]]) -> di
                 holders.setdefault(id(param), []).append(f"{module_name}.{attr}" if module_name else attr)
     shared: dict[str, list[str]] = {}
     for name, layer in layers:
-        weight = getattr(layer.get_base_layer(), "weight", None)  # type: ignore[operator]
+        weight = getattr(layer.get_base_layer(), "weight", None)
         if not isinstance(weight, nn.Parameter):
             continue
         others = [h for h in holders.get(id(weight), []) if not h.startswith(name + ".")]
@@ -39,7 +39,7 @@ def shared_with(model: nn.Module, layers: Iterable[tuple[str, nn.Module]]) -> di
     return shared
 
 
-def untie_for_merge(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> None:
+def untie_for_merge(model: nn.Module, layers: Sequence[tuple[str, AdapterLayer]]) -> None:
     """Give every layer in ``layers`` whose base weight is shared its own copy of it, with a warning naming the
     layers; ``config.tie_word_embeddings`` is cleared so that saving and reloading keep the two apart."""
     shared = shared_with(model, layers)
@@ -47,7 +47,7 @@ def untie_for_merge(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> No
         return
     for name, layer in layers:
         if name in shared:
-            base = layer.get_base_layer()  # type: ignore[operator]
+            base = layer.get_base_layer()
             base.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=base.weight.requires_grad)
     config = getattr(model, "config", None)
     cleared = ""
@@ -74,7 +74,7 @@ def merge_layers(model: nn.Module, layers: Named, adapter_names: Sequence[str] |
     if layers and not pending:
         warnings.warn("All adapters are already merged; merge_adapter() has nothing to do.", stacklevel=4)
         return
-    untie_for_merge(model, layers)  # type: ignore[arg-type]
+    untie_for_merge(model, layers)
     for _, layer in layers:
         layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
 

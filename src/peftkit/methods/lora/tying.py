@@ -25,7 +25,7 @@ def tied_embedding_names(model: nn.Module) -> tuple[str, str] | None:
     if not all(callable(g) for g in getters):
         return None
     try:
-        pair = [g() for g in getters]  # type: ignore[misc]
+        pair = [g() for g in getters]  # type: ignore[misc]  # checked callable above
     except (NotImplementedError, AttributeError):
         return None
     bases = [m.get_base_layer() if isinstance(m, AdapterLayer) else m for m in pair]
@@ -35,7 +35,7 @@ def tied_embedding_names(model: nn.Module) -> tuple[str, str] | None:
         return None
     names = {id(m): n for n, m in model.named_modules() if any(m is p for p in pair)}
     found = tuple(names.get(id(m)) for m in pair)
-    return found if None not in found else None  # type: ignore[return-value]
+    return found if None not in found else None  # type: ignore[return-value]  # no None left
 
 
 def prepare_tied_targets(config: object, model: nn.Module) -> object:
@@ -65,7 +65,7 @@ def prepare_tied_targets(config: object, model: nn.Module) -> object:
         warnings.warn("ensure_weight_tying=True, but no tied embedding is targeted; nothing tied.", stacklevel=5)
         return config
     completed = copy.copy(config)
-    completed.target_modules = set(targets) | set(tied)  # type: ignore[attr-defined]
+    completed.target_modules = set(targets) | set(tied)  # type: ignore[attr-defined]  # a LoraConfig
     return completed
 
 
@@ -84,12 +84,12 @@ def tie_adapters(config: object, model: nn.Module, adapter: str) -> None:
     embed, head = (model.get_submodule(name) for name in tied)
     if not (isinstance(embed, AdapterLayer) and isinstance(head, AdapterLayer)):
         return
-    if adapter not in embed.lora_embedding_A or adapter not in head.lora_A:  # type: ignore[operator]
+    if adapter not in embed.lora_embedding_A or adapter not in head.lora_A:  # type: ignore[operator]  # LoRA layers
         return
-    if embed.r[adapter] != head.r[adapter] or embed.scaling[adapter] != head.scaling[adapter]:  # type: ignore[index]
+    if embed.r[adapter] != head.r[adapter] or embed.scaling[adapter] != head.scaling[adapter]:  # type: ignore[index]  # LoRA layers
         raise ConfigError(
             f"ensure_weight_tying: {tied[0]} and {tied[1]} got different ranks or alphas for adapter {adapter!r}; "
             "give both the same r and lora_alpha (rank_pattern / alpha_pattern)."
         )
-    head.lora_A[adapter].weight = nn.Parameter(embed.lora_embedding_B[adapter].t())  # type: ignore[index, union-attr]
-    head.lora_B[adapter].weight = nn.Parameter(embed.lora_embedding_A[adapter].t())  # type: ignore[index, union-attr]
+    head.lora_A[adapter].weight = nn.Parameter(embed.lora_embedding_B[adapter].t())  # type: ignore[index, union-attr]  # LoRA
+    head.lora_B[adapter].weight = nn.Parameter(embed.lora_embedding_A[adapter].t())  # type: ignore[index, union-attr]  # LoRA

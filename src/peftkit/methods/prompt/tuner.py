@@ -303,7 +303,7 @@ class PromptTuner:
         """Write the whole encoder of ``adapter_name`` (e.g. P-tuning's MLP) to ``directory``/
         :data:`TRAINING_STATE_NAME` when the adapter file alone cannot restore it; else write nothing."""
         encoder = self.encoders[adapter_name]
-        if encoder.table or encoder.output_is_parameter(self.peft_config[adapter_name]):  # type: ignore[operator]
+        if encoder.table or encoder.output_is_parameter(self.peft_config[adapter_name]):  # type: ignore[operator]  # nn.Module.__getattr__ types submodules and dicts as Tensor | Module
             return
         from peftkit.io.files import save_tensors
 
