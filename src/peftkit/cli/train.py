@@ -75,7 +75,7 @@ def train(
 
     With no options: the built-in job. A tiny character-level Llama that ships with peftkit (pretrained to
     repeat a word: "plomek=" -> "plomek") learns to spell words backwards ("plomek=" -> "kemolp") with LoRA
-    on 800 shipped examples, offline, in about two minutes on 2 CPU cores. It prints the held-out loss and
+    on 800 shipped examples, offline, in under two CPU minutes on one thread. It prints the held-out loss and
     exact match before and after, and writes the adapter, the loss curve and the figures to --output-dir.
     Built-in job settings: r=16, alpha=32, 32 epochs (800 steps), learning rate 3e-3, batch size 32.
 
