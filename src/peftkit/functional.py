@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,9 +19,10 @@ from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError
 from peftkit.layers.base import BASE_ADAPTER, AdapterLayer, BatchRouting
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
 from peftkit.layers.wrap import replace_module
-from peftkit.methods.spec import MethodSpec
-from peftkit.registry import method_of
+from peftkit.methods.spec import MethodSpec, method_of
+from peftkit.quant.merge import prepare_base, release_base
 from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
 
 AdapterModule = AdapterLayer | ModulesToSaveWrapper
@@ -91,9 +93,12 @@ class Injection:
     grad_state: dict[nn.Parameter, bool] = field(default_factory=dict)
     target_names: list[str] = field(default_factory=list)
     config: PeftConfig | None = None
+    shared: bool = False
 
     def undo(self, model: nn.Module) -> None:
         """Restore ``model`` to what it was before the injection."""
+        if self.shared:
+            drop_shared_tensors(model, self.adapter_name)
         for module in self.updated:
             module.delete_adapter(self.adapter_name)
         for name, original in reversed(self.created):
@@ -166,6 +171,8 @@ def inject_adapter(
     targets = resolve_targets(model, config, spec)
     layer_types = tuple(spec.layer_table.values())
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
+    for module in candidates.values():  # every quantized layer, adapted or not, feeds the adapters' gradients
+        prepare_base(module)
     names = select_targets(
         candidates.items(),
         targets,
@@ -177,6 +184,7 @@ def inject_adapter(
     try:
         for name in names:
             _inject_one(model, name, config, spec, adapter_name, init_weights, record, candidates)
+        _add_model_tensors(model, spec, config, adapter_name, names, record)
         _wrap_modules_to_save(model, getattr(config, "modules_to_save", None), adapter_name, record)
     except BaseException:
         record.undo(model)
@@ -217,15 +225,34 @@ def _inject_one(
     modules = modules or {}
     module = modules[name] if name in modules else model.get_submodule(name)
     if isinstance(module, AdapterLayer):
-        module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]
+        module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         record.updated.append(module)
         return
-    facts = spec.layer_facts(config, name, module)  # type: ignore[misc]
-    layer = spec.layer_class_for(module)(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
-    layer.update_layer(adapter, facts, init)  # type: ignore[attr-defined]
+    facts = spec.layer_facts(config, name, module)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
+    layer_class: Any = spec.layer_class_for(module)  # the layer contract: (base_layer, fan_in_fan_out=...)
+    layer = layer_class(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
+    layer.update_layer(adapter, facts, init)
     parent_name = name.rpartition(".")[0]
     parent = modules.get(parent_name) if parent_name in modules else None
     record.created.append((name, replace_module(model, name, layer, parent=parent)))
+
+
+def _add_model_tensors(
+    model: nn.Module, spec: MethodSpec, config: PeftConfig, adapter: str, names: Sequence[str], record: Injection
+) -> None:
+    """Create the tensors ``adapter`` holds once per model (``spec.model_tensors``) from its targets' base
+    modules, and hand their holder to each of its layers."""
+    if spec.model_tensors is None:
+        return
+    layers = {name: model.get_submodule(name) for name in names}
+    targets = {n: m.get_base_layer() if isinstance(m, AdapterLayer) else m for n, m in layers.items()}
+    holder = holder_for(model)
+    record.shared = True
+    holder.add(adapter, spec.model_tensors.create(config, targets))
+    for layer in layers.values():
+        if isinstance(layer, AdapterLayer):
+            layer.add_module(HOLDER_NAME, holder)  # so that ``model.to()`` moves the tensors
+            layer.use_model_tensors(adapter, holder)
 
 
 def _wrap_modules_to_save(model: nn.Module, wanted: Sequence[str] | None, adapter: str, record: Injection) -> None:
@@ -260,12 +287,12 @@ def mark_trainable(model: nn.Module, spec: MethodSpec, config: PeftConfig, activ
     set_active_adapters(model, active, trainable=not config.inference_mode)
     if config.inference_mode:
         return
-    bias = getattr(config, "bias", "none")
+    bias = spec.bias_rule(config)
     if bias == "all":
         for name, param in model.named_parameters():
             if name.endswith("bias") and ".original_module." not in name:
                 param.requires_grad_(True)
-    elif bias == "lora_only":
+    elif bias == "adapter_layers":
         for _, module in iter_adapter_modules(model):
             if isinstance(module, AdapterLayer) and module.get_base_layer().bias is not None:
                 module.get_base_layer().bias.requires_grad_(True)
@@ -294,6 +321,7 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
         if not module.adapter_names():
             base = module.base_layer if isinstance(module, AdapterLayer) else module.original_module
             replace_module(model, name, base)
+    drop_shared_tensors(model, adapter_name)
 
 
 @torch.compiler.disable
@@ -359,4 +387,7 @@ def unload(
             replace_module(model, name, module.get_base_layer())
         else:
             replace_module(model, name, module.active_module())
+    forget_shared_tensors(model)
+    for _, plain in _walk(model):
+        release_base(plain)
     return model

@@ -15,7 +15,8 @@ from torch import nn
 from peftkit import functional as F
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError
-from peftkit.registry import method_of
+from peftkit.layers.placement import adapters_on_meta
+from peftkit.methods.spec import method_of
 from peftkit.targeting import ALL_LINEAR
 
 
@@ -41,15 +42,20 @@ class TunerModel(nn.Module):
         self.active_adapter: str | list[str] = adapter_name
         configs = peft_config if isinstance(peft_config, dict) else ({adapter_name: peft_config} if peft_config else {})
         for name, config in configs.items():
-            self.inject_adapter(name, config)
+            self.inject_adapter(name, config, low_cpu_mem_usage=low_cpu_mem_usage)
 
     # -- adapters ---------------------------------------------------------------------------------
-    def inject_adapter(self, adapter_name: str, config: PeftConfig, init_weights: bool = True) -> None:
+    def inject_adapter(
+        self, adapter_name: str, config: PeftConfig, init_weights: bool = True, low_cpu_mem_usage: bool = False
+    ) -> None:
         """Add a freshly initialised adapter (PEFT's ``inject_adapter``); the active adapter is unchanged
-        unless this is the first one."""
+        unless this is the first one. ``low_cpu_mem_usage`` creates its tensors on ``meta``, uninitialised (a
+        load assigns them)."""
         config = copy.deepcopy(config)
         active = self.active_adapters if self.peft_config else [adapter_name]
-        record = F.inject_adapter(self.model, config, adapter_name, init_weights=init_weights, active=active)
+        with adapters_on_meta(low_cpu_mem_usage):
+            init = init_weights and not low_cpu_mem_usage
+            record = F.inject_adapter(self.model, config, adapter_name, init_weights=init, active=active)
         self.register_config(adapter_name, record.config or config, record.target_names)
 
     def register_config(self, adapter_name: str, config: PeftConfig, target_names: Sequence[str]) -> None:
@@ -69,9 +75,11 @@ class TunerModel(nn.Module):
 
     @property
     def active_adapters(self) -> list[str]:
+        """The active adapters' names."""
         return [self.active_adapter] if isinstance(self.active_adapter, str) else list(self.active_adapter)
 
     def check_names(self, names: Sequence[str]) -> None:
+        """Raise :class:`~peftkit.errors.AdapterNameError` unless every name in ``names`` is an adapter."""
         missing = [n for n in names if n not in self.peft_config]
         if missing:
             raise AdapterNameError(f"Adapter(s) {missing} not found; present: {sorted(self.peft_config)}.")
@@ -96,9 +104,11 @@ class TunerModel(nn.Module):
         self.active_adapter = remaining[0] if len(remaining) == 1 else remaining
 
     def enable_adapter_layers(self) -> None:
+        """Switch every adapter layer back on."""
         F.enable_adapters(self.model, True)
 
     def disable_adapter_layers(self) -> None:
+        """Switch every adapter layer off: the model computes like its base."""
         F.enable_adapters(self.model, False)
 
     # -- merging ----------------------------------------------------------------------------------
@@ -109,6 +119,7 @@ class TunerModel(nn.Module):
         F.merge_adapters(self.model, adapter_names, safe_merge=safe_merge)
 
     def unmerge_adapter(self) -> None:
+        """Undo every merge, restoring the base weights."""
         F.unmerge_adapters(self.model)
 
     def merge_and_unload(
@@ -125,6 +136,7 @@ class TunerModel(nn.Module):
 
     # -- plumbing ---------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped model's forward."""
         return self.model(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -142,5 +154,8 @@ class LoraModel(TunerModel):
 
 def tuner_class_for(config: PeftConfig | None) -> type[TunerModel]:
     """The tuner model class of ``config``'s method (``TunerModel`` unless its spec names a subclass)."""
-    loader = method_of(config).tuner_class if config is not None else None
-    return loader() if loader is not None else TunerModel
+    custom = method_of(config).tuner_class if config is not None else None
+    if custom is None:
+        return TunerModel
+    assert issubclass(custom, TunerModel), f"{custom} must subclass TunerModel"
+    return custom

@@ -17,7 +17,8 @@ from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, load_tensors
 from peftkit.io.hub import HUB_KWARGS, resolve_file
 from peftkit.io.keys import strip_prefix
 from peftkit.io.state import check_and_load
-from peftkit.methods.lora.init import is_weight_decomposing
+from peftkit.layers.placement import adapters_on_meta
+from peftkit.methods.spec import method_of
 
 
 def split_hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -45,21 +46,22 @@ def attach_adapter(
     *,
     active: Sequence[str] | None = None,
     ignore_mismatched_sizes: bool = False,
+    low_cpu_mem_usage: bool = False,
 ) -> list[str]:
     """Inject ``adapter_name`` (uninitialised) and fill it from ``state``; undo everything if anything fails.
 
-    ``state`` has on-disk keys; the ``base_model.model.`` prefix is optional.
+    ``state`` has on-disk keys; the ``base_model.model.`` prefix is optional. With ``low_cpu_mem_usage`` the
+    adapter is created on ``meta`` and the loaded tensors are assigned (no allocation of values to overwrite).
 
     Returns:
         The target module names (for configs whose ``target_modules`` was ``"all-linear"``).
     """
-    if is_weight_decomposing(getattr(config, "init_lora_weights", True)):
-        warnings.warn(
-            f"Adapter {adapter_name!r} was initialised with {config.init_lora_weights!r}, which rewrites the base "
-            "weights; load it on the residual base model saved with it.",
-            stacklevel=3,
-        )
-    record = inject_adapter(model, config, adapter_name, init_weights=False, active=active)
+    init_warning = method_of(config).init_warning
+    message = init_warning(config, adapter_name) if init_warning is not None else None
+    if message:
+        warnings.warn(message, stacklevel=3)
+    with adapters_on_meta(low_cpu_mem_usage):
+        record = inject_adapter(model, config, adapter_name, init_weights=False, active=active)
     try:
         check_and_load(
             model,

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from peftkit.quant.base import dense_tensor
+
 #: Up to this drop probability a CPU draws only the dropped positions (fewer random numbers).
 SPARSE_MAX_P = 0.2
 _local = threading.local()
@@ -105,7 +107,7 @@ class DropMask:
         if self.positions is not None:
             tensor.view(-1).index_fill_(0, self.positions, 0)
         else:
-            tensor.masked_fill_(self.mask, 0)  # type: ignore[arg-type]
+            tensor.masked_fill_(self.mask, 0)  # type: ignore[arg-type]  # the mask is a bool tensor; torch's stub wants a Tensor
         return tensor
 
     def dropped_copy(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -166,7 +168,7 @@ class LoraLinearFunction(torch.autograd.Function):
     """``y = x Wᵀ + b + s · dropout_p(x) Aᵀ Bᵀ`` with the mask regenerated in backward (see module doc)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         weight: torch.Tensor,
@@ -197,7 +199,7 @@ class LoraLinearFunction(torch.autograd.Function):
             else:
                 grad_a = (grad_h.t() @ mask.dropped_copy(flat)).mul_(1 / (1 - p))
         if need_x:
-            grad_x = g @ weight
+            grad_x = g @ dense_tensor(weight)  # a quantized weight (torchao) is dequantized on the fly
             if mask is None:
                 grad_x.addmm_(grad_h, lora_A)
             else:  # the scratch buffer is free again: dA is done with the dropped copy

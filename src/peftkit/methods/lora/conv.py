@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from peftkit.errors import UnsupportedError
+from peftkit.layers.placement import adapter_device
 from peftkit.methods.lora.layer import LoraLayer, LoraLayerSpec, adapter_dtype
 
 
@@ -28,7 +31,7 @@ class Conv(LoraLayer):
             raise UnsupportedError("DoRA on convolution layers is not implemented in peftkit; target Linear layers.")
         base = self.get_base_layer()
         conv_cls = type(base) if type(base) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) else nn.Conv2d
-        kw = {"device": base.weight.device, "dtype": adapter_dtype(base.weight)}
+        kw: dict[str, Any] = {"device": adapter_device(base), "dtype": adapter_dtype(base.weight)}
         self.lora_A[adapter] = conv_cls(
             self.in_features,
             spec.r,
@@ -40,7 +43,7 @@ class Conv(LoraLayer):
             padding_mode=base.padding_mode,
             **kw,
         )
-        ones = (1,) * len(base.kernel_size)
+        ones: Any = (1,) * len(base.kernel_size)  # a 1x1(x1) kernel of the base conv's dimension
         self.lora_B[adapter] = conv_cls(spec.r, self.out_features, ones, ones, bias=spec.lora_bias, **kw)
 
     def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +20,13 @@ from torch.nn.modules import module as module_hooks
 from transformers.pytorch_utils import Conv1D
 
 from peftkit.layers.base import AdapterLayer, BatchRouting
+from peftkit.layers.placement import adapter_device, onloaded
 from peftkit.merging.merge import update_weight
 from peftkit.methods.lora import stacked
 from peftkit.methods.lora.autograd import lora_linear
 from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, row_norm
 from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
+from peftkit.quant.base import dense_weight, weight_shape
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,13 @@ def empty_linear(
 class LoraLayer(AdapterLayer):
     """State shared by all LoRA layers; attribute names match PEFT's state-dict keys."""
 
-    adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
-    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora")
+    adapter_layer_names: ClassVar[tuple[str, ...]] = (
+        "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
+    )  # fmt: skip
+    other_param_names: ClassVar[tuple[str, ...]] = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora")
 
+    in_features: int
+    out_features: int
     fan_in_fan_out: bool
     r: dict[str, int]
     lora_alpha: dict[str, float]
@@ -137,9 +143,10 @@ class LoraLayer(AdapterLayer):
         if init_weights:
             self.init_weights(adapter, spec)
         if spec.use_dora:
-            empty = torch.empty(self.out_features, device=self.weight.device)
-            magnitude = self.dora_norm(adapter) if init_weights else empty
-            self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(self.lora_A[adapter].weight.dtype))
+            empty = torch.empty(self.out_features, device=adapter_device(self.get_base_layer()))
+            with onloaded(self.get_base_layer(), write_back=False):  # the norm reads an offloaded base's weight
+                magnitude = self.dora_norm(adapter) if init_weights else empty
+            self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(self.lora_A[adapter].weight.dtype))  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         if not self._active_adapter:
             self._active_adapter = [adapter]
 
@@ -158,16 +165,18 @@ class LoraLayer(AdapterLayer):
                     bias.zero_()
             return
         base = self.get_base_layer()
-        weight = base.weight.T if self.fan_in_fan_out else base.weight
+        base_weight = dense_weight(base)
+        weight = base_weight.T if self.fan_in_fan_out else base_weight
         new_A, new_B, residual = decompose_weight(weight, str(spec.init), spec.r, spec.scaling)
+        residual = residual.T if self.fan_in_fan_out else residual
         with torch.no_grad():
             A.copy_(new_A.view_as(A))
             B.copy_(new_B.view_as(B))
-            base.weight.copy_(residual.T if self.fan_in_fan_out else residual)
+        update_weight(base, lambda w: w.copy_(residual.to(w.dtype)))  # requantized on a quantized base
 
     def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
-        return self.lora_A[adapter].weight, self.lora_B[adapter].weight
+        return self.lora_A[adapter].weight, self.lora_B[adapter].weight  # type: ignore[return-value]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
 
     def delta_weight(self, adapter: str) -> torch.Tensor:
         """``s * B @ A`` shaped like the base weight (transposed for ``fan_in_fan_out``)."""
@@ -181,8 +190,8 @@ class LoraLayer(AdapterLayer):
 
     def dora_norm(self, adapter: str) -> torch.Tensor:
         """Row norm ``||W + s B A||`` over the output dimension (detached), shape ``(out,)``."""
-        base = self.get_base_layer()
-        weight = base.weight.T if self.fan_in_fan_out else base.weight
+        base_weight = dense_weight(self.get_base_layer())
+        weight = base_weight.T if self.fan_in_fan_out else base_weight
         delta = self.delta_weight(adapter)
         delta = delta.T if self.fan_in_fan_out else delta
         return row_norm(weight.to(delta.dtype), delta.detach()).detach()
@@ -194,7 +203,7 @@ class LoraLayer(AdapterLayer):
 
     def _dora_factor(self, adapter: str, norm: torch.Tensor) -> torch.Tensor:
         """``m / n`` shaped to broadcast over the base weight (per output row)."""
-        factor = self.lora_magnitude_vector[adapter].weight.detach() / norm
+        factor = self.lora_magnitude_vector[adapter].weight.detach() / norm  # type: ignore[operator]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         factor = factor.view(-1, *[1] * (self.weight.dim() - 1))
         return factor.T if self.fan_in_fan_out else factor
 
@@ -244,7 +253,8 @@ class Linear(LoraLayer):
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
         weight = self.get_base_layer().weight
-        out_features, in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        shape = weight_shape(self.get_base_layer())
+        out_features, in_features = shape[::-1] if fan_in_fan_out else shape
         self.__dict__.update(
             out_features=out_features,
             in_features=in_features,
@@ -255,7 +265,7 @@ class Linear(LoraLayer):
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         weight = self.get_base_layer().weight
-        kw = {"device": weight.device, "dtype": adapter_dtype(weight)}
+        kw: dict[str, Any] = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
         self.lora_A[adapter] = empty_linear(self.in_features, spec.r, bias=False, **kw)
         self.lora_B[adapter] = empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw)
 
@@ -280,12 +290,14 @@ class Linear(LoraLayer):
         This runs once per layer and call, so it reads the module dictionaries directly instead of going
         through ``nn.Module.__getattr__`` (which is slow enough to show in a one-token decode).
         """
-        modules = self._modules
+        modules: Any = self._modules  # plain dicts of modules; their entries are the types update_layer put there
         factor_a = modules["lora_A"]._modules.get(adapter)
         base = modules["base_layer"]
         if factor_a is None or type(base) not in FUSABLE_BASES or self.use_dora.get(adapter) or has_hooks(base):
             return None
         factor_b = modules["lora_B"]._modules[adapter]
+        if "weight" not in factor_a._parameters or "weight" not in factor_b._parameters:  # e.g. wrapped by FSDP1
+            return None
         A, B = factor_a._parameters["weight"], factor_b._parameters["weight"]
         weight, bias = base._parameters["weight"], base._parameters.get("bias")
         if factor_b._parameters.get("bias") is not None or not (x.dtype == weight.dtype == A.dtype):
@@ -302,7 +314,7 @@ class Linear(LoraLayer):
     def lora_out(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
         """``s * B(A(x))`` in the adapter's dtype."""
         A, B = self.lora_A[adapter], self.lora_B[adapter]
-        return B(A(x.to(A.weight.dtype))) * self.scaling[adapter]
+        return B(A(x.to(A.weight.dtype))) * self.scaling[adapter]  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
 
     def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
         dropout = self.lora_dropout[adapter]
@@ -313,11 +325,12 @@ class Linear(LoraLayer):
             dropped, base_no_bias = x, result if base.bias is None else result - base.bias
         else:
             dropped = dropout(x)
-            weight = base.weight.T if self.fan_in_fan_out else base.weight
+            base_weight = dense_weight(base)
+            weight = base_weight.T if self.fan_in_fan_out else base_weight
             base_no_bias = F.linear(dropped.to(weight.dtype), weight)
         magnitude = self.lora_magnitude_vector[adapter].weight
         lora = self.lora_out(dropped, adapter)
-        out = dora_combine(result.to(lora.dtype), base_no_bias.to(lora.dtype), lora, magnitude, self.dora_norm(adapter))
+        out = dora_combine(result.to(lora.dtype), base_no_bias.to(lora.dtype), lora, magnitude, self.dora_norm(adapter))  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         return out.to(result.dtype)
 
     def mixed_forward(self, x: torch.Tensor, routing: BatchRouting, *args: Any, **kwargs: Any) -> torch.Tensor:
