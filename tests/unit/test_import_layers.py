@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("hotswap", "merging"),
     ("peft_model",),
     ("tasks",),
-    ("mapping", "auto", "utils"),  # utils: PEFT's ``peft.utils`` import path (re-exports only)
+    ("mapping", "auto"),
     ("integrations",),
     ("", "__main__", "cli", "utils"),  # the package itself, the CLI (uses its API), PEFT's import-path aliases
 ]
