@@ -23,6 +23,7 @@ from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
 from peftkit.layers.wrap import replace_module
 from peftkit.methods.spec import MethodSpec, method_of
+from peftkit.quant.merge import prepare_base, release_base
 from peftkit.targeting import ALL_LINEAR, all_linear_names, check_modules_to_save, config_targets, name_matches
 
 AdapterModule = AdapterLayer | ModulesToSaveWrapper
@@ -169,6 +170,8 @@ def inject_adapter(
     check_adapter_name(adapter_name, sorted(adapter_names_in(model)))
     record = Injection(adapter_name, grad_state={p: p.requires_grad for p in model.parameters()})
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
+    for module in candidates.values():  # every quantized layer, adapted or not, feeds the adapters' gradients
+        prepare_base(module)
     adaptable = spec.adaptable_types + tuple(spec.layer_table.values())
     names = config_targets(candidates, resolve_targets(model, config, spec), config, adaptable, spec.pattern_fields)
     try:
@@ -386,4 +389,6 @@ def unload(
         else:
             replace_module(model, name, module.active_module())
     forget_shared_tensors(model)
+    for _, plain in _walk(model):
+        release_base(plain)
     return model

@@ -24,8 +24,6 @@ Everything else (disabled / merged / active adapters, mixed batches, deleting) i
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,7 +31,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from peftkit.errors import AdapterNameError, ArgumentTypeError, UsageError
+from peftkit.errors import AdapterNameError, UsageError
+from peftkit.layers.call_args import input_from_kwargs
+from peftkit.layers.placement import onloaded
+from peftkit.quant.merge import BaseSnapshot, restore_base, snapshot_base
 
 #: The name that routes a sample of a mixed batch to the bare base model.
 BASE_ADAPTER = "__base__"
@@ -93,26 +94,6 @@ class BatchRouting:
         return self._groups[device]
 
 
-@functools.cache
-def _first_parameter(cls: Any) -> str | None:
-    params = list(inspect.signature(cls.forward).parameters.values())[1:]  # skip ``self``
-    return params[0].name if params and params[0].kind is not inspect.Parameter.VAR_KEYWORD else None
-
-
-def input_from_kwargs(module: nn.Module, kwargs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Split the main input (``module.forward``'s first parameter, e.g. ``input`` of ``nn.Linear``) from ``kwargs``.
-
-    Raises:
-        ArgumentTypeError: (a ``TypeError``, as calling ``module`` would raise) no keyword argument is the first
-            parameter of ``module.forward``.
-    """
-    name = _first_parameter(type(module))  # type: ignore[arg-type]  # a class is hashable; mypy reads Module.__hash__
-    if name is None or name not in kwargs:
-        raise ArgumentTypeError(f"{type(module).__name__}.forward() is missing its input argument {name!r}.")
-    rest = dict(kwargs)
-    return rest.pop(name), rest
-
-
 class AdapterState:
     """Which adapters are active and whether adapters are disabled: shared by layers and wrappers.
 
@@ -165,12 +146,14 @@ class AdapterLayer(AdapterState, nn.Module):
 
     merged_adapters: list[str]
     batch_routing: BatchRouting | None
+    #: A quantized base's packed weight from before the first merge (unmerge puts it back exactly).
+    _base_snapshot: BaseSnapshot | None
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
         # Plain attributes in one go: ``nn.Module.__setattr__`` is slow, and this runs for every adapted layer.
-        self.__dict__.update(_disable_adapters=False, merged_adapters=[], batch_routing=None)
+        self.__dict__.update(_disable_adapters=False, merged_adapters=[], batch_routing=None, _base_snapshot=None)
         self._active_adapter: list[str] = []
 
     # -- method hooks -----------------------------------------------------------------------------
@@ -372,16 +355,28 @@ class AdapterLayer(AdapterState, nn.Module):
     def merge(self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> None:
         """Fold ``adapter_names`` (default: the active adapters) into the base weight."""
         names = list(adapter_names) if adapter_names is not None else self.active_adapters
-        for name in names:
-            if name in self.merged_adapters or name not in self.adapter_names():
-                continue
-            self.merge_one(name, safe_merge)
-            self.merged_adapters.append(name)
+        todo = [name for name in names if name not in self.merged_adapters and name in self.adapter_names()]
+        if not todo:
+            return
+        with onloaded(self.get_base_layer()):  # an offloaded base: merge into its stored weights
+            if not self.merged_adapters:  # a quantized base: keep the packed weight that unmerge puts back
+                self._base_snapshot = snapshot_base(self.get_base_layer())
+            for name in todo:
+                self.merge_one(name, safe_merge)
+                self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
-        """Undo every merge, last merged first."""
-        while self.merged_adapters:
-            self.unmerge_one(self.merged_adapters.pop())
+        """Undo every merge, last merged first (a quantized base gets its original packed weight back)."""
+        snapshot, self._base_snapshot = self._base_snapshot, None
+        if not self.merged_adapters:
+            return
+        with onloaded(self.get_base_layer()):
+            if snapshot is not None:
+                restore_base(self.get_base_layer(), snapshot)
+                self.merged_adapters.clear()
+                return
+            while self.merged_adapters:
+                self.unmerge_one(self.merged_adapters.pop())
 
     def extra_repr(self) -> str:
         return f"adapters={sorted(self.adapter_names())}, active={self._active_adapter}"

@@ -13,16 +13,28 @@ import torch
 from torch import nn
 
 from peftkit.errors import PeftkitError
+from peftkit.quant.base import backend_for
+from peftkit.quant.merge import warn_requantized
 
 
 class MergeError(PeftkitError, ValueError):
     """A merge would write NaN or infinite values into the base weights."""
 
 
+def require_finite_sum(pair: tuple[torch.Tensor, torch.Tensor] | None, scale: float, safe: bool, what: str) -> None:
+    """With ``safe``, raise :class:`MergeError` naming ``what`` unless ``base + scale * delta`` (``pair``: a base
+    tensor and what a merge adds to it) is finite everywhere; nothing to check when ``pair`` is ``None``."""
+    if safe and pair is not None and not torch.isfinite(pair[0] + scale * pair[1]).all():
+        raise MergeError(f"Merging {what} would write NaN/Inf into the base weights; the adapter is broken.")
+
+
 def update_weight(
     module: nn.Module, update: Callable[[torch.Tensor], object], *, safe: bool = False, what: str = "adapter"
 ) -> None:
     """Apply ``update`` (an in-place function) to ``module.weight``.
+
+    A quantized weight (see :mod:`peftkit.quant`) is dequantized to float32, updated, and quantized again with
+    the layer's own scheme, with a :class:`~peftkit.quant.merge.QuantizedMergeWarning` about the rounding.
 
     Args:
         module: The base layer that owns ``weight``.
@@ -33,6 +45,16 @@ def update_weight(
     Raises:
         MergeError: ``safe`` is set and the result holds NaN or Inf; the weight is left unchanged.
     """
+    backend = backend_for(module)
+    if backend is not None:
+        with torch.no_grad():
+            dense = backend.dequantize(module)  # a fresh copy: the packed weight is untouched until replaced
+            update(dense)
+            if safe and not torch.isfinite(dense).all():
+                raise MergeError(f"Merging {what} would write NaN/Inf into the base weights; the adapter is broken.")
+            backend.replace_weight(module, dense)
+        warn_requantized(backend)
+        return
     weight: torch.Tensor = module.weight  # type: ignore[assignment]  # every layer merged here has a weight tensor
     with torch.no_grad():
         if not safe:
