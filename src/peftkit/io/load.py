@@ -59,7 +59,8 @@ def attach_adapter(
             "weights; load it on the residual base model saved with it.",
             stacklevel=3,
         )
-    record = inject_adapter(model, config, adapter_name, init_weights=False, active=active)
+    trainable = not config.inference_mode  # a load with is_trainable=True trains the newcomer, active or not
+    record = inject_adapter(model, config, adapter_name, init_weights=False, active=active, trainable=trainable)
     try:
         check_and_load(
             model,

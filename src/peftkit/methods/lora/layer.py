@@ -20,6 +20,7 @@ from torch.nn.modules import module as module_hooks
 from transformers.pytorch_utils import Conv1D
 
 from peftkit.layers.base import AdapterLayer, BatchRouting
+from peftkit.layers.state import AdapterStatus
 from peftkit.merging.merge import update_weight
 from peftkit.methods.lora import stacked
 from peftkit.methods.lora.autograd import lora_linear
@@ -379,8 +380,8 @@ class Linear(LoraLayer):
         super().update_layer(adapter, spec, init_weights)
         self.refresh_active_slots()
 
-    def delete_adapter(self, adapter: str) -> None:
-        super().delete_adapter(adapter)
+    def delete_adapter(self, adapter: str, status: AdapterStatus | None = None) -> None:
+        super().delete_adapter(adapter, status)
         self._stack_cache = None
         self.refresh_active_slots()
 
