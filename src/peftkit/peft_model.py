@@ -294,6 +294,7 @@ class PeftModel(nn.Module):
         if first and type(self.base_model) is not tuner_class_for(config):
             self.base_model = tuner_class_for(config)(self.get_base_model(), None, adapter_name)
         active = [adapter_name] if first else self.active_adapters
+        self.base_model.check_new_config(adapter_name, config)
         names = attach_adapter(self.get_base_model(), adapter_name, config, state, active=active)
         self.base_model.register_config(adapter_name, config, names)
         if first:

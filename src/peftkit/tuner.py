@@ -49,9 +49,14 @@ class TunerModel(nn.Module):
         """Add a freshly initialised adapter (PEFT's ``inject_adapter``); the active adapter is unchanged
         unless this is the first one."""
         config = copy.deepcopy(config)
+        self.check_new_config(adapter_name, config)
         active = self.active_adapters if self.peft_config else [adapter_name]
         record = F.inject_adapter(self.model, config, adapter_name, init_weights=init_weights, active=active)
         self.register_config(adapter_name, record.config or config, record.target_names)
+
+    def check_new_config(self, adapter_name: str, config: PeftConfig) -> None:
+        """Refuse ``config`` before anything changes if this tuner cannot hold it next to its adapters (a hook:
+        AdaLoRA trains one adapter at most)."""
 
     def register_config(self, adapter_name: str, config: PeftConfig, target_names: Sequence[str]) -> None:
         """Remember ``config`` for ``adapter_name``, completed as PEFT stores it: ``all-linear`` expanded to the
