@@ -8,7 +8,6 @@ rsLoRA; ``rank_pattern`` / ``alpha_pattern`` honoured), which shows how much eac
 from __future__ import annotations
 
 import json as jsonlib
-import math
 import os
 import re
 from typing import Any
@@ -19,6 +18,7 @@ from peftkit.cli.errors import CliError
 from peftkit.config import CONFIG_NAME, PeftConfig
 from peftkit.io.keys import strip_prefix
 from peftkit.io.load import read_weights
+from peftkit.methods.lora.scaling import lora_scaling
 
 #: Key segments where an adapter's tensor names begin (everything before is the module path).
 ADAPTER_SEGMENTS = frozenset({
@@ -53,7 +53,7 @@ def lora_delta_norm(module: str, tensors: dict[str, torch.Tensor], config: dict[
         return None
     rank = a.shape[0]
     alpha = _pattern_value(module, config.get("alpha_pattern"), config.get("lora_alpha", 8))
-    scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    scaling = lora_scaling(alpha, rank, bool(config.get("use_rslora")))
     return scaling * float((b.float().flatten(1) @ a.float().flatten(1)).norm())
 
 
