@@ -52,6 +52,13 @@ class MethodCase:
         return {"input_ids": torch.randint(2, 64, (2, SEQ_LEN), generator=gen)}
 
 
+def with_adapter(case: MethodCase, adapter: str = "default", seed: int = 5) -> peft.PeftModel:
+    """A fresh base model with one random, trainable adapter of ``case`` named ``adapter``."""
+    model = peft.get_peft_model(case.base(), case.config(), adapter_name=adapter)
+    randomise(model, adapter, seed)
+    return model
+
+
 def output(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The logits of a forward without autograd."""
     with torch.no_grad():

@@ -23,6 +23,7 @@ from tests.contract._methods import (
     output,
     randomise,
     trainable,
+    with_adapter,
 )
 
 import peftkit as peft
@@ -36,11 +37,6 @@ STEPS = ("add", "load_frozen", "load_trainable")
 LAYER_CASES = [c for c in METHOD_CASES if not c.prompt]
 
 
-@pytest.fixture(params=METHOD_CASES, ids=[c.name for c in METHOD_CASES])
-def method(request: pytest.FixtureRequest) -> MethodCase:
-    return request.param
-
-
 @pytest.fixture(params=LAYER_CASES, ids=[c.name for c in LAYER_CASES])
 def layer_method(request: pytest.FixtureRequest) -> MethodCase:
     return request.param
@@ -48,9 +44,7 @@ def layer_method(request: pytest.FixtureRequest) -> MethodCase:
 
 def fresh(method: MethodCase, adapter: str = "one", seed: int = 5) -> peft.PeftModel:
     """A new model with one random, trainable adapter."""
-    model = peft.get_peft_model(method.base(), method.config(), adapter_name=adapter)
-    randomise(model, adapter, seed)
-    return model
+    return with_adapter(method, adapter, seed)
 
 
 def saved(method: MethodCase, directory: Path, seed: int) -> Path:

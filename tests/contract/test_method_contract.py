@@ -5,22 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
-from tests.contract._methods import METHOD_CASES, MethodCase, output, randomise
+from tests.contract._methods import MethodCase, output, with_adapter
 
 import peftkit as peft
 
 
-@pytest.fixture(params=METHOD_CASES, ids=[c.name for c in METHOD_CASES])
-def method(request: pytest.FixtureRequest) -> MethodCase:
-    return request.param
-
-
 def fresh(method: MethodCase, adapter: str = "default", seed: int = 5) -> peft.PeftModel:
-    model = peft.get_peft_model(method.base(), method.config(), adapter_name=adapter)
-    randomise(model, adapter, seed)
-    return model.eval()
+    return with_adapter(method, adapter, seed).eval()
 
 
 def test_round_trip_gives_identical_outputs_and_state(method: MethodCase, tmp_path: Path) -> None:

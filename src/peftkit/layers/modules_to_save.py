@@ -51,11 +51,11 @@ class ModulesToSaveWrapper(AdapterState, nn.Module):
 
     def check_status(self, status: AdapterStatus) -> None:
         """Raise before anything changes if ``status`` would activate two of this wrapper's copies."""
-        wrapper_active(status, self.modules_to_save)
+        wrapper_active(status, self.adapter_names())
 
     def record_status(self, status: AdapterStatus) -> None:
         self.__dict__["_model_status"] = status
-        self._active_adapter = wrapper_active(status, self.modules_to_save)
+        self._active_adapter = wrapper_active(status, self.adapter_names())
         self._disable_adapters = status.disabled
 
     def recorded_status(self) -> AdapterStatus:
