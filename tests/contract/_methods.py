@@ -109,7 +109,7 @@ def _prompt_tuning(**kw: Any) -> peft.PromptTuningConfig:
 
 
 def _prefix_tuning(**kw: Any) -> peft.PrefixTuningConfig:
-    return peft.PrefixTuningConfig(**{"task_type": "SEQ_CLS", "num_virtual_tokens": 3, **kw})
+    return peft.PrefixTuningConfig(**{"task_type": "CAUSAL_LM", "num_virtual_tokens": 3, **kw})
 
 
 def _p_tuning(**kw: Any) -> peft.PromptEncoderConfig:
@@ -122,6 +122,6 @@ METHOD_CASES = [
     MethodCase("ia3", "llama", _ia3),
     MethodCase("adalora", "llama", _adalora, one_trainable=True),
     MethodCase("prompt_tuning", "llama", _prompt_tuning, prompt=True),
-    MethodCase("prefix_tuning", "llama_seq_cls", _prefix_tuning, prompt=True),
+    MethodCase("prefix_tuning", "llama", _prefix_tuning, prompt=True),
     MethodCase("p_tuning", "llama_seq_cls", _p_tuning, prompt=True),
 ]
