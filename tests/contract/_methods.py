@@ -59,10 +59,10 @@ def with_adapter(case: MethodCase, adapter: str = "default", seed: int = 5) -> p
     return model
 
 
-def output(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The logits of a forward without autograd."""
+def output(model: nn.Module, inputs: dict[str, torch.Tensor], **kwargs: Any) -> torch.Tensor:
+    """The logits of a forward without autograd (``kwargs``: e.g. ``adapter_names``)."""
     with torch.no_grad():
-        return model(**inputs).logits
+        return model(**inputs, **kwargs).logits
 
 
 def randomise(model: nn.Module, adapter: str, seed: int = 5) -> None:
@@ -125,3 +125,6 @@ METHOD_CASES = [
     MethodCase("prefix_tuning", "llama", _prefix_tuning, prompt=True),
     MethodCase("p_tuning", "llama_seq_cls", _p_tuning, prompt=True),
 ]
+
+#: Methods with adapter layers (merging, mixed batches, transformers' ``model.add_adapter``).
+LAYER_CASES = [c for c in METHOD_CASES if not c.prompt]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from tests.contract._cases import CASES, Case
-from tests.contract._methods import METHOD_CASES, MethodCase
+from tests.contract._methods import LAYER_CASES, METHOD_CASES, MethodCase
 
 
 @pytest.fixture(params=CASES, ids=[c.name for c in CASES])
@@ -20,4 +20,10 @@ def llama_case() -> Case:
 
 @pytest.fixture(params=METHOD_CASES, ids=[c.name for c in METHOD_CASES])
 def method(request: pytest.FixtureRequest) -> MethodCase:
+    return request.param
+
+
+@pytest.fixture(params=LAYER_CASES, ids=[c.name for c in LAYER_CASES])
+def layer_method(request: pytest.FixtureRequest) -> MethodCase:
+    """The methods with adapter layers (merging, mixed batches and transformers' ``add_adapter`` apply)."""
     return request.param

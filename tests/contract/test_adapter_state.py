@@ -33,15 +33,6 @@ from peftkit.integrations.trainer import load_adapter_checkpoint, save_adapter_c
 STEPS = ("add", "load_frozen", "load_trainable")
 
 
-#: Methods with adapter layers: transformers' adapter methods (``model.add_adapter``) take these only.
-LAYER_CASES = [c for c in METHOD_CASES if not c.prompt]
-
-
-@pytest.fixture(params=LAYER_CASES, ids=[c.name for c in LAYER_CASES])
-def layer_method(request: pytest.FixtureRequest) -> MethodCase:
-    return request.param
-
-
 def fresh(method: MethodCase, adapter: str = "one", seed: int = 5) -> peft.PeftModel:
     """A new model with one random, trainable adapter."""
     return with_adapter(method, adapter, seed)
