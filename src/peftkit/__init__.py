@@ -12,12 +12,14 @@ from peftkit.auto import (
 from peftkit.config import PeftConfig, PromptLearningConfig
 from peftkit.errors import (
     AdapterNameError,
+    ArgumentTypeError,
     CheckpointError,
     ConfigError,
     HotswapError,
     PeftkitError,
     TargetingError,
     UnsupportedError,
+    UsageError,
 )
 from peftkit.hotswap import hotswap_adapter, prepare_model_for_compiled_hotswap
 from peftkit.integrations import (
@@ -37,18 +39,8 @@ from peftkit.mapping import (
     inject_adapter_in_model,
     set_peft_model_state_dict,
 )
-from peftkit.methods.adalora.config import AdaLoraConfig
-from peftkit.methods.adalora.model import AdaLoraModel
-from peftkit.methods.ia3.config import IA3Config
-from peftkit.methods.ia3.model import IA3Model
-from peftkit.methods.lora.config import LoraConfig
-from peftkit.methods.p_tuning.config import PromptEncoderConfig, PromptEncoderReparameterizationType
-from peftkit.methods.p_tuning.encoder import PromptEncoder
-from peftkit.methods.prefix_tuning.config import PrefixTuningConfig
-from peftkit.methods.prefix_tuning.encoder import PrefixEncoder
-from peftkit.methods.prompt_tuning.config import PromptTuningConfig, PromptTuningInit
-from peftkit.methods.prompt_tuning.embedding import PromptEmbedding
 from peftkit.peft_model import PeftModel
+from peftkit.registry import public_names as _public_names
 from peftkit.tasks import (
     PeftModelForCausalLM,
     PeftModelForFeatureExtraction,
@@ -57,15 +49,18 @@ from peftkit.tasks import (
     PeftModelForSequenceClassification,
     PeftModelForTokenClassification,
 )
-from peftkit.tuner import LoraModel
 from peftkit.types import PeftType, TaskType
 
 __version__ = "0.1.0"
 
+# Each method's public names (``LoraConfig``, ``IA3Model``, ``PromptEncoder``...) come from its spec's
+# ``public_names``, so a new method is exported by its catalog line alone.
+_METHOD_NAMES = _public_names()
+globals().update(_METHOD_NAMES)
+
 __all__ = [
-    "AdaLoraConfig",
-    "AdaLoraModel",
     "AdapterNameError",
+    "ArgumentTypeError",
     "AutoModel",
     "AutoModelForCausalLM",
     "AutoModelForQuestionAnswering",
@@ -82,10 +77,6 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "HotswapError",
-    "IA3Config",
-    "IA3Model",
-    "LoraConfig",
-    "LoraModel",
     "PeftConfig",
     "PeftModel",
     "PeftModelForCausalLM",
@@ -96,18 +87,11 @@ __all__ = [
     "PeftModelForTokenClassification",
     "PeftType",
     "PeftkitError",
-    "PrefixEncoder",
-    "PrefixTuningConfig",
-    "PromptEmbedding",
-    "PromptEncoder",
-    "PromptEncoderConfig",
-    "PromptEncoderReparameterizationType",
     "PromptLearningConfig",
-    "PromptTuningConfig",
-    "PromptTuningInit",
     "TargetingError",
     "TaskType",
     "UnsupportedError",
+    "UsageError",
     "enable_adapter_methods",
     "get_peft_model",
     "get_peft_model_state_dict",
@@ -117,4 +101,5 @@ __all__ = [
     "prepare_model_for_compiled_hotswap",
     "set_peft_model_state_dict",
     "unpatch_transformers",
+    *sorted(_METHOD_NAMES),
 ]

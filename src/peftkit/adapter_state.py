@@ -15,6 +15,7 @@ from torch import nn
 
 from peftkit.errors import AdapterNameError
 from peftkit.layers.base import AdapterLayer
+from peftkit.layers.shared import drop_shared_tensors
 from peftkit.layers.state import (
     AdapterStatus,
     apply_status,
@@ -92,6 +93,7 @@ def delete_adapter(
         if not module.adapter_names():
             base = module.base_layer if isinstance(module, AdapterLayer) else module.original_module
             replace_module(model, name, base)
+    drop_shared_tensors(model, adapter_name)
     apply_model_status(model, status)
     return status
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,13 +27,13 @@ from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError
 from peftkit.layers.base import BASE_ADAPTER, AdapterLayer, BatchRouting
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
 from peftkit.layers.state import AdapterStatus, status_after_add, status_after_set
 from peftkit.layers.walk import AdapterModule, walk_model
 from peftkit.layers.walk import adapter_names_in as adapter_names_in
 from peftkit.layers.walk import iter_adapter_modules as iter_adapter_modules
 from peftkit.layers.wrap import replace_module
-from peftkit.methods.spec import MethodSpec
-from peftkit.registry import method_of
+from peftkit.methods.spec import MethodSpec, method_of
 from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
 
 
@@ -67,9 +68,12 @@ class Injection:
     status: AdapterStatus | None = None
     target_names: list[str] = field(default_factory=list)
     config: PeftConfig | None = None
+    shared: bool = False
 
     def undo(self, model: nn.Module) -> None:
         """Restore ``model`` to what it was before the injection."""
+        if self.shared:
+            drop_shared_tensors(model, self.adapter_name)
         for module in self.updated:
             module.delete_adapter(self.adapter_name)
         for name, original in reversed(self.created):
@@ -124,9 +128,8 @@ def inject_adapter(
 
     Args:
         init_weights: ``False`` allocates the adapter without initialising it (a load follows).
-        active: The adapters active afterwards (default: just this one). When it names the newcomer, the model
-            is frozen and the active adapters train (:func:`mark_trainable`); otherwise the model's status is
-            kept and the newcomer is frozen unless ``trainable`` (a load with ``is_trainable=True``).
+        active: The adapters active afterwards (default: just this one). Naming the newcomer re-marks what trains
+            (:func:`mark_trainable`); else the newcomer is frozen unless ``trainable`` (``is_trainable=True``).
 
     Returns:
         The :class:`Injection` record (call ``undo`` to revert).
@@ -143,8 +146,8 @@ def inject_adapter(
     if spec.prepare_config is not None:
         config = spec.prepare_config(config, model)
     check_adapter_name(adapter_name, sorted(adapter_names_in(model)))
-    record = Injection(adapter_name, grad_state={p: p.requires_grad for p in model.parameters()})
-    record.status = model_status(model)
+    grads = {p: p.requires_grad for p in model.parameters()}
+    record = Injection(adapter_name, grad_state=grads, status=model_status(model))
     targets = resolve_targets(model, config, spec)
     layer_types = tuple(spec.layer_table.values())
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
@@ -159,6 +162,7 @@ def inject_adapter(
     try:
         for name in names:
             _inject_one(model, name, config, spec, adapter_name, init_weights, record, candidates)
+        _add_model_tensors(model, spec, config, adapter_name, names, record)
         _wrap_modules_to_save(model, getattr(config, "modules_to_save", None), adapter_name, record)
     except BaseException:
         record.undo(model)
@@ -187,15 +191,34 @@ def _inject_one(
     modules = modules or {}
     module = modules[name] if name in modules else model.get_submodule(name)
     if isinstance(module, AdapterLayer):
-        module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]
+        module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         record.updated.append(module)
         return
-    facts = spec.layer_facts(config, name, module)  # type: ignore[misc]
-    layer = spec.layer_class_for(module)(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
-    layer.update_layer(adapter, facts, init)  # type: ignore[attr-defined]
+    facts = spec.layer_facts(config, name, module)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
+    layer_class: Any = spec.layer_class_for(module)  # the layer contract: (base_layer, fan_in_fan_out=...)
+    layer = layer_class(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
+    layer.update_layer(adapter, facts, init)
     parent_name = name.rpartition(".")[0]
     parent = modules.get(parent_name) if parent_name in modules else None
     record.created.append((name, replace_module(model, name, layer, parent=parent)))
+
+
+def _add_model_tensors(
+    model: nn.Module, spec: MethodSpec, config: PeftConfig, adapter: str, names: Sequence[str], record: Injection
+) -> None:
+    """Create the tensors ``adapter`` holds once per model (``spec.model_tensors``) from its targets' base
+    modules, and hand their holder to each of its layers."""
+    if spec.model_tensors is None:
+        return
+    layers = {name: model.get_submodule(name) for name in names}
+    targets = {n: m.get_base_layer() if isinstance(m, AdapterLayer) else m for n, m in layers.items()}
+    holder = holder_for(model)
+    record.shared = True
+    holder.add(adapter, spec.model_tensors.create(config, targets))
+    for layer in layers.values():
+        if isinstance(layer, AdapterLayer):
+            layer.add_module(HOLDER_NAME, holder)  # so that ``model.to()`` moves the tensors
+            layer.use_model_tensors(adapter, holder)
 
 
 def _wrap_modules_to_save(model: nn.Module, wanted: Sequence[str] | None, adapter: str, record: Injection) -> None:
@@ -240,12 +263,12 @@ def mark_trainable(
     apply_model_status(model, status_after_set(status or AdapterStatus(), active, config.inference_mode))
     if config.inference_mode:
         return
-    bias = getattr(config, "bias", "none")
+    bias = spec.bias_rule(config)
     if bias == "all":
         for name, param in model.named_parameters():
             if name.endswith("bias") and ".original_module." not in name:
                 param.requires_grad_(True)
-    elif bias == "lora_only":
+    elif bias == "adapter_layers":
         for _, module in iter_adapter_modules(model):
             if isinstance(module, AdapterLayer) and module.get_base_layer().bias is not None:
                 module.get_base_layer().bias.requires_grad_(True)
@@ -314,4 +337,5 @@ def unload(
             replace_module(model, name, module.get_base_layer())
         else:
             replace_module(model, name, module.active_module())
+    forget_shared_tensors(model)
     return model

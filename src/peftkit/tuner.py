@@ -16,7 +16,7 @@ from peftkit import functional as F
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError
 from peftkit.layers.state import AdapterStatus
-from peftkit.registry import method_of
+from peftkit.methods.spec import method_of
 from peftkit.targeting import ALL_LINEAR
 
 
@@ -75,9 +75,11 @@ class TunerModel(nn.Module):
 
     @property
     def active_adapters(self) -> list[str]:
+        """The active adapters' names."""
         return [self.active_adapter] if isinstance(self.active_adapter, str) else list(self.active_adapter)
 
     def check_names(self, names: Sequence[str]) -> None:
+        """Raise :class:`~peftkit.errors.AdapterNameError` unless every name in ``names`` is an adapter."""
         missing = [n for n in names if n not in self.peft_config]
         if missing:
             raise AdapterNameError(f"Adapter(s) {missing} not found; present: {sorted(self.peft_config)}.")
@@ -139,6 +141,7 @@ class TunerModel(nn.Module):
         F.merge_adapters(self.model, adapter_names, safe_merge=safe_merge)
 
     def unmerge_adapter(self) -> None:
+        """Undo every merge, restoring the base weights."""
         F.unmerge_adapters(self.model)
 
     def merge_and_unload(
@@ -155,6 +158,7 @@ class TunerModel(nn.Module):
 
     # -- plumbing ---------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped model's forward."""
         return self.model(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -172,5 +176,8 @@ class LoraModel(TunerModel):
 
 def tuner_class_for(config: PeftConfig | None) -> type[TunerModel]:
     """The tuner model class of ``config``'s method (``TunerModel`` unless its spec names a subclass)."""
-    loader = method_of(config).tuner_class if config is not None else None
-    return loader() if loader is not None else TunerModel
+    custom = method_of(config).tuner_class if config is not None else None
+    if custom is None:
+        return TunerModel
+    assert issubclass(custom, TunerModel), f"{custom} must subclass TunerModel"
+    return custom

@@ -57,7 +57,7 @@ def single_adapter(layer: Any, x: torch.Tensor, adapter: str) -> torch.Tensor | 
     dictionaries directly instead of going through ``nn.Module.__getattr__`` (slow enough to show in a
     one-token decode).
     """
-    modules = layer._modules
+    modules: Any = layer._modules  # plain dicts of modules; their entries are the types update_layer put there
     factor_a = modules["lora_A"]._modules.get(adapter)
     base = modules["base_layer"]
     if factor_a is None or type(base) not in FUSABLE_BASES or layer.use_dora.get(adapter) or has_hooks(base):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -71,9 +71,15 @@ def empty_linear(
 class LoraLayer(AdapterLayer):
     """State shared by all LoRA layers; attribute names match PEFT's state-dict keys."""
 
-    adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
-    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora", "use_rslora")
+    adapter_layer_names: ClassVar[tuple[str, ...]] = (
+        "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
+    )  # fmt: skip
+    other_param_names: ClassVar[tuple[str, ...]] = (
+        "r", "lora_alpha", "scaling", "lora_dropout", "use_dora", "use_rslora",
+    )  # fmt: skip
 
+    in_features: int
+    out_features: int
     fan_in_fan_out: bool
     r: dict[str, int]
     lora_alpha: dict[str, float]
@@ -122,7 +128,7 @@ class LoraLayer(AdapterLayer):
         if spec.use_dora:
             empty = torch.empty(self.out_features, device=self.weight.device)
             magnitude = self.dora_norm(adapter) if init_weights else empty
-            self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(self.lora_A[adapter].weight.dtype))
+            self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(self.lora_A[adapter].weight.dtype))  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         if not self._active_adapter:
             self._active_adapter = [adapter]
 
@@ -150,7 +156,7 @@ class LoraLayer(AdapterLayer):
 
     def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
-        return self.lora_A[adapter].weight, self.lora_B[adapter].weight
+        return self.lora_A[adapter].weight, self.lora_B[adapter].weight  # type: ignore[return-value]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
 
     def delta_weight(self, adapter: str) -> torch.Tensor:
         """``s * B @ A`` shaped like the base weight (transposed for ``fan_in_fan_out``)."""
@@ -179,7 +185,7 @@ class LoraLayer(AdapterLayer):
 
     def _dora_factor(self, adapter: str, norm: torch.Tensor) -> torch.Tensor:
         """``m / n`` shaped to broadcast over the base weight (per output row)."""
-        factor = self.lora_magnitude_vector[adapter].weight.detach() / norm
+        factor = self.lora_magnitude_vector[adapter].weight.detach() / norm  # type: ignore[operator]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         factor = factor.view(-1, *[1] * (self.weight.dim() - 1))
         return factor.T if self.fan_in_fan_out else factor
 
@@ -277,7 +283,7 @@ class Linear(LoraLayer):
     def lora_out(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
         """``s * B(A(x))`` in the adapter's dtype."""
         A, B = self.lora_A[adapter], self.lora_B[adapter]
-        return B(A(x.to(A.weight.dtype))) * self.scaling[adapter]
+        return B(A(x.to(A.weight.dtype))) * self.scaling[adapter]  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
 
     def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
         dropout = self.lora_dropout[adapter]
@@ -292,7 +298,7 @@ class Linear(LoraLayer):
             base_no_bias = F.linear(dropped.to(weight.dtype), weight)
         magnitude = self.lora_magnitude_vector[adapter].weight
         lora = self.lora_out(dropped, adapter)
-        out = dora_combine(result.to(lora.dtype), base_no_bias.to(lora.dtype), lora, magnitude, self.dora_norm(adapter))
+        out = dora_combine(result.to(lora.dtype), base_no_bias.to(lora.dtype), lora, magnitude, self.dora_norm(adapter))  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         return out.to(result.dtype)
 
     @property
