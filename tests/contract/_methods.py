@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tests.methods._prompt_models import build
+from tests._tiny import build
 from torch import nn
 
 import peftkit as peft
@@ -28,7 +28,7 @@ class MethodCase:
 
     Attributes:
         name: Test id.
-        kind: Model kind for ``tests.methods._prompt_models.build``.
+        kind: Model kind for ``tests._tiny.build``.
         make_config: ``(**overrides) -> config`` of the first adapter (further adapters use the same).
         prompt: A prompt method (no adapter layers; the transformers model methods do not apply).
         one_trainable: At most one adapter may train at a time (AdaLoRA): adding or loading a second trainable

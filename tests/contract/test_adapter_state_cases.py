@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.methods._prompt_models import build
+from tests._tiny import build
 from torch import nn
 
 import peftkit as peft
