@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import forward, large, loading, mixed_batch, recompiles, train_step
+from benchmarks import forward, large, loading, mixed_batch, qlora, recompiles, train_step
 from benchmarks.harness import Row, Settings, table
 
 FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
@@ -37,6 +37,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "loading": loading.run,
     "large": large.run,
     "recompiles": recompiles.run,
+    "qlora": qlora.run,
 }
 REPS = {"full": 7, "quick": 3, "tiny": 1}
 

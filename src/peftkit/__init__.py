@@ -40,6 +40,7 @@ from peftkit.mapping import (
     set_peft_model_state_dict,
 )
 from peftkit.peft_model import PeftModel
+from peftkit.quant.prepare import prepare_model_for_kbit_training
 from peftkit.registry import public_names as _public_names
 from peftkit.tasks import (
     PeftModelForCausalLM,
@@ -99,6 +100,7 @@ __all__ = [
     "inject_adapter_in_model",
     "patch_transformers",
     "prepare_model_for_compiled_hotswap",
+    "prepare_model_for_kbit_training",
     "set_peft_model_state_dict",
     "unpatch_transformers",
     *sorted(_METHOD_NAMES),

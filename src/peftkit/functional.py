@@ -34,6 +34,7 @@ from peftkit.layers.walk import adapter_names_in as adapter_names_in
 from peftkit.layers.walk import iter_adapter_modules as iter_adapter_modules
 from peftkit.layers.wrap import replace_module
 from peftkit.methods.spec import MethodSpec, method_of
+from peftkit.quant.merge import prepare_base, release_base
 from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
 
 
@@ -151,6 +152,8 @@ def inject_adapter(
     targets = resolve_targets(model, config, spec)
     layer_types = tuple(spec.layer_table.values())
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
+    for module in candidates.values():  # every quantized layer, adapted or not, feeds the adapters' gradients
+        prepare_base(module)
     names = select_targets(
         candidates.items(),
         targets,
@@ -169,12 +172,19 @@ def inject_adapter(
         raise
     record.target_names = names
     record.config = config
-    active_names = list(active) if active is not None else [adapter_name]
-    if record.status is None or adapter_name in active_names:
-        mark_trainable(model, spec, config, active_names, record.status)
-    else:  # new layers join the model's status; the newcomer trains only if loaded trainable
-        apply_model_status(model, status_after_add(record.status, adapter_name, trainable))
+    _settle_status(model, spec, config, record, list(active) if active is not None else [adapter_name], trainable)
     return record
+
+
+def _settle_status(
+    model: nn.Module, spec: MethodSpec, config: PeftConfig, record: Injection, active: list[str], trainable: bool
+) -> None:
+    """After an injection: the first adapter, or one made active, re-marks what trains; otherwise the new layers
+    join the model's status and the newcomer trains only if loaded trainable."""
+    if record.status is None or record.adapter_name in active:
+        mark_trainable(model, spec, config, active, record.status)
+    else:
+        apply_model_status(model, status_after_add(record.status, record.adapter_name, trainable))
 
 
 def _inject_one(
@@ -338,4 +348,6 @@ def unload(
         else:
             replace_module(model, name, module.active_module())
     forget_shared_tensors(model)
+    for _, plain in walk_model(model):
+        release_base(plain)
     return model

@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("hotswap", "merging"),
     ("peft_model",),
     ("tasks",),
-    ("mapping", "auto"),
+    ("mapping", "auto", "utils"),  # utils: PEFT's ``peft.utils`` import path (re-exports only)
     ("integrations",),
     ("", "__main__", "cli"),  # the package itself (``peftkit/__init__.py``) and the CLI, which uses its API
 ]

@@ -33,6 +33,7 @@ from torch import nn
 
 from peftkit.errors import AdapterNameError, UsageError
 from peftkit.layers.state import AdapterStatus, apply_status, status_after_delete, status_after_set
+from peftkit.quant.merge import BaseSnapshot, restore_base, snapshot_base
 
 #: The name that routes a sample of a mixed batch to the bare base model.
 BASE_ADAPTER = "__base__"
@@ -170,12 +171,14 @@ class AdapterLayer(AdapterState, nn.Module):
 
     merged_adapters: list[str]
     batch_routing: BatchRouting | None
+    #: A quantized base's packed weight from before the first merge (unmerge puts it back exactly).
+    _base_snapshot: BaseSnapshot | None
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
         # Plain attributes in one go: ``nn.Module.__setattr__`` is slow, and this runs for every adapted layer.
-        self.__dict__.update(_disable_adapters=False, merged_adapters=[], batch_routing=None)
+        self.__dict__.update(_disable_adapters=False, merged_adapters=[], batch_routing=None, _base_snapshot=None)
         self._active_adapter: list[str] = []
 
     # -- method hooks -----------------------------------------------------------------------------
@@ -363,11 +366,18 @@ class AdapterLayer(AdapterState, nn.Module):
         for name in names:
             if name in self.merged_adapters or name not in self.adapter_names():
                 continue
+            if not self.merged_adapters:
+                self._base_snapshot = snapshot_base(self.get_base_layer())
             self.merge_one(name, safe_merge)
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
-        """Undo every merge, last merged first."""
+        """Undo every merge, last merged first (a quantized base gets its original packed weight back)."""
+        snapshot, self._base_snapshot = self._base_snapshot, None
+        if snapshot is not None and self.merged_adapters:
+            restore_base(self.get_base_layer(), snapshot)
+            self.merged_adapters.clear()
+            return
         while self.merged_adapters:
             self.unmerge_one(self.merged_adapters.pop())
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from peftkit.errors import UnsupportedError
 from peftkit.methods.lora.layer import LoraLayer, LoraLayerSpec, adapter_dtype
+from peftkit.quant.base import weight_shape
 
 #: Added to ``ranknum`` before dividing, as in the reference implementation.
 RANKNUM_EPS = 1e-5
@@ -110,8 +111,8 @@ class SVDLinear(SVDLayer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
-        weight = self.get_base_layer().weight
-        self.out_features, self.in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        shape = weight_shape(self.get_base_layer())
+        self.out_features, self.in_features = shape[::-1] if fan_in_fan_out else shape
 
     def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
         A, B = self.factor_tensors(adapter)

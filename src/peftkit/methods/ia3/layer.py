@@ -19,6 +19,7 @@ from torch import nn
 from peftkit.layers.base import AdapterLayer
 from peftkit.merging.merge import MergeError, update_weight
 from peftkit.methods.lora.layer import adapter_dtype
+from peftkit.quant.base import weight_shape
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,8 @@ class Linear(IA3Layer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
-        weight = self.get_base_layer().weight
-        self.out_features, self.in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        shape = weight_shape(self.get_base_layer())
+        self.out_features, self.in_features = shape[::-1] if fan_in_fan_out else shape
 
     def vector_shape(self, feedforward: bool) -> tuple[int, ...]:
         return (1, self.in_features) if feedforward else (self.out_features, 1)

@@ -25,6 +25,7 @@ from peftkit.methods.lora import fast_paths
 from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, row_norm
 from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
 from peftkit.methods.lora.scaling import lora_scaling
+from peftkit.quant.base import dense_weight, weight_shape
 
 
 @dataclass(frozen=True)
@@ -147,12 +148,14 @@ class LoraLayer(AdapterLayer):
                     bias.zero_()
             return
         base = self.get_base_layer()
-        weight = base.weight.T if self.fan_in_fan_out else base.weight
+        base_weight = dense_weight(base)
+        weight = base_weight.T if self.fan_in_fan_out else base_weight
         new_A, new_B, residual = decompose_weight(weight, str(spec.init), spec.r, spec.scaling)
+        residual = residual.T if self.fan_in_fan_out else residual
         with torch.no_grad():
             A.copy_(new_A.view_as(A))
             B.copy_(new_B.view_as(B))
-            base.weight.copy_(residual.T if self.fan_in_fan_out else residual)
+        update_weight(base, lambda w: w.copy_(residual.to(w.dtype)))  # requantized on a quantized base
 
     def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
@@ -170,8 +173,8 @@ class LoraLayer(AdapterLayer):
 
     def dora_norm(self, adapter: str) -> torch.Tensor:
         """Row norm ``||W + s B A||`` over the output dimension (detached), shape ``(out,)``."""
-        base = self.get_base_layer()
-        weight = base.weight.T if self.fan_in_fan_out else base.weight
+        base_weight = dense_weight(self.get_base_layer())
+        weight = base_weight.T if self.fan_in_fan_out else base_weight
         delta = self.delta_weight(adapter)
         delta = delta.T if self.fan_in_fan_out else delta
         return row_norm(weight.to(delta.dtype), delta.detach()).detach()
@@ -235,7 +238,8 @@ class Linear(LoraLayer):
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
         weight = self.get_base_layer().weight
-        out_features, in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        shape = weight_shape(self.get_base_layer())
+        out_features, in_features = shape[::-1] if fan_in_fan_out else shape
         self.__dict__.update(
             out_features=out_features,
             in_features=in_features,
@@ -294,7 +298,8 @@ class Linear(LoraLayer):
             dropped, base_no_bias = x, result if base.bias is None else result - base.bias
         else:
             dropped = dropout(x)
-            weight = base.weight.T if self.fan_in_fan_out else base.weight
+            base_weight = dense_weight(base)
+            weight = base_weight.T if self.fan_in_fan_out else base_weight
             base_no_bias = F.linear(dropped.to(weight.dtype), weight)
         magnitude = self.lora_magnitude_vector[adapter].weight
         lora = self.lora_out(dropped, adapter)
