@@ -34,6 +34,7 @@ from peftkit.integrations import (
     unpatch_transformers,
 )
 from peftkit.mapping import (
+    gather_peft_model_state_dict,
     get_peft_model,
     get_peft_model_state_dict,
     inject_adapter_in_model,
@@ -94,6 +95,7 @@ __all__ = [
     "UnsupportedError",
     "UsageError",
     "enable_adapter_methods",
+    "gather_peft_model_state_dict",
     "get_peft_model",
     "get_peft_model_state_dict",
     "hotswap_adapter",

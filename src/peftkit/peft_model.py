@@ -78,7 +78,7 @@ class PeftModel(nn.Module):
             return
         if peft_config is not None:
             peft_config = self._prepare_config(peft_config, model)
-        self.base_model = tuner_class_for(peft_config)(model, peft_config, adapter_name)
+        self.base_model = tuner_class_for(peft_config)(model, peft_config, adapter_name, low_cpu_mem_usage)
 
     def _prepare_config(self, config: PeftConfig, model: nn.Module) -> PeftConfig:
         """Task classes adjust the config here (e.g. add the classifier to modules_to_save)."""
@@ -146,7 +146,11 @@ class PeftModel(nn.Module):
         if adapter_name in self.peft_config:
             raise AdapterNameError(f"An adapter named {adapter_name!r} already exists; choose another name.")
         self._check_same_kind(peft_config)
-        self._tuner.inject_adapter(adapter_name, self._prepare_config(peft_config, self.get_base_model()))
+        config = self._prepare_config(peft_config, self.get_base_model())
+        if low_cpu_mem_usage and not self._is_prompt_learning:
+            self._tuner.inject_adapter(adapter_name, config, low_cpu_mem_usage=True)
+        else:
+            self._tuner.inject_adapter(adapter_name, config)
 
     def _check_same_kind(self, config: PeftConfig) -> None:
         if self.peft_config and config.peft_type != self.peft_type:
@@ -216,13 +220,21 @@ class PeftModel(nn.Module):
             yield
 
     # -- state and files ----------------------------------------------------------------------
-    def get_adapter_state_dict(self, adapter_name: str = "default", save_embedding_layers: bool | str = "auto") -> dict:
-        """The adapter's tensors keyed as in the file (``base_model.model.`` prefix, no adapter name)."""
+    def get_adapter_state_dict(
+        self,
+        adapter_name: str = "default",
+        save_embedding_layers: bool | str = "auto",
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> dict:
+        """The adapter's tensors keyed as in the file (``base_model.model.`` prefix, no adapter name).
+
+        ``state_dict``: a full (gathered) state dict of this model to take the values from (FSDP, ZeRO-3).
+        """
         if self._is_prompt_learning:
             return self._tuner.adapter_state_dict(adapter_name)
         self.base_model.check_names([adapter_name])
         config = self.peft_config[adapter_name]
-        state = adapter_state_dict(self.get_base_model(), adapter_name, config, save_embedding_layers)
+        state = adapter_state_dict(self.get_base_model(), adapter_name, config, save_embedding_layers, state_dict)
         return add_prefix(state, MODEL_PREFIX)
 
     def save_pretrained(
@@ -232,9 +244,19 @@ class PeftModel(nn.Module):
         selected_adapters: list[str] | None = None,
         save_embedding_layers: bool | str = "auto",
         is_main_process: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Write each adapter (``default`` in ``save_directory``, others in subfolders) in PEFT's format."""
+        """Write each adapter (``default`` in ``save_directory``, others in subfolders) in PEFT's format.
+
+        Args:
+            state_dict: A full state dict of this model gathered from shards (FSDP2, ZeRO-3): the adapter values
+                are taken from it, never from the live (sharded) parameters.
+            is_main_process: ``False`` on the other ranks of a distributed run: nothing is written.
+
+        Raises:
+            CheckpointError: a tensor to write is sharded, partitioned, empty or on ``meta``.
+        """
         if os.path.isfile(save_directory):
             raise CheckpointError(f"save_directory {save_directory!s} is a file; pass a directory.")
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
@@ -242,7 +264,7 @@ class PeftModel(nn.Module):
         if not is_main_process:
             return
         for name in names:
-            state = self.get_adapter_state_dict(name, save_embedding_layers)
+            state = self.get_adapter_state_dict(name, save_embedding_layers, state_dict)
             config = config_for_saving(self.peft_config[name], self.get_base_model())
             write_adapter(adapter_directory(save_directory, name), config, state, safe_serialization)
 
@@ -291,12 +313,14 @@ class PeftModel(nn.Module):
         config.inference_mode = not is_trainable
         self._check_same_kind(config)
         state = read_weights(model_id, subfolder=subfolder, device=torch_device or "cpu", **hub)
-        self._attach(adapter_name, self._prepare_config(config, self.get_base_model()), state)
+        self._attach(adapter_name, self._prepare_config(config, self.get_base_model()), state, low_cpu_mem_usage)
         if not is_trainable:
             self.eval()
         return None
 
-    def _attach(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor]) -> None:
+    def _attach(
+        self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor], low_cpu_mem_usage: bool = False
+    ) -> None:
         first = not self.peft_config
         if config.is_prompt_learning:
             prompt.check_task(self.prompt_task)
@@ -308,7 +332,9 @@ class PeftModel(nn.Module):
             self.base_model = tuner_class_for(config)(self.get_base_model(), None, adapter_name)
         active = [adapter_name] if first else self.active_adapters
         self.base_model.check_new_config(adapter_name, config)
-        names = attach_adapter(self.get_base_model(), adapter_name, config, state, active=active)
+        names = attach_adapter(
+            self.get_base_model(), adapter_name, config, state, active=active, low_cpu_mem_usage=low_cpu_mem_usage
+        )
         self.base_model.register_config(adapter_name, config, names)
         if first:
             self.base_model.set_adapter(adapter_name)
@@ -340,7 +366,14 @@ class PeftModel(nn.Module):
             target_cls = TASK_CLASSES[TaskType(config.task_type)]
         wrapper = target_cls(model, None, adapter_name)
         wrapper.load_adapter(
-            model_id, adapter_name, is_trainable=is_trainable, config=config, subfolder=subfolder, **hub, **kwargs
+            model_id,
+            adapter_name,
+            is_trainable=is_trainable,
+            config=config,
+            subfolder=subfolder,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            **hub,
+            **kwargs,
         )
         return wrapper
 

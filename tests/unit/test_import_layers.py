@@ -46,9 +46,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("hotswap", "merging"),
     ("peft_model",),
     ("tasks",),
-    ("mapping", "auto", "utils"),  # utils: PEFT's ``peft.utils`` import path (re-exports only)
+    ("mapping", "auto"),
     ("integrations",),
-    ("", "__main__", "cli"),  # the package itself (``peftkit/__init__.py``) and the CLI, which uses its API
+    ("", "__main__", "cli", "utils"),  # the package itself, the CLI (uses its API), PEFT's import-path aliases
 ]
 
 #: Edges that break the layering on purpose, each with its reason. Keep it empty unless truly needed.

@@ -17,6 +17,7 @@ from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, load_tensors
 from peftkit.io.hub import HUB_KWARGS, resolve_file
 from peftkit.io.keys import strip_prefix
 from peftkit.io.state import check_and_load
+from peftkit.layers.placement import adapters_on_meta
 from peftkit.methods.spec import method_of
 
 
@@ -45,10 +46,12 @@ def attach_adapter(
     *,
     active: Sequence[str] | None = None,
     ignore_mismatched_sizes: bool = False,
+    low_cpu_mem_usage: bool = False,
 ) -> list[str]:
     """Inject ``adapter_name`` (uninitialised) and fill it from ``state``; undo everything if anything fails.
 
-    ``state`` has on-disk keys; the ``base_model.model.`` prefix is optional.
+    ``state`` has on-disk keys; the ``base_model.model.`` prefix is optional. With ``low_cpu_mem_usage`` the
+    adapter is created on ``meta`` and the loaded tensors are assigned (no allocation of values to overwrite).
 
     Returns:
         The target module names (for configs whose ``target_modules`` was ``"all-linear"``).
@@ -58,7 +61,8 @@ def attach_adapter(
     if message:
         warnings.warn(message, stacklevel=3)
     trainable = not config.inference_mode  # a load with is_trainable=True trains the newcomer, active or not
-    record = inject_adapter(model, config, adapter_name, init_weights=False, active=active, trainable=trainable)
+    with adapters_on_meta(low_cpu_mem_usage):
+        record = inject_adapter(model, config, adapter_name, init_weights=False, active=active, trainable=trainable)
     try:
         check_and_load(
             model,

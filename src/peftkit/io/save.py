@@ -11,6 +11,7 @@ from torch import nn
 
 from peftkit.config import CONFIG_NAME, PeftConfig
 from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, atomic_write_all, tensor_writer
+from peftkit.io.sharded import check_writable
 
 
 def adapter_directory(root: str | os.PathLike, adapter_name: str) -> str:
@@ -51,6 +52,7 @@ def write_adapter(
     previous adapter (weights and config) as a pair. A weights file of the other format left by an earlier
     save is removed afterwards, since loaders prefer safetensors and would read the stale one.
     """
+    check_writable(tensors)  # before anything touches the directory
     os.makedirs(directory, exist_ok=True)
     text = json.dumps(config.to_dict(), indent=2, sort_keys=True)
     weights, stale = (SAFETENSORS_NAME, BIN_NAME) if safe_serialization else (BIN_NAME, SAFETENSORS_NAME)

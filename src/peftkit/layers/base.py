@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from peftkit.errors import AdapterNameError, UsageError
+from peftkit.layers.placement import onloaded
 from peftkit.layers.state import AdapterStatus, apply_status, status_after_delete, status_after_set
 from peftkit.quant.merge import BaseSnapshot, restore_base, snapshot_base
 
@@ -363,23 +364,28 @@ class AdapterLayer(AdapterState, nn.Module):
     def merge(self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> None:
         """Fold ``adapter_names`` (default: the active adapters) into the base weight."""
         names = list(adapter_names) if adapter_names is not None else self.active_adapters
-        for name in names:
-            if name in self.merged_adapters or name not in self.adapter_names():
-                continue
-            if not self.merged_adapters:
+        todo = [name for name in names if name not in self.merged_adapters and name in self.adapter_names()]
+        if not todo:
+            return
+        with onloaded(self.get_base_layer()):  # an offloaded base: merge into its stored weights
+            if not self.merged_adapters:  # a quantized base: keep the packed weight that unmerge puts back
                 self._base_snapshot = snapshot_base(self.get_base_layer())
-            self.merge_one(name, safe_merge)
-            self.merged_adapters.append(name)
+            for name in todo:
+                self.merge_one(name, safe_merge)
+                self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
         """Undo every merge, last merged first (a quantized base gets its original packed weight back)."""
         snapshot, self._base_snapshot = self._base_snapshot, None
-        if snapshot is not None and self.merged_adapters:
-            restore_base(self.get_base_layer(), snapshot)
-            self.merged_adapters.clear()
+        if not self.merged_adapters:
             return
-        while self.merged_adapters:
-            self.unmerge_one(self.merged_adapters.pop())
+        with onloaded(self.get_base_layer()):
+            if snapshot is not None:
+                restore_base(self.get_base_layer(), snapshot)
+                self.merged_adapters.clear()
+                return
+            while self.merged_adapters:
+                self.unmerge_one(self.merged_adapters.pop())
 
     def extra_repr(self) -> str:
         return f"adapters={sorted(self.adapter_names())}, active={self._active_adapter}"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from peftkit.layers.base import AdapterLayer
+from peftkit.layers.placement import adapter_device
 from peftkit.merging.merge import MergeError, update_weight
 from peftkit.methods.lora.layer import adapter_dtype
 from peftkit.quant.base import weight_shape
@@ -71,7 +72,8 @@ class IA3Layer(AdapterLayer):
             init_weights: ``False`` allocates without initialising, for weights a load will overwrite.
         """
         weight = self.get_base_layer().weight
-        vector = torch.empty(self.vector_shape(spec.is_feedforward), device=weight.device, dtype=adapter_dtype(weight))
+        device = adapter_device(self.get_base_layer())
+        vector = torch.empty(self.vector_shape(spec.is_feedforward), device=device, dtype=adapter_dtype(weight))
         if init_weights:
             with torch.no_grad():
                 vector.fill_(1.0) if spec.init else vector.normal_()

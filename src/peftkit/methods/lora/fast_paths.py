@@ -63,6 +63,8 @@ def single_adapter(layer: Any, x: torch.Tensor, adapter: str) -> torch.Tensor | 
     if factor_a is None or type(base) not in FUSABLE_BASES or layer.use_dora.get(adapter) or has_hooks(base):
         return None
     factor_b = modules["lora_B"]._modules[adapter]
+    if "weight" not in factor_a._parameters or "weight" not in factor_b._parameters:  # e.g. wrapped by FSDP1
+        return None
     A, B = factor_a._parameters["weight"], factor_b._parameters["weight"]
     weight, bias = base._parameters["weight"], base._parameters.get("bias")
     if factor_b._parameters.get("bias") is not None or not (x.dtype == weight.dtype == A.dtype):

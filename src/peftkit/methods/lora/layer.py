@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftkit.layers.base import AdapterLayer, BatchRouting
+from peftkit.layers.placement import adapter_device, onloaded
 from peftkit.layers.state import AdapterStatus
 from peftkit.merging.merge import update_weight
 from peftkit.methods.lora import fast_paths
@@ -127,8 +128,9 @@ class LoraLayer(AdapterLayer):
         if init_weights:
             self.init_weights(adapter, spec)
         if spec.use_dora:
-            empty = torch.empty(self.out_features, device=self.weight.device)
-            magnitude = self.dora_norm(adapter) if init_weights else empty
+            empty = torch.empty(self.out_features, device=adapter_device(self.get_base_layer()))
+            with onloaded(self.get_base_layer(), write_back=False):  # the norm reads an offloaded base's weight
+                magnitude = self.dora_norm(adapter) if init_weights else empty
             self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(self.lora_A[adapter].weight.dtype))  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         if not self._active_adapter:
             self._active_adapter = [adapter]
@@ -250,7 +252,7 @@ class Linear(LoraLayer):
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         weight = self.get_base_layer().weight
-        kw = {"device": weight.device, "dtype": adapter_dtype(weight)}
+        kw: dict[str, Any] = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
         self.lora_A[adapter] = empty_linear(self.in_features, spec.r, bias=False, **kw)
         self.lora_B[adapter] = empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw)
 
