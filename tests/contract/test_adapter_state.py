@@ -45,8 +45,9 @@ def saved(method: MethodCase, directory: Path, seed: int) -> Path:
 
 
 def loads_trainable(method: MethodCase) -> bool:
-    """P-tuning files hold the encoder's output only: they load for inference, not for training."""
-    return method.name != "p_tuning"
+    """Every method's file loads for training (P-tuning's holds the encoder's output only: it loads as a
+    trainable table of those vectors, see issue 10 item 7)."""
+    return True
 
 
 # -- disabling --------------------------------------------------------------------------------------------
