@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from peftkit.config_checks import check_field_types, check_nesting, check_size
 from peftkit.errors import ConfigError
 from peftkit.types import PeftType, TaskType
 
@@ -81,6 +82,7 @@ class PeftConfig:
     unsupported_fields: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.task_type is not None and not isinstance(self.task_type, TaskType):
             try:
                 self.task_type = TaskType(self.task_type)
@@ -141,6 +143,7 @@ class PeftConfig:
             if not issubclass(target, cls):
                 raise ConfigError(f"peft_type={peft_type!r} describes a {target.__name__}, not a {cls.__name__}.")
         known = {f.name for f in dataclasses.fields(target) if f.init}
+        check_nesting(target.__name__, {k: v for k, v in data.items() if k in known})
         unknown = sorted(set(data) - known)
         if unknown:
             warnings.warn(
@@ -164,8 +167,10 @@ class PeftConfig:
         try:
             with open(path_json_file, encoding="utf-8") as fh:
                 data = json.load(fh)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path_json_file!s} is not valid JSON ({exc}); re-save the adapter.") from exc
+        except RecursionError:
+            raise ConfigError(f"{path_json_file!s} nests lists or objects too deeply to be a config.") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path_json_file!s} must hold a JSON object, not {type(data).__name__}.")
         return data
@@ -221,6 +226,9 @@ class PromptLearningConfig(PeftConfig):
         n = self.num_virtual_tokens
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
             raise ConfigError(f"{type(self).__name__}.num_virtual_tokens must be a positive integer, got {n!r}.")
+        for name in ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_attention_heads",
+                     "num_layers", "encoder_hidden_size"):  # fmt: skip
+            check_size(type(self).__name__, name, getattr(self, name, None), allow_none=True)
 
     @property
     def is_prompt_learning(self) -> bool:

@@ -166,14 +166,28 @@ class PeftModel(nn.Module):
         """Remove an adapter and its weights."""
         self._tuner.delete_adapter(adapter_name)
 
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        """Let ``adapter_names`` train (or stop training) whether active or not."""
+        self._tuner.set_requires_grad(adapter_names, requires_grad)
+
+    @property
+    def _adapters_disabled(self) -> bool:
+        return self._tuner.disabled
+
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
-        """Context manager: inside it the model computes like its base model."""
+        """Context manager: inside it the model computes like its base model and nothing trains.
+
+        On exit the previous state comes back: adapters that were already disabled (by an outer block or
+        ``disable_adapter_layers()``) stay disabled, and exactly what trained before trains again.
+        """
+        was_disabled = self._tuner.disabled
         self._tuner.disable_adapter_layers()
         try:
             yield
         finally:
-            self._tuner.enable_adapter_layers()
+            if not was_disabled:
+                self._tuner.enable_adapter_layers()
 
     # -- forward ------------------------------------------------------------------------------
     @torch.compiler.disable(recursive=False)
@@ -317,6 +331,7 @@ class PeftModel(nn.Module):
         if first and type(self.base_model) is not tuner_class_for(config):
             self.base_model = tuner_class_for(config)(self.get_base_model(), None, adapter_name)
         active = [adapter_name] if first else self.active_adapters
+        self.base_model.check_new_config(adapter_name, config)
         names = attach_adapter(
             self.get_base_model(), adapter_name, config, state, active=active, low_cpu_mem_usage=low_cpu_mem_usage
         )

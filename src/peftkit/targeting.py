@@ -11,8 +11,10 @@ Matching rules (PEFT's):
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Collection, Iterable, Mapping
+import warnings
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from torch import nn
@@ -24,6 +26,10 @@ _V = TypeVar("_V")
 ALL_LINEAR = "all-linear"
 DEFAULT_LAYER_PATTERNS = ("layers", "h", "block", "blocks", "layer")
 _MAX_NAMES_IN_ERROR = 40
+
+#: Heads that the task classes add to every config's ``modules_to_save`` (PEFT's ``classifier`` / ``score`` for
+#: classification, ``qa_outputs`` for question answering); a model has only some of them, and that is no error.
+TASK_HEAD_NAMES = frozenset({"classifier", "score", "qa_outputs"})
 
 
 def name_matches(name: str, targets: str | Collection[str] | None) -> bool:
@@ -71,6 +77,42 @@ def pattern_value(name: str, pattern: Mapping[str, _V], default: _V) -> _V:
         if re.match(rf"(.*\.)?({key})$", name):
             return value
     return default
+
+
+def unmatched_pattern_keys(pattern: dict[str, object], names: Collection[str]) -> list[str]:
+    """Keys of ``pattern`` (matched as in :func:`pattern_value`) that match none of ``names``."""
+    return [key for key in pattern if not any(re.match(rf"(.*\.)?({key})$", name) for name in names)]
+
+
+def warn_unmatched_patterns(config: object, fields: Collection[str], names: Sequence[str]) -> None:
+    """Warn about ``rank_pattern`` / ``alpha_pattern`` keys that match none of the adapted modules (a typo there
+    silently leaves the default rank or alpha)."""
+    for field_name in fields:
+        unmatched = unmatched_pattern_keys(getattr(config, field_name, None) or {}, names)
+        if unmatched:
+            warnings.warn(
+                f"{field_name} keys {unmatched} match none of the adapted modules, so they change nothing; adapted "
+                f"modules include {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}.",
+                stacklevel=4,
+            )
+
+
+def check_modules_to_save(wanted: Sequence[str], names: Sequence[str]) -> None:
+    """Every name in ``wanted`` must match a module (the task heads that tasks add for every model are exempt).
+
+    Raises:
+        TargetingError: naming the modules that match nothing and the model's closest module names.
+    """
+    missing = [w for w in wanted if w not in TASK_HEAD_NAMES and not any(name_matches(n, [w]) for n in names if n)]
+    if not missing:
+        return
+    candidates = sorted({part for n in names for part in (n, n.rsplit(".", 1)[-1]) if n})
+    close = sorted({c for w in missing for c in difflib.get_close_matches(w, candidates, n=5, cutoff=0.5)})
+    hint = f" Close names in the model: {', '.join(close)}." if close else ""
+    raise TargetingError(
+        f"modules_to_save names {', '.join(repr(m) for m in missing)}, which the model does not have.{hint} "
+        "Fix modules_to_save."
+    )
 
 
 def select_targets(
@@ -124,6 +166,33 @@ def select_targets(
             + f". The model's modules are: {shown}. Set target_modules to some of these names."
         )
     return chosen
+
+
+def config_targets(
+    candidates: Mapping[str, nn.Module],
+    targets: str | Collection[str],
+    config: object,
+    adaptable: tuple[type, ...],
+    pattern_fields: Collection[str] = (),
+) -> list[str]:
+    """:func:`select_targets` with a config's ``exclude_modules`` / ``layers_to_transform`` / ``layers_pattern``.
+
+    Modules trained in full (``modules_to_save``, and everything in them) get no adapter layer, as in PEFT: their
+    copy would carry one too, and the original's would be neither saved nor restored. Keys of ``pattern_fields``
+    (``rank_pattern`` ...) that match no chosen module are warned about.
+    """
+    to_save = getattr(config, "modules_to_save", None) or ()
+    names = select_targets(
+        candidates.items(),
+        targets,
+        exclude_modules=getattr(config, "exclude_modules", None),
+        layers_to_transform=getattr(config, "layers_to_transform", None),
+        layers_pattern=getattr(config, "layers_pattern", None),
+        adaptable=adaptable,
+        skip=[name for name in candidates if name and to_save and name_matches(name, to_save)],
+    )
+    warn_unmatched_patterns(config, pattern_fields, names)
+    return names
 
 
 def all_linear_names(

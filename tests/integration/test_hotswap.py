@@ -145,3 +145,26 @@ def test_swaps_do_not_recompile(tmp_path) -> None:
     fresh = peftkit.PeftModel.from_pretrained(TwoLayer(), tmp_path / "b")
     with torch.no_grad():
         torch.testing.assert_close(swapped, fresh(x))
+
+
+def test_integer_tensor_in_the_new_adapter_is_refused_by_key_and_dtype(adapter_dirs, tmp_path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "int_adapter"
+    shutil.copytree(adapter_dirs["r4"], bad)
+    tensors = load_file(bad / "adapter_model.safetensors")
+    key = next(k for k in tensors if k.endswith("q_proj.lora_A.weight"))
+    tensors[key] = tensors[key].to(torch.int32)
+    save_file(tensors, bad / "adapter_model.safetensors")
+    model = peftkit.enable_adapter_methods(tiny_llama())
+    model.enable_peft_hotswap(target_rank=8)
+    model.load_adapter(adapter_dirs["r4"])
+    x = inputs_for(model)
+    before = output_of(model, x)
+    with pytest.raises(
+        peftkit.HotswapError, match=rf"{key.removeprefix('base_model.model.')}: the file holds a torch.int32"
+    ):
+        model.load_adapter(bad, hotswap=True)
+    torch.testing.assert_close(output_of(model, x), before)

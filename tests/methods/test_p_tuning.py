@@ -68,8 +68,11 @@ def test_saves_the_encoder_output_and_loads_a_table(tmp_path) -> None:
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
     out = loaded.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=4)
     assert torch.equal(out, greedy_by_forward(model, inputs["input_ids"], inputs["attention_mask"], 4))
-    with pytest.raises(ConfigError, match="holds only its encoder's output"):
-        peftkit.PeftModel.from_pretrained(build("llama"), tmp_path, is_trainable=True)
+    with pytest.warns(UserWarning, match="holds only its encoder's output"):  # loads as a trainable table
+        trainable = peftkit.PeftModel.from_pretrained(build("llama"), tmp_path, is_trainable=True)
+    assert trainable.prompt_encoder["default"].embedding.weight.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(trainable.eval()(**inputs).logits, model(**inputs).logits)
 
 
 def test_seq2seq_encodes_both_submodules_and_feeds_the_first_to_the_encoder() -> None:

@@ -107,8 +107,11 @@ def test_projection_saves_its_output_and_loads_as_a_table(tmp_path) -> None:
     inputs = batch("llama")
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
-    with pytest.raises(ConfigError, match="cannot be loaded into a trainable encoder"):
-        peftkit.PeftModel.from_pretrained(build("llama"), tmp_path, is_trainable=True)
+    with pytest.warns(UserWarning, match="holds only its encoder's output"):  # loads as a trainable table
+        trainable = peftkit.PeftModel.from_pretrained(build("llama"), tmp_path, is_trainable=True)
+    assert trainable.prompt_encoder["default"].embedding.weight.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(trainable.eval()(**inputs).logits, model(**inputs).logits)
 
 
 def test_round_trip_without_projection_can_train_on(tmp_path) -> None:
@@ -172,7 +175,7 @@ def test_forward_without_a_cache_argument_is_refused_at_creation() -> None:
 def test_bad_values_and_bad_checkpoints(tmp_path) -> None:
     with pytest.raises(ConfigError, match="num_virtual_tokens must be a positive integer"):
         PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=0)
-    with pytest.raises(ConfigError, match="init_weights must be None or 'zero'"):
+    with pytest.raises(ConfigError, match="init_weights must be one of 'zero' or None"):
         _config(init_weights="ones")
     with pytest.raises(ConfigError, match="not a multiple of num_attention_heads"):
         get_peft_model(build("gpt2"), _config(token_dim=15, num_attention_heads=2))

@@ -10,18 +10,18 @@ from peftkit.errors import ConfigError, TargetingError, UnsupportedError
 
 @pytest.mark.parametrize("r", [0, -1, 2.5, "8", True, None])
 def test_bad_rank(r) -> None:
-    with pytest.raises(ConfigError, match="r must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"LoraConfig\.r must be"):
         peft.LoraConfig(r=r)
 
 
 @pytest.mark.parametrize("dropout", [-0.1, 1.0, 1.5, "0.1"])
 def test_dropout_outside_unit_interval(dropout) -> None:
-    with pytest.raises(ConfigError, match=r"lora_dropout must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"lora_dropout must be (in \[0, 1\)|a number)"):
         peft.LoraConfig(lora_dropout=dropout)
 
 
 def test_unknown_bias() -> None:
-    with pytest.raises(ConfigError, match="bias must be 'none', 'all' or 'lora_only'"):
+    with pytest.raises(ConfigError, match="bias must be one of 'none', 'all', 'lora_only'"):
         peft.LoraConfig(bias="some")
 
 

@@ -5,8 +5,8 @@ except under ``if TYPE_CHECKING:`` (never executed), and so does every spec loca
 :data:`peftkit.catalog.METHOD_SPECS` (``peftkit.registry`` imports them with ``importlib``). The layers, lowest
 first (a module may import its own layer and those below it):
 
-* leaves: the on-disk vocabulary (``types``, ``catalog``), ``errors``, ``locking``, and the file helpers that
-  need nothing else (``io.files``, ``io.hub``, ``io.keys``);
+* leaves: the on-disk vocabulary (``types``, ``catalog``), ``errors``, ``locking``, ``config_checks``, and the
+  file helpers that need nothing else (``io.files``, ``io.hub``, ``io.keys``);
 * ``config``; then ``targeting`` / ``defaults``; ``quant``; the template layers (``layers``) and the merge
   primitive they use (``merging.merge``);
 * ``methods.spec``: the contract between the core and the methods, with the lookup the registry fills;
@@ -33,7 +33,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "peftkit"
 
 #: Lowest layer first; a module belongs to the entry with the longest matching dotted prefix.
 LAYERS: list[tuple[str, ...]] = [
-    ("types", "catalog", "errors", "locking", "io.files", "io.hub", "io.keys"),
+    ("types", "catalog", "errors", "locking", "io.files", "io.hub", "io.keys", "config_checks"),
     ("config",),
     ("targeting", "defaults"),
     ("quant",),
@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("hotswap", "merging"),
     ("peft_model",),
     ("tasks",),
-    ("mapping", "auto", "utils"),  # utils: PEFT's ``peft.utils`` import path (re-exports only)
+    ("mapping", "auto"),
     ("integrations",),
     ("", "__main__", "cli", "utils"),  # the package itself, the CLI (uses its API), PEFT's import-path aliases
 ]

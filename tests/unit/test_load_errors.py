@@ -94,6 +94,37 @@ def bin_not_a_dict(d):
     torch.save([torch.zeros(2)], d / "adapter_model.bin")
 
 
+def integer_tensor(d):
+    edit_tensors(d, lambda t: t.__setitem__(KEY, torch.ones(2, 8, dtype=torch.int64)))
+
+
+def nested_lists(d):
+    value: list = []
+    for _ in range(940):
+        value = [value]
+    edit_config(d, lambda c: c.__setitem__("target_modules", value))
+
+
+def huge_rank(d):
+    edit_config(d, lambda c: c.__setitem__("r", 2**62))
+
+
+def bad_target_regex(d):
+    edit_config(d, lambda c: c.__setitem__("target_modules", r".*(q_proj"))
+
+
+def bad_exclude_regex(d):
+    edit_config(d, lambda c: c.__setitem__("exclude_modules", "[v_proj"))
+
+
+def bad_rank_pattern_key(d):
+    edit_config(d, lambda c: c.__setitem__("rank_pattern", {"*q": 2}))
+
+
+def bad_alpha_pattern_key(d):
+    edit_config(d, lambda c: c.__setitem__("alpha_pattern", {"q_proj)": 2}))
+
+
 BAD = {
     wrong_shape: (CheckpointError, rf"shape mismatch: {KEY[17:]}: checkpoint \(3, 8\) vs model \(2, 8\)"),
     missing_key: (CheckpointError, rf"missing keys: {KEY[17:]}"),
@@ -108,6 +139,13 @@ BAD = {
     rank_disagrees: (CheckpointError, "shape mismatch"),
     pickled_object: (CheckpointError, "Cannot read adapter weights from .*adapter_model.bin"),
     bin_not_a_dict: (CheckpointError, "does not hold a flat dict of tensors"),
+    integer_tensor: (CheckpointError, rf"non-floating-point tensors .*{KEY[17:]}: torch.int64"),
+    nested_lists: (ConfigError, "LoraConfig.target_modules is nested more than"),
+    huge_rank: (ConfigError, "LoraConfig.r must be an integer from 1 to"),
+    bad_target_regex: (ConfigError, "LoraConfig.target_modules holds an invalid regular expression"),
+    bad_exclude_regex: (ConfigError, "LoraConfig.exclude_modules holds an invalid regular expression"),
+    bad_rank_pattern_key: (ConfigError, r"LoraConfig.rank_pattern key '\*q' holds an invalid regular expression"),
+    bad_alpha_pattern_key: (ConfigError, r"LoraConfig.alpha_pattern key 'q_proj\)' holds an invalid"),
 }
 
 

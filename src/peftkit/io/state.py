@@ -15,6 +15,7 @@ from torch import nn
 from peftkit.config import PeftConfig
 from peftkit.errors import CheckpointError
 from peftkit.functional import iter_adapter_modules
+from peftkit.io.embeddings import default_base_path, plain_embedding_modules, targets_embedding, vocab_resized
 from peftkit.io.keys import match_keys, remove_adapter_name, rename_suffix, strip_wrapper_segments
 from peftkit.io.sharded import select_state
 from peftkit.layers.base import AdapterLayer
@@ -36,10 +37,19 @@ class AdapterTensor:
     source: str = ""
 
 
-def wants_embedding_layers(config: PeftConfig, save_embedding_layers: bool | str) -> bool:
-    """Whether a save includes the base weights of adapted embedding layers: the method's rule (PEFT's:
-    ``"auto"`` saves them when the targets name an embedding layer)."""
-    return method_of(config).embedding_rule(config, save_embedding_layers)
+def wants_embedding_layers(
+    config: PeftConfig, save_embedding_layers: bool | str, model: nn.Module | None = None
+) -> bool:
+    """Whether a save includes embedding weights: the method's rule (PEFT's: ``"auto"`` saves the base weights of
+    adapted embedding layers when the targets name one), a regex target matching one in ``model``, or -- for
+    ``"auto"`` -- a vocabulary of ``model`` that differs from its base model's (see :mod:`peftkit.io.embeddings`)."""
+    if method_of(config).embedding_rule(config, save_embedding_layers):
+        return True
+    if save_embedding_layers != "auto":
+        return False
+    if targets_embedding(config, model):
+        return True
+    return model is not None and vocab_resized(model, default_base_path(config, model))
 
 
 def adapter_tensors(
@@ -54,6 +64,7 @@ def adapter_tensors(
     spec = method_of(config)
     renames = spec.file_key_renames
     out: dict[str, AdapterTensor] = {}
+    adapted_embedding = False
     for raw, module in iter_adapter_modules(model):
         if not module.holds(adapter):
             continue
@@ -73,8 +84,10 @@ def adapter_tensors(
                 tail = f".{attr}.{adapter}" + (f".{key}" if key else "")
                 disk = rename_suffix(remove_adapter_name(name + tail, adapter), renames)
                 out[disk] = AdapterTensor(tensor, True, raw + tail)
-        _add_base_tensors(out, name, raw, module, config, embedding_layers)
+        adapted_embedding |= _add_base_tensors(out, name, raw, module, config, embedding_layers)
     out.update(_model_tensors(model, adapter, config))
+    if embedding_layers is None or (embedding_layers and not adapted_embedding):
+        _add_plain_embeddings(out, model)
     if spec.bias_rule(config) == "all":
         for raw_key, tensor in model.state_dict(keep_vars=False).items():
             key = strip_wrapper_segments(raw_key)
@@ -109,6 +122,17 @@ def module_tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
     return params + [(k, v.detach()) for k, v in module._buffers.items() if v is not None and k not in skip]
 
 
+def _add_plain_embeddings(out: dict[str, AdapterTensor], model: nn.Module) -> None:
+    """The whole input / output embedding layers (a resized vocabulary): written when asked for, accepted by a
+    load, never required."""
+    for raw, module in plain_embedding_modules(model, skip=(AdapterLayer, ModulesToSaveWrapper)):
+        name = strip_wrapper_segments(raw)
+        for key, tensor in module.state_dict().items():
+            out.setdefault(
+                f"{name}.{key}" if name else key, AdapterTensor(tensor, False, f"{raw}.{key}" if raw else key)
+            )
+
+
 def _add_base_tensors(
     out: dict[str, AdapterTensor],
     name: str,
@@ -116,13 +140,15 @@ def _add_base_tensors(
     layer: AdapterLayer,
     config: PeftConfig,
     embedding_layers: bool | None,
-) -> None:
+) -> bool:
+    """Add the base tensors saved with ``layer``; returns whether ``layer`` adapts an embedding layer."""
     base = layer.get_base_layer()
     if method_of(config).bias_rule(config) == "adapter_layers" and getattr(base, "bias", None) is not None:
         out[f"{name}.base_layer.bias"] = AdapterTensor(base.bias.data, False, f"{raw}.base_layer.bias")
     is_embedding = isinstance(base, nn.Embedding) or name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES
     if is_embedding and (embedding_layers is None or embedding_layers):
         out[f"{name}.base_layer.weight"] = AdapterTensor(base.weight.data, False, f"{raw}.base_layer.weight")
+    return is_embedding
 
 
 def _is_adapter_internal(key: str) -> bool:
@@ -144,7 +170,7 @@ def adapter_state_dict(
         state_dict: A full state dict of ``model`` or of a wrapper around it (e.g. gathered from FSDP2 / ZeRO-3
             shards): the values are taken from it instead of the live parameters (see :mod:`peftkit.io.sharded`).
     """
-    embedding = wants_embedding_layers(config, save_embedding_layers)
+    embedding = wants_embedding_layers(config, save_embedding_layers, model)
     entries = adapter_tensors(model, adapter, config, embedding)
     if state_dict is not None:
         state = select_state(model, entries, state_dict)
@@ -186,6 +212,13 @@ def check_and_load(
         for k, v in state.items()
         if k in expected and v.shape != expected[k].tensor.shape
     ]
+    wrong_kind = [
+        f"{k}: {v.dtype}"
+        for k, v in state.items()
+        if k in expected and expected[k].tensor.is_floating_point() and not v.is_floating_point()
+    ]
+    if wrong_kind:
+        problems.append(f"non-floating-point tensors where weights belong: {_some(wrong_kind)}")
     if mismatched and not ignore_mismatched_sizes:
         problems.append(
             "shape mismatch: "

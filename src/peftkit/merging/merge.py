@@ -12,12 +12,20 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from peftkit.errors import PeftkitError
 from peftkit.quant.base import backend_for
 from peftkit.quant.merge import warn_requantized
 
 
-class MergeError(ValueError):
+class MergeError(PeftkitError, ValueError):
     """A merge would write NaN or infinite values into the base weights."""
+
+
+def require_finite_sum(pair: tuple[torch.Tensor, torch.Tensor] | None, scale: float, safe: bool, what: str) -> None:
+    """With ``safe``, raise :class:`MergeError` naming ``what`` unless ``base + scale * delta`` (``pair``: a base
+    tensor and what a merge adds to it) is finite everywhere; nothing to check when ``pair`` is ``None``."""
+    if safe and pair is not None and not torch.isfinite(pair[0] + scale * pair[1]).all():
+        raise MergeError(f"Merging {what} would write NaN/Inf into the base weights; the adapter is broken.")
 
 
 def update_weight(

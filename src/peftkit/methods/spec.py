@@ -99,6 +99,10 @@ class MethodSpec:
             without the model prefix), e.g. AdaLoRA drops the ranks its ``rank_pattern`` pruned.
         tuner_class: The method's ``TunerModel`` subclass (PEFT's ``LoraModel``, ``IA3Model``, ...);
             ``None`` uses ``TunerModel``.
+        after_inject: ``(config, model, adapter_name) -> None``: last step of an injection, once every layer
+            has the adapter (e.g. LoRA ties the output head's factors to the input embedding's).
+        pattern_fields: Config fields that are ``{regex: value}`` overrides per module (LoRA's ``rank_pattern``,
+            ``alpha_pattern``); a key that matches no adapted module is warned about.
         prompt_encoder: For prompt methods (no layer table): the encoder class, built as
             ``prompt_encoder(config, word_embeddings, init_weights)``; ``None`` for layer methods.
         bias_modes: Value of the config's ``bias`` field -> :data:`BiasRule` (LoRA: ``"lora_only"`` ->
@@ -135,6 +139,8 @@ class MethodSpec:
     finalize_state: Callable[[Any, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     tuner_class: type[nn.Module] | None = None
     prompt_encoder: type[nn.Module] | None = None
+    pattern_fields: tuple[str, ...] = ()
+    after_inject: Callable[[Any, nn.Module, str], None] | None = None
     bias_modes: Mapping[str, BiasRule] = field(default_factory=lambda: {"none": "none"})
     embedding_rule: Callable[[Any, bool | str], bool] = peft_embedding_rule
     init_warning: Callable[[Any, str], str | None] | None = None
@@ -204,7 +210,7 @@ def method_for(peft_type: PeftType | str) -> MethodSpec:
     """
     try:
         return SPECS[PeftType(peft_type)]
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError):
         known = ", ".join(t.value for t in SPECS)
         raise ConfigError(f"peft_type={peft_type!r} is not implemented by peftkit; known methods: {known}.") from None
 

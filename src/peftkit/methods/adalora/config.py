@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
+from peftkit.config_checks import check_size
 from peftkit.errors import ConfigError, UnsupportedError
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.types import PeftType
@@ -53,6 +55,8 @@ class AdaLoraConfig(LoraConfig):
     total_step: int | None = None
     rank_pattern: dict | None = None  # type: ignore[assignment]  # AdaLoRA fills it during training; None until then (PEFT's default)
 
+    zero_alpha_disables: ClassVar[bool] = False  # lora_alpha <= 0 scales by the rank
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType("ADALORA")
@@ -86,6 +90,8 @@ class AdaLoraConfig(LoraConfig):
                 raise ConfigError(f"AdaLoraConfig.{name} must be a non-negative integer (deltaT >= 1), got {value!r}.")
         if self.init_r == 0:
             raise ConfigError("AdaLoraConfig.init_r must be positive.")
+        check_size("AdaLoraConfig", "init_r", self.init_r)
+        check_size("AdaLoraConfig", "target_r", self.target_r, minimum=0)
         if self.target_r > self.init_r and not self.inference_mode:  # saved adapters load as they are
             raise ConfigError(
                 f"AdaLoraConfig.target_r={self.target_r} exceeds init_r={self.init_r}: the budget can only shrink. "

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peftkit.config import PeftConfig
+from peftkit.config_checks import check_regex, name_set
 from peftkit.errors import ConfigError
 from peftkit.types import PeftType
 
@@ -48,13 +49,13 @@ class IA3Config(PeftConfig):
     def __post_init__(self) -> None:
         self.peft_type = PeftType("IA3")
         for name in ("target_modules", "exclude_modules", "feedforward_modules"):
-            value = getattr(self, name)
-            if isinstance(value, (list, tuple)):
-                setattr(self, name, set(value))
+            setattr(self, name, name_set(getattr(self, name)))
         super().__post_init__()
         self._validate()
 
     def _validate(self) -> None:
+        for name in ("target_modules", "exclude_modules", "feedforward_modules"):
+            check_regex("IA3Config", name, getattr(self, name))
         if not isinstance(self.init_ia3_weights, bool):
             raise ConfigError(f"IA3Config.init_ia3_weights must be True or False, got {self.init_ia3_weights!r}.")
         if not isinstance(self.fan_in_fan_out, bool):

@@ -6,16 +6,21 @@ PEFT unchanged. Fields of PEFT features peftkit does not implement keep PEFT's d
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from peftkit.config import PeftConfig
+from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
 from peftkit.types import PeftType
 
 _INIT_NAMES = ("gaussian", "pissa", "olora")
 _PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
+#: How ``rank_pattern`` / ``alpha_pattern`` keys are matched against module names (see ``targeting``).
+_PATTERN_TEMPLATE = r"(.*\.)?({})$"
 
 
 @dataclass
@@ -41,6 +46,8 @@ class LoraConfig(PeftConfig):
         layers_pattern: Name of the layer list (``"layers"``, ``"h"``, ...) used with ``layers_to_transform``.
         rank_pattern: ``{regex: r}`` overriding ``r`` for matching module names.
         alpha_pattern: ``{regex: alpha}`` overriding ``lora_alpha`` for matching module names.
+        ensure_weight_tying: With tied word embeddings, targeting either ``embed_tokens`` or ``lm_head`` adapts
+            both, the head's factors tied to the embedding's, so both sides keep one adapted table (PEFT's option).
         use_dora: Weight-decomposed LoRA (Liu et al., 2024): a trainable magnitude per output row.
         lora_bias: Give ``lora_B`` a trainable bias.
     """
@@ -81,11 +88,13 @@ class LoraConfig(PeftConfig):
     use_qalora: bool = False
     velora_config: dict | None = None
 
+    #: ``lora_alpha == 0`` makes the scaling 0 (AdaLoRA then scales by the rank instead).
+    zero_alpha_disables: ClassVar[bool] = True
+
     unsupported_fields = (
         "alora_invocation_tokens",
         "arrow_config",
         "corda_config",
-        "ensure_weight_tying",
         "eva_config",
         "kasa_config",
         "layer_replication",
@@ -102,22 +111,22 @@ class LoraConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         self.peft_type = PeftType("LORA")
-        if isinstance(self.target_modules, (list, tuple)):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, (list, tuple)):
-            self.exclude_modules = set(self.exclude_modules)
+        self.target_modules = name_set(self.target_modules)
+        self.exclude_modules = name_set(self.exclude_modules)
         super().__post_init__()
         self._validate()
 
     def _validate(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ConfigError(f"LoraConfig.r must be a positive integer, got {self.r!r}.")
+        check_size(type(self).__name__, "r", self.r)
+        for name in ("target_modules", "exclude_modules"):
+            check_regex(type(self).__name__, name, getattr(self, name))
         if not isinstance(self.lora_dropout, (int, float)) or not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"LoraConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
         if self.bias not in ("none", "all", "lora_only"):
             raise ConfigError(f"LoraConfig.bias must be 'none', 'all' or 'lora_only', got {self.bias!r}.")
-        if not isinstance(self.alpha_pattern, dict):
-            raise ConfigError(f"LoraConfig.alpha_pattern must be a dict {{regex: alpha}}, got {self.alpha_pattern!r}.")
+        self._validate_alpha()
         self._validate_rank_pattern()
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
             raise ConfigError("layers_to_transform cannot be used when target_modules is a regex string.")
@@ -125,12 +134,35 @@ class LoraConfig(PeftConfig):
             raise ConfigError("layers_pattern is only used together with layers_to_transform; set both.")
         self._validate_init()
 
+    def _validate_alpha(self) -> None:
+        """``alpha_pattern`` is ``{regex: number}``; an alpha of 0 (scaling 0) is legal but warned about."""
+        if not isinstance(self.alpha_pattern, dict):
+            raise ConfigError(f"LoraConfig.alpha_pattern must be a dict {{regex: alpha}}, got {self.alpha_pattern!r}.")
+        zero = ["lora_alpha"] if self.lora_alpha == 0 else []
+        zero = zero if self.zero_alpha_disables else []
+        for key, alpha in self.alpha_pattern.items():
+            check_regex(type(self).__name__, f"alpha_pattern key {key!r}", key, _PATTERN_TEMPLATE)
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+                raise ConfigError(f"LoraConfig.alpha_pattern[{key!r}] must be a finite number, got {alpha!r}.")
+            if alpha == 0 and self.zero_alpha_disables:
+                zero.append(f"alpha_pattern[{key!r}]")
+        if not math.isfinite(self.lora_alpha):
+            raise ConfigError(f"LoraConfig.lora_alpha must be a finite number, got {self.lora_alpha!r}.")
+        if zero:
+            warnings.warn(
+                f"{type(self).__name__}: {', '.join(zero)} = 0 makes the scaling alpha / r zero, so the adapter can "
+                "never change the output and its lora_A never receives a gradient; use a positive lora_alpha.",
+                stacklevel=5,
+            )
+
     def _validate_rank_pattern(self) -> None:
         if not isinstance(self.rank_pattern, dict):
             raise ConfigError(f"LoraConfig.rank_pattern must be a dict of {{regex: r}}, got {self.rank_pattern!r}.")
         for key, rank in self.rank_pattern.items():
+            check_regex(type(self).__name__, f"rank_pattern key {key!r}", key, _PATTERN_TEMPLATE)
             if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
                 raise ConfigError(f"LoraConfig.rank_pattern[{key!r}] must be a positive integer, got {rank!r}.")
+            check_size(type(self).__name__, f"rank_pattern[{key!r}]", rank)
 
     def _validate_init(self) -> None:
         init = self.init_lora_weights

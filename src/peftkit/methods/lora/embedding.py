@@ -1,4 +1,5 @@
-"""LoRA on ``nn.Embedding``: ``y = E[x] + s * (A^T[x] @ B^T)``.
+"""LoRA on ``nn.Embedding``: ``y = E[x] + s * (A^T[x] @ B^T)`` (both terms times ``embed_scale`` for scaled
+embeddings such as Gemma's).
 
 ``A = lora_embedding_A (r, num_embeddings)`` starts at zero and ``B = lora_embedding_B (dim, r)`` is
 normal, the reverse of the Linear case, because a row lookup in ``A^T`` replaces the first matmul.
@@ -66,4 +67,30 @@ class Embedding(LoraLayer):
             scale_grad_by_freq=base.scale_grad_by_freq,
             sparse=base.sparse,
         )
-        return result + ((rows @ B.T) * self.scaling[adapter]).to(result.dtype)
+        delta = (rows @ B.T) * self.scaling[adapter]
+        scale = self.embed_scale()
+        if scale is not None:  # the base multiplies its lookup by it, so the table's delta goes through it too
+            delta = delta * scale.to(delta.dtype)
+        return result + delta.to(result.dtype)
+
+    def embed_scale(self) -> torch.Tensor | None:
+        """The factor a scaled embedding multiplies its lookup by (Gemma's ``embed_scale = sqrt(hidden_size)``),
+        as a 0-d tensor, or ``None`` for a plain ``nn.Embedding``.
+
+        The unmerged output must be ``(E[x] + s A^T[x] B^T) * embed_scale`` to equal the merged table's
+        ``(E + ΔE)[x] * embed_scale``.
+
+        Raises:
+            UnsupportedError: ``embed_scale`` is not a single number (its broadcast would be a guess).
+        """
+        scale = getattr(self.get_base_layer(), "embed_scale", None)
+        if scale is None:
+            return None
+        if isinstance(scale, (int, float)):
+            return torch.tensor(float(scale))
+        if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+            return scale.reshape(())
+        raise UnsupportedError(
+            f"{type(self.get_base_layer()).__name__}.embed_scale has shape {tuple(getattr(scale, 'shape', ()))}; "
+            "LoRA on an embedding supports a single scale factor only."
+        )

@@ -15,6 +15,7 @@ from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.embedding import Embedding
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import Linear, LoraLayerSpec
+from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.targeting import pattern_value
 from peftkit.tuner import LoraModel
@@ -94,6 +95,9 @@ LORA = MethodSpec(
     linear_types=(nn.Linear, Conv1D),
     file_key_renames={".lora_magnitude_vector.weight": ".lora_magnitude_vector"},
     settle_config=settle_lora_config,
+    pattern_fields=("rank_pattern", "alpha_pattern"),
+    prepare_config=prepare_tied_targets,
+    after_inject=tie_adapters,
     bias_modes=LORA_BIAS_MODES,
     init_warning=decomposing_init_warning,
     public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel},

@@ -12,6 +12,9 @@ from peftkit.config import PromptLearningConfig
 from peftkit.errors import ConfigError
 from peftkit.types import PeftType
 
+#: Most LSTM layers accepted in a P-tuning encoder (PEFT's default is 2).
+_MAX_ENCODER_LAYERS = 64
+
 
 class PromptEncoderReparameterizationType(str, enum.Enum):
     """The network that turns the virtual token vectors into prompts."""
@@ -51,5 +54,10 @@ class PromptEncoderConfig(PromptLearningConfig):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ConfigError(f"PromptEncoderConfig.{name} must be a positive integer, got {value!r}.")
+        if self.encoder_num_layers > _MAX_ENCODER_LAYERS:
+            raise ConfigError(
+                f"PromptEncoderConfig.encoder_num_layers must be at most {_MAX_ENCODER_LAYERS}, "
+                f"got {self.encoder_num_layers}."
+            )
         if not isinstance(self.encoder_dropout, (int, float)) or not 0.0 <= self.encoder_dropout < 1.0:
             raise ConfigError(f"PromptEncoderConfig.encoder_dropout must be in [0, 1), got {self.encoder_dropout!r}.")

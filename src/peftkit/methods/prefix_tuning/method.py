@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from peftkit.methods.prefix_tuning.config import PrefixTuningConfig
 from peftkit.methods.prefix_tuning.encoder import PrefixEncoder
 from peftkit.methods.spec import CliOption, MethodSpec
 from peftkit.types import PeftType
+
+
+def _projection_when_sized(fields: dict[str, Any], total_steps: int) -> dict[str, Any]:
+    """``--encoder-hidden-size`` is the projection's hidden size, so giving it turns the projection on."""
+    if fields.get("encoder_hidden_size") is not None:
+        fields = {**fields, "prefix_projection": True}
+    return fields
+
 
 PREFIX_TUNING = MethodSpec(
     peft_type=PeftType("PREFIX_TUNING"),
@@ -19,4 +29,5 @@ PREFIX_TUNING = MethodSpec(
         CliOption("encoder_hidden_size", "encoder_hidden_size", int, "Hidden size of the prefix projection"),
     ),
     cli_learning_rate=1e-2,
+    cli_config=_projection_when_sized,
 )

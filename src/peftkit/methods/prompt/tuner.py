@@ -13,7 +13,11 @@ token -- plus its ``modules_to_save`` copies under ``base_model.<module path>`` 
 
 from __future__ import annotations
 
+import copy
+import os
+import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,6 +28,15 @@ from peftkit.config import PromptLearningConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
 from peftkit.io.keys import add_prefix, strip_prefix
 from peftkit.io.state import adapter_state_dict, check_and_load
+from peftkit.layers.state import (
+    AdapterStatus,
+    first_status,
+    status_after_add,
+    status_after_delete,
+    status_after_requires_grad,
+    status_after_set,
+    trains,
+)
 from peftkit.methods.prompt.cache import build_cache, cache_layout, forward_cache_argument
 from peftkit.methods.prompt.dimensions import fill_dimensions
 from peftkit.methods.prompt.encoder import PromptEncoderBase
@@ -31,6 +44,9 @@ from peftkit.methods.spec import method_of
 
 #: The single key of a prompt adapter's own weights in the file.
 PROMPT_KEY = "prompt_embeddings"
+#: A Trainer checkpoint's side file with an encoder that the adapter file cannot restore (P-tuning's MLP /
+#: LSTM, prefix tuning's projection): the adapter files stay exactly PEFT's.
+TRAINING_STATE_NAME = "prompt_encoder_training_state.safetensors"
 #: Prefix of the ``modules_to_save`` keys of a prompt adapter in the file.
 PROMPT_MODEL_PREFIX = "base_model."
 
@@ -51,6 +67,48 @@ def find_word_embeddings(model: nn.Module) -> nn.Module:
     )
 
 
+#: Most parameters a prompt encoder may have (2**34: 64 GiB in float32, far beyond any real prompt encoder).
+MAX_ENCODER_PARAMETERS = 2**34
+
+
+def check_encoder_size(config: PromptLearningConfig, encoder_class: Any) -> None:
+    """Build the encoder on the meta device (no memory) and refuse sizes no machine could hold.
+
+    Raises:
+        ConfigError: the encoder would have more than :data:`MAX_ENCODER_PARAMETERS` parameters.
+    """
+    with torch.device("meta"):
+        probe = encoder_class(config, None, False)
+    count = sum(p.numel() for p in probe.parameters())
+    if count > MAX_ENCODER_PARAMETERS:
+        raise ConfigError(
+            f"This {config.peft_type} config asks for a prompt encoder of {count:,} parameters (num_virtual_tokens="
+            f"{config.num_virtual_tokens}, token_dim={config.token_dim}, "
+            f"encoder_hidden_size={getattr(config, 'encoder_hidden_size', None)}); reduce these sizes."
+        )
+
+
+def table_config(config: PromptLearningConfig, encoder_class: Any) -> PromptLearningConfig:
+    """The config to build a *loaded* encoder from: in table form whenever the file holds only the encoder's
+    output (P-tuning, prefix tuning with projection), also for a trainable load.
+
+    PEFT loads such a file with ``is_trainable=True`` by putting the saved output where the encoder's *input*
+    goes and running a freshly initialised MLP / LSTM on it, so its outputs silently differ from the saved
+    adapter's. Here the saved output itself becomes the trainable table: the loaded adapter computes exactly what
+    was saved, and training continues on the virtual-token vectors directly (a warning says so).
+    """
+    if config.inference_mode or encoder_class.output_is_parameter(config):
+        return config
+    warnings.warn(
+        f"A saved {config.peft_type} adapter holds only its encoder's output, not the encoder; it is loaded as a "
+        "trainable table of virtual-token vectors (outputs exactly as saved; the reparameterisation is gone).",
+        stacklevel=5,
+    )
+    table = copy.copy(config)
+    table.inference_mode = True
+    return table
+
+
 class PromptTuner:
     """Configs, encoders and the active adapter of a prompt-method ``PeftModel``.
 
@@ -61,8 +119,7 @@ class PromptTuner:
     def __init__(self, owner: Any) -> None:
         self.owner = owner
         self.peft_config: dict[str, PromptLearningConfig] = {}
-        self.active_adapter: str | list[str] = []
-        self.disabled = False
+        self.status = AdapterStatus()
         self._word_embeddings: nn.Module | None = None
 
     @classmethod
@@ -86,7 +143,20 @@ class PromptTuner:
 
     @property
     def active_adapters(self) -> list[str]:
-        return [self.active_adapter] if isinstance(self.active_adapter, str) else list(self.active_adapter)
+        return list(self.status.active)
+
+    @property
+    def active_adapter(self) -> str | list[str]:
+        active = self.active_adapters
+        return active[0] if len(active) == 1 else active
+
+    @property
+    def disabled(self) -> bool:
+        return self.status.disabled
+
+    def frozen_adapters(self) -> set[str]:
+        """Adapters loaded for inference: activating them does not make them train."""
+        return {name for name, config in self.peft_config.items() if config.inference_mode}
 
     @property
     def word_embeddings(self) -> nn.Module:
@@ -114,6 +184,7 @@ class PromptTuner:
         config = fill_dimensions(config, self.model, encoder_class.kv_prefix)
         if encoder_class.kv_prefix:
             self._check_prefix_support(config)
+        check_encoder_size(config, encoder_class)
         return config, encoder_class
 
     def _check_prefix_support(self, config: PromptLearningConfig) -> None:
@@ -141,7 +212,7 @@ class PromptTuner:
         config, encoder_class = self._prepare(adapter_name, config)
         encoder = encoder_class(config, self._embeddings_for(encoder_class), init_weights)
         F.add_modules_to_save(self.model, config.modules_to_save, adapter_name)
-        self._register(adapter_name, config, encoder)
+        self._register(adapter_name, config, encoder, trainable=False)
 
     def attach(self, adapter_name: str, config: PromptLearningConfig, state: dict[str, torch.Tensor]) -> None:
         """Add ``adapter_name`` from a saved state dict (file keys), checking everything before changing the model.
@@ -151,14 +222,14 @@ class PromptTuner:
             CheckpointError: ``prompt_embeddings`` missing or of the wrong shape, or bad ``modules_to_save`` keys.
         """
         config, encoder_class = self._prepare(adapter_name, config)
-        encoder = encoder_class(config, self._embeddings_for(encoder_class), False)
+        encoder = encoder_class(table_config(config, encoder_class), self._embeddings_for(encoder_class), False)
         record = F.add_modules_to_save(self.model, config.modules_to_save, adapter_name)
         try:
             self._load(adapter_name, config, encoder, state)
         except BaseException:
             record.undo(self.model)
             raise
-        self._register(adapter_name, config, encoder)
+        self._register(adapter_name, config, encoder, trainable=not config.inference_mode)
 
     def load_state(self, adapter_name: str, state: dict[str, torch.Tensor]) -> None:
         """Overwrite the existing adapter ``adapter_name`` from a state dict with file keys."""
@@ -179,31 +250,37 @@ class PromptTuner:
             )
         saved = state.get(PROMPT_KEY)
         expected = tuple(encoder.embedding.weight.shape)
-        if saved is None or tuple(saved.shape) != expected:
-            found = "missing" if saved is None else f"of shape {tuple(saved.shape)}"
+        if saved is None or tuple(saved.shape) != expected or not saved.is_floating_point():
+            found = "missing" if saved is None else f"of shape {tuple(saved.shape)} and dtype {saved.dtype}"
             raise CheckpointError(
                 f"The checkpoint's {PROMPT_KEY!r} is {found}; adapter {adapter_name!r} needs shape {expected} "
-                "(virtual tokens x width). Check the base model and adapter_config.json."
+                "(virtual tokens x width), floating point. Check the base model and adapter_config.json."
             )
         rest = {strip_prefix(k, PROMPT_MODEL_PREFIX): v for k, v in state.items() if k != PROMPT_KEY}
         check_and_load(self.model, adapter_name, config, rest)
         encoder.load_output(saved)
 
-    def _register(self, adapter_name: str, config: PromptLearningConfig, encoder: PromptEncoderBase) -> None:
+    def _register(
+        self, adapter_name: str, config: PromptLearningConfig, encoder: PromptEncoderBase, trainable: bool
+    ) -> None:
+        """Store the encoder and config; the first adapter becomes active (and trains unless for inference), a
+        later one trains only if ``trainable`` (a load with ``is_trainable=True``)."""
         param = next(self.model.parameters(), None)
         self.encoders[adapter_name] = encoder.to(param.device) if param is not None else encoder
-        encoder.requires_grad_(not config.inference_mode)
         self.peft_config[adapter_name] = config
-        if not self.active_adapters:
-            self.active_adapter = adapter_name
-        self._apply_trainability(trainable=True)
+        if not self.status.active:
+            self.model.requires_grad_(False)
+            self._apply(first_status(adapter_name, not config.inference_mode))
+        else:
+            self._apply(status_after_add(self.status, adapter_name, trainable))
 
-    def _apply_trainability(self, trainable: bool) -> None:
-        """Freeze the base model; the active adapter's ``modules_to_save`` copies train (unless frozen)."""
-        self.model.requires_grad_(False)
-        if self.active_adapters:
-            config = self.peft_config[self.active_adapters[0]]
-            F.set_active_adapters(self.model, self.active_adapters, trainable=trainable and not config.inference_mode)
+    def _apply(self, status: AdapterStatus) -> None:
+        """Record ``status`` and set ``requires_grad`` of the encoders and modules_to_save copies from it (by
+        the one rule, :func:`~peftkit.layers.state.trains`)."""
+        F.apply_model_status(self.model, status)
+        self.status = status
+        for name, encoder in self.encoders.items():
+            encoder.requires_grad_(trains(name, status))
 
     # -- switching and deleting ----------------------------------------------------------------------
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
@@ -212,29 +289,37 @@ class PromptTuner:
         if len(names) != 1:
             raise AdapterNameError(f"Prompt methods run exactly one active adapter; got {names}.")
         self.check_names(names)
-        self.active_adapter = names[0]
-        config = self.peft_config[names[0]]
-        self.encoders[names[0]].requires_grad_(not inference_mode and not config.inference_mode)
-        self._apply_trainability(trainable=not inference_mode)
+        self._apply(status_after_set(self.status, names, inference_mode, self.frozen_adapters()))
+
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        """Let ``adapter_names`` train (or stop training), active or not."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        self.check_names(names)
+        self._apply(status_after_requires_grad(self.status, names, requires_grad))
+
+    def set_trainable_adapters(self, names: Sequence[str]) -> None:
+        """Make exactly ``names`` the trainable adapters (the Trainer restores a checkpoint's choice)."""
+        self.check_names(names)
+        self._apply(replace(self.status, trainable=frozenset(names)))
 
     def delete_adapter(self, adapter_name: str) -> None:
-        """Remove ``adapter_name``; if it was active, the first remaining adapter becomes active."""
+        """Remove ``adapter_name``; what stays active is :func:`~peftkit.layers.state.status_after_delete`'s."""
         self.check_names([adapter_name])
+        remaining = [n for n in self.peft_config if n != adapter_name]
+        frozen = self.frozen_adapters()
         if adapter_name in F.adapter_names_in(self.model):
-            F.delete_adapter(self.model, adapter_name)
+            F.delete_adapter(self.model, adapter_name, frozen=frozen, remaining=remaining)
         del self.encoders[adapter_name]
         del self.peft_config[adapter_name]
-        if adapter_name in self.active_adapters:
-            self.active_adapter = next(iter(self.peft_config), [])
-            self._apply_trainability(trainable=True)
+        self._apply(status_after_delete(self.status, adapter_name, remaining, frozen))
 
     def enable_adapter_layers(self) -> None:
-        self.disabled = False
-        F.enable_adapters(self.model, True)
+        """Turn the prompt (and modules_to_save copies) back on; what trained before trains again."""
+        self._apply(replace(self.status, disabled=False))
 
     def disable_adapter_layers(self) -> None:
-        self.disabled = True
-        F.enable_adapters(self.model, False)
+        """Turn the prompt off: the model computes like its base and nothing trains."""
+        self._apply(replace(self.status, disabled=True))
 
     # -- what the model consumes ---------------------------------------------------------------------
     def prompts(self, batch_size: int) -> torch.Tensor:
@@ -249,6 +334,42 @@ class PromptTuner:
         dtype = getattr(self.model, "dtype", None)
         flat = flat.to(dtype) if isinstance(dtype, torch.dtype) else flat
         return build_cache(flat.unsqueeze(0).expand(batch_size, -1, -1), config, cache_layout(self.model))
+
+    # -- training state (Trainer checkpoints) ---------------------------------------------------------
+    def save_training_state(self, adapter_name: str, directory: str) -> None:
+        """Write the whole encoder of ``adapter_name`` (e.g. P-tuning's MLP) to ``directory``/
+        :data:`TRAINING_STATE_NAME` when the adapter file alone cannot restore it; else write nothing."""
+        encoder = self.encoders[adapter_name]
+        if encoder.table or encoder.output_is_parameter(self.peft_config[adapter_name]):  # type: ignore[operator]  # nn.Module.__getattr__ types submodules and dicts as Tensor | Module
+            return
+        from peftkit.io.files import save_tensors
+
+        save_tensors(dict(encoder.state_dict()), os.path.join(directory, TRAINING_STATE_NAME))
+
+    def load_training_state(self, adapter_name: str, state: dict[str, torch.Tensor], directory: str) -> None:
+        """Restore ``adapter_name`` in place from a checkpoint: its ``modules_to_save`` from ``state`` (file keys)
+        and the whole encoder from :data:`TRAINING_STATE_NAME` when ``directory`` has one.
+
+        Raises:
+            CheckpointError: the encoder state does not fit this adapter's encoder (keys or shapes).
+        """
+        path = os.path.join(directory, TRAINING_STATE_NAME)
+        if not os.path.isfile(path):
+            self.load_state(adapter_name, state)
+            return
+        from peftkit.io.files import load_tensors
+
+        encoder, saved = self.encoders[adapter_name], load_tensors(path)
+        own = encoder.state_dict()
+        wrong = sorted(set(own) ^ set(saved)) + [k for k in own if k in saved and own[k].shape != saved[k].shape]
+        if wrong:
+            raise CheckpointError(
+                f"{path} does not fit adapter {adapter_name!r}'s encoder (keys or shapes: {wrong[:5]}); was the "
+                "checkpoint written with the same config?"
+            )
+        rest = {strip_prefix(k, PROMPT_MODEL_PREFIX): v for k, v in state.items() if k != PROMPT_KEY}
+        check_and_load(self.model, adapter_name, self.peft_config[adapter_name], rest)
+        encoder.load_state_dict(saved)
 
     # -- state ---------------------------------------------------------------------------------------
     def adapter_state_dict(self, adapter_name: str) -> dict[str, torch.Tensor]:
