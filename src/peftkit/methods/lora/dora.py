@@ -10,6 +10,8 @@ paper, section 4.3), so for an input ``x``:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -49,3 +51,13 @@ def dora_combine(
     shape[channel_dim] = -1
     factor = (magnitude / norm).view(shape)
     return base_out + (factor - 1) * base_out_no_bias + factor * lora_out
+
+
+def merge_update(factor: torch.Tensor, delta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The in-place DoRA merge ``W' = (m / n) (W + s B A)``; ``factor = m / n`` shaped to broadcast over ``W``."""
+    return lambda w: w.add_(delta.to(w.dtype)).mul_(factor.to(w.dtype))
+
+
+def unmerge_update(factor: torch.Tensor, delta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The in-place inverse of :func:`merge_update` with the same ``factor``: ``W = W' / (m / n) - s B A``."""
+    return lambda w: w.div_(factor.to(w.dtype)).sub_(delta.to(w.dtype))

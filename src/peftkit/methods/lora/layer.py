@@ -23,7 +23,7 @@ from peftkit.layers.base import AdapterLayer, BatchRouting
 from peftkit.merging.merge import update_weight
 from peftkit.methods.lora import stacked
 from peftkit.methods.lora.autograd import lora_linear
-from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, row_norm
+from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, merge_update, row_norm, unmerge_update
 from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
 
 
@@ -179,13 +179,12 @@ class LoraLayer(AdapterLayer):
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         return self.delta_weight(adapter)
 
-    def dora_norm(self, adapter: str) -> torch.Tensor:
-        """Row norm ``||W + s B A||`` over the output dimension (detached), shape ``(out,)``."""
-        base = self.get_base_layer()
-        weight = base.weight.T if self.fan_in_fan_out else base.weight
-        delta = self.delta_weight(adapter)
-        delta = delta.T if self.fan_in_fan_out else delta
-        return row_norm(weight.to(delta.dtype), delta.detach()).detach()
+    def dora_norm(self, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Row norm ``||W + s B A||`` over the output dimension (detached), shape ``(out,)``; ``weight``: ``W`` as
+        the base layer stores it (default: the base layer's weight)."""
+        weight, delta = self.get_base_layer().weight if weight is None else weight, self.delta_weight(adapter).detach()
+        weight, delta = (weight.T, delta.T) if self.fan_in_fan_out else (weight, delta)
+        return row_norm(weight.to(delta.dtype), delta).detach()
 
     def set_scale(self, adapter: str, scale: float) -> None:
         """Multiply the scaling of ``adapter`` by ``scale`` (relative to ``alpha / r``)."""
@@ -199,26 +198,37 @@ class LoraLayer(AdapterLayer):
         return factor.T if self.fan_in_fan_out else factor
 
     def merge_one(self, adapter: str, safe_merge: bool) -> None:
+        """``W += s B A``; DoRA: ``W' = (m / n) (W + s B A)`` with ``n`` from the weight with nothing merged (as
+        the unmerged forward computes it), also when other adapters are merged into ``W`` already."""
         if not self.use_dora.get(adapter):
             self._add_delta(adapter, 1.0, safe_merge)
             return
-        norm = self.dora_norm(adapter)
-        factor, delta = self._dora_factor(adapter, norm), self.delta_weight(adapter).detach()
-        update_weight(
-            self.get_base_layer(),
-            lambda w: w.add_(delta.to(w.dtype)).mul_(factor.to(w.dtype)),
-            safe=safe_merge,
-            what=adapter,
-        )
+        norm = self.dora_norm(adapter, self.unmerged_base_weight())
+        update = merge_update(self._dora_factor(adapter, norm), self.delta_weight(adapter).detach())
+        update_weight(self.get_base_layer(), update, safe=safe_merge, what=adapter)
         self._dora_norms[adapter] = norm
 
     def unmerge_one(self, adapter: str) -> None:
         if not self.use_dora.get(adapter):
             self._add_delta(adapter, -1.0, False)
             return
-        factor = self._dora_factor(adapter, self._dora_norms.pop(adapter))
-        delta = self.delta_weight(adapter).detach()
-        update_weight(self.get_base_layer(), lambda w: w.div_(factor.to(w.dtype)).sub_(delta.to(w.dtype)))
+        update_weight(self.get_base_layer(), self._unmerge_update(adapter))
+        del self._dora_norms[adapter]
+
+    def _unmerge_update(self, adapter: str) -> Callable[[torch.Tensor], Any]:
+        """The in-place inverse of merging ``adapter`` (weight only)."""
+        if not self.use_dora.get(adapter):
+            return self.weight_update(adapter, -1.0)
+        factor = self._dora_factor(adapter, self._dora_norms[adapter])
+        return unmerge_update(factor, self.delta_weight(adapter).detach())
+
+    def unmerged_base_weight(self) -> torch.Tensor:
+        """The base weight with no adapter merged: the weight, or a copy with the merged ones taken out."""
+        weight = self.get_base_layer().weight.detach()
+        weight = weight.clone() if self.merged_adapters else weight
+        for name in reversed(self.merged_adapters):
+            self._unmerge_update(name)(weight)
+        return weight
 
     def _add_delta(self, adapter: str, sign: float, safe: bool) -> None:
         update_weight(self.get_base_layer(), self.weight_update(adapter, sign), safe=safe, what=adapter)
