@@ -20,7 +20,7 @@ from peftkit import functional as F
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, ConfigError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
-from peftkit.io.load import attach_adapter, read_weights, split_hub_kwargs
+from peftkit.io.load import attach_adapter, check_same_adapter_config, read_weights, reload_adapter, split_hub_kwargs
 from peftkit.io.save import adapter_directory, config_for_saving, write_adapter
 from peftkit.io.state import adapter_state_dict
 from peftkit.methods.prompt import model as prompt
@@ -255,19 +255,44 @@ class PeftModel(nn.Module):
         low_cpu_mem_usage: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """Load an adapter directory as ``adapter_name``; the model is unchanged if anything is wrong."""
-        if adapter_name in self.peft_config:
-            raise AdapterNameError(f"An adapter named {adapter_name!r} is already loaded; choose another name.")
+        """Load an adapter directory as ``adapter_name``; the model is unchanged if anything is wrong.
+
+        Into a name that exists, the weights are overwritten in place (the same parameter objects, as PEFT does),
+        and that adapter then trains iff ``is_trainable``.
+
+        Raises:
+            ConfigError: the directory's config computes differently from the existing adapter's.
+            CheckpointError: keys or shapes do not fit (named with both shapes).
+        """
         hub = split_hub_kwargs(kwargs)
         subfolder = kwargs.pop("subfolder", None)
         config = kwargs.pop("config", None) or PeftConfig.from_pretrained(model_id, subfolder=subfolder, **hub)
-        config.inference_mode = not is_trainable
         self._check_same_kind(config)
+        config = self._prepare_config(config, self.get_base_model())
         state = read_weights(model_id, subfolder=subfolder, device=torch_device or "cpu", **hub)
-        self._attach(adapter_name, self._prepare_config(config, self.get_base_model()), state)
+        if adapter_name in self.peft_config:
+            self._reload(adapter_name, config, state, is_trainable)
+        else:
+            config.inference_mode = not is_trainable
+            self._attach(adapter_name, config, state)
         if not is_trainable:
             self.eval()
         return None
+
+    def _reload(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor], trainable: bool) -> None:
+        live = self.peft_config[adapter_name]
+        if self._is_prompt_learning:
+            check_same_adapter_config(live, config, adapter_name)
+            self._tuner.load_state(adapter_name, state)
+            params = [*self._tuner.encoders[adapter_name].parameters()]
+        else:
+            reload_adapter(self.get_base_model(), adapter_name, live, config, state)
+            params = []
+        live.inference_mode = not trainable
+        for _, module in F.iter_adapter_modules(self.get_base_model()):
+            params.extend(module.adapter_parameters(adapter_name))
+        for param in params:
+            param.requires_grad_(trainable)
 
     def _attach(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor]) -> None:
         first = not self.peft_config

@@ -127,8 +127,10 @@ def check_and_load(
     *,
     ignore_mismatched_sizes: bool = False,
     allow_missing: Collection[str] = (),
+    dry_run: bool = False,
 ) -> list[str]:
-    """Copy ``state`` (disk keys, prefix removed) into ``adapter``'s tensors after checking all of it.
+    """Copy ``state`` (disk keys, prefix removed) into ``adapter``'s tensors after checking all of it
+    (``dry_run``: only check).
 
     Returns:
         The optional keys that were absent from ``state`` (e.g. base embedding weights).
@@ -161,6 +163,8 @@ def check_and_load(
             "the base model and the adapter_config.json are the ones the adapter was trained with."
         )
     skip = {k for k, _, _ in mismatched}
+    if dry_run:
+        return sorted(k for k in expected if k not in state)
     with torch.no_grad():
         for key, value in state.items():
             if key not in skip:
