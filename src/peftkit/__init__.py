@@ -13,6 +13,7 @@ from peftkit.config import PeftConfig, PromptLearningConfig
 from peftkit.errors import (
     AdapterNameError,
     CheckpointError,
+    ConcurrencyError,
     ConfigError,
     HotswapError,
     PeftkitError,
@@ -80,6 +81,7 @@ __all__ = [
     "AutoPeftModelForSequenceClassification",
     "AutoPeftModelForTokenClassification",
     "CheckpointError",
+    "ConcurrencyError",
     "ConfigError",
     "HotswapError",
     "IA3Config",

@@ -16,9 +16,10 @@ from torch import nn
 
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError
-from peftkit.layers.base import BASE_ADAPTER, AdapterLayer, BatchRouting
+from peftkit.layers.base import BASE_ADAPTER, CALL_STATE, AdapterLayer, BatchRouting
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.wrap import replace_module
+from peftkit.locking import exclusive, lock_of
 from peftkit.methods.spec import MethodSpec
 from peftkit.registry import method_of
 from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
@@ -133,6 +134,7 @@ def _candidates(model: nn.Module, spec: MethodSpec) -> Iterator[tuple[str, nn.Mo
             yield name, module
 
 
+@exclusive
 def inject_adapter(
     model: nn.Module,
     config: PeftConfig,
@@ -241,6 +243,7 @@ def _wrap_modules_to_save(model: nn.Module, wanted: Sequence[str] | None, adapte
             record.created.append((name, replace_module(model, name, ModulesToSaveWrapper(module, adapter))))
 
 
+@exclusive
 def add_modules_to_save(model: nn.Module, names: Sequence[str] | None, adapter_name: str) -> Injection:
     """Give ``adapter_name`` a trainable copy of each module named in ``names`` (no adapter layers): what prompt
     methods need for e.g. a classifier head. Returns the undoable :class:`Injection` record."""
@@ -253,6 +256,7 @@ def add_modules_to_save(model: nn.Module, names: Sequence[str] | None, adapter_n
     return record
 
 
+@exclusive
 def mark_trainable(model: nn.Module, spec: MethodSpec, config: PeftConfig, active: Sequence[str]) -> None:
     """Freeze the base, then let the active adapters (and the biases ``config.bias`` asks for) train."""
     for param in model.parameters():
@@ -271,18 +275,21 @@ def mark_trainable(model: nn.Module, spec: MethodSpec, config: PeftConfig, activ
                 module.get_base_layer().bias.requires_grad_(True)
 
 
+@exclusive
 def set_active_adapters(model: nn.Module, names: str | Sequence[str], trainable: bool = True) -> None:
     """Activate ``names`` in every layer; their parameters train iff ``trainable``, others are frozen."""
     for _, module in iter_adapter_modules(model):
         module.set_adapter(names, trainable=trainable)
 
 
+@exclusive
 def enable_adapters(model: nn.Module, enabled: bool) -> None:
     """Turn every adapter on or off (off: the model computes like its base)."""
     for _, module in iter_adapter_modules(model):
         module.enable_adapters(enabled)
 
 
+@exclusive
 def delete_adapter(model: nn.Module, adapter_name: str) -> None:
     """Remove ``adapter_name`` everywhere; layers left without adapters are unwrapped to their base."""
     if adapter_name not in adapter_names_in(model):
@@ -297,11 +304,16 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
 
 
 @torch.compiler.disable
-def start_mixed_batch(model: nn.Module, adapter_names: Sequence[str]) -> tuple[BatchRouting, list[AdapterModule]]:
-    """Check ``adapter_names`` and hand every adapter module the routing; returns ``(routing, modules)``.
+def start_mixed_batch(model: nn.Module, adapter_names: Sequence[str], expand: bool = False) -> BatchRouting | None:
+    """Check ``adapter_names`` and route this thread's forwards of ``model`` by them; returns the routing that
+    was in place before (to hand to :func:`end_mixed_batch`).
 
     Never traced by ``torch.compile``: the names become the routing's index tensors here, so a compiled model
-    sees only tensors and does not recompile for a new mix of adapters.
+    sees only tensors and does not recompile for a new mix of adapters. The routing is per thread
+    (:data:`~peftkit.layers.base.CALL_STATE`), so concurrent calls with other mixes do not interfere.
+
+    Args:
+        expand: Also route batches that are a multiple of ``len(adapter_names)`` (``generate``'s expansion).
     """
     present = adapter_names_in(model)
     unknown = sorted(set(adapter_names) - present - {BASE_ADAPTER})
@@ -309,30 +321,30 @@ def start_mixed_batch(model: nn.Module, adapter_names: Sequence[str]) -> tuple[B
         raise AdapterNameError(
             f"adapter_names contains unknown adapters {unknown}; present: {sorted(present)} (or {BASE_ADAPTER!r})."
         )
-    routing = BatchRouting.from_names(list(adapter_names), sorted(present))
-    modules = [module for _, module in iter_adapter_modules(model)]
-    for module in modules:
-        module.batch_routing = routing
-    return routing, modules
+    previous = CALL_STATE.routing
+    CALL_STATE.routing = BatchRouting.from_names(list(adapter_names), sorted(present), expand=expand)
+    return previous
 
 
 @torch.compiler.disable
-def end_mixed_batch(modules: Sequence[AdapterModule]) -> None:
+def end_mixed_batch(previous: BatchRouting | None) -> None:
     """Undo :func:`start_mixed_batch`."""
-    for module in modules:
-        module.batch_routing = None
+    CALL_STATE.routing = previous
 
 
 @contextmanager
-def mixed_batch(model: nn.Module, adapter_names: Sequence[str]) -> Iterator[BatchRouting]:
-    """Route sample ``i`` of the next forward(s) through adapter ``adapter_names[i]`` (``"__base__"``: none)."""
-    routing, modules = start_mixed_batch(model, adapter_names)
-    try:
-        yield routing
-    finally:
-        end_mixed_batch(modules)
+def mixed_batch(model: nn.Module, adapter_names: Sequence[str], expand: bool = False) -> Iterator[None]:
+    """Route sample ``i`` of this thread's forwards of ``model`` in the block through adapter ``adapter_names[i]``
+    (``"__base__"``: none), holding ``model``'s lock shared (:mod:`peftkit.locking`)."""
+    with lock_of(model).shared():
+        previous = start_mixed_batch(model, adapter_names, expand)
+        try:
+            yield
+        finally:
+            end_mixed_batch(previous)
 
 
+@exclusive
 def merge_adapters(model: nn.Module, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:
     """Fold ``adapter_names`` (default: each layer's active adapters) into the base weights."""
     for _, module in iter_adapter_modules(model):
@@ -340,6 +352,7 @@ def merge_adapters(model: nn.Module, adapter_names: Sequence[str] | None = None,
             module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
 
 
+@exclusive
 def unmerge_adapters(model: nn.Module) -> None:
     """Undo every merge."""
     for _, module in iter_adapter_modules(model):
@@ -347,6 +360,7 @@ def unmerge_adapters(model: nn.Module) -> None:
             module.unmerge()
 
 
+@exclusive
 def unload(
     model: nn.Module, merge: bool = False, safe_merge: bool = False, adapter_names: Sequence[str] | None = None
 ) -> nn.Module:

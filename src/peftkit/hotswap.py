@@ -36,6 +36,7 @@ from peftkit.functional import iter_adapter_modules
 from peftkit.io.keys import strip_prefix
 from peftkit.io.load import read_weights, split_hub_kwargs
 from peftkit.io.state import adapter_tensors
+from peftkit.locking import exclusive
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.layer import LoraLayer
 from peftkit.registry import METHODS, method_of
@@ -188,6 +189,7 @@ def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) ->
     return new
 
 
+@exclusive
 def prepare_adapter(
     inner: nn.Module, configs: dict[str, PeftConfig] | None, adapter: str, target_rank: int | None
 ) -> bool:
@@ -205,6 +207,7 @@ def prepare_adapter(
     return bool(layers)
 
 
+@exclusive
 def prepare_model_for_compiled_hotswap(
     model: nn.Module,
     *,
@@ -314,6 +317,7 @@ def _new_layer_facts(
     return out
 
 
+@exclusive
 def swap_adapter_weights(
     model: nn.Module, adapter_name: str, config: PeftConfig, state: Mapping[str, torch.Tensor]
 ) -> None:

@@ -23,6 +23,7 @@ from peftkit.io.keys import MODEL_PREFIX, add_prefix
 from peftkit.io.load import attach_adapter, check_same_adapter_config, read_weights, reload_adapter, split_hub_kwargs
 from peftkit.io.save import adapter_directory, config_for_saving, write_adapter
 from peftkit.io.state import adapter_state_dict
+from peftkit.locking import exclusive, lock_of
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
 from peftkit.tuner import tuner_class_for
@@ -128,6 +129,7 @@ class PeftModel(nn.Module):
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
 
     # -- adapters -----------------------------------------------------------------------------
+    @exclusive
     def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
         """Add a new, freshly initialised adapter; it is not activated (use :meth:`set_adapter`)."""
         if adapter_name in self.peft_config:
@@ -141,10 +143,12 @@ class PeftModel(nn.Module):
                 f"Cannot combine a {config.peft_type} adapter with {self.peft_type} adapters in one PeftModel."
             )
 
+    @exclusive
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         """Make ``adapter_name`` the active adapter (its parameters train unless loaded for inference)."""
         self._tuner.set_adapter(adapter_name, inference_mode=inference_mode)
 
+    @exclusive
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter and its weights."""
         self._tuner.delete_adapter(adapter_name)
@@ -167,25 +171,34 @@ class PeftModel(nn.Module):
         happens outside the compiled graph, so a new mix of adapters does not recompile.
         """
         if self._is_prompt_learning:
-            return prompt.prompt_forward(self._tuner, self.prompt_task, args, dict(kwargs, adapter_names=adapter_names))
+            with lock_of(self).shared():
+                kwargs["adapter_names"] = adapter_names
+                return prompt.prompt_forward(self._tuner, self.prompt_task, args, kwargs)
         with self._routing(adapter_names):
             return self.base_model(*args, **kwargs)  # the tuner's forward (AdaLoRA adds its penalty)
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
-        """``generate`` of the base model, with the adapters (and optional per-sample routing) applied."""
+        """``generate`` of the base model, with the adapters (and optional per-sample routing) applied.
+
+        ``adapter_names`` has one name per input row; where ``generate`` expands the batch (beams,
+        ``num_return_sequences``) each row's copies keep its adapter, and an encoder sees the rows unexpanded.
+        """
         if self._is_prompt_learning:
-            return prompt.prompt_generate(self._tuner, self.prompt_task, args, kwargs)
-        with self._routing(adapter_names):
+            with lock_of(self).shared():
+                return prompt.prompt_generate(self._tuner, self.prompt_task, args, kwargs)
+        with self._routing(adapter_names, expand=True):
             return self.get_base_model().generate(*args, **kwargs)
 
     @contextmanager
-    def _routing(self, adapter_names: Sequence[str] | None) -> Iterator[None]:
+    def _routing(self, adapter_names: Sequence[str] | None, expand: bool = False) -> Iterator[None]:
+        """The call holds the model's lock shared (:mod:`peftkit.locking`) and, for a mixed batch, routes it."""
         if adapter_names is None:
-            yield
+            with lock_of(self).shared():
+                yield
             return
         if self.training:
             raise ValueError("adapter_names (mixed batches) is for inference; call model.eval() first.")
-        with F.mixed_batch(self.get_base_model(), adapter_names):
+        with F.mixed_batch(self.get_base_model(), adapter_names, expand=expand):
             yield
 
     # -- state and files ----------------------------------------------------------------------
@@ -244,6 +257,7 @@ class PeftModel(nn.Module):
             create_pr=create_pr,
         )
 
+    @exclusive
     def load_adapter(
         self,
         model_id: str | os.PathLike,

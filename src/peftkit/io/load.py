@@ -18,6 +18,7 @@ from peftkit.io.hub import HUB_KWARGS, resolve_file
 from peftkit.io.keys import strip_prefix
 from peftkit.io.state import check_and_load
 from peftkit.layers.base import AdapterLayer
+from peftkit.locking import exclusive
 from peftkit.methods.lora.init import is_weight_decomposing
 
 
@@ -38,6 +39,7 @@ def read_weights(
     raise CheckpointError(f"No {SAFETENSORS_NAME} or {BIN_NAME} found at {where}; is this an adapter directory?")
 
 
+@exclusive
 def attach_adapter(
     model: nn.Module,
     adapter_name: str,
@@ -108,6 +110,7 @@ def check_same_adapter_config(live: PeftConfig, loaded: PeftConfig, adapter_name
         )
 
 
+@exclusive
 def reload_adapter(
     model: nn.Module, adapter_name: str, config: PeftConfig, loaded: PeftConfig, state: dict[str, torch.Tensor]
 ) -> None:

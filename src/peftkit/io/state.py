@@ -17,6 +17,7 @@ from peftkit.functional import iter_adapter_modules
 from peftkit.io.keys import remove_adapter_name, rename_suffix
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.locking import exclusive
 from peftkit.registry import METHODS, method_of
 
 EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
@@ -119,6 +120,7 @@ def adapter_state_dict(
     return finalize(config, state) if finalize is not None else state
 
 
+@exclusive
 def check_and_load(
     model: nn.Module,
     adapter: str,

@@ -5,7 +5,7 @@ dictionaries keyed by adapter name. :meth:`AdapterLayer.forward` decides, for ev
 
 * adapters disabled (or none active)  -> ``base_layer(x)`` (unmerging first if needed),
 * merged                              -> ``base_layer(x)`` (the adapters live in the base weight),
-* a mixed batch (``batch_routing`` set) -> :meth:`AdapterLayer.mixed_forward`, one adapter per sample,
+* a mixed batch (:data:`CALL_STATE` holds a routing) -> :meth:`AdapterLayer.mixed_forward`, one adapter per sample,
 * otherwise                           -> :meth:`AdapterLayer.adapted_forward` with the active adapters.
 
 Methods supply the math through small hooks: :meth:`adapt_input` (e.g. IA3 scales the input),
@@ -15,6 +15,7 @@ per-adapter parameter containers named in :attr:`adapter_layer_names`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -43,24 +44,50 @@ class BatchRouting:
     index: torch.Tensor
     adapters: tuple[str, ...] = ()
     slots: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    expand: bool = False
     _groups: dict[torch.device, list[tuple[str, torch.Tensor]]] = field(default_factory=dict, repr=False)
+    _expanded: dict[int, BatchRouting] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_names(cls, per_sample: Sequence[str], adapters: Sequence[str] = ()) -> BatchRouting:
+    def from_names(cls, per_sample: Sequence[str], adapters: Sequence[str] = (), expand: bool = False) -> BatchRouting:
         """Build the routing of ``per_sample`` (one adapter name per sample).
 
         Args:
             adapters: Every adapter of the model, in a fixed order: ``slots`` gives each sample's position in
                 it (``len(adapters)`` for the base model or an unknown name), the same for every layer.
+            expand: Also route batches of ``k * len(per_sample)`` samples, sample ``i`` taking
+                ``per_sample[i // k]``: how ``generate`` expands a batch for beams, ``num_return_sequences``
+                and sampling (``repeat_interleave``), while an encoder still sees the original batch.
         """
         names = tuple(dict.fromkeys(per_sample))
         position = {name: i for i, name in enumerate(names)}
         slot = {name: i for i, name in enumerate(adapters)}
         slots = torch.tensor([slot.get(n, len(adapters)) for n in per_sample], dtype=torch.long)
-        return cls(names, torch.tensor([position[n] for n in per_sample], dtype=torch.long), tuple(adapters), slots)
+        index = torch.tensor([position[n] for n in per_sample], dtype=torch.long)
+        return cls(names, index, tuple(adapters), slots, expand)
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
+
+    def for_batch(self, batch: int) -> BatchRouting:
+        """This routing for a batch of ``batch`` samples (itself, or expanded; see :meth:`from_names`).
+
+        Raises:
+            ValueError: ``batch`` is not the number of names (or, with ``expand``, a multiple of it).
+        """
+        count = len(self)
+        if batch == count:
+            return self
+        if not (self.expand and count and batch % count == 0):
+            raise ValueError(
+                f"adapter_names has {count} entries but the batch has {batch} samples; "
+                "pass one adapter name per sample."
+            )
+        if batch not in self._expanded:
+            k = batch // count
+            index, slots = self.index.repeat_interleave(k), self.slots.repeat_interleave(k)
+            self._expanded[batch] = BatchRouting(self.names, index, self.adapters, slots)
+        return self._expanded[batch]
 
     def index_on(self, device: torch.device) -> torch.Tensor:
         """The per-sample index on ``device`` (moved once, then cached)."""
@@ -80,6 +107,22 @@ class BatchRouting:
             index = self.index_on(device)
             self._groups[device] = [(name, (index == i).nonzero().flatten()) for i, name in enumerate(self.names)]
         return self._groups[device]
+
+
+class CallState(threading.local):
+    """What the forward running in this thread needs beyond its inputs: set by the outer call (``PeftModel``,
+    :func:`peftkit.functional.mixed_batch`), read by every adapter layer. Per thread, so concurrent calls on
+    one model do not see each other's routing (and traceable by ``torch.compile``, unlike a ``ContextVar``).
+
+    Attributes:
+        routing: The mixed batch's routing, or ``None`` outside a mixed-batch call.
+    """
+
+    routing: BatchRouting | None = None
+
+
+#: The per-thread call state of every model.
+CALL_STATE = CallState()
 
 
 class AdapterState:
@@ -124,7 +167,6 @@ class AdapterLayer(AdapterState, nn.Module):
     Attributes:
         base_layer: The original module (its weights stay frozen).
         merged_adapters: Adapters currently merged into the base weight, in merge order.
-        batch_routing: Set for the duration of one mixed-batch forward, else ``None``.
     """
 
     #: Attributes whose values are ``nn.ModuleDict`` / ``nn.ParameterDict`` of trainable adapter weights.
@@ -133,13 +175,12 @@ class AdapterLayer(AdapterState, nn.Module):
     other_param_names: ClassVar[tuple[str, ...]] = ()
 
     merged_adapters: list[str]
-    batch_routing: BatchRouting | None
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
         # Plain attributes in one go: ``nn.Module.__setattr__`` is slow, and this runs for every adapted layer.
-        self.__dict__.update(_disable_adapters=False, merged_adapters=[], batch_routing=None)
+        self.__dict__.update(_disable_adapters=False, merged_adapters=[])
         self._active_adapter: list[str] = []
 
     # -- method hooks -----------------------------------------------------------------------------
@@ -165,10 +206,11 @@ class AdapterLayer(AdapterState, nn.Module):
             if self.merged_adapters:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        if self.batch_routing is not None:
+        routing = CALL_STATE.routing
+        if routing is not None:
             if self.merged_adapters:
                 raise ValueError("A mixed batch (adapter_names=...) cannot run while adapters are merged; unmerge.")
-            return self.mixed_forward(x, self.batch_routing, *args, **kwargs)
+            return self.mixed_forward(x, routing.for_batch(x.shape[0]), *args, **kwargs)
         if self.merged_adapters:
             return self.base_layer(x, *args, **kwargs)
         if torch.compiler.is_compiling():
@@ -211,11 +253,7 @@ class AdapterLayer(AdapterState, nn.Module):
         Methods with a batched formulation (LoRA) override this with a path whose cost does not grow
         like a loop over adapters.
         """
-        if x.shape[0] != len(routing):
-            raise ValueError(
-                f"adapter_names has {len(routing)} entries but the batch has {x.shape[0]} samples; "
-                "pass one adapter name per sample."
-            )
+        routing = routing.for_batch(x.shape[0])
         present = self.adapter_names()
         result: torch.Tensor | None = None
         for name, rows in routing.groups(x.device):

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.layers.base import AdapterState, BatchRouting
+from peftkit.layers.base import CALL_STATE, AdapterState
 
 
 class ModulesToSaveWrapper(AdapterState, nn.Module):
@@ -25,7 +25,6 @@ class ModulesToSaveWrapper(AdapterState, nn.Module):
         self.modules_to_save = nn.ModuleDict()
         self._active_adapter: list[str] = []
         self._disable_adapters = False
-        self.batch_routing: BatchRouting | None = None
         self.update(adapter_name)
 
     def update(self, adapter_name: str, copy_weights: bool = True) -> None:
@@ -50,10 +49,11 @@ class ModulesToSaveWrapper(AdapterState, nn.Module):
         return self.original_module
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.batch_routing is None or self._disable_adapters:
+        routing = CALL_STATE.routing
+        if routing is None or self._disable_adapters:
             return self.active_module()(x, *args, **kwargs)
         result: torch.Tensor | None = None
-        for name, rows in self.batch_routing.groups(x.device):
+        for name, rows in routing.for_batch(x.shape[0]).groups(x.device):
             module = self.modules_to_save[name] if name in self.modules_to_save else self.original_module
             sub = module(x.index_select(0, rows), *args, **kwargs)
             if result is None:
