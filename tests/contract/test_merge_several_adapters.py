@@ -20,7 +20,10 @@ PAIRS = {
     "lora+dora": ({"r": 2, "lora_alpha": 4}, {"r": 3, "lora_alpha": 5, "use_dora": True}),
     "dora+dora": ({"r": 2, "use_dora": True}, {"r": 3, "lora_alpha": 5, "use_dora": True}),
     "ia3 attention+feedforward": ({"feedforward_modules": []}, {"feedforward_modules": TARGETS}),
-    "adalora+adalora": ({"init_r": 3, "target_r": 2, "total_step": 10}, {"init_r": 2, "target_r": 1, "total_step": 10, "inference_mode": True}),
+    "adalora+adalora": (  # AdaLoRA trains one adapter at a time: the second is added frozen
+        {"init_r": 3, "target_r": 2, "total_step": 10},
+        {"init_r": 2, "target_r": 1, "total_step": 10, "inference_mode": True},
+    ),
 }
 
 

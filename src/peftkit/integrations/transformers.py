@@ -54,9 +54,8 @@ def as_peftkit_config(config: Any) -> PeftConfig:
 class AdapterModelMixin(InferenceMixin):
     """transformers' ``PeftAdapterMixin`` API on peftkit's functional core (calls and ``generate``: the base class).
 
-    Instance state: ``peft_config`` (adapter name -> config, as transformers keeps it), ``_hf_peft_config_loaded``
-    (read by transformers' ``save_pretrained``, gradient checkpointing and Trainer), ``_peftkit_active`` (the
-    active adapter names) and ``_peftkit_hotswap_rank``.
+    State: ``peft_config`` (adapter name -> config, as transformers keeps it), ``_hf_peft_config_loaded`` (read by
+    transformers' ``save_pretrained``, gradient checkpointing, Trainer), ``_peftkit_active``, ``_peftkit_hotswap_rank``.
     """
 
     _peftkit_hotswap_rank: int | None = None
