@@ -12,6 +12,7 @@ from peftkit.auto import (
 from peftkit.config import PeftConfig, PromptLearningConfig
 from peftkit.errors import (
     AdapterNameError,
+    ArgumentTypeError,
     CheckpointError,
     ConcurrencyError,
     ConfigError,
@@ -19,6 +20,7 @@ from peftkit.errors import (
     PeftkitError,
     TargetingError,
     UnsupportedError,
+    UsageError,
 )
 from peftkit.hotswap import hotswap_adapter, prepare_model_for_compiled_hotswap
 from peftkit.integrations import (
@@ -38,18 +40,8 @@ from peftkit.mapping import (
     inject_adapter_in_model,
     set_peft_model_state_dict,
 )
-from peftkit.methods.adalora.config import AdaLoraConfig
-from peftkit.methods.adalora.model import AdaLoraModel
-from peftkit.methods.ia3.config import IA3Config
-from peftkit.methods.ia3.model import IA3Model
-from peftkit.methods.lora.config import LoraConfig
-from peftkit.methods.p_tuning.config import PromptEncoderConfig, PromptEncoderReparameterizationType
-from peftkit.methods.p_tuning.encoder import PromptEncoder
-from peftkit.methods.prefix_tuning.config import PrefixTuningConfig
-from peftkit.methods.prefix_tuning.encoder import PrefixEncoder
-from peftkit.methods.prompt_tuning.config import PromptTuningConfig, PromptTuningInit
-from peftkit.methods.prompt_tuning.embedding import PromptEmbedding
 from peftkit.peft_model import PeftModel
+from peftkit.registry import public_names as _public_names
 from peftkit.tasks import (
     PeftModelForCausalLM,
     PeftModelForFeatureExtraction,
@@ -58,15 +50,18 @@ from peftkit.tasks import (
     PeftModelForSequenceClassification,
     PeftModelForTokenClassification,
 )
-from peftkit.tuner import LoraModel
 from peftkit.types import PeftType, TaskType
 
 __version__ = "0.1.0"
 
+# Each method's public names (``LoraConfig``, ``IA3Model``, ``PromptEncoder``...) come from its spec's
+# ``public_names``, so a new method is exported by its catalog line alone.
+_METHOD_NAMES = _public_names()
+globals().update(_METHOD_NAMES)
+
 __all__ = [
-    "AdaLoraConfig",
-    "AdaLoraModel",
     "AdapterNameError",
+    "ArgumentTypeError",
     "AutoModel",
     "AutoModelForCausalLM",
     "AutoModelForQuestionAnswering",
@@ -84,10 +79,6 @@ __all__ = [
     "ConcurrencyError",
     "ConfigError",
     "HotswapError",
-    "IA3Config",
-    "IA3Model",
-    "LoraConfig",
-    "LoraModel",
     "PeftConfig",
     "PeftModel",
     "PeftModelForCausalLM",
@@ -98,18 +89,11 @@ __all__ = [
     "PeftModelForTokenClassification",
     "PeftType",
     "PeftkitError",
-    "PrefixEncoder",
-    "PrefixTuningConfig",
-    "PromptEmbedding",
-    "PromptEncoder",
-    "PromptEncoderConfig",
-    "PromptEncoderReparameterizationType",
     "PromptLearningConfig",
-    "PromptTuningConfig",
-    "PromptTuningInit",
     "TargetingError",
     "TaskType",
     "UnsupportedError",
+    "UsageError",
     "enable_adapter_methods",
     "get_peft_model",
     "get_peft_model_state_dict",
@@ -119,4 +103,5 @@ __all__ = [
     "prepare_model_for_compiled_hotswap",
     "set_peft_model_state_dict",
     "unpatch_transformers",
+    *sorted(_METHOD_NAMES),
 ]

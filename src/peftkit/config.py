@@ -23,6 +23,24 @@ PEFT_FORMAT_VERSION = "0.21.2"
 
 _C = TypeVar("_C", bound="PeftConfig")
 
+#: ``peft_type`` -> config class, filled by :mod:`peftkit.registry` from the method specs (the registry sits
+#: above the methods, whose configs build on this module, so it hands the classes down instead of this module
+#: importing it).
+CONFIG_CLASSES: dict[str, type[PeftConfig]] = {}
+
+
+def config_class_for(peft_type: str) -> type[PeftConfig]:
+    """The config class registered for ``peft_type``.
+
+    Raises:
+        ConfigError: no method of that name is registered.
+    """
+    try:
+        return CONFIG_CLASSES[str(getattr(peft_type, "value", peft_type))]
+    except KeyError:
+        known = ", ".join(CONFIG_CLASSES)
+        raise ConfigError(f"peft_type={peft_type!r} is not implemented by peftkit; known methods: {known}.") from None
+
 
 def _jsonable(value: Any) -> Any:
     """Turn a config value into what PEFT writes: sets become (sorted) lists, enums their string."""
@@ -119,8 +137,6 @@ class PeftConfig:
         target: type[PeftConfig] = cls
         peft_type = data.get("peft_type")
         if peft_type is not None:
-            from peftkit.registry import config_class_for
-
             target = config_class_for(peft_type)
             if not issubclass(target, cls):
                 raise ConfigError(f"peft_type={peft_type!r} describes a {target.__name__}, not a {cls.__name__}.")
@@ -133,7 +149,7 @@ class PeftConfig:
                 stacklevel=2,
             )
         try:
-            return target(**{k: v for k, v in data.items() if k in known})  # type: ignore[return-value]
+            return target(**{k: v for k, v in data.items() if k in known})  # type: ignore[return-value]  # from_dict builds the registered subclass of cls (checked above)
         except TypeError as exc:
             raise ConfigError(f"Cannot build {target.__name__} from {data!r}: {exc}") from exc
 
@@ -208,4 +224,5 @@ class PromptLearningConfig(PeftConfig):
 
     @property
     def is_prompt_learning(self) -> bool:
+        """``True``: prompt methods add virtual tokens instead of adapter layers."""
         return True

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from peftkit.errors import ConfigError
+
 __all__ = [
     "DEFAULTS",
     "ArchitectureDefaults",
@@ -43,11 +45,11 @@ class ArchitectureDefaults:
         """Check that the feed-forward modules are among the IA3 targets.
 
         Raises:
-            ValueError: If a feed-forward module is not listed in ``ia3_targets``.
+            ConfigError: If a feed-forward module is not listed in ``ia3_targets``.
         """
         stray = set(self.ia3_feedforward) - set(self.ia3_targets)
         if stray:
-            raise ValueError(f"IA3 feed-forward modules {sorted(stray)} are not IA3 targets")
+            raise ConfigError(f"IA3 feed-forward modules {sorted(stray)} are not IA3 targets")
 
     @property
     def has_ia3(self) -> bool:

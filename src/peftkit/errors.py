@@ -24,6 +24,15 @@ class CheckpointError(PeftkitError, ValueError):
     """An adapter checkpoint is missing, corrupt, or does not fit the model."""
 
 
+class UsageError(PeftkitError, ValueError):
+    """A call does not fit its inputs or the model's state (a mixed batch while merged or training, prompt
+    inputs without ``input_ids``, wrapping a model that already is a ``PeftModel``...)."""
+
+
+class ArgumentTypeError(PeftkitError, TypeError):
+    """An argument of the wrong type, or one the call does not take."""
+
+
 class UnsupportedError(PeftkitError, NotImplementedError):
     """A valid PEFT feature that peftkit does not implement (yet)."""
 

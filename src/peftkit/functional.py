@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,10 +19,10 @@ from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError
 from peftkit.layers.base import BASE_ADAPTER, CALL_STATE, AdapterLayer, BatchRouting
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
 from peftkit.layers.wrap import replace_module
 from peftkit.locking import exclusive, lock_of
-from peftkit.methods.spec import MethodSpec
-from peftkit.registry import method_of
+from peftkit.methods.spec import MethodSpec, method_of
 from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
 
 AdapterModule = AdapterLayer | ModulesToSaveWrapper
@@ -92,9 +93,12 @@ class Injection:
     grad_state: dict[nn.Parameter, bool] = field(default_factory=dict)
     target_names: list[str] = field(default_factory=list)
     config: PeftConfig | None = None
+    shared: bool = False
 
     def undo(self, model: nn.Module) -> None:
         """Restore ``model`` to what it was before the injection."""
+        if self.shared:
+            drop_shared_tensors(model, self.adapter_name)
         for module in self.updated:
             module.delete_adapter(self.adapter_name)
         for name, original in reversed(self.created):
@@ -179,6 +183,7 @@ def inject_adapter(
     try:
         for name in names:
             _inject_one(model, name, config, spec, adapter_name, init_weights, record, candidates)
+        _add_model_tensors(model, spec, config, adapter_name, names, record)
         _wrap_modules_to_save(model, getattr(config, "modules_to_save", None), adapter_name, record)
     except BaseException:
         record.undo(model)
@@ -219,15 +224,34 @@ def _inject_one(
     modules = modules or {}
     module = modules[name] if name in modules else model.get_submodule(name)
     if isinstance(module, AdapterLayer):
-        module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]
+        module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         record.updated.append(module)
         return
-    facts = spec.layer_facts(config, name, module)  # type: ignore[misc]
-    layer = spec.layer_class_for(module)(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
-    layer.update_layer(adapter, facts, init)  # type: ignore[attr-defined]
+    facts = spec.layer_facts(config, name, module)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
+    layer_class: Any = spec.layer_class_for(module)  # the layer contract: (base_layer, fan_in_fan_out=...)
+    layer = layer_class(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
+    layer.update_layer(adapter, facts, init)
     parent_name = name.rpartition(".")[0]
     parent = modules.get(parent_name) if parent_name in modules else None
     record.created.append((name, replace_module(model, name, layer, parent=parent)))
+
+
+def _add_model_tensors(
+    model: nn.Module, spec: MethodSpec, config: PeftConfig, adapter: str, names: Sequence[str], record: Injection
+) -> None:
+    """Create the tensors ``adapter`` holds once per model (``spec.model_tensors``) from its targets' base
+    modules, and hand their holder to each of its layers."""
+    if spec.model_tensors is None:
+        return
+    layers = {name: model.get_submodule(name) for name in names}
+    targets = {n: m.get_base_layer() if isinstance(m, AdapterLayer) else m for n, m in layers.items()}
+    holder = holder_for(model)
+    record.shared = True
+    holder.add(adapter, spec.model_tensors.create(config, targets))
+    for layer in layers.values():
+        if isinstance(layer, AdapterLayer):
+            layer.add_module(HOLDER_NAME, holder)  # so that ``model.to()`` moves the tensors
+            layer.use_model_tensors(adapter, holder)
 
 
 def _wrap_modules_to_save(model: nn.Module, wanted: Sequence[str] | None, adapter: str, record: Injection) -> None:
@@ -264,12 +288,12 @@ def mark_trainable(model: nn.Module, spec: MethodSpec, config: PeftConfig, activ
     set_active_adapters(model, active, trainable=not config.inference_mode)
     if config.inference_mode:
         return
-    bias = getattr(config, "bias", "none")
+    bias = spec.bias_rule(config)
     if bias == "all":
         for name, param in model.named_parameters():
             if name.endswith("bias") and ".original_module." not in name:
                 param.requires_grad_(True)
-    elif bias == "lora_only":
+    elif bias == "adapter_layers":
         for _, module in iter_adapter_modules(model):
             if isinstance(module, AdapterLayer) and module.get_base_layer().bias is not None:
                 module.get_base_layer().bias.requires_grad_(True)
@@ -301,6 +325,7 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
         if not module.adapter_names():
             base = module.base_layer if isinstance(module, AdapterLayer) else module.original_module
             replace_module(model, name, base)
+    drop_shared_tensors(model, adapter_name)
 
 
 @torch.compiler.disable
@@ -308,12 +333,9 @@ def start_mixed_batch(model: nn.Module, adapter_names: Sequence[str], expand: bo
     """Check ``adapter_names`` and route this thread's forwards of ``model`` by them; returns the routing that
     was in place before (to hand to :func:`end_mixed_batch`).
 
-    Never traced by ``torch.compile``: the names become the routing's index tensors here, so a compiled model
-    sees only tensors and does not recompile for a new mix of adapters. The routing is per thread
-    (:data:`~peftkit.layers.base.CALL_STATE`), so concurrent calls with other mixes do not interfere.
-
-    Args:
-        expand: Also route batches that are a multiple of ``len(adapter_names)`` (``generate``'s expansion).
+    Never traced by ``torch.compile``: the names become index tensors here, so a compiled model does not
+    recompile for a new mix. Per thread (:data:`~peftkit.layers.base.CALL_STATE`), so concurrent calls do not
+    interfere. ``expand``: also route multiples of ``len(adapter_names)`` samples (``generate``'s expansion).
     """
     present = adapter_names_in(model)
     unknown = sorted(set(adapter_names) - present - {BASE_ADAPTER})
@@ -373,4 +395,5 @@ def unload(
             replace_module(model, name, module.get_base_layer())
         else:
             replace_module(model, name, module.active_module())
+    forget_shared_tensors(model)
     return model

@@ -39,8 +39,8 @@ from peftkit.io.state import adapter_tensors
 from peftkit.locking import exclusive
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.layer import LoraLayer
-from peftkit.registry import METHODS, method_of
-from peftkit.types import PeftType
+from peftkit.methods.lora.method import LORA
+from peftkit.registry import method_of
 
 CheckCompiled = Literal["error", "warn", "ignore"]
 
@@ -48,7 +48,7 @@ __all__ = ["hotswap_adapter", "prepare_model_for_compiled_hotswap", "swap_adapte
 
 
 # -- where the adapters and their configs live ---------------------------------------------------------
-def resolve_adapter_model(model: nn.Module) -> tuple[nn.Module, dict[str, PeftConfig] | None]:
+def resolve_adapter_model(model: Any) -> tuple[nn.Module, dict[str, PeftConfig] | None]:
     """``(inner model, adapter configs)`` for a PeftModel, an in-place transformers model with adapters, or a
     model from ``inject_adapter_in_model``; compiled wrappers are looked through."""
     model = getattr(model, "_orig_mod", model)
@@ -62,17 +62,17 @@ def resolve_adapter_model(model: nn.Module) -> tuple[nn.Module, dict[str, PeftCo
 
 
 #: Layer classes of LoRA proper (AdaLoRA's layers subclass LoraLayer but hold A, E, B).
-_LORA_LAYER_TYPES = frozenset(METHODS[PeftType.LORA].layer_table.values())
+_LORA_LAYER_TYPES = frozenset(LORA.layer_table.values())
 
 
 def _is_plain_lora(config: PeftConfig) -> bool:
     """LoRA proper: AdaLoRA's config subclasses LoraConfig but its layers have another shape."""
-    return isinstance(config, LoraConfig) and config.peft_type == PeftType.LORA
+    return isinstance(config, LoraConfig) and config.peft_type == LORA.peft_type
 
 
 def _lora_layers(inner: nn.Module, adapter: str | None = None) -> list[tuple[str, LoraLayer]]:
     return [
-        (name, module)
+        (name, module)  # type: ignore[misc]  # the type check below keeps LoRA layers only
         for name, module in iter_adapter_modules(inner)
         if type(module) in _LORA_LAYER_TYPES and (adapter is None or module.holds(adapter))
     ]
@@ -80,7 +80,7 @@ def _lora_layers(inner: nn.Module, adapter: str | None = None) -> list[tuple[str
 
 def _check_compiled(model: nn.Module, check_compiled: str) -> None:
     if check_compiled not in ("error", "warn", "ignore"):
-        raise ValueError(f"check_compiled must be 'error', 'warn' or 'ignore', got {check_compiled!r}.")
+        raise HotswapError(f"check_compiled must be 'error', 'warn' or 'ignore', got {check_compiled!r}.")
     compiled = hasattr(model, "_orig_mod") or getattr(model, "_compiled_call_impl", None) is not None
     if not compiled or check_compiled == "ignore":
         return
@@ -96,7 +96,7 @@ def hold_scaling_as_tensor(layer: LoraLayer, adapter: str) -> None:
     current = layer.scaling[adapter]
     if not torch.is_tensor(current):
         device = layer.factor_tensors(adapter)[0].device
-        layer.scaling[adapter] = torch.tensor(float(current), device=device)  # type: ignore[assignment]
+        layer.scaling[adapter] = torch.tensor(float(current), device=device)  # type: ignore[assignment]  # a tensor scaling (compile-friendly) where LoRA keeps floats
 
 
 def set_scaling(layer: LoraLayer, adapter: str, value: float) -> None:
@@ -104,7 +104,7 @@ def set_scaling(layer: LoraLayer, adapter: str, value: float) -> None:
     current = layer.scaling[adapter]
     if torch.is_tensor(current):
         with torch.no_grad():
-            current.fill_(value)  # type: ignore[union-attr]
+            current.fill_(value)
     else:
         layer.scaling[adapter] = value
 
@@ -154,7 +154,7 @@ def pad_rank(layer: LoraLayer, adapter: str, target_rank: int, use_rslora: bool 
 
 def _forget_cached_stacks(layer: LoraLayer) -> None:
     if hasattr(layer, "_stack_cache"):
-        layer._stack_cache = None
+        layer.__dict__["_stack_cache"] = None
 
 
 #: Stands for a layer's base module where only the layer's name matters to the per-layer facts.
@@ -176,12 +176,10 @@ def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) ->
     if not isinstance(new, LoraConfig) or not held:
         return new
     facts = method_of(config).layer_facts
-    if all(facts(config, name, _ANY_MODULE).r == rank for name, (rank, _) in held.items()):  # type: ignore[misc]
+    if all(facts(config, name, _ANY_MODULE).r == rank for name, (rank, _) in held.items()):  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         return new
     ranks = {name: rank for name, (rank, _) in held.items()}
-    alphas = {
-        name: scaling * (math.sqrt(rank) if config.use_rslora else rank) for name, (rank, scaling) in held.items()
-    }
+    alphas = {name: scaling * (math.sqrt(rank) if new.use_rslora else rank) for name, (rank, scaling) in held.items()}
     new.r = Counter(ranks.values()).most_common(1)[0][0]
     new.lora_alpha = Counter(alphas.values()).most_common(1)[0][0]
     new.rank_pattern = {re.escape(n): r for n, r in ranks.items() if r != new.r}
@@ -203,7 +201,7 @@ def prepare_adapter(
             pad_rank(layer, adapter, target_rank, use_rslora=rslora)
     if config is not None and layers:
         held = {name: (layer.r[adapter], float(layer.scaling[adapter])) for name, layer in layers}
-        configs[adapter] = config_as_held(config, held)  # type: ignore[index]
+        configs[adapter] = config_as_held(config, held)  # type: ignore[index]  # configs is a dict whenever adapters are held
     return bool(layers)
 
 
@@ -242,7 +240,7 @@ def prepare_model_for_compiled_hotswap(
     if target_rank is None or config is None:
         return
     for each in config.values() if isinstance(config, dict) else [config]:
-        each.r = target_rank  # type: ignore[attr-defined]
+        each.r = target_rank  # type: ignore[attr-defined]  # hot-swap holds LoRA adapters only (LoraConfig has r)
         pattern = getattr(each, "rank_pattern", None) or {}
         for key in pattern:
             pattern[key] = target_rank
@@ -306,7 +304,7 @@ def _new_layer_facts(
     facts_of = method_of(config).layer_facts
     out = {}
     for name, layer in layers:
-        facts = facts_of(config, name, layer.get_base_layer())  # type: ignore[misc]
+        facts = facts_of(config, name, layer.get_base_layer())  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         a_key = f"{name}.lora_A.weight" if adapter in layer.lora_A else f"{name}.lora_embedding_A"
         if a_key in state and state[a_key].shape[0] != facts.r:
             raise HotswapError(

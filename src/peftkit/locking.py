@@ -65,6 +65,7 @@ class ModelLock:
 
     @torch.compiler.disable
     def release_shared(self) -> None:
+        """Leave a forward."""
         local = self._local
         local.depth -= 1
         if local.depth == 0 and local.counted:
@@ -98,6 +99,7 @@ class ModelLock:
 
     @torch.compiler.disable
     def release_exclusive(self) -> None:
+        """Leave a change of the adapter state."""
         self._writer_depth -= 1
         if not self._writer_depth:
             with self._state:
@@ -106,6 +108,7 @@ class ModelLock:
 
     @contextmanager
     def shared(self) -> Iterator[None]:
+        """Hold the lock shared for the block (a forward)."""
         self.acquire_shared()
         try:
             yield
@@ -114,6 +117,7 @@ class ModelLock:
 
     @contextmanager
     def exclusive(self, what: str = "Changing adapters") -> Iterator[None]:
+        """Hold the lock exclusively for the block (a change; ``what`` names it in errors)."""
         self.acquire_exclusive(what)
         try:
             yield
@@ -125,8 +129,9 @@ def lock_of(model: nn.Module) -> ModelLock:
     """The lock of ``model``'s adapter state, kept on the model that holds the adapter layers (a ``PeftModel``
     and a compiled wrapper share the lock of the model inside them)."""
     model = getattr(model, "_orig_mod", model)
-    if getattr(type(model), "get_base_model", None) is not None and "base_model" in model._modules:
-        model = model.get_base_model()
+    get_base_model = getattr(type(model), "get_base_model", None)
+    if get_base_model is not None and "base_model" in model._modules:
+        model = get_base_model(model)
     lock = model.__dict__.get(_ATTRIBUTE)
     if lock is None:
         with _CREATING:

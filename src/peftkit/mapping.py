@@ -11,7 +11,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from peftkit import functional as F
 from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError, UnsupportedError
+from peftkit.errors import AdapterNameError, UnsupportedError, UsageError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix, strip_prefix
 from peftkit.io.save import base_model_name
 from peftkit.io.state import adapter_state_dict, check_and_load
@@ -35,7 +35,7 @@ def get_peft_model(
     if mixed:
         raise UnsupportedError("Mixed-method models (mixed=True) are not implemented in peftkit.")
     if isinstance(model, PeftModel):
-        raise ValueError("The model already is a PeftModel; use model.add_adapter(name, config) to add another.")
+        raise UsageError("The model already is a PeftModel; use model.add_adapter(name, config) to add another.")
     config = copy.deepcopy(peft_config)
     config.base_model_name_or_path = base_model_name(model)
     if revision is not None:
@@ -76,7 +76,7 @@ def get_peft_model_state_dict(
         return model.get_adapter_state_dict(adapter_name)
     inner, prefix = _split_wrapper(model)
     config = _config_of(model, adapter_name)
-    return add_prefix(adapter_state_dict(inner, adapter_name, config, save_embedding_layers), prefix)  # type: ignore[return-value]
+    return add_prefix(adapter_state_dict(inner, adapter_name, config, save_embedding_layers), prefix)
 
 
 def set_peft_model_state_dict(

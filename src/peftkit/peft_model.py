@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from peftkit import functional as F
-from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError, ConfigError
+from peftkit.config import PeftConfig, PromptLearningConfig
+from peftkit.errors import AdapterNameError, CheckpointError, ConfigError, UsageError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
 from peftkit.io.load import attach_adapter, check_same_adapter_config, read_weights, reload_adapter, split_hub_kwargs
 from peftkit.io.save import adapter_directory, config_for_saving, write_adapter
@@ -28,6 +28,10 @@ from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
 from peftkit.tuner import tuner_class_for
 from peftkit.types import TaskType
+
+#: ``task_type`` -> ``PeftModelFor*`` class, filled by :mod:`peftkit.tasks` (which builds on this module) for
+#: :meth:`PeftModel.from_pretrained`'s choice of class.
+TASK_CLASSES: dict[TaskType, type[PeftModel]] = {}
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -69,7 +73,9 @@ class PeftModel(nn.Module):
         self.special_peft_forward_args = {"adapter_names"}
         if peft_config is not None and peft_config.is_prompt_learning:
             prompt.check_task(self.prompt_task)
-            PromptTuner.install(self, model).inject_adapter(adapter_name, self._prepare_config(peft_config, model))
+            config = self._prepare_config(peft_config, model)
+            assert isinstance(config, PromptLearningConfig)  # is_prompt_learning says so
+            PromptTuner.install(self, model).inject_adapter(adapter_name, config)
             return
         if peft_config is not None:
             peft_config = self._prepare_config(peft_config, model)
@@ -91,31 +97,38 @@ class PeftModel(nn.Module):
 
     @property
     def peft_config(self) -> dict[str, PeftConfig]:
+        """Adapter name -> config."""
         return self._tuner.peft_config
 
     @property
     def active_adapter(self) -> str | list[str]:
+        """The active adapter's name (a list when several are active)."""
         return self._tuner.active_adapter
 
     @property
     def active_adapters(self) -> list[str]:
+        """The active adapters' names."""
         return self._tuner.active_adapters
 
     @property
     def active_peft_config(self) -> PeftConfig:
+        """The config of the (first) active adapter."""
         return self.peft_config[self.active_adapters[0]]
 
     @property
     def peft_type(self) -> Any:
+        """The active adapter's ``PeftType``."""
         return self.active_peft_config.peft_type
 
     @property
     def modules_to_save(self) -> set[str] | None:
+        """Names of the modules trained in full and saved with the adapters, or ``None``."""
         names = {n for c in self.peft_config.values() for n in (getattr(c, "modules_to_save", None) or [])}
         return names or None
 
-    def get_base_model(self) -> nn.Module:
-        """The wrapped user model (with adapter layers in place)."""
+    def get_base_model(self) -> Any:
+        """The wrapped user model (with adapter layers in place); typed ``Any``: usually a transformers model,
+        whose ``generate``, ``config``... ``nn.Module`` does not declare."""
         return self.base_model if self._is_prompt_learning else self.base_model.model
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -197,7 +210,7 @@ class PeftModel(nn.Module):
                 yield
             return
         if self.training:
-            raise ValueError("adapter_names (mixed batches) is for inference; call model.eval() first.")
+            raise UsageError("adapter_names (mixed batches) is for inference; call model.eval() first.")
         with F.mixed_batch(self.get_base_model(), adapter_names, expand=expand):
             yield
 
@@ -209,7 +222,7 @@ class PeftModel(nn.Module):
         self.base_model.check_names([adapter_name])
         config = self.peft_config[adapter_name]
         state = adapter_state_dict(self.get_base_model(), adapter_name, config, save_embedding_layers)
-        return add_prefix(state, MODEL_PREFIX)  # type: ignore[return-value]
+        return add_prefix(state, MODEL_PREFIX)
 
     def save_pretrained(
         self,
@@ -222,7 +235,7 @@ class PeftModel(nn.Module):
     ) -> None:
         """Write each adapter (``default`` in ``save_directory``, others in subfolders) in PEFT's format."""
         if os.path.isfile(save_directory):
-            raise ValueError(f"save_directory {save_directory!s} is a file; pass a directory.")
+            raise CheckpointError(f"save_directory {save_directory!s} is a file; pass a directory.")
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
         self._tuner.check_names(names)
         if not is_main_process:
@@ -341,12 +354,14 @@ class PeftModel(nn.Module):
 
         The task class is chosen from the adapter's ``task_type`` when called on ``PeftModel`` itself.
         """
-        from peftkit.tasks import model_class_for_task
-
         hub = split_hub_kwargs(kwargs)
         subfolder = kwargs.pop("subfolder", None)
         config = config or PeftConfig.from_pretrained(model_id, subfolder=subfolder, **hub)
-        target_cls = model_class_for_task(config.task_type) if cls is PeftModel else cls
+        target_cls = cls
+        if cls is PeftModel and config.task_type is not None:
+            if TaskType(config.task_type) not in TASK_CLASSES:
+                raise ConfigError(f"task_type={config.task_type!r} has no PeftModel class; import peftkit first.")
+            target_cls = TASK_CLASSES[TaskType(config.task_type)]
         wrapper = target_cls(model, None, adapter_name)
         wrapper.load_adapter(
             model_id, adapter_name, is_trainable=is_trainable, config=config, subfolder=subfolder, **hub, **kwargs

@@ -12,11 +12,14 @@ Matching rules (PEFT's):
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, TypeVar
 
 from torch import nn
 
 from peftkit.errors import TargetingError
+
+_V = TypeVar("_V")
 
 ALL_LINEAR = "all-linear"
 DEFAULT_LAYER_PATTERNS = ("layers", "h", "block", "blocks", "layer")
@@ -62,8 +65,8 @@ def in_selected_layers(
     return index is not None and index in wanted
 
 
-def pattern_value(name: str, pattern: dict[str, object], default: object) -> object:
-    """First value of ``pattern`` whose regex key matches ``name`` as ``(.*\\.)?(key)$``; else ``default``."""
+def pattern_value(name: str, pattern: Mapping[str, _V], default: _V) -> _V:
+    r"""First value of ``pattern`` whose regex key matches ``name`` as ``(.*\.)?(key)$``; else ``default``."""
     for key, value in pattern.items():
         if re.match(rf"(.*\.)?({key})$", name):
             return value
@@ -134,7 +137,7 @@ def all_linear_names(
         candidates: ``(name, module)`` pairs to consider instead of ``model.named_modules()``; on a model that
             already carries adapters, pass its modules with each adapter layer standing for its base layer.
     """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head: Any = getattr(model, "get_output_embeddings", lambda: None)()
     head = head.get_base_layer() if hasattr(head, "get_base_layer") else head
     pairs = model.named_modules() if candidates is None else candidates
     names = {name for name, module in pairs if isinstance(module, linear_types) and module is not head}

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from peftkit.config import PeftConfig
+from peftkit.errors import ArgumentTypeError
 from peftkit.methods.prompt.model import prepare_causal_lm_inputs
-from peftkit.peft_model import PeftModel
+from peftkit.peft_model import TASK_CLASSES, PeftModel
 from peftkit.types import TaskType
 
 _INPUTS = ("input_ids", "attention_mask", "inputs_embeds")
@@ -36,14 +37,16 @@ def explicit_forward(*names: str, dropped: tuple[str, ...] = ()) -> Callable[...
     @torch.compiler.disable(recursive=False)  # argument plumbing only; the model below it is what compiles
     def forward(self: PeftModel, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         if len(args) > len(names):
-            raise TypeError(f"{type(self).__name__}.forward takes at most {len(names)} positional inputs: {names}.")
+            raise ArgumentTypeError(
+                f"{type(self).__name__}.forward takes at most {len(names)} positional inputs: {names}."
+            )
         kwargs.update(zip(names, args))
         skip = {"task_ids", *dropped}
         inputs = {k: v for k, v in kwargs.items() if v is not None and k not in skip}
         return PeftModel.forward(self, adapter_names=adapter_names, **inputs)
 
     keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    forward.__signature__ = inspect.Signature(
         [
             inspect.Parameter("self", keyword),
             *(inspect.Parameter(n, keyword, default=None) for n in (*names, *dropped)),
@@ -61,6 +64,7 @@ class PeftModelForCausalLM(PeftModel):
     forward = explicit_forward(*_INPUTS, "labels", *_OUTPUT_FLAGS)
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's generation inputs, with the virtual tokens of an active prompt adapter."""
         original = self.get_base_model().prepare_inputs_for_generation
         if self._is_prompt_learning and not self._tuner.disabled:
             return prepare_causal_lm_inputs(self._tuner, original, *args, **kwargs)
@@ -88,7 +92,7 @@ class _EncoderTaskModel(PeftModel):
         if not extra:
             return config
         config = copy.copy(config)
-        config.modules_to_save = current + extra  # type: ignore[attr-defined]
+        config.modules_to_save = current + extra
         return config
 
 
@@ -132,6 +136,7 @@ TASK_TO_MODEL_CLASS: dict[TaskType, type[PeftModel]] = {
     TaskType.QUESTION_ANS: PeftModelForQuestionAnswering,
     TaskType.FEATURE_EXTRACTION: PeftModelForFeatureExtraction,
 }
+TASK_CLASSES.update(TASK_TO_MODEL_CLASS)
 
 
 def model_class_for_task(task_type: TaskType | str | None) -> type[PeftModel]:

@@ -15,7 +15,7 @@ from torch import nn
 from peftkit import functional as F
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError
-from peftkit.registry import method_of
+from peftkit.methods.spec import method_of
 from peftkit.targeting import ALL_LINEAR
 
 
@@ -69,9 +69,11 @@ class TunerModel(nn.Module):
 
     @property
     def active_adapters(self) -> list[str]:
+        """The active adapters' names."""
         return [self.active_adapter] if isinstance(self.active_adapter, str) else list(self.active_adapter)
 
     def check_names(self, names: Sequence[str]) -> None:
+        """Raise :class:`~peftkit.errors.AdapterNameError` unless every name in ``names`` is an adapter."""
         missing = [n for n in names if n not in self.peft_config]
         if missing:
             raise AdapterNameError(f"Adapter(s) {missing} not found; present: {sorted(self.peft_config)}.")
@@ -96,9 +98,11 @@ class TunerModel(nn.Module):
         self.active_adapter = remaining[0] if len(remaining) == 1 else remaining
 
     def enable_adapter_layers(self) -> None:
+        """Switch every adapter layer back on."""
         F.enable_adapters(self.model, True)
 
     def disable_adapter_layers(self) -> None:
+        """Switch every adapter layer off: the model computes like its base."""
         F.enable_adapters(self.model, False)
 
     # -- merging ----------------------------------------------------------------------------------
@@ -109,6 +113,7 @@ class TunerModel(nn.Module):
         F.merge_adapters(self.model, adapter_names, safe_merge=safe_merge)
 
     def unmerge_adapter(self) -> None:
+        """Undo every merge, restoring the base weights."""
         F.unmerge_adapters(self.model)
 
     def merge_and_unload(
@@ -125,6 +130,7 @@ class TunerModel(nn.Module):
 
     # -- plumbing ---------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped model's forward."""
         return self.model(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -142,5 +148,8 @@ class LoraModel(TunerModel):
 
 def tuner_class_for(config: PeftConfig | None) -> type[TunerModel]:
     """The tuner model class of ``config``'s method (``TunerModel`` unless its spec names a subclass)."""
-    loader = method_of(config).tuner_class if config is not None else None
-    return loader() if loader is not None else TunerModel
+    custom = method_of(config).tuner_class if config is not None else None
+    if custom is None:
+        return TunerModel
+    assert issubclass(custom, TunerModel), f"{custom} must subclass TunerModel"
+    return custom

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import enum
 
+from peftkit.catalog import METHOD_SPECS
+
 
 class PeftType(str, enum.Enum):
-    """Name of an adapter method, exactly as stored in the ``peft_type`` field."""
+    """Name of an adapter method, exactly as stored in the ``peft_type`` field.
 
-    LORA = "LORA"
-    IA3 = "IA3"
-    ADALORA = "ADALORA"
-    PROMPT_TUNING = "PROMPT_TUNING"
-    PREFIX_TUNING = "PREFIX_TUNING"
-    P_TUNING = "P_TUNING"
+    One member per entry of :data:`peftkit.catalog.METHOD_SPECS` (``PeftType.LORA == "LORA"``), so a new
+    method gets its member from its catalog line. Inside peftkit, write ``PeftType("LORA")`` (a type checker
+    cannot see members made in a loop) or, better, pass the method's spec.
+    """
+
+    _ignore_ = "_name"
+    for _name in METHOD_SPECS:
+        vars()[_name] = _name
 
     def __str__(self) -> str:
         return self.value

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import torch
+from tests._tiny import build_model, model_inputs, model_output
 from tests.compat._cross import ATOL, LIBS, Adapter, compat_tests, saved_files
-from tests.compat._models import build_model, model_inputs, model_output
 
 SCHEDULE = {"total_step": 12, "tinit": 2, "tfinal": 4, "init_r": 4, "target_r": 2, "task_type": "CAUSAL_LM"}
 

@@ -19,7 +19,7 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.compat._models import build_model, model_inputs, model_output, randomise_adapter
+from tests._tiny import build_model, model_inputs, model_output, randomise_adapter
 
 import peftkit
 

@@ -19,7 +19,8 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.methods._prompt_models import batch, build, make_tokenizer
+from tests._tiny import batch, build
+from tests.methods._prompt_models import make_tokenizer
 
 import peftkit
 

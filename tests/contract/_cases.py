@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tests.compat._models import VOCAB, build_model
+from tests._tiny import VOCAB, build_model
 from torch import nn
 
 import peftkit as peft

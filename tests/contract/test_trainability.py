@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.compat._models import build_model
+from tests._tiny import build_model
 
 import peftkit as peft
 

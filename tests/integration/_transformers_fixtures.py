@@ -1,5 +1,5 @@
-"""Tiny transformers models built from configs, and the opt-in fixture, shared by the integration tests of
-the transformers integration (adapter methods, Trainer, hub, hot-swap)."""
+"""Helpers and the opt-in fixture shared by the integration tests of the transformers integration (adapter
+methods, Trainer, hub, hot-swap); their tiny models are in :mod:`tests._tiny` (re-exported here)."""
 
 from __future__ import annotations
 
@@ -7,102 +7,23 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+from tests._tiny import BUILDERS, VOCAB, inputs_for, output_of, tiny_bert_cls, tiny_gpt2, tiny_llama, tiny_t5
+from tests._tiny import integration_llama_config as llama_config
 from torch import nn
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    T5Config,
-    T5ForConditionalGeneration,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import Trainer, TrainingArguments
 
 import peftkit
 
-VOCAB = 64
-
-
-def llama_config() -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(llama_config())
-
-
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64))
-
-
-def tiny_bert_cls(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=3,
-        max_position_embeddings=64,
-    )
-    return BertForSequenceClassification(config)
-
-
-def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
-    torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=VOCAB,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    return T5ForConditionalGeneration(config)
-
-
-BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "bert": tiny_bert_cls, "t5": tiny_t5}
+__all__ = [
+    "BUILDERS", "STYLES", "VOCAB", "TokenDataset", "adapter_weights", "inplace_model", "inputs_for", "llama_config",
+    "lora", "losses", "output_of", "patched", "tiny_bert_cls", "tiny_gpt2", "tiny_llama", "tiny_t5", "trainer_args",
+    "wrapped_model",
+]  # fmt: skip
 
 
 def lora(r: int = 4, alpha: float = 8, **kwargs: object) -> peftkit.LoraConfig:
     """A LoRA config with random (non-zero) A and B, so the adapter changes outputs."""
     return peftkit.LoraConfig(r=r, lora_alpha=alpha, init_lora_weights=False, **kwargs)
-
-
-def inputs_for(model: nn.Module, batch: int = 2, length: int = 6, seed: int = 1) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, VOCAB, (batch, length), generator=generator)
-    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if model.config.is_encoder_decoder:
-        out["decoder_input_ids"] = torch.randint(3, VOCAB, (batch, 4), generator=generator)
-    return out
-
-
-def output_of(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits in eval mode (no dropout)."""
-    model.eval()
-    with torch.no_grad():
-        return model(**inputs).logits
 
 
 # -- Trainer helpers --------------------------------------------------------------------------------

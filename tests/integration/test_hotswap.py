@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.integration._transformers_fixtures import inputs_for, lora, output_of, tiny_llama
+from tests._tiny import inputs_for, output_of, tiny_llama
+from tests.integration._transformers_fixtures import lora
 from torch import nn
 
 import peftkit

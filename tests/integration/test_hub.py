@@ -15,12 +15,10 @@ import torch
 import transformers
 from huggingface_hub import constants
 from safetensors.torch import load
+from tests._tiny import inputs_for, output_of, tiny_llama
 from tests.integration._transformers_fixtures import (  # noqa: F401 (fixture)
-    inputs_for,
     lora,
-    output_of,
     patched,
-    tiny_llama,
 )
 
 import peftkit

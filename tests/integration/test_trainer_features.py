@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tests._tiny import tiny_bert_cls, tiny_llama
 from tests.integration._transformers_fixtures import (  # noqa: F401 (fixture)
     STYLES,
     TokenDataset,
@@ -15,8 +16,6 @@ from tests.integration._transformers_fixtures import (  # noqa: F401 (fixture)
     lora,
     losses,
     patched,
-    tiny_bert_cls,
-    tiny_llama,
     trainer_args,
 )
 from transformers import Trainer

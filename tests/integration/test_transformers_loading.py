@@ -8,15 +8,10 @@ import json
 import pytest
 import torch
 import transformers
+from tests._tiny import VOCAB, inputs_for, output_of, tiny_bert_cls, tiny_llama, tiny_t5
 from tests.integration._transformers_fixtures import (  # noqa: F401 (fixture)
-    VOCAB,
-    inputs_for,
     lora,
-    output_of,
     patched,
-    tiny_bert_cls,
-    tiny_llama,
-    tiny_t5,
 )
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast

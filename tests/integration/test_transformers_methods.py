@@ -12,13 +12,10 @@ import pickle
 import peft
 import pytest
 import torch
+from tests._tiny import BUILDERS, inputs_for, output_of, tiny_llama
 from tests.integration._transformers_fixtures import (  # noqa: F401 (fixture)
-    BUILDERS,
-    inputs_for,
     lora,
-    output_of,
     patched,
-    tiny_llama,
 )
 from transformers import AutoModelForCausalLM, GenerationMixin, LlamaForCausalLM, PreTrainedModel
 

@@ -1,113 +1,21 @@
-"""Tiny models, inputs, a tokenizer and shared checks for the prompt-method tests (nothing downloaded).
-
-Every builder seeds torch first, so two calls give bit-identical base weights.
-"""
+"""A tokenizer and shared checks for the prompt-method tests; their tiny models and batches are in
+:mod:`tests._tiny` (re-exported here: ``build``, ``batch``, ``target_batch``, ``VOCAB``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from tests._tiny import VOCAB, batch, build, target_batch
 from torch import nn
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    LlamaForSequenceClassification,
-    LlamaModel,
-    T5Config,
-    T5ForConditionalGeneration,
-)
 
-VOCAB = 64
+__all__ = [
+    "VOCAB", "WORDS", "batch", "build", "capture_inputs", "frozen_base_unchanged", "greedy_by_forward",
+    "greedy_seq2seq_by_forward", "make_tokenizer", "target_batch", "train_losses",
+]  # fmt: skip
+
 WORDS = ["<pad>", "<unk>", *"classify the sentiment of this review as positive or negative".split()]
-
-
-def _llama_config(**extra: Any) -> LlamaConfig:
-    # Grouped-query attention (2 heads, 1 key-value head) so that prefix tuning's per-KV-head sizing is exercised.
-    return LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        initializer_range=0.3,  # weights large enough for a few virtual tokens to steer the model
-        **extra,
-    )
-
-
-_BUILDERS: dict[str, Callable[[], nn.Module]] = {
-    "llama": lambda: LlamaForCausalLM(_llama_config()),
-    "llama_seq_cls": lambda: LlamaForSequenceClassification(_llama_config(num_labels=3)),
-    "llama_base": lambda: LlamaModel(_llama_config()),
-    "gpt2": lambda: GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=VOCAB,
-            n_embd=16,
-            n_layer=2,
-            n_head=2,
-            n_positions=64,
-            bos_token_id=1,
-            eos_token_id=1,
-            initializer_range=0.3,
-        )
-    ),
-    "t5": lambda: T5ForConditionalGeneration(
-        T5Config(
-            vocab_size=VOCAB,
-            d_model=16,
-            d_kv=8,
-            d_ff=32,
-            num_layers=2,
-            num_heads=2,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-            initializer_factor=4.0,  # as for llama: large enough weights that inputs and prompts matter
-        )
-    ),
-}
-
-
-def build(kind: str, seed: int = 0) -> nn.Module:
-    """A fresh tiny model of ``kind`` in eval mode; the same ``seed`` gives the same weights."""
-    torch.manual_seed(seed)
-    model = _BUILDERS[kind]().eval()
-    if getattr(model, "generation_config", None) is not None:
-        # No end-of-sequence token: generations always have max_new_tokens tokens, comparable to a forward loop.
-        model.generation_config.pad_token_id = 0
-        model.generation_config.eos_token_id = None
-    return model
-
-
-def batch(kind: str, seed: int = 1) -> dict[str, torch.Tensor]:
-    """A batch of 2 sequences of 6 tokens, the second left-padded by one token, with fitting labels."""
-    gen = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(2, VOCAB, (2, 6), generator=gen)
-    mask = torch.ones_like(input_ids)
-    mask[1, 0] = 0
-    if kind == "llama_seq_cls":
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": torch.tensor([0, 2])}
-    if kind == "t5":
-        return {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "labels": torch.randint(2, VOCAB, (2, 4), generator=gen),
-        }
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": input_ids.clone()}
-
-
-def target_batch(kind: str, token: int = 7) -> dict[str, torch.Tensor]:
-    """:func:`batch` with every label set to ``token``: a task a few virtual tokens can learn ("always say 7")."""
-    inputs = batch(kind)
-    inputs["labels"] = torch.full_like(inputs["labels"], token % 3 if kind == "llama_seq_cls" else token)
-    return inputs
 
 
 def make_tokenizer(directory: Path) -> str:

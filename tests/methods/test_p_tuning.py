@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.methods._prompt_models import batch, build, capture_inputs, greedy_by_forward, target_batch, train_losses
+from tests._tiny import batch, build, target_batch
+from tests.methods._prompt_models import capture_inputs, greedy_by_forward, train_losses
 
 import peftkit
 from peftkit import ConfigError, PromptEncoderConfig, get_peft_model

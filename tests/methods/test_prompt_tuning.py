@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests._tiny import batch, build, target_batch
 from tests.methods._prompt_models import (
     WORDS,
-    batch,
-    build,
     capture_inputs,
     frozen_base_unchanged,
     greedy_by_forward,
     greedy_seq2seq_by_forward,
     make_tokenizer,
-    target_batch,
     train_losses,
 )
 

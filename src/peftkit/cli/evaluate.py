@@ -54,7 +54,7 @@ def answer_loss(model: nn.Module, rows: Sequence[dict[str, list[int]]], pad_id: 
 
 @torch.no_grad()
 def greedy_answers(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int
+    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (left-padded batches), cut at EOS, decoded and stripped."""
     device = next(model.parameters()).device

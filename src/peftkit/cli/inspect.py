@@ -1,68 +1,53 @@
 """``peftkit inspect``: what an adapter directory holds, read from its files alone (no base model needed).
 
-Per module it reports each tensor's Frobenius norm ``||T||_F = sqrt(sum T_ij^2)`` and, for LoRA, the norm
-of the weight change ``||delta W||_F = s * ||B A||_F`` with ``s = alpha / r`` (``alpha / sqrt(r)`` with
-rsLoRA; ``rank_pattern`` / ``alpha_pattern`` honoured), which shows how much each layer was changed.
+Per module it reports each tensor's Frobenius norm ``||T||_F = sqrt(sum T_ij^2)`` and what the method's spec
+says about it (``describe_module``): the rank of its update and, for LoRA, the norm of the weight change
+``||delta W||_F = s * ||B A||_F`` (see :mod:`peftkit.methods.lora.describe`).
 """
 
 from __future__ import annotations
 
 import json as jsonlib
-import math
 import os
-import re
 from typing import Any
 
 import torch
 
 from peftkit.cli.errors import CliError
 from peftkit.config import CONFIG_NAME, PeftConfig
+from peftkit.errors import ConfigError
 from peftkit.io.keys import strip_prefix
 from peftkit.io.load import read_weights
-
-#: Key segments where an adapter's tensor names begin (everything before is the module path).
-ADAPTER_SEGMENTS = frozenset({
-    "lora_A", "lora_B", "lora_E", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "ia3_l",
-    "base_layer", "prompt_embeddings", "ranknum",
-})  # fmt: skip
+from peftkit.registry import METHODS, method_for
 
 
-def split_key(key: str) -> tuple[str, str]:
+def adapter_segments() -> frozenset[str]:
+    """Key segments where an adapter's tensor names begin (everything before is the module path): every
+    registered layer's per-adapter containers and settings, ``base_layer`` and ``prompt_embeddings``."""
+    names = {"base_layer", "prompt_embeddings"}
+    for spec in METHODS.values():
+        for layer in spec.layer_table.values():
+            names.update(layer.adapter_layer_names, layer.other_param_names)
+    return frozenset(names)
+
+
+def split_key(key: str, segments: frozenset[str] | None = None) -> tuple[str, str]:
     """``(module path, tensor name)`` of an on-disk key, e.g. ``("model.layers.0.q_proj", "lora_A.weight")``."""
     parts = strip_prefix(key).split(".")
+    segments = adapter_segments() if segments is None else segments
     for i, part in enumerate(parts):
-        if part in ADAPTER_SEGMENTS:
+        if part in segments:
             return ".".join(parts[:i]), ".".join(parts[i:])
     return ".".join(parts[:-1]), parts[-1]
 
 
-def _pattern_value(module: str, pattern: dict[str, Any], default: Any) -> Any:
-    for key, value in (pattern or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
-def lora_delta_norm(module: str, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> float | None:
-    """``s * ||B A||_F`` for a LoRA module (Linear, Conv or Embedding), ``None`` for anything else."""
-    if config.get("peft_type") != "LORA":
-        return None
-    a = tensors.get("lora_A.weight", tensors.get("lora_embedding_A"))
-    b = tensors.get("lora_B.weight", tensors.get("lora_embedding_B"))
-    if a is None or b is None:
-        return None
-    rank = a.shape[0]
-    alpha = _pattern_value(module, config.get("alpha_pattern"), config.get("lora_alpha", 8))
-    scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-    return scaling * float((b.float().flatten(1) @ a.float().flatten(1)).norm())
-
-
-def module_rank(tensors: dict[str, torch.Tensor]) -> int | None:
-    """The rank of a module's low-rank update: AdaLoRA's non-zero singular values, else rows of A."""
-    if "lora_E" in tensors:
-        return int((tensors["lora_E"] != 0).sum())
-    a = tensors.get("lora_A.weight", tensors.get("lora_embedding_A"))
-    return None if a is None else int(a.shape[0])
+def describe_module(module: str, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> tuple[Any, Any]:
+    """``(rank, |delta W|)`` of one module by its method's ``describe_module`` hook (``None`` where it has none)."""
+    try:
+        spec = method_for(config.get("peft_type", ""))
+    except ConfigError:
+        return None, None
+    return spec.describe_module(module, tensors, config) if spec.describe_module is not None else (None, None)
 
 
 def describe_adapter(adapter_dir: str) -> dict[str, Any]:
@@ -73,17 +58,19 @@ def describe_adapter(adapter_dir: str) -> dict[str, Any]:
     config = PeftConfig.from_json_file(config_path)
     weights = read_weights(adapter_dir)
     modules: dict[str, dict[str, torch.Tensor]] = {}
+    segments = adapter_segments()
     for key, tensor in weights.items():
-        module, name = split_key(key)
+        module, name = split_key(key, segments)
         modules.setdefault(module, {})[name] = tensor
     rows = []
     for module, tensors in sorted(modules.items()):
+        rank, delta_norm = describe_module(module, tensors, config)
         rows.append({
             "module": module or "(prompt)",
-            "rank": module_rank(tensors),
+            "rank": rank,
             "params": sum(t.numel() for t in tensors.values()),
             "norms": {name: round(float(t.float().norm()), 6) for name, t in sorted(tensors.items())},
-            "delta_norm": lora_delta_norm(module, tensors, config),
+            "delta_norm": delta_norm,
         })  # fmt: skip
     files = {f: os.path.getsize(os.path.join(adapter_dir, f)) for f in sorted(os.listdir(adapter_dir))
              if os.path.isfile(os.path.join(adapter_dir, f))}  # fmt: skip

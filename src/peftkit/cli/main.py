@@ -33,12 +33,14 @@ class Command:
     name: str
     function: Callable[..., int]
     examples: str = ""
+    extra_options: Callable[[argparse.ArgumentParser], list[str]] | None = None
 
 
 def _commands() -> tuple[Command, ...]:
     from peftkit.cli.convert import convert
     from peftkit.cli.inspect import inspect
     from peftkit.cli.merge import merge
+    from peftkit.cli.methods import add_method_options
     from peftkit.cli.train import train
 
     return (
@@ -47,6 +49,7 @@ def _commands() -> tuple[Command, ...]:
             train,
             "examples:\n  peftkit train\n  peftkit train --model ./llama --data qa.jsonl "
             "--method lora --r 16 --target-modules q_proj,v_proj --epochs 2 --output-dir out",
+            add_method_options,
         ),
         Command("merge", merge, "example:\n  peftkit merge peftkit-output/adapter --output-dir merged-model"),
         Command("inspect", inspect, "example:\n  peftkit inspect peftkit-output/adapter"),
@@ -76,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"peftkit {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for command in _commands():
-        add_command(sub, command.name, command.function, command.examples)
+        add_command(sub, command.name, command.function, command.examples, command.extra_options)
     return parser
 
 

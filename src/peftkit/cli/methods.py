@@ -1,74 +1,86 @@
-"""``--method`` names, the config class each one maps to, and which command-line option sets which field.
+"""``--method`` names and the per-method options of ``peftkit train``, all read from the method specs.
 
-The config classes are looked up among peftkit's public names at run time, so a method becomes available
-on the command line as soon as the library exports its config class.
+Each method's spec (:class:`~peftkit.methods.spec.MethodSpec`) gives its ``--method`` value (``cli_name``),
+the options it accepts (``cli_options``: option -> config field, type, help, default), its default learning
+rate and any last edit of the fields (``cli_config``), so a new method appears on the command line with its
+catalog line alone.
 """
 
 from __future__ import annotations
 
-import math
+import argparse
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import peftkit
 from peftkit.cli.errors import CliError
 from peftkit.config import PeftConfig
-
-MethodName = Literal["lora", "ia3", "adalora", "prompt", "prefix", "ptuning"]
-
-#: ``--method`` value -> name of the config class in ``peftkit``.
-METHOD_CONFIGS: dict[str, str] = {
-    "lora": "LoraConfig",
-    "ia3": "IA3Config",
-    "adalora": "AdaLoraConfig",
-    "prompt": "PromptTuningConfig",
-    "prefix": "PrefixTuningConfig",
-    "ptuning": "PromptEncoderConfig",
-}
-
-#: Command-line option -> {method: config field it sets}. An option given for a method not listed is an error.
-OPTION_FIELDS: dict[str, dict[str, str]] = {
-    "r": {"lora": "r", "adalora": "target_r"},
-    "alpha": {"lora": "lora_alpha", "adalora": "lora_alpha"},
-    "dropout": {"lora": "lora_dropout", "adalora": "lora_dropout"},
-    "target_modules": {"lora": "target_modules", "adalora": "target_modules", "ia3": "target_modules"},
-    "feedforward_modules": {"ia3": "feedforward_modules"},
-    "use_dora": {"lora": "use_dora"},
-    "num_virtual_tokens": {m: "num_virtual_tokens" for m in ("prompt", "prefix", "ptuning")},
-    "encoder_hidden_size": {"prefix": "encoder_hidden_size", "ptuning": "encoder_hidden_size"},
-}
-
-#: Values used when an option is not given (the config class's own default applies to everything else).
-OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
-    "adalora": {"lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
-    "prompt": {"num_virtual_tokens": 20},
-    "prefix": {"num_virtual_tokens": 20},
-    "ptuning": {"num_virtual_tokens": 20, "encoder_hidden_size": 128},
-}
-
-#: Default learning rate per method (prompt methods train few parameters and need a larger step).
-LEARNING_RATES: dict[str, float] = {
-    "lora": 2e-4, "adalora": 2e-4, "ia3": 3e-3, "prompt": 3e-2, "prefix": 1e-2, "ptuning": 1e-2,
-}  # fmt: skip
+from peftkit.methods.spec import CliOption, MethodSpec
+from peftkit.registry import METHODS, method_of_name
 
 
-def config_class(method: str) -> type[PeftConfig]:
-    """The peftkit config class for ``method``, with a clear error when this peftkit does not have it yet."""
-    if method not in METHOD_CONFIGS:
-        raise CliError(f"--method {method!r} is not known; use one of: {', '.join(METHOD_CONFIGS)}.")
-    cls = getattr(peftkit, METHOD_CONFIGS[method], None)
-    if cls is None:
-        available = [m for m, name in METHOD_CONFIGS.items() if hasattr(peftkit, name)]
-        raise CliError(
-            f"--method {method}: peftkit.{METHOD_CONFIGS[method]} is not available in this version of peftkit "
-            f"yet; available methods: {', '.join(available)}."
-        )
-    return cls
+def cli_specs() -> list[MethodSpec]:
+    """The specs of the methods ``peftkit train`` offers, in catalog order."""
+    return [spec for spec in METHODS.values() if spec.cli_name]
+
+
+if TYPE_CHECKING:
+    MethodName = str
+else:  # the choices of ``--method``, one per spec (a Literal the parser turns into argparse choices)
+    MethodName = Literal[tuple(spec.cli_name for spec in cli_specs())]
+
+
+def spec_for_method(method: str) -> MethodSpec:
+    """The spec of ``--method`` value ``method``.
+
+    Raises:
+        CliError: no method has that name.
+    """
+    spec = method_of_name(method)
+    if spec is None:
+        raise CliError(f"--method {method!r} is not known; use one of: {', '.join(s.cli_name for s in cli_specs())}.")
+    return spec
+
+
+def option_table() -> dict[str, dict[str, CliOption]]:
+    """Option name -> {method: its :class:`CliOption`}, over every method (in catalog order).
+
+    Raises:
+        CliError: two methods declare the same option with different types.
+    """
+    table: dict[str, dict[str, CliOption]] = {}
+    for spec in cli_specs():
+        for option in spec.cli_options:
+            table.setdefault(option.name, {})[spec.cli_name] = option
+    for name, per_method in table.items():
+        if len({o.type for o in per_method.values()}) > 1:
+            raise CliError(f"--{name.replace('_', '-')} has different types in {', '.join(per_method)}.")
+    return table
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Add every method's options to ``parser`` (each once, its help naming the methods it applies to).
+
+    Returns:
+        The options' ``dest`` names (what :func:`peftkit.cli.parser.call` hands to the command).
+    """
+    group = parser.add_argument_group("method options (each applies to the methods named in its help)")
+    for name, per_method in option_table().items():
+        first = next(iter(per_method.values()))
+        defaults = ", ".join(f"{m}: {o.default}" for m, o in per_method.items() if o.default is not None)
+        helps = {o.help for o in per_method.values()}
+        text = first.help if len(helps) == 1 else "; ".join(f"{m}: {o.help}" for m, o in per_method.items())
+        help_text = f"{text} ({', '.join(per_method)})" + (f" (default: {defaults})" if defaults else "")
+        flag = "--" + name.replace("_", "-")
+        if first.type is bool:
+            group.add_argument(flag, dest=name, action="store_true", default=False, help=help_text)
+        else:
+            metavar = name.split("_")[-1].upper()
+            group.add_argument(flag, dest=name, type=first.type, default=None, metavar=metavar, help=help_text)
+    return list(option_table())
 
 
 def parse_modules(value: str | None) -> list[str] | str | None:
-    """``"q_proj,v_proj"`` -> a list of names; ``"all-linear"`` or a regex (``.*\\.(q|v)_proj``) stay a string."""
+    r"""``"q_proj,v_proj"`` -> a list of names; ``"all-linear"`` or a regex (``.*\.(q|v)_proj``) stay a string."""
     if value is None or value == "all-linear":
         return value
     if re.fullmatch(r"[\w.\-]+(\s*,\s*[\w.\-]+)*", value.strip()) and not re.search(r"\.[*+?]", value):
@@ -80,21 +92,32 @@ def parse_modules(value: str | None) -> list[str] | str | None:
     return value
 
 
+def _field_value(option: CliOption, value: Any) -> Any:
+    if option.field in ("target_modules", "feedforward_modules"):
+        return parse_modules(value)
+    if isinstance(value, float) and value.is_integer() and option.field == "lora_alpha":
+        return int(value)
+    return value
+
+
 def method_fields(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Config fields from command-line ``options`` (``None``/``False`` = not given), checked against ``method``."""
-    fields: dict[str, Any] = dict(OPTION_DEFAULTS.get(method, {}))
-    for option, value in options.items():
+    """Config fields from command-line ``options`` (``None``/``False`` = not given), checked against ``method``.
+
+    Raises:
+        CliError: an option that ``method`` does not accept was given.
+    """
+    spec = spec_for_method(method)
+    accepted = {option.name: option for option in spec.cli_options}
+    fields: dict[str, Any] = {o.field: _field_value(o, o.default) for o in spec.cli_options if o.default is not None}
+    table = option_table()
+    for name, value in options.items():
         if value is None or value is False:
             continue
-        targets = OPTION_FIELDS[option]
-        if method not in targets:
-            flag = "--" + option.replace("_", "-")
-            raise CliError(f"{flag} does not apply to --method {method} (it applies to: {', '.join(targets)}).")
-        if option in ("target_modules", "feedforward_modules"):
-            value = parse_modules(value)
-        elif isinstance(value, float) and value.is_integer() and option == "alpha":
-            value = int(value)
-        fields[targets[method]] = value
+        if name not in accepted:
+            flag = "--" + name.replace("_", "-")
+            applies = ", ".join(table.get(name, {}))
+            raise CliError(f"{flag} does not apply to --method {method} (it applies to: {applies}).")
+        fields[accepted[name].field] = _field_value(accepted[name], value)
     return fields
 
 
@@ -103,16 +126,14 @@ def build_config(method: str, options: dict[str, Any], total_steps: int) -> Peft
 
     Args:
         method: A ``--method`` value.
-        options: Option name (as in :data:`OPTION_FIELDS`) -> value, ``None`` when not given.
+        options: Option name -> value, ``None`` when not given.
         total_steps: Number of optimiser steps (AdaLoRA's schedule needs it as ``total_step``).
     """
-    cls = config_class(method)
+    spec = spec_for_method(method)
     fields = method_fields(method, options)
-    if method == "adalora":
-        target_r = fields.get("target_r", 8)
-        fields.setdefault("init_r", max(12, math.ceil(1.5 * target_r)))
-        fields["total_step"] = total_steps
-    return cls(task_type="CAUSAL_LM", **fields)
+    if spec.cli_config is not None:
+        fields = spec.cli_config(fields, total_steps)
+    return spec.config_class(task_type="CAUSAL_LM", **fields)
 
 
 def describe(config: PeftConfig) -> str:

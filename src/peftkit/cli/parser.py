@@ -24,6 +24,7 @@ class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line on stderr (exit code 2), pointing at ``--help``."""
 
     def error(self, message: str) -> NoReturn:
+        """Exit with code 2 and one line on stderr."""
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -81,9 +82,17 @@ def add_parameter(parser: argparse.ArgumentParser, name: str, param: inspect.Par
 
 
 def add_command(
-    subparsers: argparse._SubParsersAction, name: str, function: Callable[..., int], epilog: str = ""
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    function: Callable[..., int],
+    epilog: str = "",
+    extra_options: Callable[[argparse.ArgumentParser], list[str]] | None = None,
 ) -> argparse.ArgumentParser:
-    """A subcommand ``name`` whose options are ``function``'s parameters."""
+    """A subcommand ``name`` whose options are ``function``'s parameters.
+
+    A ``**kwargs`` parameter receives the options ``extra_options(parser)`` adds (it returns their ``dest``
+    names), e.g. the per-method options of ``peftkit train``, which come from the method specs.
+    """
     summary, description, helps = docstring_parts(function)
     parser = subparsers.add_parser(
         name,
@@ -94,17 +103,20 @@ def add_command(
     )
     hints = typing.get_type_hints(function)
     for pname, param in inspect.signature(function).parameters.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
         if pname not in helps:
             raise TypeError(f"{function.__name__}: parameter {pname!r} has no help text in its docstring.")
         add_parameter(parser, pname, param, hints[pname], helps[pname])
-    parser.set_defaults(_function=function)
+    extra = extra_options(parser) if extra_options is not None else []
+    parser.set_defaults(_function=function, _extra=extra)
     return parser
 
 
 def call(namespace: argparse.Namespace) -> int:
     """Call the command function chosen by the parser with the parsed options."""
     function = namespace._function
-    names = inspect.signature(function).parameters
+    names = {*inspect.signature(function).parameters, *getattr(namespace, "_extra", ())}
     return function(**{k: v for k, v in vars(namespace).items() if k in names})
 
 

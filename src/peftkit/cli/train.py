@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -17,7 +19,7 @@ import torch
 from peftkit.cli.errors import CliError
 from peftkit.cli.evaluate import Scores, evaluate
 from peftkit.cli.examples import EncodedDataset, Example, Fields, load_examples, pad_batch
-from peftkit.cli.methods import LEARNING_RATES, MethodName, build_config, config_class, describe, method_fields
+from peftkit.cli.methods import MethodName, build_config, describe, method_fields, spec_for_method
 from peftkit.cli.plot import save_loss_curve
 from peftkit.cli.report import print_summary
 from peftkit.cli.resources import EMBEDDED_DATA, embedded_path, load_causal_lm
@@ -47,14 +49,6 @@ def train(
     model: str | None = None,
     data: str | None = None,
     method: MethodName = "lora",
-    r: int | None = None,
-    alpha: float | None = None,
-    dropout: float | None = None,
-    target_modules: str | None = None,
-    feedforward_modules: str | None = None,
-    use_dora: bool = False,
-    num_virtual_tokens: int | None = None,
-    encoder_hidden_size: int | None = None,
     output_dir: str = "peftkit-output",
     epochs: float | None = None,
     max_steps: int | None = None,
@@ -70,6 +64,7 @@ def train(
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
     threads: int | None = None,
     seed: int = 0,
+    **method_options: Any,
 ) -> int:
     """Fine-tune an adapter on a causal LM, evaluate it before and after, save it in PEFT's format.
 
@@ -84,16 +79,7 @@ def train(
         data: Training data: a .jsonl/.json/.csv/.tsv/.txt file with named fields (prompt/answer or text),
             a folder with train.* and test.* files, or a dataset saved with `datasets` (default: the
             built-in word-reversal data).
-        method: Adapter method.
-        r: Rank (lora; adalora: the target average rank, init_r = 1.5 r) (default: 8).
-        alpha: Scaling numerator, scaling = alpha / r (lora, adalora) (default: 16).
-        dropout: Dropout on the adapter input (lora, adalora) (default: 0.05).
-        target_modules: Modules to adapt: comma-separated names (q_proj,v_proj), a regex, or all-linear
-            (lora, adalora, ia3) (default: all-linear for lora/adalora, the model's defaults for ia3).
-        feedforward_modules: Modules whose input ia3 scales, as --target-modules (ia3).
-        use_dora: Weight-decomposed LoRA (lora).
-        num_virtual_tokens: Number of virtual tokens (prompt, prefix, ptuning) (default: 20).
-        encoder_hidden_size: Hidden size of the prompt encoder (ptuning; prefix with projection).
+        method: Adapter method (its options, e.g. --r, are listed under "method options").
         output_dir: Where the adapter, checkpoints, loss curve and metrics go.
         epochs: Passes over the training data (default: 3; built-in job: 16).
         max_steps: Stop after this many optimiser steps (overrides --epochs).
@@ -111,34 +97,44 @@ def train(
             to gain from more and which then stays fast on a busy machine; torch's default otherwise).
         seed: Random seed (adapter initialisation, data order, evaluation split).
     """
-    plan = make_plan(locals())
+    plan = make_plan({k: v for k, v in locals().items() if k != "method_options"}, method_options)
     fields = Fields(prompt_field, answer_field, text_field)
-    previous_threads = torch.get_num_threads()
-    if threads is not None or model is None:
-        torch.set_num_threads(threads or 1)
-    try:
+    with torch_threads(threads if threads is not None or model is not None else 1):
         return run(plan, fields, eval_fraction=eval_fraction, max_new_tokens=max_new_tokens, dtype=dtype, resume=resume)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (``None``: torch's setting), restoring it after."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
     finally:
-        torch.set_num_threads(previous_threads)
+        torch.set_num_threads(previous)
 
 
-def make_plan(options: dict[str, Any]) -> Plan:
-    """Resolve defaults (the built-in job's, or the general ones) and check the numeric options."""
+def make_plan(options: dict[str, Any], method_options: dict[str, Any]) -> Plan:
+    """Resolve defaults (the built-in job's, or the general ones) and check the numeric options.
+
+    Args:
+        options: ``train``'s own options.
+        method_options: The per-method options (``None`` / ``False`` when not given).
+    """
     builtin = options["model"] is None and options["data"] is None
     defaults = EMBEDDED_DEFAULTS if builtin else {"epochs": 3, "batch_size": 8}
-    method_options = {k: options[k] for k in ("r", "alpha", "dropout", "target_modules", "feedforward_modules",
-                                               "use_dora", "num_virtual_tokens", "encoder_hidden_size")}  # fmt: skip
     if builtin and options["method"] == "lora":
         method_options = {k: defaults.get(k) if v is None else v for k, v in method_options.items()}
     positive = ("r", "epochs", "max_steps", "batch_size", "learning_rate", "max_length", "num_virtual_tokens")
     for name in (*positive, "threads"):
-        value = options.get(name)
+        value = options.get(name, method_options.get(name))
         if value is not None and value <= 0:
             raise CliError(f"--{name.replace('_', '-')} must be positive, got {value}.")
-    config_class(options["method"])  # fail early, before loading anything, on unknown methods or options
+    spec = spec_for_method(options["method"])  # fail early, before loading anything, on unknown methods or options
     method_fields(options["method"], method_options)
     learning_rate = options["learning_rate"] or (
-        defaults["learning_rate"] if builtin and options["method"] == "lora" else LEARNING_RATES[options["method"]]
+        defaults["learning_rate"] if builtin and options["method"] == "lora" else spec.cli_learning_rate
     )
     return Plan(
         model=options["model"],
@@ -284,7 +280,8 @@ def fit(
 
     if checkpoint is None:
         clear_checkpoints(args.output_dir)
-    trainer = make_trainer(model, dataset, collate, args, allocate_ranks=plan.method == "adalora")
+    callbacks = spec_for_method(plan.method).trainer_callbacks
+    trainer = make_trainer(model, dataset, collate, args, callbacks() if callbacks is not None else [])
     trainer.train(resume_from_checkpoint=checkpoint)
     return trainer
 

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from peftkit.integrations import trainer as checkpoints
@@ -30,6 +31,7 @@ class LossBar(ProgressCallback):
     """tqdm progress bar with the latest training loss as its postfix, instead of printing log dicts."""
 
     def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+        """Show the latest loss on the bar."""
         if self.training_bar is not None and logs and "loss" in logs:
             self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
 
@@ -39,14 +41,12 @@ def make_trainer(
     dataset: torch.utils.data.Dataset,
     collate: Any,
     args: TrainingArguments,
-    allocate_ranks: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> AdapterTrainer:
-    """An :class:`AdapterTrainer` with the loss bar (and AdaLoRA's callback when ``allocate_ranks``)."""
+    """An :class:`AdapterTrainer` with the loss bar and the method's ``callbacks`` (AdaLoRA's rank allocation)."""
     trainer = AdapterTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossBar())
-    if allocate_ranks:
-        from peftkit.methods.adalora.callback import AdaLoraCallback
-
-        trainer.add_callback(AdaLoraCallback())
+    for callback in callbacks:
+        trainer.add_callback(callback)
     return trainer

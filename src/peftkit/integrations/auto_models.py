@@ -81,7 +81,7 @@ class AutoAdapterModel:
                 kwargs.setdefault("revision", adapter.revision)
         auto = getattr(transformers, cls.transformers_auto)
         with adapter_detection(False):  # peftkit attaches the adapter, not transformers (nor the reference peft)
-            model = enable_adapter_methods(auto.from_pretrained(location, *model_args, **kwargs))
+            model: Any = enable_adapter_methods(auto.from_pretrained(location, *model_args, **kwargs))
         if adapter is not None:
             model.load_adapter(
                 pretrained_model_name_or_path, adapter_name=adapter_name, is_trainable=is_trainable, **hub
@@ -90,7 +90,7 @@ class AutoAdapterModel:
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> nn.Module:
-        """transformers' ``from_config``, with the adapter methods."""
+        """Transformers' ``from_config``, with the adapter methods."""
         import transformers
 
         return enable_adapter_methods(getattr(transformers, cls.transformers_auto).from_config(config, **kwargs))

@@ -24,11 +24,12 @@ class InferenceMixin:
 
     @torch.compiler.disable(recursive=False)  # argument plumbing only; the model below it is what compiles
     def __call__(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """Call the model; ``adapter_names`` (one per sample, ``"__base__"`` for none) routes a mixed batch."""
         with self._peftkit_call(adapter_names, expand=False):
             return super().__call__(*args, **kwargs)  # type: ignore[misc]
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
-        """transformers' ``generate``; ``adapter_names`` routes each input row (and its copies) to an adapter."""
+        """The model's ``generate``; ``adapter_names`` routes each input row (and its copies) to an adapter."""
         with self._peftkit_call(adapter_names, expand=True):
             return super().generate(*args, **kwargs)  # type: ignore[misc]
 

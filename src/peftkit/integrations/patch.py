@@ -76,7 +76,7 @@ def _detection_disabled() -> bool:
 def adapter_detection(enabled: bool) -> Iterator[None]:
     """Within the block, transformers' ``from_pretrained`` detects adapter directories iff ``enabled``."""
     replacement = _detection_enabled if enabled else _detection_disabled
-    modules = [importlib.import_module(site) for site in _DETECTION_SITES]
+    modules: list[Any] = [importlib.import_module(site) for site in _DETECTION_SITES]
     saved = [module.is_peft_available for module in modules]
     for module in modules:
         module.is_peft_available = replacement

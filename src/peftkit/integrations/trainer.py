@@ -44,11 +44,11 @@ def is_adapter_model(model: Any) -> bool:
     return isinstance(model, PeftModel) or has_adapters(model)
 
 
-def _view(model: nn.Module) -> tuple[dict, nn.Module, list[str]]:
+def _view(model: Any) -> tuple[dict, nn.Module, list[str]]:
     """``(adapter configs, inner model, active adapter names)`` of either model style."""
     if isinstance(model, PeftModel):
         return model.peft_config, model.get_base_model(), list(model.active_adapters)
-    return model.peft_config, model, model.active_adapters()  # type: ignore[operator]
+    return model.peft_config, model, model.active_adapters()
 
 
 def _adapter_params(inner: nn.Module, name: str) -> list[nn.Parameter]:
@@ -64,7 +64,7 @@ def save_adapter_checkpoint(model: nn.Module, output_dir: str | os.PathLike, saf
     else:
         layout = {name: "" if name == active[0] else name for name in configs}
         for name, sub in layout.items():
-            model.save_adapter(os.path.join(output_dir, sub), name, safe_serialization=safe_serialization)  # type: ignore[operator]
+            model.save_adapter(os.path.join(output_dir, sub), name, safe_serialization=safe_serialization)  # type: ignore[operator]  # a model with the adapter methods (checked by the caller) has these
     adapters = {}
     for name, sub in layout.items():
         params = _adapter_params(inner, name)
@@ -109,10 +109,10 @@ def load_adapter_checkpoint(model: nn.Module, checkpoint_dir: str | os.PathLike)
         if name in configs:
             set_peft_model_state_dict(model, read_weights(directory), adapter_name=name)
         else:
-            model.load_adapter(directory, adapter_name=name, is_trainable=bool(entry.get("trainable")))  # type: ignore[operator]
+            model.load_adapter(directory, adapter_name=name, is_trainable=bool(entry.get("trainable")))  # type: ignore[operator]  # a model with the adapter methods (checked by the caller) has these
     active = manifest.get("active_adapters")
     if active:
-        model.set_adapter(active[0] if len(active) == 1 else list(active))  # type: ignore[operator]
+        model.set_adapter(active[0] if len(active) == 1 else list(active))  # type: ignore[operator]  # a model with the adapter methods (checked by the caller) has these
     inner = _view(model)[1]
     for name, entry in manifest["adapters"].items():
         if entry.get("trainable") is not None:
@@ -127,7 +127,7 @@ def _unwrapped(trainer: Any, model: nn.Module | None = None) -> nn.Module:
 
 
 def _handles(trainer: Any, model: nn.Module | None = None) -> bool:
-    """peftkit takes over for its own models, except under DeepSpeed / FSDP (their engines own the weights)."""
+    """Peftkit takes over for its own models, except under DeepSpeed / FSDP (their engines own the weights)."""
     distributed = getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
     return not distributed and is_adapter_model(_unwrapped(trainer, model))
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from peftkit import functional as F
 from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError, ConfigError, HotswapError, UnsupportedError
+from peftkit.errors import AdapterNameError, ArgumentTypeError, ConfigError, HotswapError, UnsupportedError, UsageError
 from peftkit.hotswap import prepare_adapter, swap_adapter_weights
 from peftkit.integrations.inference import InferenceMixin
 from peftkit.io.hub import HUB_KWARGS, upload_adapter
@@ -48,7 +48,7 @@ def as_peftkit_config(config: Any) -> PeftConfig:
         return PeftConfig.from_dict(dict(config))
     if hasattr(config, "to_dict") and hasattr(config, "peft_type"):
         return PeftConfig.from_dict(config.to_dict())
-    raise TypeError(f"adapter_config must be a PeftConfig (e.g. peftkit.LoraConfig), got {type(config).__name__}.")
+    raise ArgumentTypeError(f"adapter_config must be a PeftConfig (e.g. peftkit.LoraConfig): {type(config).__name__}.")
 
 
 class AdapterModelMixin(InferenceMixin):
@@ -76,14 +76,14 @@ class AdapterModelMixin(InferenceMixin):
 
     def _register(self, name: str, config: PeftConfig, target_names: Sequence[str]) -> None:
         if getattr(config, "target_modules", None) == ALL_LINEAR:
-            config.target_modules = set(target_names)  # type: ignore[attr-defined]
+            config.target_modules = set(target_names)  # type: ignore[attr-defined]  # layer-method configs have it (checked above)
         self.__dict__.setdefault("peft_config", {})[name] = config
         self._hf_peft_config_loaded = True
 
     def _activate(self, names: list[str]) -> None:
         configs = self._adapter_configs()
         trainable = not all(configs[n].inference_mode for n in names)
-        F.set_active_adapters(self, names, trainable=trainable)  # type: ignore[arg-type]
+        F.set_active_adapters(self, names, trainable=trainable)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         self._peftkit_active = names
 
     # -- adding and loading -----------------------------------------------------------------------
@@ -103,7 +103,7 @@ class AdapterModelMixin(InferenceMixin):
         if name in (self.__dict__.get("peft_config") or {}):
             raise AdapterNameError(f"An adapter named {name!r} already exists; choose another name.")
         config.base_model_name_or_path = self.__dict__.get("name_or_path") or None
-        record = F.inject_adapter(self, config, name, init_weights=True, active=[name])  # type: ignore[arg-type]
+        record = F.inject_adapter(self, config, name, init_weights=True, active=[name])  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         self._register(name, config, record.target_names)
         self._activate([name])
         self._prepare_for_hotswap(name)
@@ -146,12 +146,12 @@ class AdapterModelMixin(InferenceMixin):
             peft_model_id, peft_config, adapter_state_dict, load_config, adapter_kwargs, kwargs, local_files_only
         )
         if hotswap:
-            swap_adapter_weights(self, name, config, state)  # type: ignore[arg-type]
+            swap_adapter_weights(self, name, config, state)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
             return _loading_report()
         config.inference_mode = not is_trainable
         self._attach(name, config, state, ignore_mismatched=bool(kwargs.get("ignore_mismatched_sizes", False)))
         if not is_trainable:
-            self.eval()  # type: ignore[attr-defined]
+            self.eval()  # type: ignore[attr-defined]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         return _loading_report()
 
     def _read_adapter(
@@ -166,7 +166,7 @@ class AdapterModelMixin(InferenceMixin):
     ) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
         unknown = sorted(set(kwargs) - HUB_KWARGS - _IGNORED_LOAD_KWARGS - {"subfolder", "ignore_mismatched_sizes"})
         if unknown:
-            raise TypeError(f"load_adapter() got unexpected keyword arguments: {', '.join(unknown)}.")
+            raise ArgumentTypeError(f"load_adapter() got unexpected keyword arguments: {', '.join(unknown)}.")
         model_id = model_id or getattr(load_config, "pretrained_model_name_or_path", None)
         if model_id is None and (peft_config is None or state is None):
             raise ConfigError("Pass a directory or hub id, or both peft_config and adapter_state_dict.")
@@ -180,15 +180,15 @@ class AdapterModelMixin(InferenceMixin):
         if peft_config is not None:
             config = as_peftkit_config(peft_config)
         else:
-            config = PeftConfig.from_pretrained(model_id, subfolder=subfolder, **hub)  # type: ignore[arg-type]
+            config = PeftConfig.from_pretrained(model_id, subfolder=subfolder, **hub)  # type: ignore[arg-type]  # set when peft_config is not (checked above)
         if state is None:
-            state = read_weights(model_id, subfolder=subfolder, **hub)  # type: ignore[arg-type]
+            state = read_weights(model_id, subfolder=subfolder, **hub)  # type: ignore[arg-type]  # set when the state is not (checked above)
         return config, state
 
     def _attach(self, name: str, config: PeftConfig, state: dict[str, torch.Tensor], ignore_mismatched: bool) -> None:
         first = not self.__dict__.get("peft_config")
         active = [name] if first else self.active_adapters()
-        names = attach_adapter(self, name, config, state, active=active, ignore_mismatched_sizes=ignore_mismatched)  # type: ignore[arg-type]
+        names = attach_adapter(self, name, config, state, active=active, ignore_mismatched_sizes=ignore_mismatched)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         self._register(name, config, names)
         if first:
             self._activate([name])
@@ -207,9 +207,9 @@ class AdapterModelMixin(InferenceMixin):
             HotswapError: adapters are already loaded and ``check_compiled="error"``.
         """
         if check_compiled not in ("error", "warn", "ignore"):
-            raise ValueError(f"check_compiled must be 'error', 'warn' or 'ignore', got {check_compiled!r}.")
+            raise HotswapError(f"check_compiled must be 'error', 'warn' or 'ignore', got {check_compiled!r}.")
         if int(target_rank) < 1:
-            raise ValueError(f"target_rank must be a positive integer, got {target_rank!r}.")
+            raise HotswapError(f"target_rank must be a positive integer, got {target_rank!r}.")
         loaded = sorted(self.__dict__.get("peft_config") or {})
         if loaded and check_compiled == "error":
             raise HotswapError(
@@ -226,7 +226,7 @@ class AdapterModelMixin(InferenceMixin):
 
     def _prepare_for_hotswap(self, name: str) -> None:
         if self._peftkit_hotswap_rank is not None:
-            prepare_adapter(self, self.__dict__.get("peft_config"), name, self._peftkit_hotswap_rank)  # type: ignore[arg-type]
+            prepare_adapter(self, self.__dict__.get("peft_config"), name, self._peftkit_hotswap_rank)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
 
     # -- switching --------------------------------------------------------------------------------
     def set_adapter(self, adapter_name: str | list[str]) -> None:
@@ -241,13 +241,13 @@ class AdapterModelMixin(InferenceMixin):
     def enable_adapters(self) -> None:
         """Turn the adapters back on (the active ones train again unless loaded for inference)."""
         self._adapter_configs()
-        F.enable_adapters(self, True)  # type: ignore[arg-type]
+        F.enable_adapters(self, True)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         self._activate(self.active_adapters())
 
     def disable_adapters(self) -> None:
         """Turn every adapter off: the model computes exactly like its base model."""
         self._adapter_configs()
-        F.enable_adapters(self, False)  # type: ignore[arg-type]
+        F.enable_adapters(self, False)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
 
     def active_adapters(self) -> list[str]:
         """Names of the active adapters."""
@@ -262,7 +262,7 @@ class AdapterModelMixin(InferenceMixin):
         if missing:
             raise AdapterNameError(f"Adapter(s) {missing} not found; loaded: {sorted(configs)}.")
         for name in names:
-            F.delete_adapter(self, name)  # type: ignore[arg-type]
+            F.delete_adapter(self, name)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
             del configs[name]
         if not configs:
             del self.__dict__["peft_config"]
@@ -282,7 +282,7 @@ class AdapterModelMixin(InferenceMixin):
         name = adapter_name or self.active_adapters()[0]
         if name not in configs:
             raise AdapterNameError(f"Adapter {name!r} not found; loaded: {sorted(configs)}.")
-        return adapter_state_dict(self, name, configs[name])  # type: ignore[arg-type]
+        return adapter_state_dict(self, name, configs[name])  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
 
     def save_adapter(
         self,
@@ -294,10 +294,10 @@ class AdapterModelMixin(InferenceMixin):
     ) -> None:
         """Write one adapter (``adapter_config.json`` + weights) into ``directory`` in PEFT's format."""
         configs = self._adapter_configs()
-        state = adapter_state_dict(self, adapter_name, configs[adapter_name], save_embedding_layers)  # type: ignore[arg-type]
+        state = adapter_state_dict(self, adapter_name, configs[adapter_name], save_embedding_layers)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         if save_peft_format:
-            state = add_prefix(state, MODEL_PREFIX)  # type: ignore[assignment]
-        config = config_for_saving(configs[adapter_name], self)  # type: ignore[arg-type]
+            state = add_prefix(state, MODEL_PREFIX)
+        config = config_for_saving(configs[adapter_name], self)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         write_adapter(directory, config, state, safe_serialization)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
@@ -307,9 +307,9 @@ class AdapterModelMixin(InferenceMixin):
         ``save_directory``, others in subfolders). Without adapters this is transformers' full save.
         """
         if not self.__dict__.get("_hf_peft_config_loaded"):
-            return super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
+            return super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]  # from the PreTrainedModel this mixin sits on
         if os.path.isfile(save_directory):
-            raise ValueError(f"save_directory {save_directory!s} is a file; pass a directory.")
+            raise UsageError(f"save_directory {save_directory!s} is a file; pass a directory.")
         options = {
             k: kwargs[k] for k in ("safe_serialization", "save_embedding_layers", "save_peft_format") if k in kwargs
         }
@@ -323,7 +323,7 @@ class AdapterModelMixin(InferenceMixin):
         else:
             active = self.active_adapters()
             if len(active) != 1:
-                raise ValueError(
+                raise AdapterNameError(
                     f"save_pretrained writes the active adapter, but {len(active)} are active ({active}); call "
                     "set_adapter(name) first or pass selected_adapters=[...]."
                 )
@@ -336,7 +336,7 @@ class AdapterModelMixin(InferenceMixin):
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, **kwargs: Any) -> Any:
         """Upload exactly the adapter files of :meth:`save_pretrained` to ``repo_id`` in one commit."""
         if not self.__dict__.get("_hf_peft_config_loaded"):
-            return super().push_to_hub(repo_id, commit_message=commit_message, **kwargs)  # type: ignore[misc]
+            return super().push_to_hub(repo_id, commit_message=commit_message, **kwargs)  # type: ignore[misc]  # from the PreTrainedModel this mixin sits on
         save_kwargs = {k: kwargs.pop(k) for k in ("safe_serialization", "selected_adapters") if k in kwargs}
         for unused in ("max_shard_size", "tags", "safe_serialization"):
             kwargs.pop(unused, None)
@@ -389,7 +389,7 @@ def enable_adapter_methods(model: nn.Module) -> nn.Module:
     from transformers import PreTrainedModel
 
     if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"Adapter methods need a transformers PreTrainedModel, got {type(model).__name__}.")
+        raise ArgumentTypeError(f"Adapter methods need a transformers PreTrainedModel, got {type(model).__name__}.")
     if not isinstance(model, AdapterModelMixin):
         model.__class__ = adapter_model_class(type(model))
     return model

@@ -44,7 +44,7 @@ def tensor_writer(tensors: dict[str, torch.Tensor], safe_serialization: bool = T
     clean: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
         t = tensor.detach()
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.device.type != "meta" else (id(t), 0)
+        ident = (t.untyped_storage().data_ptr(), int(t.storage_offset())) if t.device.type != "meta" else (id(t), 0)
         t = t.clone() if ident in seen else t
         seen.add(ident)
         clean[key] = t.contiguous()

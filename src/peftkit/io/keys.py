@@ -7,6 +7,9 @@ is gone (``q_proj.lora_A.weight``) and layer methods carry the ``base_model.mode
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 #: The prefix PEFT's ``PeftModel`` puts in front of the wrapped model's keys.
 MODEL_PREFIX = "base_model.model."
@@ -50,7 +53,7 @@ def rename_suffix(key: str, renames: Mapping[str, str]) -> str:
     return key
 
 
-def add_prefix(state: Mapping[str, object], prefix: str = MODEL_PREFIX) -> dict[str, object]:
+def add_prefix(state: Mapping[str, _T], prefix: str = MODEL_PREFIX) -> dict[str, _T]:
     """Prefix every key."""
     return {prefix + k: v for k, v in state.items()}
 

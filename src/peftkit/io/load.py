@@ -19,7 +19,7 @@ from peftkit.io.keys import strip_prefix
 from peftkit.io.state import check_and_load
 from peftkit.layers.base import AdapterLayer
 from peftkit.locking import exclusive
-from peftkit.methods.lora.init import is_weight_decomposing
+from peftkit.methods.spec import method_of
 
 
 def split_hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -56,12 +56,10 @@ def attach_adapter(
     Returns:
         The target module names (for configs whose ``target_modules`` was ``"all-linear"``).
     """
-    if is_weight_decomposing(getattr(config, "init_lora_weights", True)):
-        warnings.warn(
-            f"Adapter {adapter_name!r} was initialised with {config.init_lora_weights!r}, which rewrites the base "
-            "weights; load it on the residual base model saved with it.",
-            stacklevel=3,
-        )
+    init_warning = method_of(config).init_warning
+    message = init_warning(config, adapter_name) if init_warning is not None else None
+    if message:
+        warnings.warn(message, stacklevel=3)
     record = inject_adapter(model, config, adapter_name, init_weights=False, active=active)
     try:
         check_and_load(

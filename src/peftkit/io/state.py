@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,10 +18,10 @@ from peftkit.functional import iter_adapter_modules
 from peftkit.io.keys import remove_adapter_name, rename_suffix
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.layers.shared import shared_tensors
 from peftkit.locking import exclusive
-from peftkit.registry import METHODS, method_of
+from peftkit.methods.spec import EMBEDDING_LAYER_NAMES, SPECS, method_of
 
-EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
 _MAX_KEYS_IN_ERROR = 10
 
 
@@ -33,11 +34,9 @@ class AdapterTensor:
 
 
 def wants_embedding_layers(config: PeftConfig, save_embedding_layers: bool | str) -> bool:
-    """PEFT's rule: ``"auto"`` saves base embedding weights when the targets name an embedding layer."""
-    if save_embedding_layers != "auto":
-        return bool(save_embedding_layers)
-    targets = getattr(config, "target_modules", None) or ()
-    return any(name in targets for name in EMBEDDING_LAYER_NAMES)
+    """Whether a save includes the base weights of adapted embedding layers: the method's rule (PEFT's:
+    ``"auto"`` saves them when the targets name an embedding layer)."""
+    return method_of(config).embedding_rule(config, save_embedding_layers)
 
 
 def adapter_tensors(
@@ -49,7 +48,8 @@ def adapter_tensors(
         embedding_layers: Include base weights of adapted embedding layers; ``None`` includes them as
             optional keys (what a load accepts).
     """
-    renames = method_of(config).file_key_renames
+    spec = method_of(config)
+    renames = spec.file_key_renames
     out: dict[str, AdapterTensor] = {}
     for name, module in iter_adapter_modules(model):
         if not module.holds(adapter):
@@ -60,7 +60,7 @@ def adapter_tensors(
             continue
         modules = module._modules
         for attr in module.adapter_layer_names:
-            container = modules[attr] if attr in modules else getattr(module, attr)
+            container: Any = modules[attr] if attr in modules else getattr(module, attr)
             if adapter not in container:
                 continue
             item = container[adapter]
@@ -69,11 +69,21 @@ def adapter_tensors(
                 full = f"{name}.{attr}.{adapter}" + (f".{key}" if key else "")
                 out[rename_suffix(remove_adapter_name(full, adapter), renames)] = AdapterTensor(tensor, True)
         _add_base_tensors(out, name, module, config, embedding_layers)
-    if getattr(config, "bias", "none") == "all":
+    out.update(_model_tensors(model, adapter, config))
+    if spec.bias_rule(config) == "all":
         for key, tensor in model.state_dict(keep_vars=False).items():
             if key.endswith("bias") and key not in out and not _is_adapter_internal(key):
                 out[key] = AdapterTensor(tensor, False)
     return out
+
+
+def _model_tensors(model: nn.Module, adapter: str, config: PeftConfig) -> dict[str, AdapterTensor]:
+    """The tensors ``adapter`` holds once per model, keyed by name, when its method saves them (else a load
+    re-creates them from the config)."""
+    tensors, holder = method_of(config).model_tensors, shared_tensors(model)
+    if tensors is None or holder is None or not holder.holds(adapter) or not tensors.saved(config):
+        return {}
+    return {key: AdapterTensor(tensor, True) for key, tensor in holder.get(adapter).items()}
 
 
 def module_tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
@@ -97,7 +107,7 @@ def _add_base_tensors(
     out: dict[str, AdapterTensor], name: str, layer: AdapterLayer, config: PeftConfig, embedding_layers: bool | None
 ) -> None:
     base = layer.get_base_layer()
-    if getattr(config, "bias", "none") == "lora_only" and getattr(base, "bias", None) is not None:
+    if method_of(config).bias_rule(config) == "adapter_layers" and getattr(base, "bias", None) is not None:
         out[f"{name}.base_layer.bias"] = AdapterTensor(base.bias.data, False)
     is_embedding = isinstance(base, nn.Embedding) or name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES
     if is_embedding and (embedding_layers is None or embedding_layers):
@@ -107,7 +117,7 @@ def _add_base_tensors(
 def _is_adapter_internal(key: str) -> bool:
     if ".original_module." in key or ".modules_to_save." in key:
         return True
-    return any(f".{spec.prefix}" in key for spec in METHODS.values() if spec.prefix)
+    return any(f".{spec.prefix}" in key for spec in SPECS.values() if spec.prefix)
 
 
 def adapter_state_dict(

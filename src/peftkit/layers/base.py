@@ -8,9 +8,18 @@ dictionaries keyed by adapter name. :meth:`AdapterLayer.forward` decides, for ev
 * a mixed batch (:data:`CALL_STATE` holds a routing) -> :meth:`AdapterLayer.mixed_forward`, one adapter per sample,
 * otherwise                           -> :meth:`AdapterLayer.adapted_forward` with the active adapters.
 
-Methods supply the math through small hooks: :meth:`adapt_input` (e.g. IA3 scales the input),
-:meth:`adapt_output` (e.g. LoRA adds ``s * B A x``), :meth:`merge_one` / :meth:`unmerge_one`, and the
-per-adapter parameter containers named in :attr:`adapter_layer_names`.
+The layer contract: a method's layer class subclasses :class:`AdapterLayer` and supplies
+
+* :attr:`adapter_layer_names` (per-adapter ``ModuleDict`` / ``ParameterDict`` of trainable tensors, whose
+  attribute names reach the state dict, e.g. ``lora_A``) and :attr:`other_param_names` (per-adapter settings);
+* ``__init__(base_layer, fan_in_fan_out=False)`` and :meth:`update_layer` (required): add one adapter from the
+  per-layer facts the method's spec computes (``MethodSpec.layer_facts``);
+* the math: :meth:`adapt_input` (e.g. IA3 scales the input) and/or :meth:`adapt_output` (e.g. LoRA adds
+  ``s * B A x``); :meth:`merge_one` / :meth:`unmerge_one` to fold an adapter into the base weight;
+* optional fast paths (:meth:`single_adapter_forward`, :meth:`compiled_forward`, :meth:`mixed_forward`), and
+  :meth:`use_model_tensors` when the method holds tensors once per model (``MethodSpec.model_tensors``).
+
+Everything else (disabled / merged / active adapters, mixed batches, deleting) is the template's.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from peftkit.errors import AdapterNameError
+from peftkit.errors import AdapterNameError, UsageError
 
 #: The name that routes a sample of a mixed batch to the bare base model.
 BASE_ADAPTER = "__base__"
@@ -73,16 +82,14 @@ class BatchRouting:
         """This routing for a batch of ``batch`` samples (itself, or expanded; see :meth:`from_names`).
 
         Raises:
-            ValueError: ``batch`` is not the number of names (or, with ``expand``, a multiple of it).
+            UsageError: ``batch`` is not the number of names (or, with ``expand``, a multiple of it).
         """
         count = len(self)
         if batch == count:
             return self
         if not (self.expand and count and batch % count == 0):
-            raise ValueError(
-                f"adapter_names has {count} entries but the batch has {batch} samples; "
-                "pass one adapter name per sample."
-            )
+            message = f"adapter_names has {count} entries but the batch has {batch} samples"
+            raise UsageError(message + "; pass one adapter name per sample.")
         if batch not in self._expanded:
             k = batch // count
             index, slots = self.index.repeat_interleave(k), self.slots.repeat_interleave(k)
@@ -184,6 +191,20 @@ class AdapterLayer(AdapterState, nn.Module):
         self._active_adapter: list[str] = []
 
     # -- method hooks -----------------------------------------------------------------------------
+    def update_layer(self, adapter: str, facts: Any, init_weights: bool = True) -> None:
+        """Add adapter ``adapter`` (required hook).
+
+        Args:
+            facts: What the method's ``MethodSpec.layer_facts`` computed for this layer (rank, scaling...).
+            init_weights: ``False`` allocates the tensors without initialising them (a load follows).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement update_layer")
+
+    def use_model_tensors(self, adapter: str, holder: nn.Module) -> None:
+        """Receive the holder of the tensors ``adapter`` keeps once per model (methods with
+        ``MethodSpec.model_tensors``). The core has registered it as this layer's child ``peft_shared_tensors``;
+        read ``holder.get(adapter)`` at forward time, never keep its tensors, which ``model.to()`` replaces."""
+
     def adapt_input(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
         """Transform the input before the base layer (identity unless the method scales inputs)."""
         return x
@@ -209,7 +230,7 @@ class AdapterLayer(AdapterState, nn.Module):
         routing = CALL_STATE.routing
         if routing is not None:
             if self.merged_adapters:
-                raise ValueError("A mixed batch (adapter_names=...) cannot run while adapters are merged; unmerge.")
+                raise UsageError("A mixed batch (adapter_names=...) cannot run while adapters are merged; unmerge.")
             return self.mixed_forward(x, routing.for_batch(x.shape[0]), *args, **kwargs)
         if self.merged_adapters:
             return self.base_layer(x, *args, **kwargs)
@@ -274,7 +295,7 @@ class AdapterLayer(AdapterState, nn.Module):
         without building the set: this runs in every forward)."""
         modules = self._modules
         for attr in self.adapter_layer_names:
-            container = modules[attr] if attr in modules else getattr(self, attr)
+            container: Any = modules[attr] if attr in modules else getattr(self, attr)
             if adapter in container:
                 return True
         return False
@@ -298,8 +319,12 @@ class AdapterLayer(AdapterState, nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.get_base_layer().bias
 
-    def get_base_layer(self) -> nn.Module:
-        """The innermost original module (layers may be nested)."""
+    def get_base_layer(self) -> Any:
+        """The innermost original module (layers may be nested).
+
+        Typed ``Any``: it is whichever module type the method wraps (``nn.Linear``, ``Conv1D``, a quantized
+        linear...), whose ``weight`` / ``bias`` / shape attributes ``nn.Module`` cannot describe statically.
+        """
         base = self.base_layer
         while isinstance(base, AdapterLayer):
             base = base.base_layer
@@ -319,7 +344,7 @@ class AdapterLayer(AdapterState, nn.Module):
         ``set_adapter``)."""
         modules = self._modules
         for attr in self.adapter_layer_names:
-            container = modules[attr] if attr in modules else getattr(self, attr)
+            container: Any = modules[attr] if attr in modules else getattr(self, attr)
             for name, item in container.items():
                 if not isinstance(item, nn.Module):
                     yield name, item

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftkit.errors import AdapterNameError
 from peftkit.layers.base import CALL_STATE, AdapterState
 
 
@@ -71,7 +72,7 @@ class ModulesToSaveWrapper(AdapterState, nn.Module):
     def set_adapter(self, adapter_names: str | Sequence[str], trainable: bool = True) -> None:
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         if len([n for n in names if n in self.modules_to_save]) > 1:
-            raise ValueError(f"Only one adapter with modules_to_save can be active at a time, got {names}.")
+            raise AdapterNameError(f"Only one adapter with modules_to_save can be active at a time, got {names}.")
         for name, module in self.modules_to_save.items():
             module.requires_grad_(trainable and name in names)
         self._active_adapter = names

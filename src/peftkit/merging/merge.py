@@ -18,7 +18,7 @@ class MergeError(ValueError):
 
 
 def update_weight(
-    module: nn.Module, update: Callable[[torch.Tensor], None], *, safe: bool = False, what: str = "adapter"
+    module: nn.Module, update: Callable[[torch.Tensor], object], *, safe: bool = False, what: str = "adapter"
 ) -> None:
     """Apply ``update`` (an in-place function) to ``module.weight``.
 
@@ -31,7 +31,7 @@ def update_weight(
     Raises:
         MergeError: ``safe`` is set and the result holds NaN or Inf; the weight is left unchanged.
     """
-    weight = module.weight
+    weight: torch.Tensor = module.weight  # type: ignore[assignment]  # every layer merged here has a weight tensor
     with torch.no_grad():
         if not safe:
             update(weight.data)

@@ -73,7 +73,7 @@ class RankAllocator:
         ``b_T + (b_0 - b_T) (1 - (step - tinit) / (total_step - tfinal - tinit))^3`` masking every ``deltaT``
         steps, then the target budget."""
         c = self.config
-        final = c.total_step - c.tfinal  # type: ignore[operator]
+        final = c.total_step - c.tfinal  # type: ignore[operator]  # AdaLoraConfig checks total_step is set when training starts
         if step <= c.tinit:
             return self.initial_budget, False
         if step > final:
@@ -148,7 +148,7 @@ class RankAllocator:
         ``total_step - tfinal``: mask to the target budget, freeze ``rank_pattern``. After it: re-apply it.
         """
         c = self.config
-        final = c.total_step - c.tfinal  # type: ignore[operator]
+        final = c.total_step - c.tfinal  # type: ignore[operator]  # AdaLoraConfig checks total_step is set when training starts
         if global_step < final:
             self.update_importance()
             budget, due = self.budget_at(global_step)

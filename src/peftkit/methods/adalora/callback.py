@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from peftkit.errors import ArgumentTypeError
 from peftkit.methods.adalora.model import AdaLoraModel
 
 
@@ -25,7 +26,7 @@ def find_adalora_model(model: nn.Module) -> AdaLoraModel:
             return inner
         wrapped = getattr(seen, "module", None)
         if not isinstance(wrapped, nn.Module):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"AdaLoraCallback needs a model with AdaLoRA adapters (get_peft_model with an AdaLoraConfig), "
                 f"got {type(model).__name__}."
             )
@@ -43,7 +44,8 @@ class AdaLoraCallback(TrainerCallback):
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        """Run :meth:`AdaLoraModel.update_and_allocate` for the step just taken."""
         model = kwargs.get("model")
         if model is None:
-            raise TypeError("AdaLoraCallback got no model from the Trainer.")
+            raise ArgumentTypeError("AdaLoraCallback got no model from the Trainer.")
         find_adalora_model(model).update_and_allocate(state.global_step)

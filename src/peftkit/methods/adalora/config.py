@@ -51,11 +51,11 @@ class AdaLoraConfig(LoraConfig):
     beta2: float = 0.85
     orth_reg_weight: float = 0.5
     total_step: int | None = None
-    rank_pattern: dict | None = None
+    rank_pattern: dict | None = None  # type: ignore[assignment]  # AdaLoRA fills it during training; None until then (PEFT's default)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.peft_type = PeftType.ADALORA
+        self.peft_type = PeftType("ADALORA")
         self._validate_schedule()
 
     def _validate_rank_pattern(self) -> None:

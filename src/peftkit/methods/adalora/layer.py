@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -45,8 +46,13 @@ class AdaLoraLayerSpec(LoraLayerSpec):
 class SVDLayer(LoraLayer):
     """State shared by AdaLoRA layers; attribute names match PEFT's state-dict keys."""
 
-    adapter_layer_names = ("lora_A", "lora_B", "lora_E")
-    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora", "ranknum")
+    adapter_layer_names: ClassVar[tuple[str, ...]] = ("lora_A", "lora_B", "lora_E")
+    other_param_names: ClassVar[tuple[str, ...]] = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora", "ranknum")
+
+    lora_A: nn.ParameterDict  # type: ignore[assignment]  # bare parameters (PEFT's AdaLoRA layout), not Linear modules
+    lora_B: nn.ParameterDict  # type: ignore[assignment]  # as lora_A
+    lora_E: nn.ParameterDict
+    ranknum: nn.ParameterDict
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)

@@ -3,7 +3,9 @@ of saved tensors to the allocated ranks."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,8 +15,10 @@ from peftkit.defaults import default_lora_targets
 from peftkit.methods.adalora.allocator import pattern_key
 from peftkit.methods.adalora.config import AdaLoraConfig
 from peftkit.methods.adalora.layer import AdaLoraLayerSpec, SVDConv, SVDLinear
-from peftkit.methods.lora.method import settle_lora_config
-from peftkit.methods.spec import MethodSpec
+from peftkit.methods.adalora.model import AdaLoraModel
+from peftkit.methods.lora.describe import describe_adalora_module
+from peftkit.methods.lora.method import LORA_BIAS_MODES, LORA_CLI_OPTIONS, settle_lora_config
+from peftkit.methods.spec import CliOption, MethodSpec
 from peftkit.types import PeftType
 
 #: Architectures whose AdaLoRA default targets differ from LoRA's (PEFT adapts more layers there).
@@ -76,14 +80,23 @@ def truncate_to_rank_pattern(config: AdaLoraConfig, state: dict[str, torch.Tenso
     return out
 
 
-def _tuner_class() -> type:
-    from peftkit.methods.adalora.model import AdaLoraModel  # the tuner layer sits above the methods
+def adalora_cli_config(fields: dict[str, Any], total_steps: int) -> dict[str, Any]:
+    """``init_r = max(12, ceil(1.5 target_r))`` unless given, and the schedule's length ``total_step``."""
+    fields = dict(fields)
+    fields.setdefault("init_r", max(12, math.ceil(1.5 * fields.get("target_r", 8))))
+    fields["total_step"] = total_steps
+    return fields
 
-    return AdaLoraModel
+
+def adalora_trainer_callbacks() -> list[Any]:
+    """AdaLoRA's rank allocation after every optimiser step of a ``Trainer``."""
+    from peftkit.methods.adalora.callback import AdaLoraCallback  # transformers' Trainer machinery, on demand
+
+    return [AdaLoraCallback()]
 
 
 ADALORA = MethodSpec(
-    peft_type=PeftType.ADALORA,
+    peft_type=PeftType("ADALORA"),
     config_class=AdaLoraConfig,
     model_class_name="AdaLoraModel",
     prefix="lora_",
@@ -93,5 +106,16 @@ ADALORA = MethodSpec(
     linear_types=(nn.Linear, Conv1D),
     settle_config=settle_lora_config,
     finalize_state=truncate_to_rank_pattern,
-    tuner_class=_tuner_class,
+    tuner_class=AdaLoraModel,
+    bias_modes=LORA_BIAS_MODES,
+    public_names={"AdaLoraConfig": AdaLoraConfig, "AdaLoraModel": AdaLoraModel},
+    cli_name="adalora",
+    cli_options=(
+        CliOption("r", "target_r", int, "Target average rank (init_r = 1.5 r)"),
+        *LORA_CLI_OPTIONS,
+    ),
+    cli_learning_rate=2e-4,
+    cli_config=adalora_cli_config,
+    trainer_callbacks=adalora_trainer_callbacks,
+    describe_module=describe_adalora_module,
 )

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from peftkit.config import PeftConfig
-from peftkit.errors import ConfigError
+from peftkit.errors import ArgumentTypeError, ConfigError
 from peftkit.methods.adalora.allocator import RankAllocator, orthogonality_penalty
+from peftkit.methods.adalora.config import AdaLoraConfig
 from peftkit.tuner import TunerModel
 
 
@@ -66,7 +67,9 @@ class AdaLoraModel(TunerModel):
         if isinstance(loss, torch.Tensor) and len(trainable) == 1:
             penalty = orthogonality_penalty(self.model, trainable[0])
             if penalty is not None:
-                outputs.loss = loss + self.peft_config[trainable[0]].orth_reg_weight * penalty
+                config = self.peft_config[trainable[0]]
+                assert isinstance(config, AdaLoraConfig)  # an AdaLoraModel holds AdaLoRA adapters only
+                outputs.loss = loss + config.orth_reg_weight * penalty
         return outputs
 
     def update_and_allocate(self, global_step: int) -> None:
@@ -78,9 +81,9 @@ class AdaLoraModel(TunerModel):
         """
         adapter = self.trainable_adapter_name
         if self.rankallocator is None or self.rankallocator.adapter != adapter:
-            self.rankallocator = RankAllocator(self.model, adapter, self.peft_config[adapter])  # type: ignore[arg-type]
+            self.rankallocator = RankAllocator(self.model, adapter, self.peft_config[adapter])  # type: ignore[arg-type]  # an AdaLoraModel holds AdaLoraConfig adapters only
         self.rankallocator.step(global_step)
 
     def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
         """Not available for AdaLoRA (as in PEFT); use LoRA adapters to combine."""
-        raise TypeError("AdaLoraModel does not support add_weighted_adapter; use LoRA adapters instead.")
+        raise ArgumentTypeError("AdaLoraModel does not support add_weighted_adapter; use LoRA adapters instead.")

@@ -38,15 +38,15 @@ class IA3Config(PeftConfig):
             starts them random (useful for tests).
     """
 
-    target_modules: list[str] | str | None = None
-    exclude_modules: list[str] | str | None = None
-    feedforward_modules: list[str] | str | None = None
+    target_modules: set[str] | list[str] | str | None = None
+    exclude_modules: set[str] | list[str] | str | None = None
+    feedforward_modules: set[str] | list[str] | str | None = None
     fan_in_fan_out: bool = False
     modules_to_save: list[str] | None = None
     init_ia3_weights: bool = True
 
     def __post_init__(self) -> None:
-        self.peft_type = PeftType.IA3
+        self.peft_type = PeftType("IA3")
         for name in ("target_modules", "exclude_modules", "feedforward_modules"):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):

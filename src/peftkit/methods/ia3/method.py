@@ -13,8 +13,9 @@ from peftkit.defaults import default_ia3_targets
 from peftkit.errors import ConfigError
 from peftkit.methods.ia3.config import IA3Config
 from peftkit.methods.ia3.layer import Conv, IA3LayerSpec, Linear
+from peftkit.methods.ia3.model import IA3Model
 from peftkit.methods.lora.method import settle_lora_config
-from peftkit.methods.spec import MethodSpec
+from peftkit.methods.spec import CliOption, MethodSpec
 from peftkit.types import PeftType
 
 
@@ -67,14 +68,8 @@ def _default_targets(model_type: str | None) -> list[str] | None:
     return None if defaults is None else defaults[0]
 
 
-def _tuner_class() -> type:
-    from peftkit.methods.ia3.model import IA3Model  # the tuner layer sits above the methods
-
-    return IA3Model
-
-
 IA3 = MethodSpec(
-    peft_type=PeftType.IA3,
+    peft_type=PeftType("IA3"),
     config_class=IA3Config,
     model_class_name="IA3Model",
     prefix="ia3_",
@@ -90,5 +85,14 @@ IA3 = MethodSpec(
     linear_types=(nn.Linear, Conv1D),
     prepare_config=complete_ia3_config,
     settle_config=settle_lora_config,
-    tuner_class=_tuner_class,
+    tuner_class=IA3Model,
+    public_names={"IA3Config": IA3Config, "IA3Model": IA3Model},
+    cli_name="ia3",
+    cli_options=(
+        CliOption("target_modules", "target_modules", str, "Modules to adapt: comma-separated names or a regex"),
+        CliOption(
+            "feedforward_modules", "feedforward_modules", str, "Modules whose input is scaled, as --target-modules"
+        ),
+    ),
+    cli_learning_rate=3e-3,
 )

@@ -105,7 +105,7 @@ class DropMask:
         if self.positions is not None:
             tensor.view(-1).index_fill_(0, self.positions, 0)
         else:
-            tensor.masked_fill_(self.mask, 0)  # type: ignore[arg-type]
+            tensor.masked_fill_(self.mask, 0)  # type: ignore[arg-type]  # the mask is a bool tensor; torch's stub wants a Tensor
         return tensor
 
     def dropped_copy(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -166,7 +166,7 @@ class LoraLinearFunction(torch.autograd.Function):
     """``y = x Wᵀ + b + s · dropout_p(x) Aᵀ Bᵀ`` with the mask regenerated in backward (see module doc)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         weight: torch.Tensor,

@@ -46,8 +46,8 @@ class LoraConfig(PeftConfig):
     """
 
     r: int = 8
-    target_modules: list[str] | str | None = None
-    exclude_modules: list[str] | str | None = None
+    target_modules: set[str] | list[str] | str | None = None
+    exclude_modules: set[str] | list[str] | str | None = None
     lora_alpha: int | float = 8
     lora_dropout: float = 0.0
     fan_in_fan_out: bool = False
@@ -101,7 +101,7 @@ class LoraConfig(PeftConfig):
     )
 
     def __post_init__(self) -> None:
-        self.peft_type = PeftType.LORA
+        self.peft_type = PeftType("LORA")
         if isinstance(self.target_modules, (list, tuple)):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, (list, tuple)):

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -40,7 +42,7 @@ class Conv(LoraLayer):
             padding_mode=base.padding_mode,
             **kw,
         )
-        ones = (1,) * len(base.kernel_size)
+        ones: Any = (1,) * len(base.kernel_size)  # a 1x1(x1) kernel of the base conv's dimension
         self.lora_B[adapter] = conv_cls(spec.r, self.out_features, ones, ones, bias=spec.lora_bias, **kw)
 
     def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:

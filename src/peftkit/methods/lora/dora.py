@@ -10,7 +10,7 @@ paper, section 4.3), so for an input ``x``:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -61,3 +61,13 @@ def merge_update(factor: torch.Tensor, delta: torch.Tensor) -> Callable[[torch.T
 def unmerge_update(factor: torch.Tensor, delta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The in-place inverse of :func:`merge_update` with the same ``factor``: ``W = W' / (m / n) - s B A``."""
     return lambda w: w.div_(factor.to(w.dtype)).sub_(delta.to(w.dtype))
+
+
+def replayed(weight: torch.Tensor, updates: Sequence[Callable[[torch.Tensor], object]]) -> torch.Tensor:
+    """``weight`` after the in-place ``updates`` in order, applied to a copy (``weight`` itself when none)."""
+    if not updates:
+        return weight
+    copy = weight.clone()
+    for update in updates:
+        update(copy)
+    return copy

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from peftkit.layers.base import AdapterLayer, BatchRouting
 from peftkit.merging.merge import update_weight
 from peftkit.methods.lora import stacked
 from peftkit.methods.lora.autograd import lora_linear
-from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, merge_update, row_norm, unmerge_update
+from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, merge_update, replayed, row_norm, unmerge_update
 from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
 
 
@@ -90,9 +90,13 @@ def empty_linear(
 class LoraLayer(AdapterLayer):
     """State shared by all LoRA layers; attribute names match PEFT's state-dict keys."""
 
-    adapter_layer_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
-    other_param_names = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora")
+    adapter_layer_names: ClassVar[tuple[str, ...]] = (
+        "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
+    )  # fmt: skip
+    other_param_names: ClassVar[tuple[str, ...]] = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora")
 
+    in_features: int
+    out_features: int
     fan_in_fan_out: bool
     r: dict[str, int]
     lora_alpha: dict[str, float]
@@ -139,7 +143,7 @@ class LoraLayer(AdapterLayer):
         if spec.use_dora:
             empty = torch.empty(self.out_features, device=self.weight.device)
             magnitude = self.dora_norm(adapter) if init_weights else empty
-            self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(self.lora_A[adapter].weight.dtype))
+            self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(self.lora_A[adapter].weight.dtype))  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         if not self._active_adapter:
             self._active_adapter = [adapter]
 
@@ -167,7 +171,7 @@ class LoraLayer(AdapterLayer):
 
     def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
-        return self.lora_A[adapter].weight, self.lora_B[adapter].weight
+        return self.lora_A[adapter].weight, self.lora_B[adapter].weight  # type: ignore[return-value]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
 
     def delta_weight(self, adapter: str) -> torch.Tensor:
         """``s * B @ A`` shaped like the base weight (transposed for ``fan_in_fan_out``)."""
@@ -180,8 +184,7 @@ class LoraLayer(AdapterLayer):
         return self.delta_weight(adapter)
 
     def dora_norm(self, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Row norm ``||W + s B A||`` over the output dimension (detached), shape ``(out,)``; ``weight``: ``W`` as
-        the base layer stores it (default: the base layer's weight)."""
+        """Row norm ``||W + s B A||`` (detached), shape ``(out,)``; ``W``: ``weight`` or the base layer's weight."""
         weight, delta = self.get_base_layer().weight if weight is None else weight, self.delta_weight(adapter).detach()
         weight, delta = (weight.T, delta.T) if self.fan_in_fan_out else (weight, delta)
         return row_norm(weight.to(delta.dtype), delta).detach()
@@ -193,13 +196,12 @@ class LoraLayer(AdapterLayer):
 
     def _dora_factor(self, adapter: str, norm: torch.Tensor) -> torch.Tensor:
         """``m / n`` shaped to broadcast over the base weight (per output row)."""
-        factor = self.lora_magnitude_vector[adapter].weight.detach() / norm
+        factor = self.lora_magnitude_vector[adapter].weight.detach() / norm  # type: ignore[operator]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         factor = factor.view(-1, *[1] * (self.weight.dim() - 1))
         return factor.T if self.fan_in_fan_out else factor
 
     def merge_one(self, adapter: str, safe_merge: bool) -> None:
-        """``W += s B A``; DoRA: ``W' = (m / n) (W + s B A)`` with ``n`` from the weight with nothing merged (as
-        the unmerged forward computes it), also when other adapters are merged into ``W`` already."""
+        """``W += s B A``; DoRA: ``W' = (m / n) (W + s B A)``, ``n`` from the unmerged weight, as in forward."""
         if not self.use_dora.get(adapter):
             self._add_delta(adapter, 1.0, safe_merge)
             return
@@ -224,11 +226,8 @@ class LoraLayer(AdapterLayer):
 
     def unmerged_base_weight(self) -> torch.Tensor:
         """The base weight with no adapter merged: the weight, or a copy with the merged ones taken out."""
-        weight = self.get_base_layer().weight.detach()
-        weight = weight.clone() if self.merged_adapters else weight
-        for name in reversed(self.merged_adapters):
-            self._unmerge_update(name)(weight)
-        return weight
+        undo = [self._unmerge_update(name) for name in reversed(self.merged_adapters)]
+        return replayed(self.get_base_layer().weight.detach(), undo)
 
     def _add_delta(self, adapter: str, sign: float, safe: bool) -> None:
         update_weight(self.get_base_layer(), self.weight_update(adapter, sign), safe=safe, what=adapter)
@@ -290,7 +289,7 @@ class Linear(LoraLayer):
         This runs once per layer and call, so it reads the module dictionaries directly instead of going
         through ``nn.Module.__getattr__`` (which is slow enough to show in a one-token decode).
         """
-        modules = self._modules
+        modules: Any = self._modules  # plain dicts of modules; their entries are the types update_layer put there
         factor_a = modules["lora_A"]._modules.get(adapter)
         base = modules["base_layer"]
         if factor_a is None or type(base) not in FUSABLE_BASES or self.use_dora.get(adapter) or has_hooks(base):
@@ -312,7 +311,7 @@ class Linear(LoraLayer):
     def lora_out(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
         """``s * B(A(x))`` in the adapter's dtype."""
         A, B = self.lora_A[adapter], self.lora_B[adapter]
-        return B(A(x.to(A.weight.dtype))) * self.scaling[adapter]
+        return B(A(x.to(A.weight.dtype))) * self.scaling[adapter]  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
 
     def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
         dropout = self.lora_dropout[adapter]
@@ -327,7 +326,7 @@ class Linear(LoraLayer):
             base_no_bias = F.linear(dropped.to(weight.dtype), weight)
         magnitude = self.lora_magnitude_vector[adapter].weight
         lora = self.lora_out(dropped, adapter)
-        out = dora_combine(result.to(lora.dtype), base_no_bias.to(lora.dtype), lora, magnitude, self.dora_norm(adapter))
+        out = dora_combine(result.to(lora.dtype), base_no_bias.to(lora.dtype), lora, magnitude, self.dora_norm(adapter))  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         return out.to(result.dtype)
 
     def mixed_forward(self, x: torch.Tensor, routing: BatchRouting, *args: Any, **kwargs: Any) -> torch.Tensor:

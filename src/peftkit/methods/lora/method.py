@@ -11,18 +11,37 @@ from peftkit.defaults import default_lora_targets
 from peftkit.layers.base import AdapterLayer
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.conv import Conv
+from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.embedding import Embedding
+from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import Linear, LoraLayerSpec
-from peftkit.methods.spec import MethodSpec
+from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.targeting import pattern_value
+from peftkit.tuner import LoraModel
 from peftkit.types import PeftType
+
+#: ``bias`` values of LoRA-family configs (PEFT's): ``"lora_only"`` trains the biases of the adapted layers.
+LORA_BIAS_MODES: dict[str, BiasRule] = {"none": "none", "all": "all", "lora_only": "adapter_layers"}
+
+#: ``peftkit train`` options shared by LoRA and AdaLoRA.
+LORA_CLI_OPTIONS = (
+    CliOption("alpha", "lora_alpha", float, "Scaling numerator, scaling = alpha / r", 16),
+    CliOption("dropout", "lora_dropout", float, "Dropout on the adapter input", 0.05),
+    CliOption(
+        "target_modules",
+        "target_modules",
+        str,
+        "Modules to adapt: comma-separated names, a regex, or all-linear",
+        "all-linear",
+    ),
+)
 
 
 def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLayerSpec:
     """Rank and alpha after ``rank_pattern`` / ``alpha_pattern``; ``fan_in_fan_out`` forced on for Conv1D."""
     return LoraLayerSpec(
-        r=int(pattern_value(name, config.rank_pattern, config.r)),  # type: ignore[arg-type]
-        alpha=float(pattern_value(name, config.alpha_pattern, config.lora_alpha)),  # type: ignore[arg-type]
+        r=int(pattern_value(name, config.rank_pattern, config.r)),
+        alpha=float(pattern_value(name, config.alpha_pattern, config.lora_alpha)),
         dropout=float(config.lora_dropout),
         init=config.init_lora_weights,
         use_rslora=config.use_rslora,
@@ -47,8 +66,18 @@ def settle_lora_config(config: LoraConfig, model: nn.Module, target_names: Seque
             config.fan_in_fan_out = False
 
 
+def decomposing_init_warning(config: LoraConfig, adapter_name: str) -> str | None:
+    """The warning for loading an adapter whose initialisation (PiSSA, OLoRA) rewrote the base weights."""
+    if not is_weight_decomposing(getattr(config, "init_lora_weights", True)):
+        return None
+    return (
+        f"Adapter {adapter_name!r} was initialised with {config.init_lora_weights!r}, which rewrites the base "
+        "weights; load it on the residual base model saved with it."
+    )
+
+
 LORA = MethodSpec(
-    peft_type=PeftType.LORA,
+    peft_type=PeftType("LORA"),
     config_class=LoraConfig,
     model_class_name="LoraModel",
     prefix="lora_",
@@ -65,4 +94,15 @@ LORA = MethodSpec(
     linear_types=(nn.Linear, Conv1D),
     file_key_renames={".lora_magnitude_vector.weight": ".lora_magnitude_vector"},
     settle_config=settle_lora_config,
+    bias_modes=LORA_BIAS_MODES,
+    init_warning=decomposing_init_warning,
+    public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel},
+    cli_name="lora",
+    cli_options=(
+        CliOption("r", "r", int, "Rank", 8),
+        *LORA_CLI_OPTIONS,
+        CliOption("use_dora", "use_dora", bool, "Weight-decomposed LoRA"),
+    ),
+    cli_learning_rate=2e-4,
+    describe_module=describe_lora_module,
 )

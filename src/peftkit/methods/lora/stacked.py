@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def _scaled_factors(layer: Any, name: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +110,6 @@ def stackable(layer: Any) -> bool:
     return not any(layer.use_dora.get(n) or layer.lora_B[n].bias is not None for n in layer.lora_A)
 
 
-def needs_grad(layer: nn.Module) -> bool:
+def needs_grad(layer: Any) -> bool:
     """Whether a forward of ``layer`` now records gradients for an adapter (stacks are inference-only)."""
     return torch.is_grad_enabled() and any(p.requires_grad for _, p in layer.all_adapter_parameters())

@@ -38,7 +38,7 @@ class PromptEncoderConfig(PromptLearningConfig):
     encoder_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        self.peft_type = PeftType.P_TUNING
+        self.peft_type = PeftType("P_TUNING")
         super().__post_init__()
         try:
             kind = PromptEncoderReparameterizationType(self.encoder_reparameterization_type)

@@ -37,7 +37,7 @@ class PromptEncoder(PromptEncoderBase):
         self.encoder_type = PromptEncoderReparameterizationType(config.encoder_reparameterization_type)
         if self.table:
             return
-        dim = int(config.token_dim)  # type: ignore[arg-type]
+        dim = int(config.token_dim)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
         hidden = int(config.encoder_hidden_size or dim)
         if self.encoder_type == PromptEncoderReparameterizationType.LSTM:
             self.lstm_head = nn.LSTM(
@@ -61,6 +61,7 @@ class PromptEncoder(PromptEncoderBase):
         )
 
     def encode(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Re-parameterise the virtual-token embeddings ``(T, d)`` through the MLP or LSTM head."""
         if self.encoder_type == PromptEncoderReparameterizationType.LSTM:
             embeds = self.lstm_head(embeds)[0]
         return self.mlp_head(embeds)

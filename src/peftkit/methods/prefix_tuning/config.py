@@ -30,7 +30,7 @@ class PrefixTuningConfig(PromptLearningConfig):
     prefix_projection: bool = False
 
     def __post_init__(self) -> None:
-        self.peft_type = PeftType.PREFIX_TUNING
+        self.peft_type = PeftType("PREFIX_TUNING")
         super().__post_init__()
         if self.init_weights not in (None, "zero"):
             raise ConfigError(f"PrefixTuningConfig.init_weights must be None or 'zero', got {self.init_weights!r}.")

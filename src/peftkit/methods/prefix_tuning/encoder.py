@@ -33,34 +33,38 @@ class PrefixEncoder(PromptEncoderBase):
         self.prefix_projection = bool(config.prefix_projection) and not self.table
         zero = init_weights and config.init_weights == "zero"
         if self.prefix_projection:
-            hidden = int(config.encoder_hidden_size or config.token_dim)  # type: ignore[arg-type]
+            hidden = int(config.encoder_hidden_size or config.token_dim)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
             self.transform = nn.Sequential(
-                nn.Linear(int(config.token_dim), hidden),  # type: ignore[arg-type]
+                nn.Linear(int(config.token_dim), hidden),  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
                 nn.Tanh(),
                 nn.Linear(hidden, self.output_width(config)),
             )
             if zero:
-                nn.init.zeros_(self.transform[-1].weight)
-                nn.init.zeros_(self.transform[-1].bias)
+                nn.init.zeros_(self.transform[-1].weight)  # type: ignore[arg-type]  # the last layer is the nn.Linear built above
+                nn.init.zeros_(self.transform[-1].bias)  # type: ignore[arg-type]  # the last layer is the nn.Linear built above
         elif zero:
             nn.init.zeros_(self.embedding.weight)
 
     @classmethod
-    def num_tokens(cls, config: PrefixTuningConfig) -> int:  # type: ignore[override]
+    def num_tokens(cls, config: PrefixTuningConfig) -> int:  # type: ignore[override]  # each encoder takes its own method's config (subclass of the base's)
         """``n``: one prefix serves the decoder (or the decoder-only model), whatever the submodule count."""
-        return int(config.num_virtual_tokens)  # type: ignore[arg-type]
+        return int(config.num_virtual_tokens)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
 
     @classmethod
-    def output_width(cls, config: PrefixTuningConfig) -> int:  # type: ignore[override]
-        return 2 * int(config.num_layers) * int(config.token_dim)  # type: ignore[arg-type]
+    def output_width(cls, config: PrefixTuningConfig) -> int:  # type: ignore[override]  # each encoder takes its own method's config (subclass of the base's)
+        """Width of one virtual token's output: ``2 * num_layers * token_dim`` (keys and values)."""
+        return 2 * int(config.num_layers) * int(config.token_dim)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
 
     @classmethod
-    def input_width(cls, config: PrefixTuningConfig) -> int:  # type: ignore[override]
-        return int(config.token_dim) if config.prefix_projection else cls.output_width(config)  # type: ignore[arg-type]
+    def input_width(cls, config: PrefixTuningConfig) -> int:  # type: ignore[override]  # each encoder takes its own method's config (subclass of the base's)
+        """Width of the embedding table: ``token_dim``."""
+        return int(config.token_dim) if config.prefix_projection else cls.output_width(config)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
 
     @classmethod
-    def output_is_parameter(cls, config: PrefixTuningConfig) -> bool:  # type: ignore[override]
+    def output_is_parameter(cls, config: PrefixTuningConfig) -> bool:  # type: ignore[override]  # each encoder takes its own method's config (subclass of the base's)
+        """``True`` without the projection: the prefixes are the parameters themselves."""
         return not config.prefix_projection
 
     def encode(self, embeds: torch.Tensor) -> torch.Tensor:
+        """The prefixes ``(T, 2 * num_layers * token_dim)``, through the projection when there is one."""
         return self.transform(embeds) if self.prefix_projection else embeds

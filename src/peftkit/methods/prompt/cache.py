@@ -77,9 +77,9 @@ def cache_layout(model: nn.Module) -> CacheLayout:
 def layer_rows(flat: torch.Tensor, config: PromptLearningConfig) -> torch.Tensor:
     """``(B, n, 2L*H*D)`` prefix -> ``(2L, B, H, n, D)`` rows (keys and values of each layer, alternating)."""
     batch, n = flat.shape[:2]
-    heads = int(config.num_attention_heads)  # type: ignore[arg-type]
-    head_dim = int(config.token_dim) // heads  # type: ignore[arg-type]
-    return flat.view(batch, n, 2 * int(config.num_layers), heads, head_dim).permute(2, 0, 3, 1, 4)  # type: ignore[arg-type]
+    heads = int(config.num_attention_heads)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
+    head_dim = int(config.token_dim) // heads  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
+    return flat.view(batch, n, 2 * int(config.num_layers), heads, head_dim).permute(2, 0, 3, 1, 4)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
 
 
 def build_cache(flat: torch.Tensor, config: PromptLearningConfig, layout: CacheLayout) -> object:

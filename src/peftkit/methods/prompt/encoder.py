@@ -45,17 +45,17 @@ class PromptEncoderBase(nn.Module):
     @classmethod
     def num_tokens(cls, config: PromptLearningConfig) -> int:
         """``T``: virtual tokens per submodule times the submodules that receive them."""
-        return int(config.num_virtual_tokens) * int(config.num_transformer_submodules or 1)  # type: ignore[arg-type]
+        return int(config.num_virtual_tokens) * int(config.num_transformer_submodules or 1)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
 
     @classmethod
     def input_width(cls, config: PromptLearningConfig) -> int:
         """Width of the trainable token vectors (the model's hidden size by default)."""
-        return int(config.token_dim)  # type: ignore[arg-type]
+        return int(config.token_dim)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
 
     @classmethod
     def output_width(cls, config: PromptLearningConfig) -> int:
         """Width of the encoder's output, which is what ``prompt_embeddings`` stores."""
-        return int(config.token_dim)  # type: ignore[arg-type]
+        return int(config.token_dim)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
 
     @classmethod
     def output_is_parameter(cls, config: PromptLearningConfig) -> bool:
@@ -93,4 +93,5 @@ class PromptEncoderBase(nn.Module):
             self.embedding.weight.copy_(saved.to(self.embedding.weight.dtype))
 
     def extra_repr(self) -> str:
+        """Virtual tokens and output width, for ``print(model)``."""
         return f"table={self.table}"

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from peftkit.errors import UsageError
+
 #: The label that the loss ignores (transformers' ``CrossEntropyLoss(ignore_index=-100)``).
 IGNORE_INDEX = -100
 
@@ -18,7 +20,7 @@ def batch_size_of(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | 
     """The batch size of whichever of ``input_ids`` / ``inputs_embeds`` is given."""
     source = input_ids if input_ids is not None else inputs_embeds
     if source is None:
-        raise ValueError("Pass input_ids or inputs_embeds.")
+        raise UsageError("Pass input_ids or inputs_embeds.")
     return int(source.shape[0])
 
 
@@ -33,7 +35,7 @@ def extend_attention_mask(mask: torch.Tensor | None, n: int) -> torch.Tensor | N
     if mask is None:
         return None
     if mask.dim() != 2:
-        raise ValueError(
+        raise UsageError(
             f"Prompt methods need a 2-D attention mask (batch, seq), got shape {tuple(mask.shape)}; pass the "
             "padding mask, not a 4-D attention bias."
         )

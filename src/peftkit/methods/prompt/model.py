@@ -21,9 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from torch import nn
-
-from peftkit.errors import UnsupportedError
+from peftkit.errors import ArgumentTypeError, UnsupportedError, UsageError
 from peftkit.methods.prompt.inputs import (
     adjust_positions,
     batch_size_of,
@@ -57,7 +55,7 @@ def prompt_forward(tuner: PromptTuner, task: TaskType | None, args: tuple, kwarg
     if tuner.disabled:
         return tuner.model(*args, **kwargs)
     if args:
-        raise TypeError("Pass the inputs of a prompt-method model as keyword arguments (input_ids=..., ...).")
+        raise ArgumentTypeError("Pass the inputs of a prompt-method model as keyword arguments (input_ids=..., ...).")
     if task is None:
         raise UnsupportedError(
             "A prompt adapter needs a task-specific wrapper to know where the virtual tokens go; set task_type "
@@ -71,7 +69,7 @@ def prompt_forward(tuner: PromptTuner, task: TaskType | None, args: tuple, kwarg
 def _common(tuner: PromptTuner, kwargs: dict[str, Any]) -> tuple[int, int, bool]:
     """``(batch_size, n, kv_prefix)`` of a call; fixes position ids in ``kwargs``."""
     config, encoder = tuner.active()
-    n = int(config.num_virtual_tokens)  # type: ignore[arg-type]
+    n = int(config.num_virtual_tokens)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
     adjust_positions(kwargs, n, encoder.kv_prefix)
     return batch_size_of(kwargs.get("input_ids"), kwargs.get("inputs_embeds")), n, encoder.kv_prefix
 
@@ -128,7 +126,7 @@ def _encoder_task_forward(tuner: PromptTuner, kwargs: dict[str, Any], task: Task
 
 # -- generation ---------------------------------------------------------------------------------------
 @contextmanager
-def patched_prepare(model: nn.Module, wrapper: Callable[..., dict[str, Any]]) -> Iterator[None]:
+def patched_prepare(model: Any, wrapper: Callable[..., dict[str, Any]]) -> Iterator[None]:
     """Within the block ``model.prepare_inputs_for_generation`` is ``wrapper(original, *args, **kwargs)``."""
     had_own = "prepare_inputs_for_generation" in model.__dict__
     original = model.prepare_inputs_for_generation
@@ -168,7 +166,7 @@ def prepare_causal_lm_inputs(tuner: PromptTuner, original: Callable[..., Any], *
     at the first step (empty cache) the prompt injected as prepended embeddings or as the cache itself."""
     inputs = original(*args, **kwargs)
     config, encoder = tuner.active()
-    n = int(config.num_virtual_tokens)  # type: ignore[arg-type]
+    n = int(config.num_virtual_tokens)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
     cache = inputs.get("past_key_values")
     cached = cache.get_seq_length() if cache is not None else 0
     input_ids = inputs.get("input_ids")
@@ -202,7 +200,7 @@ def prepare_seq2seq_prefix_inputs(tuner: PromptTuner, original: Callable[..., An
 
 def _seq2seq_generate(tuner: PromptTuner, args: tuple, kwargs: dict[str, Any]) -> Any:
     config, encoder = tuner.active()
-    n = int(config.num_virtual_tokens)  # type: ignore[arg-type]
+    n = int(config.num_virtual_tokens)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
     adjust_positions(kwargs, n, encoder.kv_prefix)
     drop_token_type_ids(kwargs)
     if encoder.kv_prefix:
@@ -211,7 +209,7 @@ def _seq2seq_generate(tuner: PromptTuner, args: tuple, kwargs: dict[str, Any]) -
     if args:
         kwargs["input_ids"], args = args[0], args[1:]
     if kwargs.get("input_ids") is None:
-        raise ValueError("generate with a prompt adapter on a seq2seq model needs input_ids.")
+        raise UsageError("generate with a prompt adapter on a seq2seq model needs input_ids.")
     if kwargs.pop("encoder_outputs", None) is not None:
         warnings.warn("encoder_outputs are ignored by generate with a prompt adapter.", stacklevel=3)
     batch = int(kwargs["input_ids"].shape[0])

@@ -27,7 +27,7 @@ from peftkit.io.state import adapter_state_dict, check_and_load
 from peftkit.methods.prompt.cache import build_cache, cache_layout
 from peftkit.methods.prompt.dimensions import fill_dimensions
 from peftkit.methods.prompt.encoder import PromptEncoderBase
-from peftkit.registry import method_of
+from peftkit.methods.spec import method_of
 
 #: The single key of a prompt adapter's own weights in the file.
 PROMPT_KEY = "prompt_embeddings"
@@ -58,7 +58,7 @@ class PromptTuner:
         owner: The ``PeftModel``; its ``base_model`` is the user's model and ``prompt_encoder`` the encoders.
     """
 
-    def __init__(self, owner: nn.Module) -> None:
+    def __init__(self, owner: Any) -> None:
         self.owner = owner
         self.peft_config: dict[str, PromptLearningConfig] = {}
         self.active_adapter: str | list[str] = []
@@ -66,7 +66,7 @@ class PromptTuner:
         self._word_embeddings: nn.Module | None = None
 
     @classmethod
-    def install(cls, peft_model: nn.Module, model: nn.Module) -> PromptTuner:
+    def install(cls, peft_model: Any, model: nn.Module) -> PromptTuner:
         """Turn ``peft_model`` (without adapters yet) into a prompt-method wrapper of ``model``."""
         peft_model.base_model = model
         peft_model.prompt_encoder = nn.ModuleDict()
@@ -76,7 +76,8 @@ class PromptTuner:
 
     # -- views ---------------------------------------------------------------------------------------
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> Any:
+        """The user's model (a transformers model: ``generate``, ``config``...)."""
         return self.owner.base_model
 
     @property
@@ -98,7 +99,7 @@ class PromptTuner:
         names = self.active_adapters
         if len(names) != 1:
             raise AdapterNameError(f"Prompt methods run exactly one active adapter, got {names}; call set_adapter.")
-        return self.peft_config[names[0]], self.encoders[names[0]]  # type: ignore[return-value]
+        return self.peft_config[names[0]], self.encoders[names[0]]  # type: ignore[return-value]  # the encoders dict holds PromptEncoderBase modules
 
     def check_names(self, names: Sequence[str]) -> None:
         missing = [n for n in names if n not in self.peft_config]
@@ -124,7 +125,7 @@ class PromptTuner:
                 f"(got {config.num_transformer_submodules}); set task_type "
                 f"{'SEQ_2_SEQ_LM' if wanted == 2 else 'CAUSAL_LM or SEQ_CLS'}."
             )
-        if config.token_dim % config.num_attention_heads:  # type: ignore[operator]
+        if config.token_dim % config.num_attention_heads:  # type: ignore[operator]  # prompt dimensions are filled in from the model config before this runs
             raise ConfigError(
                 f"token_dim={config.token_dim} is not a multiple of num_attention_heads={config.num_attention_heads}."
             )
@@ -161,7 +162,7 @@ class PromptTuner:
     def load_state(self, adapter_name: str, state: dict[str, torch.Tensor]) -> None:
         """Overwrite the existing adapter ``adapter_name`` from a state dict with file keys."""
         self.check_names([adapter_name])
-        self._load(adapter_name, self.peft_config[adapter_name], self.encoders[adapter_name], state)  # type: ignore[arg-type]
+        self._load(adapter_name, self.peft_config[adapter_name], self.encoders[adapter_name], state)  # type: ignore[arg-type]  # prompt dimensions are filled in from the model config before this runs
 
     def _load(
         self,
@@ -253,6 +254,6 @@ class PromptTuner:
         """The adapter's tensors keyed as in the file: ``prompt_embeddings`` + ``base_model.``-prefixed copies."""
         self.check_names([adapter_name])
         config = self.peft_config[adapter_name]
-        state: dict[str, torch.Tensor] = {PROMPT_KEY: self.encoders[adapter_name].saved_output()}  # type: ignore[operator]
-        state.update(add_prefix(adapter_state_dict(self.model, adapter_name, config), PROMPT_MODEL_PREFIX))  # type: ignore[arg-type]
+        state: dict[str, torch.Tensor] = {PROMPT_KEY: self.encoders[adapter_name].saved_output()}  # type: ignore[operator]  # the encoders are PromptEncoderBase modules
+        state.update(add_prefix(adapter_state_dict(self.model, adapter_name, config), PROMPT_MODEL_PREFIX))
         return state

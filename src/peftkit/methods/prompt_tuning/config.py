@@ -41,7 +41,7 @@ class PromptTuningConfig(PromptLearningConfig):
     tokenizer_kwargs: dict | None = None
 
     def __post_init__(self) -> None:
-        self.peft_type = PeftType.PROMPT_TUNING
+        self.peft_type = PeftType("PROMPT_TUNING")
         super().__post_init__()
         try:
             self.prompt_tuning_init = PromptTuningInit(self.prompt_tuning_init)

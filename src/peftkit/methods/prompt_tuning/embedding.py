@@ -42,14 +42,15 @@ class PromptEmbedding(PromptEncoderBase):
     """
 
     def __init__(
-        self, config: PromptTuningConfig, word_embeddings: nn.Module | None = None, init_weights: bool = True
+        self, config: PromptTuningConfig, word_embeddings: nn.Embedding | None = None, init_weights: bool = True
     ) -> None:
         super().__init__(config, table=config.inference_mode)
         if not init_weights or config.inference_mode or config.prompt_tuning_init == PromptTuningInit.RANDOM:
             return
         if word_embeddings is None:
             raise ConfigError(
-                f"prompt_tuning_init={config.prompt_tuning_init.value} needs the model's word embeddings."
+                f"prompt_tuning_init={PromptTuningInit(config.prompt_tuning_init).value} needs the model's word "
+                "embeddings."
             )
         ids = initial_token_ids(config, int(word_embeddings.num_embeddings), self.embedding.num_embeddings)
         weight = next(word_embeddings.parameters())
@@ -58,5 +59,6 @@ class PromptEmbedding(PromptEncoderBase):
         self.embedding.weight = nn.Parameter(start)
 
     @classmethod
-    def output_is_parameter(cls, config: PromptTuningConfig) -> bool:  # type: ignore[override]
+    def output_is_parameter(cls, config: PromptTuningConfig) -> bool:  # type: ignore[override]  # each encoder takes its own method's config (subclass of the base's)
+        """``True``: the virtual-token embeddings are the parameters themselves."""
         return True

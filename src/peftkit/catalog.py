@@ -1,0 +1,19 @@
+"""The explicit list of adapter methods: the one line a new method adds outside its own folder.
+
+Each entry maps a method's on-disk name (the ``peft_type`` of ``adapter_config.json``) to where its
+:class:`~peftkit.methods.spec.MethodSpec` lives, as ``"module:attribute"``. Plain strings, no imports: this
+module sits at the bottom of the layers, so :mod:`peftkit.types` builds ``PeftType`` from its names before any
+config class exists, and :mod:`peftkit.registry` (above the methods) imports each spec. The order is the order
+of ``PeftType`` and of the command line's ``--method`` choices.
+"""
+
+from __future__ import annotations
+
+METHOD_SPECS: dict[str, str] = {
+    "LORA": "peftkit.methods.lora.method:LORA",
+    "IA3": "peftkit.methods.ia3.method:IA3",
+    "ADALORA": "peftkit.methods.adalora.method:ADALORA",
+    "PROMPT_TUNING": "peftkit.methods.prompt_tuning.method:PROMPT_TUNING",
+    "PREFIX_TUNING": "peftkit.methods.prefix_tuning.method:PREFIX_TUNING",
+    "P_TUNING": "peftkit.methods.p_tuning.method:P_TUNING",
+}
