@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from peftkit import functional as F
+from peftkit.errors import UsageError
 from peftkit.locking import lock_of
 
 
@@ -43,8 +44,8 @@ class InferenceMixin:
                 yield
             return
         if not self.__dict__.get("_hf_peft_config_loaded"):
-            raise ValueError("adapter_names needs adapters; call model.add_adapter or model.load_adapter first.")
+            raise UsageError("adapter_names needs adapters; call model.add_adapter or model.load_adapter first.")
         if self.training:  # type: ignore[attr-defined]
-            raise ValueError("adapter_names (mixed batches) is for inference; call model.eval() first.")
+            raise UsageError("adapter_names (mixed batches) is for inference; call model.eval() first.")
         with F.mixed_batch(self, adapter_names, expand=expand):  # type: ignore[arg-type]
             yield
