@@ -166,3 +166,31 @@ def test_a_change_from_inside_a_forward_raises(style: str) -> None:
         model(input_ids=torch.randint(3, VOCAB, (1, 4)))
     handle.remove()
     assert len(caught) == 1 and "inside a forward" in str(caught[0])
+
+
+def test_compiled_model_routes_each_call_in_each_thread() -> None:
+    """torch.compile must guard on the per-thread routing: a graph traced for a plain call (in a thread that
+    never routed before) is not reused for a mixed batch, and a mixed graph not for another thread's plain call."""
+    model = build("PeftModel")
+    ids = torch.randint(3, VOCAB, (4, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = {"plain": model(input_ids=ids).logits}
+        expected.update({i: model(input_ids=ids, adapter_names=mix).logits for i, mix in enumerate(MIXES[:2])})
+    compiled = torch.compile(model, backend="eager")
+    got: dict[object, torch.Tensor] = {}
+
+    def fresh_thread(keys: list[object]):
+        def run():
+            with torch.no_grad():
+                for key in keys:
+                    names = None if key == "plain" else MIXES[key]  # type: ignore[index]
+                    got[(threading.get_ident(), key)] = compiled(input_ids=ids, adapter_names=names).logits
+
+        return run
+
+    assert run_threads([fresh_thread(["plain", 0, 1])]) == []
+    assert run_threads([fresh_thread([0, "plain"])]) == []
+    torch._dynamo.reset()
+    assert len(got) == 5
+    for (_, key), logits in got.items():
+        torch.testing.assert_close(logits, expected[key], rtol=1e-5, atol=1e-5)

@@ -117,15 +117,14 @@ class BatchRouting:
 
 
 class CallState(threading.local):
-    """What the forward running in this thread needs beyond its inputs: set by the outer call (``PeftModel``,
-    :func:`peftkit.functional.mixed_batch`), read by every adapter layer. Per thread, so concurrent calls on
-    one model do not see each other's routing (and traceable by ``torch.compile``, unlike a ``ContextVar``).
+    """What the forward running in this thread needs beyond its inputs: ``routing``, the mixed batch's routing
+    (``None`` outside one), set by the outer call (``PeftModel``, :func:`peftkit.functional.mixed_batch`) and
+    read by every adapter layer. Per thread, so concurrent calls on one model do not see each other's routing;
+    traceable by ``torch.compile``, unlike a ``ContextVar``."""
 
-    Attributes:
-        routing: The mixed batch's routing, or ``None`` outside a mixed-batch call.
-    """
-
-    routing: BatchRouting | None = None
+    def __init__(self) -> None:
+        # Once per thread. An instance attribute: torch.compile guards on it, but reads a class default as a constant.
+        self.routing: BatchRouting | None = None
 
 
 #: The per-thread call state of every model.
