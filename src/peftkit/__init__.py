@@ -35,12 +35,14 @@ from peftkit.integrations import (
     unpatch_transformers,
 )
 from peftkit.mapping import (
+    gather_peft_model_state_dict,
     get_peft_model,
     get_peft_model_state_dict,
     inject_adapter_in_model,
     set_peft_model_state_dict,
 )
 from peftkit.peft_model import PeftModel
+from peftkit.quant.prepare import prepare_model_for_kbit_training
 from peftkit.registry import public_names as _public_names
 from peftkit.tasks import (
     PeftModelForCausalLM,
@@ -95,12 +97,14 @@ __all__ = [
     "UnsupportedError",
     "UsageError",
     "enable_adapter_methods",
+    "gather_peft_model_state_dict",
     "get_peft_model",
     "get_peft_model_state_dict",
     "hotswap_adapter",
     "inject_adapter_in_model",
     "patch_transformers",
     "prepare_model_for_compiled_hotswap",
+    "prepare_model_for_kbit_training",
     "set_peft_model_state_dict",
     "unpatch_transformers",
     *sorted(_METHOD_NAMES),

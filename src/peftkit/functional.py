@@ -23,6 +23,7 @@ from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_share
 from peftkit.layers.wrap import replace_module
 from peftkit.locking import exclusive, lock_of
 from peftkit.methods.spec import MethodSpec, method_of
+from peftkit.quant.merge import prepare_base, release_base
 from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
 
 AdapterModule = AdapterLayer | ModulesToSaveWrapper
@@ -172,6 +173,8 @@ def inject_adapter(
     targets = resolve_targets(model, config, spec)
     layer_types = tuple(spec.layer_table.values())
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
+    for module in candidates.values():  # every quantized layer, adapted or not, feeds the adapters' gradients
+        prepare_base(module)
     names = select_targets(
         candidates.items(),
         targets,
@@ -330,13 +333,9 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
 
 @torch.compiler.disable
 def start_mixed_batch(model: nn.Module, adapter_names: Sequence[str], expand: bool = False) -> BatchRouting | None:
-    """Check ``adapter_names`` and route this thread's forwards of ``model`` by them; returns the routing that
-    was in place before (to hand to :func:`end_mixed_batch`).
-
-    Never traced by ``torch.compile``: the names become index tensors here, so a compiled model does not
-    recompile for a new mix. Per thread (:data:`~peftkit.layers.base.CALL_STATE`), so concurrent calls do not
-    interfere. ``expand``: also route multiples of ``len(adapter_names)`` samples (``generate``'s expansion).
-    """
+    """Route this thread's forwards of ``model`` by ``adapter_names`` (checked; ``expand``: also multiples of
+    their number, as ``generate`` expands a batch); returns the previous routing for :func:`end_mixed_batch`.
+    Not traced by ``torch.compile``: the names become index tensors here, so a new mix does not recompile."""
     present = adapter_names_in(model)
     unknown = sorted(set(adapter_names) - present - {BASE_ADAPTER})
     if unknown:
@@ -356,8 +355,7 @@ def end_mixed_batch(previous: BatchRouting | None) -> None:
 
 @contextmanager
 def mixed_batch(model: nn.Module, adapter_names: Sequence[str], expand: bool = False) -> Iterator[None]:
-    """Route sample ``i`` of this thread's forwards of ``model`` in the block through adapter ``adapter_names[i]``
-    (``"__base__"``: none), holding ``model``'s lock shared (:mod:`peftkit.locking`)."""
+    """Route sample ``i`` of this thread's forwards in the block to ``adapter_names[i]``, holding the lock shared."""
     with lock_of(model).shared():
         previous = start_mixed_batch(model, adapter_names, expand)
         try:
@@ -396,4 +394,6 @@ def unload(
         else:
             replace_module(model, name, module.active_module())
     forget_shared_tensors(model)
+    for _, plain in _walk(model):
+        release_base(plain)
     return model

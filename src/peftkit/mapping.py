@@ -14,7 +14,9 @@ from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, UnsupportedError, UsageError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix, strip_prefix
 from peftkit.io.save import base_model_name
-from peftkit.io.state import adapter_state_dict, check_and_load
+from peftkit.io.sharded import gather_adapter_state, unwrap_parallel
+from peftkit.io.state import adapter_state_dict, adapter_tensors, check_and_load, wants_embedding_layers
+from peftkit.layers.placement import adapters_on_meta
 from peftkit.peft_model import PeftModel
 from peftkit.tasks import model_class_for_task
 
@@ -40,7 +42,7 @@ def get_peft_model(
     config.base_model_name_or_path = base_model_name(model)
     if revision is not None:
         config.revision = revision
-    return model_class_for_task(config.task_type)(model, config, adapter_name)
+    return model_class_for_task(config.task_type)(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage)
 
 
 def inject_adapter_in_model(
@@ -50,8 +52,12 @@ def inject_adapter_in_model(
     low_cpu_mem_usage: bool = False,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
-    """Inject adapter layers into ``model`` in place, without a ``PeftModel`` wrapper; returns ``model``."""
-    F.inject_adapter(model, peft_config, adapter_name, init_weights=not low_cpu_mem_usage)
+    """Inject adapter layers into ``model`` in place, without a ``PeftModel`` wrapper; returns ``model``.
+
+    ``low_cpu_mem_usage`` creates the adapter's tensors on ``meta``, uninitialised, for a load to assign.
+    """
+    with adapters_on_meta(low_cpu_mem_usage):
+        F.inject_adapter(model, peft_config, adapter_name, init_weights=not low_cpu_mem_usage)
     configs = model.__dict__.setdefault("_peftkit_configs", {})
     configs[adapter_name] = copy.deepcopy(peft_config)
     return model
@@ -70,13 +76,37 @@ def get_peft_model_state_dict(
     unwrap_compiled: bool = False,
     save_embedding_layers: bool | str = "auto",
 ) -> dict[str, torch.Tensor]:
-    """The adapter's tensors keyed as on disk (with ``base_model.model.`` when ``model`` is a PeftModel)."""
-    model = getattr(model, "_orig_mod", model) if unwrap_compiled else model
+    """The adapter's tensors keyed as on disk (with ``base_model.model.`` when ``model`` is a PeftModel).
+
+    Args:
+        model: A PeftModel or a model with injected adapters, also inside DDP / FSDP / ``torch.compile``
+            wrappers (whose names never reach the keys).
+        state_dict: A full state dict of ``model`` (e.g. gathered from FSDP2 shards or ZeRO-3 partitions): the
+            values are taken from it instead of the live parameters.
+    """
+    model = unwrap_parallel(model)  # also a compiled model's ``_orig_mod``, whatever ``unwrap_compiled`` says
     if isinstance(model, PeftModel) and model._is_prompt_learning:
         return model.get_adapter_state_dict(adapter_name)
     inner, prefix = _split_wrapper(model)
     config = _config_of(model, adapter_name)
-    return add_prefix(adapter_state_dict(inner, adapter_name, config, save_embedding_layers), prefix)
+    state = adapter_state_dict(inner, adapter_name, config, save_embedding_layers, state_dict)
+    return add_prefix(state, prefix)
+
+
+def gather_peft_model_state_dict(
+    model: nn.Module, adapter_name: str = "default", save_embedding_layers: bool | str = "auto"
+) -> dict[str, torch.Tensor]:
+    """The adapter's full tensors on the CPU, gathered from FSDP2 shards / ZeRO-3 partitions (only the adapter's,
+    never the base weights), keyed like :func:`get_peft_model_state_dict`.
+
+    A collective: call it on every rank; then e.g. ``model.save_pretrained(dir, state_dict=state,
+    is_main_process=rank == 0)`` (the keys are accepted there as well).
+    """
+    model = unwrap_parallel(model)
+    inner, prefix = _split_wrapper(model)
+    config = _config_of(model, adapter_name)
+    embedding = wants_embedding_layers(config, save_embedding_layers)
+    return add_prefix(gather_adapter_state(inner, adapter_tensors(inner, adapter_name, config, embedding)), prefix)
 
 
 def set_peft_model_state_dict(
@@ -87,6 +117,7 @@ def set_peft_model_state_dict(
     low_cpu_mem_usage: bool = False,
 ) -> Any:
     """Copy an adapter state dict (on-disk keys) into an already injected adapter, after checking it all."""
+    model = unwrap_parallel(model)
     if isinstance(model, PeftModel) and model._is_prompt_learning:
         model._tuner.load_state(adapter_name, peft_model_state_dict)
         return _IncompatibleKeys(missing_keys=[], unexpected_keys=[])

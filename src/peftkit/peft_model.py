@@ -79,7 +79,7 @@ class PeftModel(nn.Module):
             return
         if peft_config is not None:
             peft_config = self._prepare_config(peft_config, model)
-        self.base_model = tuner_class_for(peft_config)(model, peft_config, adapter_name)
+        self.base_model = tuner_class_for(peft_config)(model, peft_config, adapter_name, low_cpu_mem_usage)
 
     def _prepare_config(self, config: PeftConfig, model: nn.Module) -> PeftConfig:
         """Task classes adjust the config here (e.g. add the classifier to modules_to_save)."""
@@ -148,7 +148,11 @@ class PeftModel(nn.Module):
         if adapter_name in self.peft_config:
             raise AdapterNameError(f"An adapter named {adapter_name!r} already exists; choose another name.")
         self._check_same_kind(peft_config)
-        self._tuner.inject_adapter(adapter_name, self._prepare_config(peft_config, self.get_base_model()))
+        config = self._prepare_config(peft_config, self.get_base_model())
+        if low_cpu_mem_usage and not self._is_prompt_learning:
+            self._tuner.inject_adapter(adapter_name, config, low_cpu_mem_usage=True)
+        else:
+            self._tuner.inject_adapter(adapter_name, config)
 
     def _check_same_kind(self, config: PeftConfig) -> None:
         if self.peft_config and config.peft_type != self.peft_type:
@@ -191,11 +195,8 @@ class PeftModel(nn.Module):
             return self.base_model(*args, **kwargs)  # the tuner's forward (AdaLoRA adds its penalty)
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
-        """``generate`` of the base model, with the adapters (and optional per-sample routing) applied.
-
-        ``adapter_names`` has one name per input row; where ``generate`` expands the batch (beams,
-        ``num_return_sequences``) each row's copies keep its adapter, and an encoder sees the rows unexpanded.
-        """
+        """``generate`` of the base model with the adapters; ``adapter_names``: one per input row, kept by the
+        copies ``generate`` makes of it (beams, ``num_return_sequences``)."""
         if self._is_prompt_learning:
             with lock_of(self).shared():
                 return prompt.prompt_generate(self._tuner, self.prompt_task, args, kwargs)
@@ -215,13 +216,21 @@ class PeftModel(nn.Module):
             yield
 
     # -- state and files ----------------------------------------------------------------------
-    def get_adapter_state_dict(self, adapter_name: str = "default", save_embedding_layers: bool | str = "auto") -> dict:
-        """The adapter's tensors keyed as in the file (``base_model.model.`` prefix, no adapter name)."""
+    def get_adapter_state_dict(
+        self,
+        adapter_name: str = "default",
+        save_embedding_layers: bool | str = "auto",
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> dict:
+        """The adapter's tensors keyed as in the file (``base_model.model.`` prefix, no adapter name).
+
+        ``state_dict``: a full (gathered) state dict of this model to take the values from (FSDP, ZeRO-3).
+        """
         if self._is_prompt_learning:
             return self._tuner.adapter_state_dict(adapter_name)
         self.base_model.check_names([adapter_name])
         config = self.peft_config[adapter_name]
-        state = adapter_state_dict(self.get_base_model(), adapter_name, config, save_embedding_layers)
+        state = adapter_state_dict(self.get_base_model(), adapter_name, config, save_embedding_layers, state_dict)
         return add_prefix(state, MODEL_PREFIX)
 
     def save_pretrained(
@@ -231,9 +240,19 @@ class PeftModel(nn.Module):
         selected_adapters: list[str] | None = None,
         save_embedding_layers: bool | str = "auto",
         is_main_process: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Write each adapter (``default`` in ``save_directory``, others in subfolders) in PEFT's format."""
+        """Write each adapter (``default`` in ``save_directory``, others in subfolders) in PEFT's format.
+
+        Args:
+            state_dict: A full state dict of this model gathered from shards (FSDP2, ZeRO-3): the adapter values
+                are taken from it, never from the live (sharded) parameters.
+            is_main_process: ``False`` on the other ranks of a distributed run: nothing is written.
+
+        Raises:
+            CheckpointError: a tensor to write is sharded, partitioned, empty or on ``meta``.
+        """
         if os.path.isfile(save_directory):
             raise CheckpointError(f"save_directory {save_directory!s} is a file; pass a directory.")
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
@@ -241,7 +260,7 @@ class PeftModel(nn.Module):
         if not is_main_process:
             return
         for name in names:
-            state = self.get_adapter_state_dict(name, save_embedding_layers)
+            state = self.get_adapter_state_dict(name, save_embedding_layers, state_dict)
             config = config_for_saving(self.peft_config[name], self.get_base_model())
             write_adapter(adapter_directory(save_directory, name), config, state, safe_serialization)
 
@@ -282,15 +301,9 @@ class PeftModel(nn.Module):
         low_cpu_mem_usage: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """Load an adapter directory as ``adapter_name``; the model is unchanged if anything is wrong.
-
-        Into a name that exists, the weights are overwritten in place (the same parameter objects, as PEFT does),
-        and that adapter then trains iff ``is_trainable``.
-
-        Raises:
-            ConfigError: the directory's config computes differently from the existing adapter's.
-            CheckpointError: keys or shapes do not fit (named with both shapes).
-        """
+        """Load an adapter directory as ``adapter_name``; the model is unchanged if anything is wrong (errors name the
+        keys, shapes or config fields). An existing name is overwritten in place, as PEFT does; it trains iff
+        ``is_trainable``."""
         hub = split_hub_kwargs(kwargs)
         subfolder = kwargs.pop("subfolder", None)
         config = kwargs.pop("config", None) or PeftConfig.from_pretrained(model_id, subfolder=subfolder, **hub)
@@ -301,27 +314,27 @@ class PeftModel(nn.Module):
             self._reload(adapter_name, config, state, is_trainable)
         else:
             config.inference_mode = not is_trainable
-            self._attach(adapter_name, config, state)
+            self._attach(adapter_name, config, state, low_cpu_mem_usage)
         if not is_trainable:
             self.eval()
         return None
 
     def _reload(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor], trainable: bool) -> None:
-        live = self.peft_config[adapter_name]
+        live, params, inner = self.peft_config[adapter_name], [], self.get_base_model()
         if self._is_prompt_learning:
             check_same_adapter_config(live, config, adapter_name)
             self._tuner.load_state(adapter_name, state)
             params = [*self._tuner.encoders[adapter_name].parameters()]
         else:
-            reload_adapter(self.get_base_model(), adapter_name, live, config, state)
-            params = []
+            reload_adapter(inner, adapter_name, live, config, state)
         live.inference_mode = not trainable
-        for _, module in F.iter_adapter_modules(self.get_base_model()):
-            params.extend(module.adapter_parameters(adapter_name))
+        params += [p for _, m in F.iter_adapter_modules(inner) for p in m.adapter_parameters(adapter_name)]
         for param in params:
             param.requires_grad_(trainable)
 
-    def _attach(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor]) -> None:
+    def _attach(
+        self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor], low_cpu_mem_usage: bool = False
+    ) -> None:
         first = not self.peft_config
         if config.is_prompt_learning:
             prompt.check_task(self.prompt_task)
@@ -332,7 +345,9 @@ class PeftModel(nn.Module):
         if first and type(self.base_model) is not tuner_class_for(config):
             self.base_model = tuner_class_for(config)(self.get_base_model(), None, adapter_name)
         active = [adapter_name] if first else self.active_adapters
-        names = attach_adapter(self.get_base_model(), adapter_name, config, state, active=active)
+        names = attach_adapter(
+            self.get_base_model(), adapter_name, config, state, active=active, low_cpu_mem_usage=low_cpu_mem_usage
+        )
         self.base_model.register_config(adapter_name, config, names)
         if first:
             self.base_model.set_adapter(adapter_name)
@@ -364,7 +379,14 @@ class PeftModel(nn.Module):
             target_cls = TASK_CLASSES[TaskType(config.task_type)]
         wrapper = target_cls(model, None, adapter_name)
         wrapper.load_adapter(
-            model_id, adapter_name, is_trainable=is_trainable, config=config, subfolder=subfolder, **hub, **kwargs
+            model_id,
+            adapter_name,
+            is_trainable=is_trainable,
+            config=config,
+            subfolder=subfolder,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            **hub,
+            **kwargs,
         )
         return wrapper
 

@@ -15,6 +15,7 @@ from torch import nn
 from peftkit import functional as F
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError
+from peftkit.layers.placement import adapters_on_meta
 from peftkit.methods.spec import method_of
 from peftkit.targeting import ALL_LINEAR
 
@@ -41,15 +42,20 @@ class TunerModel(nn.Module):
         self.active_adapter: str | list[str] = adapter_name
         configs = peft_config if isinstance(peft_config, dict) else ({adapter_name: peft_config} if peft_config else {})
         for name, config in configs.items():
-            self.inject_adapter(name, config)
+            self.inject_adapter(name, config, low_cpu_mem_usage=low_cpu_mem_usage)
 
     # -- adapters ---------------------------------------------------------------------------------
-    def inject_adapter(self, adapter_name: str, config: PeftConfig, init_weights: bool = True) -> None:
+    def inject_adapter(
+        self, adapter_name: str, config: PeftConfig, init_weights: bool = True, low_cpu_mem_usage: bool = False
+    ) -> None:
         """Add a freshly initialised adapter (PEFT's ``inject_adapter``); the active adapter is unchanged
-        unless this is the first one."""
+        unless this is the first one. ``low_cpu_mem_usage`` creates its tensors on ``meta``, uninitialised (a
+        load assigns them)."""
         config = copy.deepcopy(config)
         active = self.active_adapters if self.peft_config else [adapter_name]
-        record = F.inject_adapter(self.model, config, adapter_name, init_weights=init_weights, active=active)
+        with adapters_on_meta(low_cpu_mem_usage):
+            init = init_weights and not low_cpu_mem_usage
+            record = F.inject_adapter(self.model, config, adapter_name, init_weights=init, active=active)
         self.register_config(adapter_name, record.config or config, record.target_names)
 
     def register_config(self, adapter_name: str, config: PeftConfig, target_names: Sequence[str]) -> None:

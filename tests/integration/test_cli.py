@@ -23,7 +23,11 @@ from peftkit.cli.main import _commands, main
 from peftkit.cli.parser import docstring_parts
 from peftkit.cli.resources import EMBEDDED_MODEL, embedded_path
 
-STEPS = 200  # half the built-in job: enough for most held-out words to come out right
+#: A quarter of the built-in job, stopped mid-way through learning the task: over seeds 0-4 and both CPU kernel
+#: paths (default, ATEN_CPU_CAPABILITY=avx2) it gave 28-99% held-out exact match (median 78%) and a held-out loss
+#: of 0.011-0.55 (from 8.94); see `python scripts/main_job_spread.py -- --max-steps 200`. Only what holds with
+#: margin over that spread is asserted; the full job's figures are the README's.
+STEPS = 200
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -67,8 +71,8 @@ def test_train_writes_everything_and_prints_the_figures(trained: dict[str, objec
     assert metrics["steps"] == STEPS and metrics["reload_max_abs_diff"] <= 1e-4
     before, after = metrics["before"], metrics["after"]
     assert before["total"] == after["total"] == 200
-    assert before["exact_match"] == 0.0 and after["exact_match"] >= 0.5  # the main job's claim, shortened
-    assert after["loss"] < 0.1 * before["loss"]
+    assert before["exact_match"] == 0.0 and after["exact_match"] >= 0.1  # measured minimum at STEPS: 0.28
+    assert after["loss"] < 0.25 * before["loss"]  # measured maximum at STEPS: 0.061 * before
     # the printed table carries the same figures as metrics.json
     assert re.search(rf"loss\s+{before['loss']:.4f}\s+{after['loss']:.4f}", stdout), stdout
     assert re.search(rf"exact match\s+{100 * before['exact_match']:.1f}%\s+{100 * after['exact_match']:.1f}%", stdout)

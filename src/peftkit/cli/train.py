@@ -25,7 +25,7 @@ from peftkit.cli.report import print_summary
 from peftkit.cli.resources import EMBEDDED_DATA, embedded_path, load_causal_lm
 
 #: Settings of the built-in job when ``--model`` and ``--data`` are both left out (tuned for ~2 CPU minutes).
-EMBEDDED_DEFAULTS: dict[str, Any] = {"r": 16, "alpha": 32, "epochs": 16, "learning_rate": 3e-3, "batch_size": 32}
+EMBEDDED_DEFAULTS: dict[str, Any] = {"r": 16, "alpha": 32, "epochs": 32, "learning_rate": 3e-3, "batch_size": 32}
 
 
 @dataclass
@@ -70,9 +70,9 @@ def train(
 
     With no options: the built-in job. A tiny character-level Llama that ships with peftkit (pretrained to
     repeat a word: "plomek=" -> "plomek") learns to spell words backwards ("plomek=" -> "kemolp") with LoRA
-    on 800 shipped examples, offline, in about two minutes on 2 CPU cores. It prints the held-out loss and
+    on 800 shipped examples, offline, in under two CPU minutes on one thread. It prints the held-out loss and
     exact match before and after, and writes the adapter, the loss curve and the figures to --output-dir.
-    Built-in job settings: r=16, alpha=32, 16 epochs, learning rate 3e-3, batch size 32.
+    Built-in job settings: r=16, alpha=32, 32 epochs (800 steps), learning rate 3e-3, batch size 32.
 
     Args:
         model: Base causal LM: a local directory or a hub id (default: the built-in tiny model).
@@ -81,7 +81,7 @@ def train(
             built-in word-reversal data).
         method: Adapter method (its options, e.g. --r, are listed under "method options").
         output_dir: Where the adapter, checkpoints, loss curve and metrics go.
-        epochs: Passes over the training data (default: 3; built-in job: 16).
+        epochs: Passes over the training data (default: 3; built-in job: 32).
         max_steps: Stop after this many optimiser steps (overrides --epochs).
         batch_size: Examples per step (default: 8; built-in job: 32).
         learning_rate: Peak learning rate, linear decay (default: per method, 2e-4 for lora).

@@ -90,8 +90,8 @@ def adapter_detection(enabled: bool) -> Iterator[None]:
 def _trainer_save(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def _save(self: Any, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if trainer_support._handles(self):
-            return trainer_support.trainer_save(self, output_dir)
+        if trainer_support._handles(self, saving=True):
+            return trainer_support.trainer_save(self, output_dir, state_dict)
         return original(self, output_dir, state_dict)
 
     return _save
@@ -115,6 +115,18 @@ def _trainer_load_best_model(original: Callable[..., Any]) -> Callable[..., Any]
         return original(self)
 
     return _load_best_model
+
+
+def _update_fsdp_plugin(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def update(model: Any, accelerator: Any) -> Any:
+        if trainer_support.is_adapter_model(model):
+            from peftkit.integrations.fsdp import update_fsdp_plugin
+
+            return update_fsdp_plugin(model, accelerator)
+        return original(model, accelerator)
+
+    return update
 
 
 def _is_peft_model(original: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -144,6 +156,12 @@ def patch_transformers() -> None:
         _set(importlib.import_module(site), "is_peft_available", _detection_enabled)
     for module in (transformers.trainer, transformers.trainer_utils):
         _set(module, "_is_peft_model", _is_peft_model(module._is_peft_model))
+    if hasattr(transformers.trainer, "update_fsdp_plugin_peft"):  # imports peft; peftkit models get their own
+        _set(
+            transformers.trainer,
+            "update_fsdp_plugin_peft",
+            _update_fsdp_plugin(transformers.trainer.update_fsdp_plugin_peft),
+        )
     trainer_cls = transformers.trainer.Trainer
     for name, wrap in (
         ("_save", _trainer_save),

@@ -31,6 +31,8 @@ from peftkit.functional import iter_adapter_modules
 from peftkit.integrations.transformers import has_adapters
 from peftkit.io.files import atomic_write_text
 from peftkit.io.load import read_weights
+from peftkit.io.sharded import gather_adapter_state
+from peftkit.io.state import adapter_tensors
 from peftkit.mapping import set_peft_model_state_dict
 from peftkit.peft_model import PeftModel
 
@@ -55,16 +57,27 @@ def _adapter_params(inner: nn.Module, name: str) -> list[nn.Parameter]:
     return [p for _, m in iter_adapter_modules(inner) if name in m.adapter_names() for p in m.adapter_parameters(name)]
 
 
-def save_adapter_checkpoint(model: nn.Module, output_dir: str | os.PathLike, safe_serialization: bool = True) -> None:
-    """Write every adapter of ``model`` and the manifest into ``output_dir`` (no base weights)."""
+def save_adapter_checkpoint(
+    model: nn.Module,
+    output_dir: str | os.PathLike,
+    safe_serialization: bool = True,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write every adapter of ``model`` and the manifest into ``output_dir`` (no base weights).
+
+    ``state_dict``: a full state dict of the model (gathered from FSDP shards or ZeRO-3 partitions) to take the
+    values from instead of the live parameters.
+    """
     configs, inner, active = _view(model)
     if isinstance(model, PeftModel):
-        model.save_pretrained(output_dir, safe_serialization=safe_serialization)
+        model.save_pretrained(output_dir, safe_serialization=safe_serialization, state_dict=state_dict)
         layout = {name: "" if name == "default" else name for name in configs}
     else:
         layout = {name: "" if name == active[0] else name for name in configs}
         for name, sub in layout.items():
-            model.save_adapter(os.path.join(output_dir, sub), name, safe_serialization=safe_serialization)  # type: ignore[operator]  # a model with the adapter methods (checked by the caller) has these
+            model.save_adapter(  # type: ignore[operator]  # a model with the adapter methods (checked by the caller) has these
+                os.path.join(output_dir, sub), name, safe_serialization=safe_serialization, state_dict=state_dict
+            )
     adapters = {}
     for name, sub in layout.items():
         params = _adapter_params(inner, name)
@@ -126,19 +139,47 @@ def _unwrapped(trainer: Any, model: nn.Module | None = None) -> nn.Module:
     return trainer.accelerator.unwrap_model(model if model is not None else trainer.model)
 
 
-def _handles(trainer: Any, model: nn.Module | None = None) -> bool:
-    """Peftkit takes over for its own models, except under DeepSpeed / FSDP (their engines own the weights)."""
-    distributed = getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
-    return not distributed and is_adapter_model(_unwrapped(trainer, model))
+def _is_sharded(trainer: Any) -> bool:
+    return bool(getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
 
 
-def trainer_save(trainer: Any, output_dir: str | None = None) -> None:
-    """``Trainer._save`` for peftkit models: adapter files + manifest, the tokenizer and the training args."""
+def _handles(trainer: Any, model: nn.Module | None = None, saving: bool = False) -> bool:
+    """Peftkit saves its own models (also under DeepSpeed / FSDP, from gathered values), and loads them except
+    under DeepSpeed / FSDP, whose engines restore their own checkpoints (adapters included)."""
+    return (saving or not _is_sharded(trainer)) and is_adapter_model(_unwrapped(trainer, model))
+
+
+def _gathered_state(trainer: Any, model: nn.Module, state_dict: dict | None) -> dict[str, torch.Tensor] | None:
+    """Full adapter values to save under DeepSpeed / FSDP (``None``: read the live parameters).
+
+    DeepSpeed: every rank runs ``_save``, so the adapters' tensors are gathered collectively here, whether or
+    not ``stage3_gather_16bit_weights_on_model_save`` gave the Trainer a consolidated state dict (rank 0 only).
+    FSDP with a full state dict: the Trainer's ``state_dict`` (rank 0) is used.
+    """
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        configs, inner, _ = _view(model)
+        state: dict[str, torch.Tensor] = {}
+        for name, config in configs.items():
+            entries = adapter_tensors(inner, name, config, embedding_layers=False)
+            gathered = gather_adapter_state(inner, entries)  # keyed as on disk; the save selects by model key
+            state.update({entries[key].source: value for key, value in gathered.items()})
+        return state
+    return state_dict if getattr(trainer, "is_fsdp_enabled", False) else None
+
+
+def trainer_save(trainer: Any, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    """``Trainer._save`` for peftkit models: adapter files + manifest, the tokenizer and the training args.
+
+    Under DeepSpeed / FSDP the adapter values come from gathered tensors (see :func:`_gathered_state`); a save
+    that would write partitioned or empty tensors raises :class:`~peftkit.errors.CheckpointError` instead.
+    """
     output_dir = output_dir if output_dir is not None else trainer.args.output_dir
+    model = _unwrapped(trainer)
+    gathered = _gathered_state(trainer, model, state_dict) if _is_sharded(trainer) else None
     if not trainer.args.should_save:
         return
     os.makedirs(output_dir, exist_ok=True)
-    save_adapter_checkpoint(_unwrapped(trainer), output_dir)
+    save_adapter_checkpoint(model, output_dir, state_dict=gathered)
     tokenizer = trainer.processing_class or getattr(trainer.data_collator, "tokenizer", None)
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)

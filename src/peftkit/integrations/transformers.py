@@ -149,7 +149,8 @@ class AdapterModelMixin(InferenceMixin):
             swap_adapter_weights(self, name, config, state)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
             return _loading_report()
         config.inference_mode = not is_trainable
-        self._attach(name, config, state, ignore_mismatched=bool(kwargs.get("ignore_mismatched_sizes", False)))
+        mismatched = bool(kwargs.get("ignore_mismatched_sizes"))
+        self._attach(name, config, state, ignore_mismatched_sizes=mismatched, low_cpu_mem_usage=low_cpu_mem_usage)
         if not is_trainable:
             self.eval()  # type: ignore[attr-defined]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         return _loading_report()
@@ -185,10 +186,10 @@ class AdapterModelMixin(InferenceMixin):
             state = read_weights(model_id, subfolder=subfolder, **hub)  # type: ignore[arg-type]  # set when the state is not (checked above)
         return config, state
 
-    def _attach(self, name: str, config: PeftConfig, state: dict[str, torch.Tensor], ignore_mismatched: bool) -> None:
+    def _attach(self, name: str, config: PeftConfig, state: dict[str, torch.Tensor], **options: bool) -> None:
         first = not self.__dict__.get("peft_config")
         active = [name] if first else self.active_adapters()
-        names = attach_adapter(self, name, config, state, active=active, ignore_mismatched_sizes=ignore_mismatched)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
+        names = attach_adapter(self, name, config, state, active=active, **options)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         self._register(name, config, names)
         if first:
             self._activate([name])
@@ -274,15 +275,12 @@ class AdapterModelMixin(InferenceMixin):
 
     # -- state and files --------------------------------------------------------------------------
     def get_adapter_state_dict(self, adapter_name: str | None = None, state_dict: dict | None = None) -> dict:
-        """The adapter's tensors keyed as in the file, without the ``base_model.model.`` prefix.
-
-        ``state_dict`` is accepted for transformers' signature; the live tensors are always used.
-        """
+        """The adapter's tensors keyed as in the file (no ``base_model.model.``), from ``state_dict`` if given."""
         configs = self._adapter_configs()
         name = adapter_name or self.active_adapters()[0]
         if name not in configs:
             raise AdapterNameError(f"Adapter {name!r} not found; loaded: {sorted(configs)}.")
-        return adapter_state_dict(self, name, configs[name])  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
+        return adapter_state_dict(self, name, configs[name], state_dict=state_dict)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
 
     def save_adapter(
         self,
@@ -291,10 +289,11 @@ class AdapterModelMixin(InferenceMixin):
         safe_serialization: bool = True,
         save_embedding_layers: bool | str = "auto",
         save_peft_format: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Write one adapter (``adapter_config.json`` + weights) into ``directory`` in PEFT's format."""
+        """Write one adapter in PEFT's format; values from ``state_dict`` (a full, gathered one) when given."""
         configs = self._adapter_configs()
-        state = adapter_state_dict(self, adapter_name, configs[adapter_name], save_embedding_layers)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
+        state = adapter_state_dict(self, adapter_name, configs[adapter_name], save_embedding_layers, state_dict)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         if save_peft_format:
             state = add_prefix(state, MODEL_PREFIX)
         config = config_for_saving(configs[adapter_name], self)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
@@ -310,9 +309,8 @@ class AdapterModelMixin(InferenceMixin):
             return super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]  # from the PreTrainedModel this mixin sits on
         if os.path.isfile(save_directory):
             raise UsageError(f"save_directory {save_directory!s} is a file; pass a directory.")
-        options = {
-            k: kwargs[k] for k in ("safe_serialization", "save_embedding_layers", "save_peft_format") if k in kwargs
-        }
+        names = ("safe_serialization", "save_embedding_layers", "save_peft_format", "state_dict")
+        options = {k: kwargs[k] for k in names if k in kwargs}
         selected = kwargs.get("selected_adapters")
         if not kwargs.get("is_main_process", True):
             return None

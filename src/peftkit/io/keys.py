@@ -6,7 +6,7 @@ is gone (``q_proj.lora_A.weight``) and layer methods carry the ``base_model.mode
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import TypeVar
 
 _T = TypeVar("_T")
@@ -61,3 +61,43 @@ def add_prefix(state: Mapping[str, _T], prefix: str = MODEL_PREFIX) -> dict[str,
 def strip_prefix(key: str, prefix: str = MODEL_PREFIX) -> str:
     """Remove ``prefix`` from ``key`` when present."""
     return key[len(prefix) :] if key.startswith(prefix) else key
+
+
+#: Module names that parallel and compile wrappers insert into state-dict keys: FSDP1's inner module, activation
+#: checkpointing's, and ``torch.compile``'s ``OptimizedModule``. They are never part of an adapter's keys.
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+#: Prefixes a whole state dict may carry from the object it was taken from: DDP / FSDP1's ``module.``, a
+#: compiled model's ``_orig_mod.``, a ``PeftModel``'s ``base_model.model.``.
+STATE_PREFIXES = ("module.", "_orig_mod.", MODEL_PREFIX)
+
+
+def strip_wrapper_segments(key: str) -> str:
+    """Remove every wrapper segment (:data:`WRAPPER_SEGMENTS`) from a dotted key or module name.
+
+    >>> strip_wrapper_segments("_orig_mod.model.layers.0._fsdp_wrapped_module.q_proj.lora_A.default.weight")
+    'model.layers.0.q_proj.lora_A.default.weight'
+    """
+    if not any(segment in key for segment in WRAPPER_SEGMENTS):
+        return key
+    return ".".join(part for part in key.split(".") if part not in WRAPPER_SEGMENTS)
+
+
+def match_keys(keys: Iterable[str], known: Collection[str]) -> dict[str, str]:
+    """``{key: known key}`` for each key that names one of ``known`` once wrapper segments are removed and
+    leading :data:`STATE_PREFIXES` are peeled off one by one (stopping at the first match, so a real module
+    named ``module`` is never lost). Keys that match nothing are absent from the result.
+
+    >>> match_keys(["module.base_model.model.q.lora_A.default.weight", "x"], {"q.lora_A.default.weight"})
+    {'module.base_model.model.q.lora_A.default.weight': 'q.lora_A.default.weight'}
+    """
+    found: dict[str, str] = {}
+    for key in keys:
+        candidate = strip_wrapper_segments(key)
+        while candidate not in known:
+            prefix = next((p for p in STATE_PREFIXES if candidate.startswith(p)), None)
+            if prefix is None:
+                break
+            candidate = candidate[len(prefix) :]
+        if candidate in known:
+            found[key] = candidate
+    return found

@@ -18,6 +18,7 @@ from peftkit.io.hub import HUB_KWARGS, resolve_file
 from peftkit.io.keys import strip_prefix
 from peftkit.io.state import check_and_load
 from peftkit.layers.base import AdapterLayer
+from peftkit.layers.placement import adapters_on_meta
 from peftkit.locking import exclusive
 from peftkit.methods.spec import method_of
 
@@ -48,10 +49,12 @@ def attach_adapter(
     *,
     active: Sequence[str] | None = None,
     ignore_mismatched_sizes: bool = False,
+    low_cpu_mem_usage: bool = False,
 ) -> list[str]:
     """Inject ``adapter_name`` (uninitialised) and fill it from ``state``; undo everything if anything fails.
 
-    ``state`` has on-disk keys; the ``base_model.model.`` prefix is optional.
+    ``state`` has on-disk keys; the ``base_model.model.`` prefix is optional. With ``low_cpu_mem_usage`` the
+    adapter is created on ``meta`` and the loaded tensors are assigned (no allocation of values to overwrite).
 
     Returns:
         The target module names (for configs whose ``target_modules`` was ``"all-linear"``).
@@ -60,7 +63,8 @@ def attach_adapter(
     message = init_warning(config, adapter_name) if init_warning is not None else None
     if message:
         warnings.warn(message, stacklevel=3)
-    record = inject_adapter(model, config, adapter_name, init_weights=False, active=active)
+    with adapters_on_meta(low_cpu_mem_usage):
+        record = inject_adapter(model, config, adapter_name, init_weights=False, active=active)
     try:
         check_and_load(
             model,
@@ -77,7 +81,7 @@ def attach_adapter(
 
 #: Config fields that describe where an adapter came from, not what it computes.
 _INFORMATIONAL_FIELDS = frozenset(
-    {"inference_mode", "base_model_name_or_path", "revision", "peft_version", "auto_mapping"}
+    {"inference_mode", "base_model_name_or_path", "revision", "peft_version", "auto_mapping", "init_lora_weights"}
 )
 
 

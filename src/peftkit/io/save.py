@@ -12,6 +12,7 @@ from torch import nn
 from peftkit.config import CONFIG_NAME, PeftConfig
 from peftkit.io.commit import commit_files
 from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, tensor_writer
+from peftkit.io.sharded import check_writable
 
 
 def adapter_directory(root: str | os.PathLike, adapter_name: str) -> str:
@@ -53,6 +54,7 @@ def write_adapter(
     save that fails or is killed at any point leaves a directory that loads the previous adapter or the new
     one, never new weights beside an old config.
     """
+    check_writable(tensors)  # before anything touches the directory
     text = json.dumps(config.to_dict(), indent=2, sort_keys=True)
     weights, stale = (SAFETENSORS_NAME, BIN_NAME) if safe_serialization else (BIN_NAME, SAFETENSORS_NAME)
 

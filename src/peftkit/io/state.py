@@ -15,9 +15,11 @@ from torch import nn
 from peftkit.config import PeftConfig
 from peftkit.errors import CheckpointError
 from peftkit.functional import iter_adapter_modules
-from peftkit.io.keys import remove_adapter_name, rename_suffix
+from peftkit.io.keys import match_keys, remove_adapter_name, rename_suffix, strip_wrapper_segments
+from peftkit.io.sharded import select_state
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.layers.placement import adapter_device, assign_parameter
 from peftkit.layers.shared import shared_tensors
 from peftkit.locking import exclusive
 from peftkit.methods.spec import EMBEDDING_LAYER_NAMES, SPECS, method_of
@@ -27,10 +29,12 @@ _MAX_KEYS_IN_ERROR = 10
 
 @dataclass(frozen=True)
 class AdapterTensor:
-    """One tensor of an adapter's checkpoint: the live tensor, and whether a file must contain it."""
+    """One tensor of an adapter's checkpoint: the live tensor, whether a file must contain it, and its key in
+    ``model.state_dict()`` (``source``, wrapper segments included: where a load assigns it)."""
 
     tensor: torch.Tensor
     required: bool
+    source: str = ""
 
 
 def wants_embedding_layers(config: PeftConfig, save_embedding_layers: bool | str) -> bool:
@@ -51,12 +55,13 @@ def adapter_tensors(
     spec = method_of(config)
     renames = spec.file_key_renames
     out: dict[str, AdapterTensor] = {}
-    for name, module in iter_adapter_modules(model):
+    for raw, module in iter_adapter_modules(model):
         if not module.holds(adapter):
             continue
+        name = strip_wrapper_segments(raw)  # FSDP1 / compile wrappers never reach a file
         if isinstance(module, ModulesToSaveWrapper):
             for key, tensor in module.modules_to_save[adapter].state_dict().items():
-                out[f"{name}.{key}"] = AdapterTensor(tensor, True)
+                out[f"{name}.{key}"] = AdapterTensor(tensor, True, f"{raw}.modules_to_save.{adapter}.{key}")
             continue
         modules = module._modules
         for attr in module.adapter_layer_names:
@@ -66,14 +71,16 @@ def adapter_tensors(
             item = container[adapter]
             items = module_tensors(item) if isinstance(item, nn.Module) else [("", item.data)]
             for key, tensor in items:
-                full = f"{name}.{attr}.{adapter}" + (f".{key}" if key else "")
-                out[rename_suffix(remove_adapter_name(full, adapter), renames)] = AdapterTensor(tensor, True)
-        _add_base_tensors(out, name, module, config, embedding_layers)
+                tail = f".{attr}.{adapter}" + (f".{key}" if key else "")
+                disk = rename_suffix(remove_adapter_name(name + tail, adapter), renames)
+                out[disk] = AdapterTensor(tensor, True, raw + tail)
+        _add_base_tensors(out, name, raw, module, config, embedding_layers)
     out.update(_model_tensors(model, adapter, config))
     if spec.bias_rule(config) == "all":
-        for key, tensor in model.state_dict(keep_vars=False).items():
+        for raw_key, tensor in model.state_dict(keep_vars=False).items():
+            key = strip_wrapper_segments(raw_key)
             if key.endswith("bias") and key not in out and not _is_adapter_internal(key):
-                out[key] = AdapterTensor(tensor, False)
+                out[key] = AdapterTensor(tensor, False, raw_key)
     return out
 
 
@@ -104,14 +111,19 @@ def module_tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
 
 
 def _add_base_tensors(
-    out: dict[str, AdapterTensor], name: str, layer: AdapterLayer, config: PeftConfig, embedding_layers: bool | None
+    out: dict[str, AdapterTensor],
+    name: str,
+    raw: str,
+    layer: AdapterLayer,
+    config: PeftConfig,
+    embedding_layers: bool | None,
 ) -> None:
     base = layer.get_base_layer()
     if method_of(config).bias_rule(config) == "adapter_layers" and getattr(base, "bias", None) is not None:
-        out[f"{name}.base_layer.bias"] = AdapterTensor(base.bias.data, False)
+        out[f"{name}.base_layer.bias"] = AdapterTensor(base.bias.data, False, f"{raw}.base_layer.bias")
     is_embedding = isinstance(base, nn.Embedding) or name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES
     if is_embedding and (embedding_layers is None or embedding_layers):
-        out[f"{name}.base_layer.weight"] = AdapterTensor(base.weight.data, False)
+        out[f"{name}.base_layer.weight"] = AdapterTensor(base.weight.data, False, f"{raw}.base_layer.weight")
 
 
 def _is_adapter_internal(key: str) -> bool:
@@ -121,11 +133,24 @@ def _is_adapter_internal(key: str) -> bool:
 
 
 def adapter_state_dict(
-    model: nn.Module, adapter: str, config: PeftConfig, save_embedding_layers: bool | str = "auto"
+    model: nn.Module,
+    adapter: str,
+    config: PeftConfig,
+    save_embedding_layers: bool | str = "auto",
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The tensors to save for ``adapter`` (keys as on disk, without the model prefix)."""
+    """The tensors to save for ``adapter`` (keys as on disk, without the model prefix).
+
+    Args:
+        state_dict: A full state dict of ``model`` or of a wrapper around it (e.g. gathered from FSDP2 / ZeRO-3
+            shards): the values are taken from it instead of the live parameters (see :mod:`peftkit.io.sharded`).
+    """
     embedding = wants_embedding_layers(config, save_embedding_layers)
-    state = {k: v.tensor for k, v in adapter_tensors(model, adapter, config, embedding).items()}
+    entries = adapter_tensors(model, adapter, config, embedding)
+    if state_dict is not None:
+        state = select_state(model, entries, state_dict)
+    else:
+        state = {k: v.tensor for k, v in entries.items()}
     finalize = method_of(config).finalize_state
     return finalize(config, state) if finalize is not None else state
 
@@ -152,6 +177,7 @@ def check_and_load(
             shapes); the model is not touched in that case.
     """
     expected = adapter_tensors(model, adapter, config, embedding_layers=None)
+    state = _without_wrapper_prefixes(state, expected)
     missing = sorted(k for k, v in expected.items() if v.required and k not in state and k not in allow_missing)
     unexpected = sorted(k for k in state if k not in expected)
     problems: list[str] = []
@@ -179,9 +205,37 @@ def check_and_load(
         return sorted(k for k in expected if k not in state)
     with torch.no_grad():
         for key, value in state.items():
-            if key not in skip:
-                expected[key].tensor.copy_(value.to(expected[key].tensor.dtype))
+            target = expected[key].tensor
+            if key in skip:
+                continue
+            if target.is_meta and expected[key].source:  # low_cpu_mem_usage / meta base: a copy keeps no value
+                assign_parameter(model, expected[key].source, value.to(_home(model, expected[key].source, value)))
+            else:
+                target.copy_(value.to(target.dtype))
     return sorted(k for k in expected if k not in state)
+
+
+def _without_wrapper_prefixes(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, AdapterTensor]
+) -> Mapping[str, torch.Tensor]:
+    """``state`` with keys written through a wrapper (``module.``, ``_orig_mod.``, ``_fsdp_wrapped_module.``)
+    renamed to the adapter's own keys; other keys are kept as they are (and reported if unexpected)."""
+    if all(key in expected for key in state):
+        return state
+    renamed = match_keys([k for k in state if k not in expected], expected.keys())
+    return {renamed.get(key, key): value for key, value in state.items()}
+
+
+def _home(model: nn.Module, source: str, value: torch.Tensor) -> torch.device:
+    """Where a loaded adapter tensor goes: beside its layer's weights (see ``adapter_device``), or where it was
+    read to when the base itself is on ``meta``."""
+    parts = source.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        module = model.get_submodule(".".join(parts[:end]))
+        if isinstance(module, AdapterLayer):
+            device = adapter_device(module.get_base_layer(), allow_meta=False)
+            return value.device if device.type == "meta" else device
+    return value.device
 
 
 def _some(keys: list[str]) -> str:

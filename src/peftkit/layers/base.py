@@ -24,111 +24,20 @@ Everything else (disabled / merged / active adapters, mixed batches, deleting) i
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from peftkit.errors import AdapterNameError, UsageError
+from peftkit.layers.placement import onloaded
 
-#: The name that routes a sample of a mixed batch to the bare base model.
-BASE_ADAPTER = "__base__"
-
-
-@dataclass
-class BatchRouting:
-    """Which adapter each sample of a batch uses; built once per forward for the whole model.
-
-    Attributes:
-        names: The distinct adapter names of the batch, in order of first appearance.
-        index: ``(batch,)`` long tensor: the position in ``names`` of each sample's adapter.
-        adapters: Every adapter of the model, sorted (the slot order of stacked layers).
-        slots: ``(batch,)`` long tensor: the position in ``adapters`` of each sample's adapter.
-    """
-
-    names: tuple[str, ...]
-    index: torch.Tensor
-    adapters: tuple[str, ...] = ()
-    slots: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
-    expand: bool = False
-    _groups: dict[torch.device, list[tuple[str, torch.Tensor]]] = field(default_factory=dict, repr=False)
-    _expanded: dict[int, BatchRouting] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_names(cls, per_sample: Sequence[str], adapters: Sequence[str] = (), expand: bool = False) -> BatchRouting:
-        """Build the routing of ``per_sample`` (one adapter name per sample).
-
-        Args:
-            adapters: Every adapter of the model, in a fixed order: ``slots`` gives each sample's position in
-                it (``len(adapters)`` for the base model or an unknown name), the same for every layer.
-            expand: Also route batches of ``k * len(per_sample)`` samples, sample ``i`` taking
-                ``per_sample[i // k]``: how ``generate`` expands a batch for beams, ``num_return_sequences``
-                and sampling (``repeat_interleave``), while an encoder still sees the original batch.
-        """
-        names = tuple(dict.fromkeys(per_sample))
-        position = {name: i for i, name in enumerate(names)}
-        slot = {name: i for i, name in enumerate(adapters)}
-        slots = torch.tensor([slot.get(n, len(adapters)) for n in per_sample], dtype=torch.long)
-        index = torch.tensor([position[n] for n in per_sample], dtype=torch.long)
-        return cls(names, index, tuple(adapters), slots, expand)
-
-    def __len__(self) -> int:
-        return int(self.index.shape[0])
-
-    def for_batch(self, batch: int) -> BatchRouting:
-        """This routing for a batch of ``batch`` samples (itself, or expanded; see :meth:`from_names`).
-
-        Raises:
-            UsageError: ``batch`` is not the number of names (or, with ``expand``, a multiple of it).
-        """
-        count = len(self)
-        if batch == count:
-            return self
-        if not (self.expand and count and batch % count == 0):
-            message = f"adapter_names has {count} entries but the batch has {batch} samples"
-            raise UsageError(message + "; pass one adapter name per sample.")
-        if batch not in self._expanded:
-            k = batch // count
-            index, slots = self.index.repeat_interleave(k), self.slots.repeat_interleave(k)
-            self._expanded[batch] = BatchRouting(self.names, index, self.adapters, slots)
-        return self._expanded[batch]
-
-    def index_on(self, device: torch.device) -> torch.Tensor:
-        """The per-sample index on ``device`` (moved once, then cached)."""
-        if self.index.device != device:
-            self.index = self.index.to(device)
-        return self.index
-
-    def slots_on(self, device: torch.device) -> torch.Tensor:
-        """The per-sample slots on ``device`` (moved once, then cached)."""
-        if self.slots.device != device:
-            self.slots = self.slots.to(device)
-        return self.slots
-
-    def groups(self, device: torch.device) -> list[tuple[str, torch.Tensor]]:
-        """``[(name, sample_indices)]`` for each distinct adapter, computed once per device."""
-        if device not in self._groups:
-            index = self.index_on(device)
-            self._groups[device] = [(name, (index == i).nonzero().flatten()) for i, name in enumerate(self.names)]
-        return self._groups[device]
-
-
-class CallState(threading.local):
-    """What the forward running in this thread needs beyond its inputs: ``routing``, the mixed batch's routing
-    (``None`` outside one), set by the outer call (``PeftModel``, :func:`peftkit.functional.mixed_batch`) and
-    read by every adapter layer. Per thread, so concurrent calls on one model do not see each other's routing;
-    traceable by ``torch.compile``, unlike a ``ContextVar``."""
-
-    def __init__(self) -> None:
-        # Once per thread. An instance attribute: torch.compile guards on it, but reads a class default as a constant.
-        self.routing: BatchRouting | None = None
-
-
-#: The per-thread call state of every model.
-CALL_STATE = CallState()
+# Re-exported: the routing lives in its own module, the layers and wrappers read it from here.
+from peftkit.layers.routing import BASE_ADAPTER as BASE_ADAPTER
+from peftkit.layers.routing import CALL_STATE as CALL_STATE
+from peftkit.layers.routing import BatchRouting as BatchRouting
+from peftkit.quant.merge import BaseSnapshot, restore_base, snapshot_base
 
 
 class AdapterState:
@@ -181,12 +90,14 @@ class AdapterLayer(AdapterState, nn.Module):
     other_param_names: ClassVar[tuple[str, ...]] = ()
 
     merged_adapters: list[str]
+    #: A quantized base's packed weight from before the first merge (unmerge puts it back exactly).
+    _base_snapshot: BaseSnapshot | None
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
         # Plain attributes in one go: ``nn.Module.__setattr__`` is slow, and this runs for every adapted layer.
-        self.__dict__.update(_disable_adapters=False, merged_adapters=[])
+        self.__dict__.update(_disable_adapters=False, merged_adapters=[], _base_snapshot=None)
         self._active_adapter: list[str] = []
 
     # -- method hooks -----------------------------------------------------------------------------
@@ -383,16 +294,28 @@ class AdapterLayer(AdapterState, nn.Module):
     def merge(self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> None:
         """Fold ``adapter_names`` (default: the active adapters) into the base weight."""
         names = list(adapter_names) if adapter_names is not None else self.active_adapters
-        for name in names:
-            if name in self.merged_adapters or name not in self.adapter_names():
-                continue
-            self.merge_one(name, safe_merge)
-            self.merged_adapters.append(name)
+        todo = [name for name in names if name not in self.merged_adapters and name in self.adapter_names()]
+        if not todo:
+            return
+        with onloaded(self.get_base_layer()):  # an offloaded base: merge into its stored weights
+            if not self.merged_adapters:  # a quantized base: keep the packed weight that unmerge puts back
+                self._base_snapshot = snapshot_base(self.get_base_layer())
+            for name in todo:
+                self.merge_one(name, safe_merge)
+                self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
-        """Undo every merge, last merged first."""
-        while self.merged_adapters:
-            self.unmerge_one(self.merged_adapters.pop())
+        """Undo every merge, last merged first (a quantized base gets its original packed weight back)."""
+        snapshot, self._base_snapshot = self._base_snapshot, None
+        if not self.merged_adapters:
+            return
+        with onloaded(self.get_base_layer()):
+            if snapshot is not None:
+                restore_base(self.get_base_layer(), snapshot)
+                self.merged_adapters.clear()
+                return
+            while self.merged_adapters:
+                self.unmerge_one(self.merged_adapters.pop())
 
     def extra_repr(self) -> str:
         return f"adapters={sorted(self.adapter_names())}, active={self._active_adapter}"

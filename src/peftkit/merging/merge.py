@@ -12,6 +12,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from peftkit.quant.base import backend_for
+from peftkit.quant.merge import warn_requantized
+
 
 class MergeError(ValueError):
     """A merge would write NaN or infinite values into the base weights."""
@@ -22,6 +25,9 @@ def update_weight(
 ) -> None:
     """Apply ``update`` (an in-place function) to ``module.weight``.
 
+    A quantized weight (see :mod:`peftkit.quant`) is dequantized to float32, updated, and quantized again with
+    the layer's own scheme, with a :class:`~peftkit.quant.merge.QuantizedMergeWarning` about the rounding.
+
     Args:
         module: The base layer that owns ``weight``.
         update: Mutates the tensor it is given, e.g. ``lambda w: w.addmm_(B, A, alpha=s)``.
@@ -31,6 +37,16 @@ def update_weight(
     Raises:
         MergeError: ``safe`` is set and the result holds NaN or Inf; the weight is left unchanged.
     """
+    backend = backend_for(module)
+    if backend is not None:
+        with torch.no_grad():
+            dense = backend.dequantize(module)  # a fresh copy: the packed weight is untouched until replaced
+            update(dense)
+            if safe and not torch.isfinite(dense).all():
+                raise MergeError(f"Merging {what} would write NaN/Inf into the base weights; the adapter is broken.")
+            backend.replace_weight(module, dense)
+        warn_requantized(backend)
+        return
     weight: torch.Tensor = module.weight  # type: ignore[assignment]  # every layer merged here has a weight tensor
     with torch.no_grad():
         if not safe:

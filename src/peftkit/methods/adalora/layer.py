@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from peftkit.errors import UnsupportedError
+from peftkit.layers.placement import adapter_device
 from peftkit.methods.lora.layer import LoraLayer, LoraLayerSpec, adapter_dtype
+from peftkit.quant.base import weight_shape
 
 #: Added to ``ranknum`` before dividing, as in the reference implementation.
 RANKNUM_EPS = 1e-5
@@ -70,12 +72,13 @@ class SVDLayer(LoraLayer):
         if spec.lora_bias:
             raise UnsupportedError("AdaLoRA has no lora_bias; set lora_bias=False.")
         weight = self.get_base_layer().weight
-        kw = {"device": weight.device, "dtype": adapter_dtype(weight)}
+        kw: dict[str, Any] = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
         self.lora_A[adapter] = nn.Parameter(torch.empty(spec.r, self.factor_width(), **kw))
         self.lora_E[adapter] = nn.Parameter(torch.empty(spec.r, 1, **kw))
         self.lora_B[adapter] = nn.Parameter(torch.empty(self.out_features, spec.r, **kw))
         # ranknum is a constant that no checkpoint carries, so it is filled in even when loading.
         ranknum = getattr(spec, "ranknum", spec.r)
+        kw["device"] = adapter_device(self.get_base_layer(), allow_meta=False)  # a constant: never left on meta
         self.ranknum[adapter] = nn.Parameter(torch.full((1,), float(ranknum), **kw), requires_grad=False)
 
     def init_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
@@ -110,8 +113,8 @@ class SVDLinear(SVDLayer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
-        weight = self.get_base_layer().weight
-        self.out_features, self.in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        shape = weight_shape(self.get_base_layer())
+        self.out_features, self.in_features = shape[::-1] if fan_in_fan_out else shape
 
     def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
         A, B = self.factor_tensors(adapter)

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from peftkit.layers.base import AdapterLayer
+from peftkit.layers.placement import adapter_device
 from peftkit.merging.merge import MergeError, update_weight
 from peftkit.methods.lora.layer import adapter_dtype
+from peftkit.quant.base import weight_shape
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ class IA3Layer(AdapterLayer):
             init_weights: ``False`` allocates without initialising, for weights a load will overwrite.
         """
         weight = self.get_base_layer().weight
-        vector = torch.empty(self.vector_shape(spec.is_feedforward), device=weight.device, dtype=adapter_dtype(weight))
+        device = adapter_device(self.get_base_layer())
+        vector = torch.empty(self.vector_shape(spec.is_feedforward), device=device, dtype=adapter_dtype(weight))
         if init_weights:
             with torch.no_grad():
                 vector.fill_(1.0) if spec.init else vector.normal_()
@@ -128,8 +131,8 @@ class Linear(IA3Layer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
-        weight = self.get_base_layer().weight
-        self.out_features, self.in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        shape = weight_shape(self.get_base_layer())
+        self.out_features, self.in_features = shape[::-1] if fan_in_fan_out else shape
 
     def vector_shape(self, feedforward: bool) -> tuple[int, ...]:
         return (1, self.in_features) if feedforward else (self.out_features, 1)

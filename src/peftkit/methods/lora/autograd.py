@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from peftkit.quant.base import dense_tensor
+
 #: Up to this drop probability a CPU draws only the dropped positions (fewer random numbers).
 SPARSE_MAX_P = 0.2
 _local = threading.local()
@@ -197,7 +199,7 @@ class LoraLinearFunction(torch.autograd.Function):
             else:
                 grad_a = (grad_h.t() @ mask.dropped_copy(flat)).mul_(1 / (1 - p))
         if need_x:
-            grad_x = g @ weight
+            grad_x = g @ dense_tensor(weight)  # a quantized weight (torchao) is dequantized on the fly
             if mask is None:
                 grad_x.addmm_(grad_h, lora_A)
             else:  # the scratch buffer is free again: dA is done with the dropped copy

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from peftkit.errors import UnsupportedError
+from peftkit.layers.placement import adapter_device
 from peftkit.methods.lora.layer import LoraLayer, LoraLayerSpec, adapter_dtype
 
 
@@ -30,7 +31,7 @@ class Conv(LoraLayer):
             raise UnsupportedError("DoRA on convolution layers is not implemented in peftkit; target Linear layers.")
         base = self.get_base_layer()
         conv_cls = type(base) if type(base) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) else nn.Conv2d
-        kw = {"device": base.weight.device, "dtype": adapter_dtype(base.weight)}
+        kw: dict[str, Any] = {"device": adapter_device(base), "dtype": adapter_dtype(base.weight)}
         self.lora_A[adapter] = conv_cls(
             self.in_features,
             spec.r,

@@ -11,9 +11,12 @@ paper, section 4.3), so for an input ``x``:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from peftkit.quant.base import dense_weight
 
 
 class DoraMagnitude(nn.Module):
@@ -71,3 +74,18 @@ def replayed(weight: torch.Tensor, updates: Sequence[Callable[[torch.Tensor], ob
     for update in updates:
         update(copy)
     return copy
+
+
+def unmerge_step(layer: Any, adapter: str) -> Callable[[torch.Tensor], object]:
+    """The in-place inverse of merging ``adapter`` into a LoRA ``layer``'s weight (weight only)."""
+    if not layer.use_dora.get(adapter):
+        return layer.weight_update(adapter, -1.0)
+    factor = layer._dora_factor(adapter, layer._dora_norms[adapter])
+    return unmerge_update(factor, layer.delta_weight(adapter).detach())
+
+
+def unmerged_weight(layer: Any) -> torch.Tensor:
+    """A LoRA ``layer``'s base weight with no adapter merged: the weight itself, or a copy with the merged adapters
+    taken out, last merged first (what a DoRA norm is computed from, as the unmerged forward does)."""
+    undo = [unmerge_step(layer, name) for name in reversed(layer.merged_adapters)]
+    return replayed(dense_weight(layer.get_base_layer()).detach(), undo)

@@ -6,11 +6,14 @@ normal, the reverse of the Linear case, because a row lookup in ``A^T`` replaces
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from peftkit.errors import UnsupportedError
+from peftkit.layers.placement import adapter_device
 from peftkit.methods.lora.layer import LoraLayer, LoraLayerSpec, adapter_dtype
 
 
@@ -27,7 +30,7 @@ class Embedding(LoraLayer):
         if spec.lora_bias:
             raise UnsupportedError("lora_bias=True is not supported on embedding layers.")
         weight = self.get_base_layer().weight
-        kw = {"device": weight.device, "dtype": adapter_dtype(weight)}
+        kw: dict[str, Any] = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
         self.lora_embedding_A[adapter] = nn.Parameter(torch.empty(spec.r, self.in_features, **kw))
         self.lora_embedding_B[adapter] = nn.Parameter(torch.empty(self.out_features, spec.r, **kw))
 

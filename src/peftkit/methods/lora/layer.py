@@ -20,11 +20,13 @@ from torch.nn.modules import module as module_hooks
 from transformers.pytorch_utils import Conv1D
 
 from peftkit.layers.base import AdapterLayer, BatchRouting
+from peftkit.layers.placement import adapter_device, onloaded
 from peftkit.merging.merge import update_weight
 from peftkit.methods.lora import stacked
 from peftkit.methods.lora.autograd import lora_linear
-from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, merge_update, replayed, row_norm, unmerge_update
+from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, merge_update, row_norm, unmerge_step, unmerged_weight
 from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
+from peftkit.quant.base import dense_weight, weight_shape
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,9 @@ class LoraLayer(AdapterLayer):
         if init_weights:
             self.init_weights(adapter, spec)
         if spec.use_dora:
-            empty = torch.empty(self.out_features, device=self.weight.device)
-            magnitude = self.dora_norm(adapter) if init_weights else empty
+            empty = torch.empty(self.out_features, device=adapter_device(self.get_base_layer()))
+            with onloaded(self.get_base_layer(), write_back=False):  # the norm reads an offloaded base's weight
+                magnitude = self.dora_norm(adapter) if init_weights else empty
             self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(self.lora_A[adapter].weight.dtype))  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         if not self._active_adapter:
             self._active_adapter = [adapter]
@@ -162,12 +165,14 @@ class LoraLayer(AdapterLayer):
                     bias.zero_()
             return
         base = self.get_base_layer()
-        weight = base.weight.T if self.fan_in_fan_out else base.weight
+        base_weight = dense_weight(base)
+        weight = base_weight.T if self.fan_in_fan_out else base_weight
         new_A, new_B, residual = decompose_weight(weight, str(spec.init), spec.r, spec.scaling)
+        residual = residual.T if self.fan_in_fan_out else residual
         with torch.no_grad():
             A.copy_(new_A.view_as(A))
             B.copy_(new_B.view_as(B))
-            base.weight.copy_(residual.T if self.fan_in_fan_out else residual)
+        update_weight(base, lambda w: w.copy_(residual.to(w.dtype)))  # requantized on a quantized base
 
     def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
@@ -185,9 +190,9 @@ class LoraLayer(AdapterLayer):
 
     def dora_norm(self, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Row norm ``||W + s B A||`` (detached), shape ``(out,)``; ``W``: ``weight`` or the base layer's weight."""
-        weight, delta = self.get_base_layer().weight if weight is None else weight, self.delta_weight(adapter).detach()
+        weight, delta = dense_weight(self.get_base_layer()) if weight is None else weight, self.delta_weight(adapter)
         weight, delta = (weight.T, delta.T) if self.fan_in_fan_out else (weight, delta)
-        return row_norm(weight.to(delta.dtype), delta).detach()
+        return row_norm(weight.to(delta.dtype), delta.detach()).detach()
 
     def set_scale(self, adapter: str, scale: float) -> None:
         """Multiply the scaling of ``adapter`` by ``scale`` (relative to ``alpha / r``)."""
@@ -205,7 +210,7 @@ class LoraLayer(AdapterLayer):
         if not self.use_dora.get(adapter):
             self._add_delta(adapter, 1.0, safe_merge)
             return
-        norm = self.dora_norm(adapter, self.unmerged_base_weight())
+        norm = self.dora_norm(adapter, unmerged_weight(self))
         update = merge_update(self._dora_factor(adapter, norm), self.delta_weight(adapter).detach())
         update_weight(self.get_base_layer(), update, safe=safe_merge, what=adapter)
         self._dora_norms[adapter] = norm
@@ -214,20 +219,8 @@ class LoraLayer(AdapterLayer):
         if not self.use_dora.get(adapter):
             self._add_delta(adapter, -1.0, False)
             return
-        update_weight(self.get_base_layer(), self._unmerge_update(adapter))
+        update_weight(self.get_base_layer(), unmerge_step(self, adapter))
         del self._dora_norms[adapter]
-
-    def _unmerge_update(self, adapter: str) -> Callable[[torch.Tensor], Any]:
-        """The in-place inverse of merging ``adapter`` (weight only)."""
-        if not self.use_dora.get(adapter):
-            return self.weight_update(adapter, -1.0)
-        factor = self._dora_factor(adapter, self._dora_norms[adapter])
-        return unmerge_update(factor, self.delta_weight(adapter).detach())
-
-    def unmerged_base_weight(self) -> torch.Tensor:
-        """The base weight with no adapter merged: the weight, or a copy with the merged ones taken out."""
-        undo = [self._unmerge_update(name) for name in reversed(self.merged_adapters)]
-        return replayed(self.get_base_layer().weight.detach(), undo)
 
     def _add_delta(self, adapter: str, sign: float, safe: bool) -> None:
         update_weight(self.get_base_layer(), self.weight_update(adapter, sign), safe=safe, what=adapter)
@@ -253,7 +246,8 @@ class Linear(LoraLayer):
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
         weight = self.get_base_layer().weight
-        out_features, in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        shape = weight_shape(self.get_base_layer())
+        out_features, in_features = shape[::-1] if fan_in_fan_out else shape
         self.__dict__.update(
             out_features=out_features,
             in_features=in_features,
@@ -264,7 +258,7 @@ class Linear(LoraLayer):
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         weight = self.get_base_layer().weight
-        kw = {"device": weight.device, "dtype": adapter_dtype(weight)}
+        kw: dict[str, Any] = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
         self.lora_A[adapter] = empty_linear(self.in_features, spec.r, bias=False, **kw)
         self.lora_B[adapter] = empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw)
 
@@ -295,6 +289,8 @@ class Linear(LoraLayer):
         if factor_a is None or type(base) not in FUSABLE_BASES or self.use_dora.get(adapter) or has_hooks(base):
             return None
         factor_b = modules["lora_B"]._modules[adapter]
+        if "weight" not in factor_a._parameters or "weight" not in factor_b._parameters:  # e.g. wrapped by FSDP1
+            return None
         A, B = factor_a._parameters["weight"], factor_b._parameters["weight"]
         weight, bias = base._parameters["weight"], base._parameters.get("bias")
         if factor_b._parameters.get("bias") is not None or not (x.dtype == weight.dtype == A.dtype):
@@ -322,7 +318,8 @@ class Linear(LoraLayer):
             dropped, base_no_bias = x, result if base.bias is None else result - base.bias
         else:
             dropped = dropout(x)
-            weight = base.weight.T if self.fan_in_fan_out else base.weight
+            base_weight = dense_weight(base)
+            weight = base_weight.T if self.fan_in_fan_out else base_weight
             base_no_bias = F.linear(dropped.to(weight.dtype), weight)
         magnitude = self.lora_magnitude_vector[adapter].weight
         lora = self.lora_out(dropped, adapter)

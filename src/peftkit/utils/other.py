@@ -1,0 +1,7 @@
+"""PEFT's ``peft.utils.other`` import path (nothing is defined here): k-bit training preparation
+(:mod:`peftkit.quant.prepare`) and the FSDP wrap policy (:mod:`peftkit.integrations.fsdp`)."""
+
+from peftkit.integrations.fsdp import fsdp_auto_wrap_policy
+from peftkit.quant.prepare import prepare_model_for_kbit_training
+
+__all__ = ["fsdp_auto_wrap_policy", "prepare_model_for_kbit_training"]
