@@ -55,7 +55,7 @@ def commit_files(
     staged: dict[str, str] = {}
     try:
         for name, write in writes.items():
-            staged[name] = f"{STAGED_PREFIX}{uuid.uuid4().hex}-{name}"
+            staged[name] = _staged_name(name)
             write(os.path.join(directory, staged[name]))
             _flush(os.path.join(directory, staged[name]))
         journal = {"replace": staged, "remove": [n for n in remove if n not in staged]}
@@ -67,9 +67,24 @@ def commit_files(
     _apply(directory, journal)
 
 
+def commit_file(directory: str | os.PathLike, name: str, write: Callable[[str], None]) -> None:
+    """Replace one file of ``directory`` atomically (one rename: no journal needed); leftovers are cleaned."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    recover(directory)
+    staged = os.path.join(directory, _staged_name(name))
+    try:
+        write(staged)
+        _flush(staged)
+        os.replace(staged, os.path.join(directory, name))
+    except BaseException:
+        _remove(staged)
+        raise
+
+
 def _write_journal(directory: str, journal: dict[str, Any]) -> None:
     """Write the journal to a staged file and rename it into place: the commit point."""
-    staged = os.path.join(directory, f"{STAGED_PREFIX}{uuid.uuid4().hex}-{JOURNAL_NAME}")
+    staged = os.path.join(directory, _staged_name(JOURNAL_NAME))
     try:
         with open(staged, "w", encoding="utf-8") as fh:
             json.dump(journal, fh)
@@ -82,21 +97,28 @@ def _write_journal(directory: str, journal: dict[str, Any]) -> None:
 
 
 def _apply(directory: str, journal: dict[str, Any]) -> None:
-    """Steps 3 and 4; safe to repeat after a kill at any point (each step checks what is left to do)."""
+    """Steps 3 and 4; safe to repeat after a kill at any point, and when another process (a second rank saving
+    the same files) finishes the same journal meanwhile: each step does only what is left to do."""
     replace: dict[str, str] = journal["replace"]
     names = list(replace)
     key_staged = bool(names) and os.path.exists(os.path.join(directory, replace[names[0]]))
     if key_staged:
         _remove(os.path.join(directory, names[0]))
     for name in names[1:]:
-        if os.path.exists(os.path.join(directory, replace[name])):
-            os.replace(os.path.join(directory, replace[name]), os.path.join(directory, name))
+        _rename(os.path.join(directory, replace[name]), os.path.join(directory, name))
     for name in journal["remove"]:
         _remove(os.path.join(directory, name))
     if key_staged:
-        os.replace(os.path.join(directory, replace[names[0]]), os.path.join(directory, names[0]))
+        _rename(os.path.join(directory, replace[names[0]]), os.path.join(directory, names[0]))
     _remove(os.path.join(directory, JOURNAL_NAME))
     _flush_directory(directory)
+
+
+def _rename(staged: str, final: str) -> None:
+    try:
+        os.replace(staged, final)
+    except FileNotFoundError:  # already renamed (by a repeat of this step)
+        pass
 
 
 def _read_journal(directory: str) -> dict[str, Any] | None:
@@ -118,8 +140,28 @@ def recover(directory: str | os.PathLike) -> None:
         _remove(os.path.join(directory, JOURNAL_NAME))
     for entry in os.listdir(directory):
         legacy = entry.startswith(".tmp-") and entry.endswith(_LEGACY_NAMES)
-        if entry.startswith(STAGED_PREFIX) or legacy:
+        if legacy or (entry.startswith(STAGED_PREFIX) and not _writer_alive(entry)):
             _remove(os.path.join(directory, entry))
+
+
+def _staged_name(name: str) -> str:
+    """``.peftkit-tmp-<pid>-<random>-<name>``: the writer's process id tells a leftover from a live save."""
+    return f"{STAGED_PREFIX}{os.getpid()}-{uuid.uuid4().hex}-{name}"
+
+
+def _writer_alive(entry: str) -> bool:
+    """Whether the process that staged ``entry`` still runs (then it is another writer's save in progress, e.g.
+    another rank's, and must not be removed); this process's own staged files are never leftovers either."""
+    pid = entry[len(STAGED_PREFIX) :].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def committed_file(directory: str | os.PathLike, name: str) -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from peftkit.errors import CheckpointError
-from peftkit.io.commit import commit_files
+from peftkit.io.commit import commit_file
 
 SAFETENSORS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
@@ -23,7 +23,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a staged path next to ``path``, then rename it to ``path`` (see
     :func:`~peftkit.io.commit.commit_files`, which also cleans leftovers of killed saves there)."""
     path = os.path.abspath(os.fspath(path))
-    commit_files(os.path.dirname(path), {os.path.basename(path): write})
+    commit_file(os.path.dirname(path), os.path.basename(path), write)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
