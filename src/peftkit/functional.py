@@ -15,54 +15,28 @@ from typing import Any
 import torch
 from torch import nn
 
+# The state functions live in peftkit.adapter_state; shells reach them here as well (explicit re-exports).
+from peftkit.adapter_state import adapters_disabled as adapters_disabled
+from peftkit.adapter_state import apply_model_status, model_status
+from peftkit.adapter_state import delete_adapter as delete_adapter
+from peftkit.adapter_state import enable_adapters as enable_adapters
+from peftkit.adapter_state import set_active_adapters as set_active_adapters
+from peftkit.adapter_state import set_requires_grad as set_requires_grad
+from peftkit.adapter_state import set_trainable_adapters as set_trainable_adapters
 from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError
+from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError, UsageError
 from peftkit.layers.base import BASE_ADAPTER, CALL_STATE, AdapterLayer, BatchRouting
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
+from peftkit.layers.state import AdapterStatus, status_after_add, status_after_set
+from peftkit.layers.walk import AdapterModule, walk_model
+from peftkit.layers.walk import adapter_names_in as adapter_names_in
+from peftkit.layers.walk import iter_adapter_modules as iter_adapter_modules
 from peftkit.layers.wrap import replace_module
 from peftkit.locking import exclusive, lock_of
 from peftkit.methods.spec import MethodSpec, method_of
 from peftkit.quant.merge import prepare_base, release_base
 from peftkit.targeting import ALL_LINEAR, all_linear_names, name_matches, select_targets
-
-AdapterModule = AdapterLayer | ModulesToSaveWrapper
-
-
-def _walk(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """``model.named_modules()`` without the insides of adapter layers and modules_to_save wrappers.
-
-    The same pre-order walk (a module reached twice is listed once), but it never descends into an adapter
-    layer, whose ~10 internal modules per adapted layer would otherwise dominate every walk.
-    """
-    seen: set[int] = set()
-    stack: list[tuple[str, nn.Module]] = [("", model)]
-    while stack:
-        name, module = stack.pop()
-        if id(module) in seen:
-            continue
-        seen.add(id(module))
-        yield name, module
-        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
-            continue
-        prefix = name + "." if name else ""
-        children = [(prefix + key, child) for key, child in module._modules.items() if child is not None]
-        stack.extend(reversed(children))
-
-
-def iter_adapter_modules(model: nn.Module) -> Iterator[tuple[str, AdapterModule]]:
-    """``(name, module)`` for every adapter layer and modules_to_save wrapper (outermost only)."""
-    for name, module in _walk(model):
-        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
-            yield name, module
-
-
-def adapter_names_in(model: nn.Module) -> set[str]:
-    """Every adapter name present in any layer or wrapper of ``model``."""
-    names: set[str] = set()
-    for _, module in iter_adapter_modules(model):
-        names |= module.adapter_names()
-    return names
 
 
 def check_adapter_name(name: str, existing: Sequence[str] = ()) -> None:
@@ -84,6 +58,7 @@ class Injection:
         created: ``(name, original_module)`` for every module replaced by a new wrapper.
         updated: Existing adapter modules that received the adapter in place.
         grad_state: ``requires_grad`` of every parameter before the injection.
+        status: The model's adapter status before the injection (``None``: it had no adapter).
         target_names: Full names of the adapted layers (for ``all-linear`` expansion).
         config: The config as injected (after the method's ``prepare_config``), to be stored by the caller.
     """
@@ -92,6 +67,7 @@ class Injection:
     created: list[tuple[str, nn.Module]] = field(default_factory=list)
     updated: list[AdapterModule] = field(default_factory=list)
     grad_state: dict[nn.Parameter, bool] = field(default_factory=dict)
+    status: AdapterStatus | None = None
     target_names: list[str] = field(default_factory=list)
     config: PeftConfig | None = None
     shared: bool = False
@@ -104,6 +80,8 @@ class Injection:
             module.delete_adapter(self.adapter_name)
         for name, original in reversed(self.created):
             replace_module(model, name, original)
+        if self.status is not None:
+            apply_model_status(model, self.status)
         for param, flag in self.grad_state.items():
             param.requires_grad_(flag)
 
@@ -134,7 +112,7 @@ def resolve_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec) -> s
 
 def _candidates(model: nn.Module, spec: MethodSpec) -> Iterator[tuple[str, nn.Module]]:
     """Modules that may be targeted: plain modules, and this method's layers (but not their insides)."""
-    for name, module in _walk(model):
+    for name, module in walk_model(model):
         if not (isinstance(module, AdapterLayer) and type(module) not in spec.layer_table.values()):
             yield name, module
 
@@ -147,12 +125,14 @@ def inject_adapter(
     *,
     init_weights: bool = True,
     active: Sequence[str] | None = None,
+    trainable: bool = False,
 ) -> Injection:
     """Add adapter ``adapter_name`` described by ``config`` to ``model`` in place.
 
     Args:
         init_weights: ``False`` allocates the adapter without initialising it (a load follows).
-        active: The adapters active afterwards (default: just this one).
+        active: The adapters active afterwards (default: just this one). Naming the newcomer re-marks what trains
+            (:func:`mark_trainable`); else the newcomer is frozen unless ``trainable`` (``is_trainable=True``).
 
     Returns:
         The :class:`Injection` record (call ``undo`` to revert).
@@ -169,7 +149,8 @@ def inject_adapter(
     if spec.prepare_config is not None:
         config = spec.prepare_config(config, model)
     check_adapter_name(adapter_name, sorted(adapter_names_in(model)))
-    record = Injection(adapter_name, grad_state={p: p.requires_grad for p in model.parameters()})
+    grads = {p: p.requires_grad for p in model.parameters()}
+    record = Injection(adapter_name, grad_state=grads, status=model_status(model))
     targets = resolve_targets(model, config, spec)
     layer_types = tuple(spec.layer_table.values())
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
@@ -193,24 +174,19 @@ def inject_adapter(
         raise
     record.target_names = names
     record.config = config
-    active_names = list(active) if active is not None else [adapter_name]
-    if adapter_name in active_names:
-        mark_trainable(model, spec, config, active_names)
-    else:
-        _activate_keeping_grads(model, active_names, record)
+    _settle_status(model, spec, config, record, list(active) if active is not None else [adapter_name], trainable)
     return record
 
 
-def _activate_keeping_grads(model: nn.Module, active: Sequence[str], record: Injection) -> None:
-    """Re-apply ``active`` to every layer (a new layer starts with the newcomer active) without changing what
-    trains: parameters that existed keep their ``requires_grad``, the newcomer's are frozen."""
-    wanted = list(active)
-    for _, module in iter_adapter_modules(model):
-        if module.holds(record.adapter_name):
-            for param in module.adapter_parameters(record.adapter_name):
-                param.requires_grad_(False)
-        if module.active_adapters != wanted:
-            module.set_active_names(wanted)
+def _settle_status(
+    model: nn.Module, spec: MethodSpec, config: PeftConfig, record: Injection, active: list[str], trainable: bool
+) -> None:
+    """After an injection: the first adapter, or one made active, re-marks what trains; otherwise the new layers
+    join the model's status and the newcomer trains only if loaded trainable."""
+    if record.status is None or record.adapter_name in active:
+        mark_trainable(model, spec, config, active, record.status)
+    else:
+        apply_model_status(model, status_after_add(record.status, record.adapter_name, trainable))
 
 
 def _inject_one(
@@ -284,11 +260,21 @@ def add_modules_to_save(model: nn.Module, names: Sequence[str] | None, adapter_n
 
 
 @exclusive
-def mark_trainable(model: nn.Module, spec: MethodSpec, config: PeftConfig, active: Sequence[str]) -> None:
-    """Freeze the base, then let the active adapters (and the biases ``config.bias`` asks for) train."""
+def mark_trainable(
+    model: nn.Module,
+    spec: MethodSpec,
+    config: PeftConfig,
+    active: Sequence[str],
+    status: AdapterStatus | None = None,
+) -> None:
+    """Freeze the base, then let the active adapters (and the biases ``config.bias`` asks for) train.
+
+    Args:
+        status: The model's adapter status before (its disabled flag is kept).
+    """
     for param in model.parameters():
         param.requires_grad_(False)
-    set_active_adapters(model, active, trainable=not config.inference_mode)
+    apply_model_status(model, status_after_set(status or AdapterStatus(), active, config.inference_mode))
     if config.inference_mode:
         return
     bias = spec.bias_rule(config)
@@ -300,35 +286,6 @@ def mark_trainable(model: nn.Module, spec: MethodSpec, config: PeftConfig, activ
         for _, module in iter_adapter_modules(model):
             if isinstance(module, AdapterLayer) and module.get_base_layer().bias is not None:
                 module.get_base_layer().bias.requires_grad_(True)
-
-
-@exclusive
-def set_active_adapters(model: nn.Module, names: str | Sequence[str], trainable: bool = True) -> None:
-    """Activate ``names`` in every layer; their parameters train iff ``trainable``, others are frozen."""
-    for _, module in iter_adapter_modules(model):
-        module.set_adapter(names, trainable=trainable)
-
-
-@exclusive
-def enable_adapters(model: nn.Module, enabled: bool) -> None:
-    """Turn every adapter on or off (off: the model computes like its base)."""
-    for _, module in iter_adapter_modules(model):
-        module.enable_adapters(enabled)
-
-
-@exclusive
-def delete_adapter(model: nn.Module, adapter_name: str) -> None:
-    """Remove ``adapter_name`` everywhere; layers left without adapters are unwrapped to their base."""
-    if adapter_name not in adapter_names_in(model):
-        raise AdapterNameError(f"Adapter {adapter_name!r} does not exist; present: {sorted(adapter_names_in(model))}.")
-    for name, module in list(iter_adapter_modules(model)):
-        if adapter_name not in module.adapter_names():
-            continue
-        module.delete_adapter(adapter_name)
-        if not module.adapter_names():
-            base = module.base_layer if isinstance(module, AdapterLayer) else module.original_module
-            replace_module(model, name, base)
-    drop_shared_tensors(model, adapter_name)
 
 
 @torch.compiler.disable
@@ -364,6 +321,26 @@ def mixed_batch(model: nn.Module, adapter_names: Sequence[str], expand: bool = F
             end_mixed_batch(previous)
 
 
+@contextmanager
+def inference_call(
+    model: nn.Module, adapter_names: Sequence[str] | None, expand: bool = False, training: bool = False
+) -> Iterator[None]:
+    """One inference call of ``model``: holds its lock shared (:mod:`peftkit.locking`) and, with ``adapter_names``,
+    routes the call as a mixed batch (:func:`mixed_batch`).
+
+    Raises:
+        UsageError: ``adapter_names`` while ``training`` (mixed batches are for inference).
+    """
+    if adapter_names is None:
+        with lock_of(model).shared():
+            yield
+        return
+    if training:
+        raise UsageError("adapter_names (mixed batches) is for inference; call model.eval() first.")
+    with mixed_batch(model, adapter_names, expand=expand):
+        yield
+
+
 @exclusive
 def merge_adapters(model: nn.Module, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:
     """Fold ``adapter_names`` (default: each layer's active adapters) into the base weights."""
@@ -394,6 +371,6 @@ def unload(
         else:
             replace_module(model, name, module.active_module())
     forget_shared_tensors(model)
-    for _, plain in _walk(model):
+    for _, plain in walk_model(model):
         release_base(plain)
     return model

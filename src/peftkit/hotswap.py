@@ -18,7 +18,6 @@ layer's alpha scaled by ``R / r``), so that saving after a swap writes a file th
 from __future__ import annotations
 
 import copy
-import math
 import os
 import re
 import warnings
@@ -40,6 +39,7 @@ from peftkit.locking import exclusive
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.layer import LoraLayer
 from peftkit.methods.lora.method import LORA
+from peftkit.methods.lora.scaling import alpha_for_scaling
 from peftkit.registry import method_of
 
 CheckCompiled = Literal["error", "warn", "ignore"]
@@ -148,7 +148,7 @@ def pad_rank(layer: LoraLayer, adapter: str, target_rank: int, use_rslora: bool 
         _set_factor(layer, adapter, "B", new_B, B.requires_grad)
     scaling = float(layer.scaling[adapter])
     layer.r[adapter] = target_rank
-    layer.lora_alpha[adapter] = scaling * (math.sqrt(target_rank) if use_rslora else target_rank)
+    layer.lora_alpha[adapter] = alpha_for_scaling(scaling, target_rank, use_rslora)
     _forget_cached_stacks(layer)
 
 
@@ -179,7 +179,7 @@ def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) ->
     if all(facts(config, name, _ANY_MODULE).r == rank for name, (rank, _) in held.items()):  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         return new
     ranks = {name: rank for name, (rank, _) in held.items()}
-    alphas = {name: scaling * (math.sqrt(rank) if new.use_rslora else rank) for name, (rank, scaling) in held.items()}
+    alphas = {name: alpha_for_scaling(scaling, rank, new.use_rslora) for name, (rank, scaling) in held.items()}
     new.r = Counter(ranks.values()).most_common(1)[0][0]
     new.lora_alpha = Counter(alphas.values()).most_common(1)[0][0]
     new.rank_pattern = {re.escape(n): r for n, r in ranks.items() if r != new.r}
@@ -369,7 +369,7 @@ def _apply_layer_settings(layer: LoraLayer, adapter: str, facts: Any) -> None:
     """Scaling (in place when a tensor), alpha at the held rank, and dropout probability of the new adapter."""
     set_scaling(layer, adapter, facts.scaling)
     held_rank = layer.r[adapter]
-    layer.lora_alpha[adapter] = facts.scaling * (math.sqrt(held_rank) if facts.use_rslora else held_rank)
+    layer.lora_alpha[adapter] = alpha_for_scaling(facts.scaling, held_rank, facts.use_rslora)
     dropout = layer.lora_dropout[adapter]
     if isinstance(dropout, nn.Dropout) and facts.dropout > 0:
         dropout.p = facts.dropout

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from peftkit import functional as F
+from peftkit.adapter_state import set_requires_grad
 from peftkit.config import PeftConfig, PromptLearningConfig
-from peftkit.errors import AdapterNameError, CheckpointError, ConfigError, UsageError
+from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
 from peftkit.io.load import attach_adapter, check_same_adapter_config, read_weights, reload_adapter, split_hub_kwargs
 from peftkit.io.save import adapter_directory, config_for_saving, write_adapter
 from peftkit.io.state import adapter_state_dict
-from peftkit.locking import exclusive, lock_of
+from peftkit.locking import exclusive
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
 from peftkit.tuner import tuner_class_for
@@ -170,14 +171,28 @@ class PeftModel(nn.Module):
         """Remove an adapter and its weights."""
         self._tuner.delete_adapter(adapter_name)
 
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        """Let ``adapter_names`` train (or stop training) whether active or not."""
+        self._tuner.set_requires_grad(adapter_names, requires_grad)
+
+    @property
+    def _adapters_disabled(self) -> bool:
+        return self._tuner.disabled
+
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
-        """Context manager: inside it the model computes like its base model."""
+        """Context manager: inside it the model computes like its base model and nothing trains.
+
+        On exit the previous state comes back: adapters that were already disabled (by an outer block or
+        ``disable_adapter_layers()``) stay disabled, and exactly what trained before trains again.
+        """
+        was_disabled = self._tuner.disabled
         self._tuner.disable_adapter_layers()
         try:
             yield
         finally:
-            self._tuner.enable_adapter_layers()
+            if not was_disabled:
+                self._tuner.enable_adapter_layers()
 
     # -- forward ------------------------------------------------------------------------------
     @torch.compiler.disable(recursive=False)
@@ -188,32 +203,19 @@ class PeftModel(nn.Module):
         happens outside the compiled graph, so a new mix of adapters does not recompile.
         """
         if self._is_prompt_learning:
-            with lock_of(self).shared():
+            with F.inference_call(self.get_base_model(), None):
                 kwargs["adapter_names"] = adapter_names
                 return prompt.prompt_forward(self._tuner, self.prompt_task, args, kwargs)
-        with self._routing(adapter_names):
+        with F.inference_call(self.get_base_model(), adapter_names, training=self.training):
             return self.base_model(*args, **kwargs)  # the tuner's forward (AdaLoRA adds its penalty)
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
-        """``generate`` of the base model with the adapters; ``adapter_names``: one per input row, kept by the
-        copies ``generate`` makes of it (beams, ``num_return_sequences``)."""
+        """The base model's ``generate``; ``adapter_names``: one per input row, also for the row's beams/copies."""
         if self._is_prompt_learning:
-            with lock_of(self).shared():
+            with F.inference_call(self.get_base_model(), None):
                 return prompt.prompt_generate(self._tuner, self.prompt_task, args, kwargs)
-        with self._routing(adapter_names, expand=True):
+        with F.inference_call(self.get_base_model(), adapter_names, expand=True, training=self.training):
             return self.get_base_model().generate(*args, **kwargs)
-
-    @contextmanager
-    def _routing(self, adapter_names: Sequence[str] | None, expand: bool = False) -> Iterator[None]:
-        """The call holds the model's lock shared (:mod:`peftkit.locking`) and, for a mixed batch, routes it."""
-        if adapter_names is None:
-            with lock_of(self).shared():
-                yield
-            return
-        if self.training:
-            raise UsageError("adapter_names (mixed batches) is for inference; call model.eval() first.")
-        with F.mixed_batch(self.get_base_model(), adapter_names, expand=expand):
-            yield
 
     # -- state and files ----------------------------------------------------------------------
     def get_adapter_state_dict(
@@ -301,9 +303,7 @@ class PeftModel(nn.Module):
         low_cpu_mem_usage: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """Load an adapter directory as ``adapter_name``; the model is unchanged if anything is wrong (errors name the
-        keys, shapes or config fields). An existing name is overwritten in place, as PEFT does; it trains iff
-        ``is_trainable``."""
+        """Load an adapter directory as ``adapter_name`` (all or nothing); an existing name is overwritten in place."""
         hub = split_hub_kwargs(kwargs)
         subfolder = kwargs.pop("subfolder", None)
         config = kwargs.pop("config", None) or PeftConfig.from_pretrained(model_id, subfolder=subfolder, **hub)
@@ -320,17 +320,15 @@ class PeftModel(nn.Module):
         return None
 
     def _reload(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor], trainable: bool) -> None:
-        live, params, inner = self.peft_config[adapter_name], [], self.get_base_model()
+        live, inner = self.peft_config[adapter_name], self.get_base_model()
         if self._is_prompt_learning:
             check_same_adapter_config(live, config, adapter_name)
             self._tuner.load_state(adapter_name, state)
-            params = [*self._tuner.encoders[adapter_name].parameters()]
+            self._tuner.encoders[adapter_name].requires_grad_(trainable)
         else:
             reload_adapter(inner, adapter_name, live, config, state)
         live.inference_mode = not trainable
-        params += [p for _, m in F.iter_adapter_modules(inner) for p in m.adapter_parameters(adapter_name)]
-        for param in params:
-            param.requires_grad_(trainable)
+        set_requires_grad(inner, adapter_name, trainable)
 
     def _attach(
         self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor], low_cpu_mem_usage: bool = False
@@ -345,6 +343,7 @@ class PeftModel(nn.Module):
         if first and type(self.base_model) is not tuner_class_for(config):
             self.base_model = tuner_class_for(config)(self.get_base_model(), None, adapter_name)
         active = [adapter_name] if first else self.active_adapters
+        self.base_model.check_new_config(adapter_name, config)
         names = attach_adapter(
             self.get_base_model(), adapter_name, config, state, active=active, low_cpu_mem_usage=low_cpu_mem_usage
         )

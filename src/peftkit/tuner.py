@@ -16,6 +16,7 @@ from peftkit import functional as F
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError
 from peftkit.layers.placement import adapters_on_meta
+from peftkit.layers.state import AdapterStatus
 from peftkit.methods.spec import method_of
 from peftkit.targeting import ALL_LINEAR
 
@@ -52,11 +53,16 @@ class TunerModel(nn.Module):
         unless this is the first one. ``low_cpu_mem_usage`` creates its tensors on ``meta``, uninitialised (a
         load assigns them)."""
         config = copy.deepcopy(config)
+        self.check_new_config(adapter_name, config)
         active = self.active_adapters if self.peft_config else [adapter_name]
         with adapters_on_meta(low_cpu_mem_usage):
             init = init_weights and not low_cpu_mem_usage
             record = F.inject_adapter(self.model, config, adapter_name, init_weights=init, active=active)
         self.register_config(adapter_name, record.config or config, record.target_names)
+
+    def check_new_config(self, adapter_name: str, config: PeftConfig) -> None:
+        """Refuse ``config`` before anything changes if this tuner cannot hold it next to its adapters (a hook:
+        AdaLoRA trains one adapter at most)."""
 
     def register_config(self, adapter_name: str, config: PeftConfig, target_names: Sequence[str]) -> None:
         """Remember ``config`` for ``adapter_name``, completed as PEFT stores it: ``all-linear`` expanded to the
@@ -84,32 +90,54 @@ class TunerModel(nn.Module):
         if missing:
             raise AdapterNameError(f"Adapter(s) {missing} not found; present: {sorted(self.peft_config)}.")
 
+    def frozen_adapters(self) -> set[str]:
+        """Adapters loaded for inference (``is_trainable=False``): activating them does not make them train."""
+        return {name for name, config in self.peft_config.items() if config.inference_mode}
+
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
-        """Activate ``adapter_name`` (a name or a list); it trains unless ``inference_mode`` or its config says so."""
+        """Activate ``adapter_name`` (a name or a list); it trains unless ``inference_mode`` or loaded frozen."""
         names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
         self.check_names(names)
-        trainable = not inference_mode and not all(self.peft_config[n].inference_mode for n in names)
-        F.set_active_adapters(self.model, names, trainable=trainable)
+        F.set_active_adapters(self.model, names, trainable=not inference_mode, frozen=self.frozen_adapters())
         self.active_adapter = adapter_name
 
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        """Let ``adapter_names`` train (or stop training), active or not (PEFT's ``set_requires_grad``)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        self.check_names(names)
+        F.set_requires_grad(self.model, names, requires_grad)
+
+    def set_trainable_adapters(self, names: Sequence[str]) -> None:
+        """Make exactly ``names`` the trainable adapters (the Trainer restores a checkpoint's choice)."""
+        self.check_names(names)
+        F.set_trainable_adapters(self.model, names)
+
+    @property
+    def status(self) -> AdapterStatus:
+        """The adapter state recorded in the model (see :mod:`peftkit.layers.state`)."""
+        return F.model_status(self.model) or AdapterStatus(tuple(self.active_adapters) if self.peft_config else ())
+
     def delete_adapter(self, adapter_name: str) -> None:
-        """Remove ``adapter_name``; if it was active, the first remaining adapter becomes active."""
+        """Remove ``adapter_name``; :func:`~peftkit.layers.state.status_after_delete` says what stays active."""
         self.check_names([adapter_name])
-        F.delete_adapter(self.model, adapter_name)
+        remaining = [n for n in self.peft_config if n != adapter_name]
+        status = F.delete_adapter(self.model, adapter_name, frozen=self.frozen_adapters(), remaining=remaining)
         del self.peft_config[adapter_name]
-        remaining = [n for n in self.active_adapters if n != adapter_name]
-        if not remaining and self.peft_config:
-            remaining = [sorted(self.peft_config)[0]]
-            F.set_active_adapters(self.model, remaining, trainable=not self.peft_config[remaining[0]].inference_mode)
-        self.active_adapter = remaining[0] if len(remaining) == 1 else remaining
+        active = list(status.active)
+        self.active_adapter = active[0] if len(active) == 1 else active
 
     def enable_adapter_layers(self) -> None:
-        """Switch every adapter layer back on."""
+        """Turn the adapters back on; what trained before they were disabled trains again."""
         F.enable_adapters(self.model, True)
 
     def disable_adapter_layers(self) -> None:
-        """Switch every adapter layer off: the model computes like its base."""
+        """Turn every adapter off: the model computes like its base and nothing trains."""
         F.enable_adapters(self.model, False)
+
+    @property
+    def disabled(self) -> bool:
+        """Whether the adapters are switched off."""
+        return F.adapters_disabled(self.model)
 
     # -- merging ----------------------------------------------------------------------------------
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:

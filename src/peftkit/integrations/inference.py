@@ -17,7 +17,6 @@ import torch
 
 from peftkit import functional as F
 from peftkit.errors import UsageError
-from peftkit.locking import lock_of
 
 
 class InferenceMixin:
@@ -36,16 +35,10 @@ class InferenceMixin:
 
     @contextmanager
     def _peftkit_call(self, adapter_names: Sequence[str] | None, expand: bool) -> Iterator[None]:
-        if adapter_names is None:
-            if not self.__dict__.get("_hf_peft_config_loaded"):
-                yield
-                return
-            with lock_of(self).shared():  # type: ignore[arg-type]
-                yield
-            return
         if not self.__dict__.get("_hf_peft_config_loaded"):
-            raise UsageError("adapter_names needs adapters; call model.add_adapter or model.load_adapter first.")
-        if self.training:  # type: ignore[attr-defined]
-            raise UsageError("adapter_names (mixed batches) is for inference; call model.eval() first.")
-        with F.mixed_batch(self, adapter_names, expand=expand):  # type: ignore[arg-type]
+            if adapter_names is not None:
+                raise UsageError("adapter_names needs adapters; call model.add_adapter or model.load_adapter first.")
+            yield
+            return
+        with F.inference_call(self, adapter_names, expand=expand, training=self.training):  # type: ignore[arg-type,attr-defined]
             yield

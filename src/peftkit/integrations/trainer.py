@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftkit.adapter_state import model_status, set_trainable_adapters
 from peftkit.config import CONFIG_NAME
 from peftkit.errors import CheckpointError
-from peftkit.functional import iter_adapter_modules
 from peftkit.integrations.transformers import has_adapters
 from peftkit.io.files import atomic_write_text
 from peftkit.io.load import read_weights
@@ -53,8 +53,20 @@ def _view(model: Any) -> tuple[dict, nn.Module, list[str]]:
     return model.peft_config, model, model.active_adapters()
 
 
-def _adapter_params(inner: nn.Module, name: str) -> list[nn.Parameter]:
-    return [p for _, m in iter_adapter_modules(inner) if name in m.adapter_names() for p in m.adapter_parameters(name)]
+def _trainable_adapters(model: nn.Module) -> frozenset[str]:
+    """The adapters that train while adapters are enabled (recorded state, not ``requires_grad``, so that a
+    checkpoint written inside ``disable_adapter()`` still records them)."""
+    if isinstance(model, PeftModel):
+        return model._tuner.status.trainable
+    status = model_status(model)
+    return status.trainable if status is not None else frozenset()
+
+
+def _set_trainable_adapters(model: nn.Module, names: list[str]) -> None:
+    if isinstance(model, PeftModel):
+        model._tuner.set_trainable_adapters(names)
+    else:
+        set_trainable_adapters(model, names)
 
 
 def save_adapter_checkpoint(
@@ -68,7 +80,7 @@ def save_adapter_checkpoint(
     ``state_dict``: a full state dict of the model (gathered from FSDP shards or ZeRO-3 partitions) to take the
     values from instead of the live parameters.
     """
-    configs, inner, active = _view(model)
+    configs, _, active = _view(model)
     if isinstance(model, PeftModel):
         model.save_pretrained(output_dir, safe_serialization=safe_serialization, state_dict=state_dict)
         layout = {name: "" if name == "default" else name for name in configs}
@@ -78,10 +90,8 @@ def save_adapter_checkpoint(
             model.save_adapter(  # type: ignore[operator]  # a model with the adapter methods (checked by the caller) has these
                 os.path.join(output_dir, sub), name, safe_serialization=safe_serialization, state_dict=state_dict
             )
-    adapters = {}
-    for name, sub in layout.items():
-        params = _adapter_params(inner, name)
-        adapters[name] = {"path": sub, "trainable": any(p.requires_grad for p in params) if params else None}
+    trainable = _trainable_adapters(model)
+    adapters = {name: {"path": sub, "trainable": name in trainable} for name, sub in layout.items()}
     manifest = {"format_version": 1, "active_adapters": active, "adapters": adapters}
     atomic_write_text(os.path.join(output_dir, MANIFEST_NAME), json.dumps(manifest, indent=2, sort_keys=True))
 
@@ -126,11 +136,10 @@ def load_adapter_checkpoint(model: nn.Module, checkpoint_dir: str | os.PathLike)
     active = manifest.get("active_adapters")
     if active:
         model.set_adapter(active[0] if len(active) == 1 else list(active))  # type: ignore[operator]  # a model with the adapter methods (checked by the caller) has these
-    inner = _view(model)[1]
-    for name, entry in manifest["adapters"].items():
-        if entry.get("trainable") is not None:
-            for param in _adapter_params(inner, name):
-                param.requires_grad_(bool(entry["trainable"]))
+    recorded = {name: entry.get("trainable") for name, entry in manifest["adapters"].items()}
+    if any(flag is not None for flag in recorded.values()):
+        kept = [n for n in _trainable_adapters(model) if recorded.get(n) is None]  # adapters the manifest omits
+        _set_trainable_adapters(model, kept + [n for n, flag in recorded.items() if flag])
     model.train(training)
 
 

@@ -82,8 +82,8 @@ class AdapterModelMixin(InferenceMixin):
 
     def _activate(self, names: list[str]) -> None:
         configs = self._adapter_configs()
-        trainable = not all(configs[n].inference_mode for n in names)
-        F.set_active_adapters(self, names, trainable=trainable)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
+        frozen = {name for name, config in configs.items() if config.inference_mode}
+        F.set_active_adapters(self, names, trainable=True, frozen=frozen)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         self._peftkit_active = names
 
     # -- adding and loading -----------------------------------------------------------------------
@@ -240,13 +240,12 @@ class AdapterModelMixin(InferenceMixin):
         self._activate(names)
 
     def enable_adapters(self) -> None:
-        """Turn the adapters back on (the active ones train again unless loaded for inference)."""
+        """Turn the adapters back on: exactly what trained before :meth:`disable_adapters` trains again."""
         self._adapter_configs()
         F.enable_adapters(self, True)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
-        self._activate(self.active_adapters())
 
     def disable_adapters(self) -> None:
-        """Turn every adapter off: the model computes exactly like its base model."""
+        """Turn every adapter off: the model computes exactly like its base model and nothing trains."""
         self._adapter_configs()
         F.enable_adapters(self, False)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
 
@@ -262,16 +261,16 @@ class AdapterModelMixin(InferenceMixin):
         missing = [n for n in names if n not in configs]
         if missing:
             raise AdapterNameError(f"Adapter(s) {missing} not found; loaded: {sorted(configs)}.")
+        frozen = {name for name, config in configs.items() if config.inference_mode}
         for name in names:
-            F.delete_adapter(self, name)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
+            remaining = [n for n in configs if n != name]
+            status = F.delete_adapter(self, name, frozen=frozen, remaining=remaining)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
             del configs[name]
+            self._peftkit_active = list(status.active)
         if not configs:
             del self.__dict__["peft_config"]
             self._hf_peft_config_loaded = False
             self._peftkit_active = []
-            return
-        remaining = [n for n in self.active_adapters() if n in configs] or [next(iter(configs))]
-        self._activate(remaining)
 
     # -- state and files --------------------------------------------------------------------------
     def get_adapter_state_dict(self, adapter_name: str | None = None, state_dict: dict | None = None) -> dict:

@@ -63,8 +63,9 @@ def attach_adapter(
     message = init_warning(config, adapter_name) if init_warning is not None else None
     if message:
         warnings.warn(message, stacklevel=3)
+    trainable = not config.inference_mode  # a load with is_trainable=True trains the newcomer, active or not
     with adapters_on_meta(low_cpu_mem_usage):
-        record = inject_adapter(model, config, adapter_name, init_weights=False, active=active)
+        record = inject_adapter(model, config, adapter_name, init_weights=False, active=active, trainable=trainable)
     try:
         check_and_load(
             model,

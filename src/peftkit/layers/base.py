@@ -25,6 +25,7 @@ Everything else (disabled / merged / active adapters, mixed batches, deleting) i
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -37,15 +38,20 @@ from peftkit.layers.placement import onloaded
 from peftkit.layers.routing import BASE_ADAPTER as BASE_ADAPTER
 from peftkit.layers.routing import CALL_STATE as CALL_STATE
 from peftkit.layers.routing import BatchRouting as BatchRouting
+from peftkit.layers.state import AdapterStatus, apply_status, status_after_delete, status_after_set
 from peftkit.quant.merge import BaseSnapshot, restore_base, snapshot_base
 
 
 class AdapterState:
-    """Which adapters are active and whether adapters are disabled: shared by layers and wrappers.
+    """What a layer or wrapper records of its model's adapter state (see :mod:`peftkit.layers.state`).
+
+    Records only: the decisions (what trains, what stays active after a delete) are the functions of
+    :mod:`peftkit.layers.state`, written here by :meth:`record_status`.
 
     Attributes:
-        _active_adapter: Names of the active adapters, in order.
+        _active_adapter: Names of the active adapters, in order (what this module's forward applies).
         _disable_adapters: ``True`` while every adapter is switched off.
+        _trainable_adapters: Names of the adapters whose tensors train while adapters are enabled.
     """
 
     _active_adapter: list[str]
@@ -63,9 +69,31 @@ class AdapterState:
         """Whether this module holds ``adapter``."""
         return adapter in self.adapter_names()
 
-    def set_active_names(self, names: Sequence[str]) -> None:
-        """Make ``names`` the active adapters without touching any ``requires_grad`` (``set_adapter`` does)."""
-        self._active_adapter = list(names)
+    def all_adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """``(adapter name, parameter)`` for every adapter tensor of this module."""
+        raise NotImplementedError
+
+    def record_status(self, status: AdapterStatus) -> None:
+        """Record the model's adapter state (no ``requires_grad`` here: :func:`~peftkit.layers.state.apply_status`)."""
+        self._active_adapter = list(status.active)
+        self.__dict__["_trainable_adapters"] = status.trainable
+        self.__dict__["_disable_adapters"] = status.disabled
+
+    def recorded_status(self) -> AdapterStatus:
+        """The model's adapter state as this module recorded it."""
+        trainable = self.__dict__.get("_trainable_adapters")
+        if trainable is None:  # never given a status (a layer built by hand): what its tensors say
+            trainable = frozenset(name for name, param in self.all_adapter_parameters() if param.requires_grad)
+        return AdapterStatus(tuple(self._active_adapter), trainable, self._disable_adapters)
+
+    def set_adapter(self, adapter_names: str | Sequence[str], trainable: bool = True) -> None:
+        """Make ``adapter_names`` active in this module; they train iff ``trainable``, all others are frozen."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        apply_status([self], status_after_set(self.recorded_status(), names, inference_mode=not trainable))
+
+    def enable_adapters(self, enabled: bool) -> None:
+        """Turn all adapters of this module on or off; off freezes them, on restores what trained before."""
+        apply_status([self], replace(self.recorded_status(), disabled=not enabled))
 
     @property
     def active_adapters(self) -> list[str]:
@@ -263,32 +291,17 @@ class AdapterLayer(AdapterState, nn.Module):
                 else:
                     yield from ((name, param) for param in item._parameters.values() if param is not None)
 
-    def set_adapter(self, adapter_names: str | Sequence[str], trainable: bool = True) -> None:
-        """Make ``adapter_names`` active; their parameters train iff ``trainable``, all others are frozen."""
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        for name, param in self.all_adapter_parameters():
-            param.requires_grad_(trainable and name in names)
-        self._active_adapter = names
-
-    def enable_adapters(self, enabled: bool) -> None:
-        """Turn all adapters of this layer on or off (off unmerges nothing until the next forward)."""
-        self._disable_adapters = not enabled
-        if enabled:
-            return
-        for _, param in self.all_adapter_parameters():
-            param.requires_grad_(False)
-
-    def delete_adapter(self, adapter: str) -> None:
-        """Remove ``adapter``'s weights and settings; if it was active, the first remaining one becomes active."""
+    def delete_adapter(self, adapter: str, status: AdapterStatus | None = None) -> None:
+        """Remove ``adapter``'s weights and settings, then record ``status`` (default: what
+        :func:`~peftkit.layers.state.status_after_delete` decides from this layer alone)."""
         if adapter in self.merged_adapters:
             raise AdapterNameError(f"Adapter {adapter!r} is merged into the base weights; unmerge it before deleting.")
+        before = self.recorded_status()
         for attr in self.adapter_layer_names + self.other_param_names:
             container = getattr(self, attr)
             if adapter in container:
                 del container[adapter]
-        if adapter in self._active_adapter:
-            remaining = sorted(self.adapter_names())
-            self._active_adapter = [n for n in self._active_adapter if n != adapter] or remaining[:1]
+        apply_status([self], status or status_after_delete(before, adapter, self.adapter_names()))
 
     # -- merging ----------------------------------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> None:

@@ -7,7 +7,7 @@ trains); on disk only the copy is saved, under the original module's own key nam
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -15,10 +15,15 @@ from torch import nn
 
 from peftkit.errors import AdapterNameError
 from peftkit.layers.base import CALL_STATE, AdapterState
+from peftkit.layers.state import AdapterStatus, apply_status, first_status, status_after_delete, wrapper_active
 
 
 class ModulesToSaveWrapper(AdapterState, nn.Module):
-    """Routes calls to the active adapter's copy of a module, or to the original when none is active."""
+    """Routes calls to the active adapter's copy of a module, or to the original when none is active.
+
+    It records the model's :class:`~peftkit.layers.state.AdapterStatus`; its own active list holds only the
+    adapters it has a copy for (at most one), so ``active_adapters`` never names a copy that does not exist.
+    """
 
     def __init__(self, module_to_save: nn.Module, adapter_name: str) -> None:
         super().__init__()
@@ -29,25 +34,48 @@ class ModulesToSaveWrapper(AdapterState, nn.Module):
         self.update(adapter_name)
 
     def update(self, adapter_name: str, copy_weights: bool = True) -> None:
-        """Add a trainable copy of the original module for ``adapter_name``."""
+        """Add a copy of the original module for ``adapter_name``; it trains iff the recorded status says so
+        (a wrapper's first adapter is active and trainable until the model's status is applied)."""
         self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
         self.original_module.requires_grad_(False)
-        if not self._active_adapter:
-            self._active_adapter = [adapter_name]
-        for name, copy_ in self.modules_to_save.items():
-            copy_.requires_grad_(name in self._active_adapter)
+        status = self.__dict__.get("_model_status") or first_status(adapter_name, trainable=True)
+        apply_status([self], status)
 
     def adapter_names(self) -> set[str]:
         return set(self.modules_to_save.keys())
 
+    def all_adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, module in self.modules_to_save.items():
+            yield from ((name, param) for param in module.parameters())
+
+    def check_status(self, status: AdapterStatus) -> None:
+        """Raise before anything changes if ``status`` would activate two of this wrapper's copies."""
+        wrapper_active(status, self.adapter_names())
+
+    def record_status(self, status: AdapterStatus) -> None:
+        self.__dict__["_model_status"] = status
+        self._active_adapter = wrapper_active(status, self.adapter_names())
+        self._disable_adapters = status.disabled
+
+    def recorded_status(self) -> AdapterStatus:
+        status = self.__dict__.get("_model_status")
+        return status if status is not None else super().recorded_status()
+
     def active_module(self) -> nn.Module:
-        """The module a plain forward uses now."""
-        if self._disable_adapters:
+        """The module a plain forward uses now.
+
+        Raises:
+            AdapterNameError: the active adapter has no copy here (its copy was removed behind the wrapper's back).
+        """
+        if self._disable_adapters or not self._active_adapter:
             return self.original_module
-        for name in self._active_adapter:
-            if name in self.modules_to_save:
-                return self.modules_to_save[name]
-        return self.original_module
+        name = self._active_adapter[0]
+        if name not in self.modules_to_save:
+            raise AdapterNameError(
+                f"Active adapter {name!r} has no copy in this modules_to_save wrapper (it holds "
+                f"{sorted(self.modules_to_save)}); call set_adapter with an adapter the model has."
+            )
+        return self.modules_to_save[name]
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         routing = CALL_STATE.routing
@@ -70,21 +98,25 @@ class ModulesToSaveWrapper(AdapterState, nn.Module):
             return getattr(self.active_module(), name)  # e.g. .weight of a wrapped lm_head
 
     def set_adapter(self, adapter_names: str | Sequence[str], trainable: bool = True) -> None:
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        if len([n for n in names if n in self.modules_to_save]) > 1:
-            raise AdapterNameError(f"Only one adapter with modules_to_save can be active at a time, got {names}.")
-        for name, module in self.modules_to_save.items():
-            module.requires_grad_(trainable and name in names)
-        self._active_adapter = names
+        """Activate ``adapter_names`` here (PEFT's wrapper API); the model-level functions filter names instead.
 
-    def enable_adapters(self, enabled: bool) -> None:
-        self._disable_adapters = not enabled
+        Raises:
+            AdapterNameError: a name this wrapper holds no copy for, or two names it holds.
+        """
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        unknown = [n for n in names if n not in self.modules_to_save]
+        if unknown:
+            raise AdapterNameError(
+                f"This modules_to_save wrapper holds no copy for {unknown}; it holds {sorted(self.modules_to_save)}."
+            )
+        super().set_adapter(names, trainable)
 
     def adapter_parameters(self, adapter: str) -> Iterable[nn.Parameter]:
         return self.modules_to_save[adapter].parameters() if adapter in self.modules_to_save else []
 
-    def delete_adapter(self, adapter: str) -> None:
+    def delete_adapter(self, adapter: str, status: AdapterStatus | None = None) -> None:
+        """Remove ``adapter``'s copy, then record ``status`` (default: decided from this wrapper alone)."""
+        before = self.recorded_status()
         if adapter in self.modules_to_save:
             del self.modules_to_save[adapter]
-        if adapter in self._active_adapter:
-            self._active_adapter = [n for n in self._active_adapter if n != adapter] or sorted(self.modules_to_save)[:1]
+        apply_status([self], status or status_after_delete(before, adapter, self.modules_to_save))

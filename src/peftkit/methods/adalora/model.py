@@ -49,16 +49,13 @@ class AdaLoraModel(TunerModel):
             )
         return names[0]
 
-    def inject_adapter(
-        self, adapter_name: str, config: PeftConfig, init_weights: bool = True, low_cpu_mem_usage: bool = False
-    ) -> None:
-        """Add an adapter; a second *trainable* AdaLoRA adapter is refused."""
+    def check_new_config(self, adapter_name: str, config: PeftConfig) -> None:
+        """Refuse a second *trainable* AdaLoRA adapter (added, or loaded with ``is_trainable=True``)."""
         if not config.inference_mode and self.trainable_adapters():
             raise ConfigError(
                 f"AdaLoraModel supports only 1 trainable adapter ({self.trainable_adapters()[0]!r} already is); "
-                f"add {adapter_name!r} with inference_mode=True."
+                f"add {adapter_name!r} with inference_mode=True (or load it with is_trainable=False)."
             )
-        super().inject_adapter(adapter_name, config, init_weights, low_cpu_mem_usage)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The model's forward; when it returns a ``loss``, add ``orth_reg_weight`` times the orthogonality

@@ -7,12 +7,13 @@ rsLoRA, Kalajdzievski, 2023; ``rank_pattern`` / ``alpha_pattern`` honoured); its
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from peftkit.methods.lora.scaling import lora_scaling
 
 
 def _pattern_value(module: str, pattern: Mapping[str, Any] | None, default: Any) -> Any:
@@ -45,7 +46,7 @@ def describe_lora_module(
         return None, None
     rank = int(a.shape[0])
     alpha = _pattern_value(module, config.get("alpha_pattern"), config.get("lora_alpha", 8))
-    scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    scaling = lora_scaling(alpha, rank, bool(config.get("use_rslora")))
     return rank, scaling * float((b.float().flatten(1) @ a.float().flatten(1)).norm())
 
 

@@ -2,13 +2,14 @@
 (``alpha / sqrt(r)`` for rsLoRA).
 
 :class:`LoraLayer` holds what every LoRA layer shares (per-adapter dicts, scaling, trainability);
-:class:`Linear` covers ``nn.Linear`` and transformers' ``Conv1D`` (``fan_in_fan_out``), with DoRA and a
-batched mixed-adapter path. Embedding and convolution layers live in ``embedding.py`` and ``conv.py``.
+:class:`Linear` covers ``nn.Linear`` and transformers' ``Conv1D`` (``fan_in_fan_out``), with DoRA. This file
+is the readable formula (the reference); the fast paths (fused autograd, single adapter, stacked mixed batches,
+compiled) live in ``fast_paths.py``, the scaling in ``scaling.py``, embedding and convolution layers in
+``embedding.py`` and ``conv.py``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -16,16 +17,15 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as module_hooks
-from transformers.pytorch_utils import Conv1D
 
 from peftkit.layers.base import AdapterLayer, BatchRouting
 from peftkit.layers.placement import adapter_device, onloaded
+from peftkit.layers.state import AdapterStatus
 from peftkit.merging.merge import update_weight
-from peftkit.methods.lora import stacked
-from peftkit.methods.lora.autograd import lora_linear
+from peftkit.methods.lora import fast_paths
 from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, merge_update, row_norm, unmerge_step, unmerged_weight
 from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
+from peftkit.methods.lora.scaling import lora_scaling
 from peftkit.quant.base import dense_weight, weight_shape
 
 
@@ -44,31 +44,12 @@ class LoraLayerSpec:
 
     @property
     def scaling(self) -> float:
-        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+        return lora_scaling(self.alpha, self.r, self.use_rslora)
 
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     """Adapters train in float32 on half-precision or quantized bases, else in the base dtype."""
     return weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
-
-
-#: Base types whose forward is exactly ``F.linear(x, W, b)`` (``Conv1D``: with ``W`` transposed).
-FUSABLE_BASES = (nn.Linear, Conv1D)
-
-
-def has_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` does more than its class's ``forward`` (hooks, a patched ``forward``)."""
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or module._backward_pre_hooks
-        or "forward" in module.__dict__
-        or module_hooks._global_forward_hooks
-        or module_hooks._global_forward_pre_hooks
-        or module_hooks._global_backward_hooks
-        or module_hooks._global_backward_pre_hooks
-    )
 
 
 def empty_linear(
@@ -95,7 +76,9 @@ class LoraLayer(AdapterLayer):
     adapter_layer_names: ClassVar[tuple[str, ...]] = (
         "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
     )  # fmt: skip
-    other_param_names: ClassVar[tuple[str, ...]] = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora")
+    other_param_names: ClassVar[tuple[str, ...]] = (
+        "r", "lora_alpha", "scaling", "lora_dropout", "use_dora", "use_rslora",
+    )  # fmt: skip
 
     in_features: int
     out_features: int
@@ -103,6 +86,7 @@ class LoraLayer(AdapterLayer):
     r: dict[str, int]
     lora_alpha: dict[str, float]
     scaling: dict[str, float]
+    use_rslora: dict[str, bool]
     use_dora: dict[str, bool]
     _dora_norms: dict[str, torch.Tensor]
     lora_dropout: nn.ModuleDict
@@ -117,7 +101,7 @@ class LoraLayer(AdapterLayer):
         # Registered in bulk (what plain assignment does, minus ``nn.Module.__setattr__``'s checks, which cost
         # more than the rest of building a layer: a 1B model has hundreds of them).
         self.__dict__.update(
-            fan_in_fan_out=fan_in_fan_out, r={}, lora_alpha={}, scaling={}, use_dora={}, _dora_norms={}
+            fan_in_fan_out=fan_in_fan_out, r={}, lora_alpha={}, scaling={}, use_rslora={}, use_dora={}, _dora_norms={}
         )
         self._modules.update(
             lora_dropout=nn.ModuleDict(),
@@ -137,6 +121,7 @@ class LoraLayer(AdapterLayer):
         self.r[adapter] = spec.r
         self.lora_alpha[adapter] = spec.alpha
         self.scaling[adapter] = spec.scaling
+        self.use_rslora[adapter] = spec.use_rslora
         self.use_dora[adapter] = spec.use_dora
         self.lora_dropout[adapter] = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         self.create_weights(adapter, spec)
@@ -195,9 +180,11 @@ class LoraLayer(AdapterLayer):
         return row_norm(weight.to(delta.dtype), delta.detach()).detach()
 
     def set_scale(self, adapter: str, scale: float) -> None:
-        """Multiply the scaling of ``adapter`` by ``scale`` (relative to ``alpha / r``)."""
+        """Set the scaling of ``adapter`` to ``scale`` times its initial one (``alpha / r``, or ``alpha / sqrt(r)``
+        for rsLoRA); layers without ``adapter`` are left alone."""
         if adapter in self.scaling:
-            self.scaling[adapter] = scale * self.lora_alpha[adapter] / self.r[adapter]
+            rslora = self.use_rslora.get(adapter, False)
+            self.scaling[adapter] = scale * lora_scaling(self.lora_alpha[adapter], self.r[adapter], rslora)
 
     def _dora_factor(self, adapter: str, norm: torch.Tensor) -> torch.Tensor:
         """``m / n`` shaped to broadcast over the base weight (per output row)."""
@@ -275,35 +262,23 @@ class Linear(LoraLayer):
             return lambda w: w.addmm_(A.t(), B.t(), alpha=alpha)
         return lambda w: w.addmm_(B, A, alpha=alpha)
 
+    # -- fast paths (peftkit.methods.lora.fast_paths; each equals adapted_forward's formula) ----------------
     def single_adapter_forward(self, x: torch.Tensor, adapter: str) -> torch.Tensor | None:
-        """Base and adapter in one computation (:mod:`~peftkit.methods.lora.autograd`), or ``None`` where that
-        does not apply: DoRA, ``lora_bias``, a base that is not a hook-free ``nn.Linear`` / ``Conv1D``, mixed
-        dtypes or autocast, a tensor scaling while training, and under ``torch.compile``.
+        return fast_paths.single_adapter(self, x, adapter)
 
-        This runs once per layer and call, so it reads the module dictionaries directly instead of going
-        through ``nn.Module.__getattr__`` (which is slow enough to show in a one-token decode).
-        """
-        modules: Any = self._modules  # plain dicts of modules; their entries are the types update_layer put there
-        factor_a = modules["lora_A"]._modules.get(adapter)
-        base = modules["base_layer"]
-        if factor_a is None or type(base) not in FUSABLE_BASES or self.use_dora.get(adapter) or has_hooks(base):
-            return None
-        factor_b = modules["lora_B"]._modules[adapter]
-        if "weight" not in factor_a._parameters or "weight" not in factor_b._parameters:  # e.g. wrapped by FSDP1
-            return None
-        A, B = factor_a._parameters["weight"], factor_b._parameters["weight"]
-        weight, bias = base._parameters["weight"], base._parameters.get("bias")
-        if factor_b._parameters.get("bias") is not None or not (x.dtype == weight.dtype == A.dtype):
-            return None
-        if torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling():
-            return None
-        dropout = modules["lora_dropout"]._modules[adapter]
-        p = dropout.p if dropout.training and isinstance(dropout, nn.Dropout) else 0.0
-        scaling = self.scaling[adapter]
-        if torch.is_tensor(scaling) and (p > 0 or torch.is_grad_enabled()):
-            return None
-        return lora_linear(x, weight.t() if self.fan_in_fan_out else weight, bias, A, B, scaling, p)
+    def mixed_forward(self, x: torch.Tensor, routing: BatchRouting, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args or kwargs:
+            return super().mixed_forward(x, routing, *args, **kwargs)
+        fast = fast_paths.stacked_mixed(self, x, routing)
+        return fast if fast is not None else super().mixed_forward(x, routing)
 
+    def compiled_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | None:
+        return None if args or kwargs else fast_paths.compiled(self, x)
+
+    def refresh_active_slots(self) -> None:
+        fast_paths.refresh_active_slots(self)
+
+    # -- the formula --------------------------------------------------------------------------------
     def lora_out(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
         """``s * B(A(x))`` in the adapter's dtype."""
         A, B = self.lora_A[adapter], self.lora_B[adapter]
@@ -326,35 +301,6 @@ class Linear(LoraLayer):
         out = dora_combine(result.to(lora.dtype), base_no_bias.to(lora.dtype), lora, magnitude, self.dora_norm(adapter))  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         return out.to(result.dtype)
 
-    def mixed_forward(self, x: torch.Tensor, routing: BatchRouting, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Stacked path (:mod:`~peftkit.methods.lora.stacked`): ``y_i = base(x_i) + x_i A_t[k_i] B_t[k_i]``.
-
-        One base forward plus two batched matmuls whatever the number of distinct adapters; the stacks are built
-        once and reused until a weight changes (traced afresh under ``torch.compile``). DoRA, ``lora_bias`` and
-        calls that record adapter gradients take the generic per-adapter path.
-        """
-        if args or kwargs or x.shape[0] != len(routing) or not stacked.stackable(self) or stacked.needs_grad(self):
-            return super().mixed_forward(x, routing, *args, **kwargs)
-        result = self.base_layer(x)
-        if torch.compiler.is_compiling():
-            A_t, B_t = stacked.stack_factors(self, routing.adapters)
-            return stacked.add_routed(result, x, A_t, B_t, routing.slots.to(x.device))
-        A_t, B_t = stacked.cached_stacks(self, routing.adapters)
-        return stacked.add_routed(result, x, A_t, B_t, routing.slots_on(x.device))
-
-    def compiled_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | None:
-        """Under ``torch.compile`` in eval mode: the active adapters picked by the index tensor
-        ``_active_slots`` (updated in place by ``set_adapter``) from factors stacked in the graph, so that
-        switching adapters or hot-swapping weights changes data, never the traced code."""
-        if args or kwargs or self.training or not stacked.stackable(self) or stacked.needs_grad(self):
-            return None
-        result = self.base_layer(x)
-        slots = self._active_slots
-        if slots.shape[0] == 0:
-            return result
-        A_t, B_t = stacked.stack_factors(self, sorted(self.lora_A.keys()))
-        return stacked.add_active(result, x, A_t, B_t, slots.to(x.device))
-
     @property
     def _active_adapter(self) -> list[str]:
         return self.__dict__["_active_names"]
@@ -364,29 +310,12 @@ class Linear(LoraLayer):
         self.__dict__["_active_names"] = names
         self.refresh_active_slots()
 
-    def refresh_active_slots(self) -> None:
-        """Recompute ``_active_slots`` (positions of the active adapters among this layer's, sorted), in place
-        when its size is unchanged so that a compiled graph keeps reading the same tensor."""
-        if "lora_A" not in self._modules or "_active_names" not in self.__dict__:
-            return
-        position = {name: i for i, name in enumerate(sorted(self.lora_A.keys()))}
-        wanted = [position[name] for name in self.__dict__["_active_names"] if name in position]
-        if wanted == self.__dict__.get("_active_slot_list"):
-            return
-        self._active_slot_list = wanted
-        current = self.__dict__.get("_active_slots")
-        slots = torch.tensor(wanted, dtype=torch.long)
-        if current is not None and current.shape == slots.shape:
-            current.copy_(slots)
-        else:
-            self._active_slots = slots.to(self.get_base_layer().weight.device)
-
     def update_layer(self, adapter: str, spec: LoraLayerSpec, init_weights: bool = True) -> None:
         super().update_layer(adapter, spec, init_weights)
         self.refresh_active_slots()
 
-    def delete_adapter(self, adapter: str) -> None:
-        super().delete_adapter(adapter)
+    def delete_adapter(self, adapter: str, status: AdapterStatus | None = None) -> None:
+        super().delete_adapter(adapter, status)
         self._stack_cache = None
         self.refresh_active_slots()
 

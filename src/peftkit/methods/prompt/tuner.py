@@ -14,6 +14,7 @@ token -- plus its ``modules_to_save`` copies under ``base_model.<module path>`` 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,6 +25,15 @@ from peftkit.config import PromptLearningConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
 from peftkit.io.keys import add_prefix, strip_prefix
 from peftkit.io.state import adapter_state_dict, check_and_load
+from peftkit.layers.state import (
+    AdapterStatus,
+    first_status,
+    status_after_add,
+    status_after_delete,
+    status_after_requires_grad,
+    status_after_set,
+    trains,
+)
 from peftkit.methods.prompt.cache import build_cache, cache_layout
 from peftkit.methods.prompt.dimensions import fill_dimensions
 from peftkit.methods.prompt.encoder import PromptEncoderBase
@@ -61,8 +71,7 @@ class PromptTuner:
     def __init__(self, owner: Any) -> None:
         self.owner = owner
         self.peft_config: dict[str, PromptLearningConfig] = {}
-        self.active_adapter: str | list[str] = []
-        self.disabled = False
+        self.status = AdapterStatus()
         self._word_embeddings: nn.Module | None = None
 
     @classmethod
@@ -86,7 +95,20 @@ class PromptTuner:
 
     @property
     def active_adapters(self) -> list[str]:
-        return [self.active_adapter] if isinstance(self.active_adapter, str) else list(self.active_adapter)
+        return list(self.status.active)
+
+    @property
+    def active_adapter(self) -> str | list[str]:
+        active = self.active_adapters
+        return active[0] if len(active) == 1 else active
+
+    @property
+    def disabled(self) -> bool:
+        return self.status.disabled
+
+    def frozen_adapters(self) -> set[str]:
+        """Adapters loaded for inference: activating them does not make them train."""
+        return {name for name, config in self.peft_config.items() if config.inference_mode}
 
     @property
     def word_embeddings(self) -> nn.Module:
@@ -140,7 +162,7 @@ class PromptTuner:
         config, encoder_class = self._prepare(adapter_name, config)
         encoder = encoder_class(config, self._embeddings_for(encoder_class), init_weights)
         F.add_modules_to_save(self.model, config.modules_to_save, adapter_name)
-        self._register(adapter_name, config, encoder)
+        self._register(adapter_name, config, encoder, trainable=False)
 
     def attach(self, adapter_name: str, config: PromptLearningConfig, state: dict[str, torch.Tensor]) -> None:
         """Add ``adapter_name`` from a saved state dict (file keys), checking everything before changing the model.
@@ -157,7 +179,7 @@ class PromptTuner:
         except BaseException:
             record.undo(self.model)
             raise
-        self._register(adapter_name, config, encoder)
+        self._register(adapter_name, config, encoder, trainable=not config.inference_mode)
 
     def load_state(self, adapter_name: str, state: dict[str, torch.Tensor]) -> None:
         """Overwrite the existing adapter ``adapter_name`` from a state dict with file keys."""
@@ -188,21 +210,27 @@ class PromptTuner:
         check_and_load(self.model, adapter_name, config, rest)
         encoder.load_output(saved)
 
-    def _register(self, adapter_name: str, config: PromptLearningConfig, encoder: PromptEncoderBase) -> None:
+    def _register(
+        self, adapter_name: str, config: PromptLearningConfig, encoder: PromptEncoderBase, trainable: bool
+    ) -> None:
+        """Store the encoder and config; the first adapter becomes active (and trains unless for inference), a
+        later one trains only if ``trainable`` (a load with ``is_trainable=True``)."""
         param = next(self.model.parameters(), None)
         self.encoders[adapter_name] = encoder.to(param.device) if param is not None else encoder
-        encoder.requires_grad_(not config.inference_mode)
         self.peft_config[adapter_name] = config
-        if not self.active_adapters:
-            self.active_adapter = adapter_name
-        self._apply_trainability(trainable=True)
+        if not self.status.active:
+            self.model.requires_grad_(False)
+            self._apply(first_status(adapter_name, not config.inference_mode))
+        else:
+            self._apply(status_after_add(self.status, adapter_name, trainable))
 
-    def _apply_trainability(self, trainable: bool) -> None:
-        """Freeze the base model; the active adapter's ``modules_to_save`` copies train (unless frozen)."""
-        self.model.requires_grad_(False)
-        if self.active_adapters:
-            config = self.peft_config[self.active_adapters[0]]
-            F.set_active_adapters(self.model, self.active_adapters, trainable=trainable and not config.inference_mode)
+    def _apply(self, status: AdapterStatus) -> None:
+        """Record ``status`` and set ``requires_grad`` of the encoders and modules_to_save copies from it (by
+        the one rule, :func:`~peftkit.layers.state.trains`)."""
+        F.apply_model_status(self.model, status)
+        self.status = status
+        for name, encoder in self.encoders.items():
+            encoder.requires_grad_(trains(name, status))
 
     # -- switching and deleting ----------------------------------------------------------------------
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
@@ -211,29 +239,37 @@ class PromptTuner:
         if len(names) != 1:
             raise AdapterNameError(f"Prompt methods run exactly one active adapter; got {names}.")
         self.check_names(names)
-        self.active_adapter = names[0]
-        config = self.peft_config[names[0]]
-        self.encoders[names[0]].requires_grad_(not inference_mode and not config.inference_mode)
-        self._apply_trainability(trainable=not inference_mode)
+        self._apply(status_after_set(self.status, names, inference_mode, self.frozen_adapters()))
+
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        """Let ``adapter_names`` train (or stop training), active or not."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        self.check_names(names)
+        self._apply(status_after_requires_grad(self.status, names, requires_grad))
+
+    def set_trainable_adapters(self, names: Sequence[str]) -> None:
+        """Make exactly ``names`` the trainable adapters (the Trainer restores a checkpoint's choice)."""
+        self.check_names(names)
+        self._apply(replace(self.status, trainable=frozenset(names)))
 
     def delete_adapter(self, adapter_name: str) -> None:
-        """Remove ``adapter_name``; if it was active, the first remaining adapter becomes active."""
+        """Remove ``adapter_name``; what stays active is :func:`~peftkit.layers.state.status_after_delete`'s."""
         self.check_names([adapter_name])
+        remaining = [n for n in self.peft_config if n != adapter_name]
+        frozen = self.frozen_adapters()
         if adapter_name in F.adapter_names_in(self.model):
-            F.delete_adapter(self.model, adapter_name)
+            F.delete_adapter(self.model, adapter_name, frozen=frozen, remaining=remaining)
         del self.encoders[adapter_name]
         del self.peft_config[adapter_name]
-        if adapter_name in self.active_adapters:
-            self.active_adapter = next(iter(self.peft_config), [])
-            self._apply_trainability(trainable=True)
+        self._apply(status_after_delete(self.status, adapter_name, remaining, frozen))
 
     def enable_adapter_layers(self) -> None:
-        self.disabled = False
-        F.enable_adapters(self.model, True)
+        """Turn the prompt (and modules_to_save copies) back on; what trained before trains again."""
+        self._apply(replace(self.status, disabled=False))
 
     def disable_adapter_layers(self) -> None:
-        self.disabled = True
-        F.enable_adapters(self.model, False)
+        """Turn the prompt off: the model computes like its base and nothing trains."""
+        self._apply(replace(self.status, disabled=True))
 
     # -- what the model consumes ---------------------------------------------------------------------
     def prompts(self, batch_size: int) -> torch.Tensor:

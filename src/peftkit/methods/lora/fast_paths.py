@@ -1,0 +1,129 @@
+"""LoRA's fast paths, kept apart from the readable formula in :mod:`~peftkit.methods.lora.layer`.
+
+Every path computes what :meth:`~peftkit.layers.base.AdapterLayer.adapted_forward` computes with
+:meth:`~peftkit.methods.lora.layer.Linear.adapt_output`, ``y = base(x) + s * B A dropout(x)`` (Hu et al.,
+2021), only faster, and returns ``None`` where it does not apply (the layer then takes the plain path):
+
+* :func:`single_adapter`: one active adapter, no extra arguments: base and adapter in one fused autograd
+  function (:mod:`~peftkit.methods.lora.autograd`) that keeps no dropped copy of the input;
+* :func:`stacked_mixed`: a mixed batch (one adapter per sample) as one base forward plus two batched matmuls
+  over stacked factors (:mod:`~peftkit.methods.lora.stacked`);
+* :func:`compiled`: under ``torch.compile`` in eval mode, the active adapters picked by an index tensor from
+  stacked factors, so switching adapters changes data, never the traced code.
+
+``layer`` is a LoRA :class:`~peftkit.methods.lora.layer.Linear` (typed ``Any``: that module imports this one).
+
+``tests/methods/test_lora_fast_paths.py`` checks each against the plain formula.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules import module as module_hooks
+from transformers.pytorch_utils import Conv1D
+
+from peftkit.layers.base import BatchRouting
+from peftkit.methods.lora import stacked
+from peftkit.methods.lora.autograd import lora_linear
+
+#: Base types whose forward is exactly ``F.linear(x, W, b)`` (``Conv1D``: with ``W`` transposed).
+FUSABLE_BASES = (nn.Linear, Conv1D)
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` does more than its class's ``forward`` (hooks, a patched ``forward``)."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or "forward" in module.__dict__
+        or module_hooks._global_forward_hooks
+        or module_hooks._global_forward_pre_hooks
+        or module_hooks._global_backward_hooks
+        or module_hooks._global_backward_pre_hooks
+    )
+
+
+def single_adapter(layer: Any, x: torch.Tensor, adapter: str) -> torch.Tensor | None:
+    """Base and adapter in one computation (:func:`~peftkit.methods.lora.autograd.lora_linear`), or ``None``
+    where that does not apply: DoRA, ``lora_bias``, a base that is not a hook-free ``nn.Linear`` / ``Conv1D``,
+    mixed dtypes or autocast, a tensor scaling while training, and under ``torch.compile``.
+
+    Shapes: ``x (..., in) -> (..., out)``. This runs once per layer and call, so it reads the module
+    dictionaries directly instead of going through ``nn.Module.__getattr__`` (slow enough to show in a
+    one-token decode).
+    """
+    modules: Any = layer._modules  # plain dicts of modules; their entries are the types update_layer put there
+    factor_a = modules["lora_A"]._modules.get(adapter)
+    base = modules["base_layer"]
+    if factor_a is None or type(base) not in FUSABLE_BASES or layer.use_dora.get(adapter) or has_hooks(base):
+        return None
+    factor_b = modules["lora_B"]._modules[adapter]
+    if "weight" not in factor_a._parameters or "weight" not in factor_b._parameters:  # e.g. wrapped by FSDP1
+        return None
+    A, B = factor_a._parameters["weight"], factor_b._parameters["weight"]
+    weight, bias = base._parameters["weight"], base._parameters.get("bias")
+    if factor_b._parameters.get("bias") is not None or not (x.dtype == weight.dtype == A.dtype):
+        return None
+    if torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling():
+        return None
+    dropout = modules["lora_dropout"]._modules[adapter]
+    p = dropout.p if dropout.training and isinstance(dropout, nn.Dropout) else 0.0
+    scaling = layer.scaling[adapter]
+    if torch.is_tensor(scaling) and (p > 0 or torch.is_grad_enabled()):
+        return None
+    return lora_linear(x, weight.t() if layer.fan_in_fan_out else weight, bias, A, B, scaling, p)
+
+
+def stacked_mixed(layer: Any, x: torch.Tensor, routing: BatchRouting) -> torch.Tensor | None:
+    """Mixed batch: ``y_i = base(x_i) + x_i A_t[k_i] B_t[k_i]`` (:mod:`~peftkit.methods.lora.stacked`), or
+    ``None`` for DoRA, ``lora_bias``, calls that record adapter gradients, or a batch that does not match the
+    routing (the generic path reports it).
+
+    One base forward plus two batched matmuls whatever the number of distinct adapters; the stacks are built
+    once and reused until a weight changes (traced afresh under ``torch.compile``).
+    """
+    if x.shape[0] != len(routing) or not stacked.stackable(layer) or stacked.needs_grad(layer):
+        return None
+    result = layer.base_layer(x)
+    if torch.compiler.is_compiling():
+        A_t, B_t = stacked.stack_factors(layer, routing.adapters)
+        return stacked.add_routed(result, x, A_t, B_t, routing.slots.to(x.device))
+    A_t, B_t = stacked.cached_stacks(layer, routing.adapters)
+    return stacked.add_routed(result, x, A_t, B_t, routing.slots_on(x.device))
+
+
+def compiled(layer: Any, x: torch.Tensor) -> torch.Tensor | None:
+    """The active adapters (summed) picked by the index tensor ``layer._active_slots`` (updated in place by
+    :func:`refresh_active_slots`) from factors stacked in the graph; ``None`` in training mode, for DoRA /
+    ``lora_bias`` and when adapter gradients are recorded."""
+    if layer.training or not stacked.stackable(layer) or stacked.needs_grad(layer):
+        return None
+    result = layer.base_layer(x)
+    slots = layer._active_slots
+    if slots.shape[0] == 0:
+        return result
+    A_t, B_t = stacked.stack_factors(layer, sorted(layer.lora_A.keys()))
+    return stacked.add_active(result, x, A_t, B_t, slots.to(x.device))
+
+
+def refresh_active_slots(layer: Any) -> None:
+    """Recompute ``layer._active_slots`` (positions of the active adapters among the layer's, sorted), in place
+    when its size is unchanged so that a compiled graph keeps reading the same tensor."""
+    if "lora_A" not in layer._modules or "_active_names" not in layer.__dict__:
+        return
+    position = {name: i for i, name in enumerate(sorted(layer.lora_A.keys()))}
+    wanted = [position[name] for name in layer.__dict__["_active_names"] if name in position]
+    if wanted == layer.__dict__.get("_active_slot_list"):
+        return
+    layer._active_slot_list = wanted
+    current = layer.__dict__.get("_active_slots")
+    slots = torch.tensor(wanted, dtype=torch.long)
+    if current is not None and current.shape == slots.shape:
+        current.copy_(slots)
+    else:
+        layer._active_slots = slots.to(layer.get_base_layer().weight.device)
