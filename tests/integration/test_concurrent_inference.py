@@ -179,17 +179,17 @@ def test_compiled_model_routes_each_call_in_each_thread() -> None:
     compiled = torch.compile(model, backend="eager")
     got: dict[object, torch.Tensor] = {}
 
-    def fresh_thread(keys: list[object]):
+    def fresh_thread(thread: int, keys: list[object]):
         def run():
             with torch.no_grad():
                 for key in keys:
                     names = None if key == "plain" else MIXES[key]  # type: ignore[index]
-                    got[(threading.get_ident(), key)] = compiled(input_ids=ids, adapter_names=names).logits
+                    got[(thread, key)] = compiled(input_ids=ids, adapter_names=names).logits
 
         return run
 
-    assert run_threads([fresh_thread(["plain", 0, 1])]) == []
-    assert run_threads([fresh_thread([0, "plain"])]) == []
+    assert run_threads([fresh_thread(1, ["plain", 0, 1])]) == []
+    assert run_threads([fresh_thread(2, [0, "plain"])]) == []
     torch._dynamo.reset()
     assert len(got) == 5
     for (_, key), logits in got.items():
