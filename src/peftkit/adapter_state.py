@@ -26,6 +26,7 @@ from peftkit.layers.state import (
 )
 from peftkit.layers.walk import adapter_names_in, iter_adapter_modules
 from peftkit.layers.wrap import replace_module
+from peftkit.locking import exclusive
 
 
 def model_status(model: nn.Module) -> AdapterStatus | None:
@@ -33,12 +34,14 @@ def model_status(model: nn.Module) -> AdapterStatus | None:
     return read_status(module for _, module in iter_adapter_modules(model))
 
 
+@exclusive
 def apply_model_status(model: nn.Module, status: AdapterStatus) -> None:
     """Record ``status`` in every adapter module of ``model`` and set ``requires_grad`` from it (the only
     writer of adapter ``requires_grad``; see :mod:`peftkit.layers.state`)."""
     apply_status((module for _, module in iter_adapter_modules(model)), status)
 
 
+@exclusive
 def set_active_adapters(
     model: nn.Module, names: str | Sequence[str], trainable: bool = True, frozen: Collection[str] = ()
 ) -> None:
@@ -47,6 +50,7 @@ def set_active_adapters(
     apply_model_status(model, status_after_set(model_status(model) or AdapterStatus(), names, not trainable, frozen))
 
 
+@exclusive
 def set_requires_grad(model: nn.Module, names: str | Sequence[str], requires_grad: bool = True) -> None:
     """Let adapters ``names`` train (or stop training) whether active or not (PEFT's ``set_requires_grad``)."""
     names = [names] if isinstance(names, str) else list(names)
@@ -55,6 +59,7 @@ def set_requires_grad(model: nn.Module, names: str | Sequence[str], requires_gra
         apply_model_status(model, status_after_requires_grad(status, names, requires_grad))
 
 
+@exclusive
 def enable_adapters(model: nn.Module, enabled: bool) -> None:
     """Turn every adapter on or off (off: the model computes like its base and nothing trains; on: what
     trained before trains again)."""
@@ -69,6 +74,7 @@ def adapters_disabled(model: nn.Module) -> bool:
     return status is not None and status.disabled
 
 
+@exclusive
 def delete_adapter(
     model: nn.Module, adapter_name: str, frozen: Collection[str] = (), remaining: Collection[str] | None = None
 ) -> AdapterStatus:
@@ -98,6 +104,7 @@ def delete_adapter(
     return status
 
 
+@exclusive
 def set_trainable_adapters(model: nn.Module, names: Collection[str]) -> None:
     """Make exactly ``names`` the trainable adapters (active or not), e.g. when a checkpoint is restored."""
     status = model_status(model)

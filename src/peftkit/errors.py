@@ -42,3 +42,8 @@ class HotswapError(PeftkitError, ValueError, RuntimeError):
 
     Derives from both builtins, as PEFT raises ``ValueError`` and transformers ``RuntimeError`` in these places.
     """
+
+
+class ConcurrencyError(PeftkitError, RuntimeError):
+    """A change of a model's adapters was requested from inside a forward of that same model (see
+    :mod:`peftkit.locking`)."""

@@ -24,8 +24,8 @@ from peftkit.adapter_state import set_active_adapters as set_active_adapters
 from peftkit.adapter_state import set_requires_grad as set_requires_grad
 from peftkit.adapter_state import set_trainable_adapters as set_trainable_adapters
 from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError
-from peftkit.layers.base import BASE_ADAPTER, AdapterLayer, BatchRouting
+from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError, UsageError
+from peftkit.layers.base import BASE_ADAPTER, CALL_STATE, AdapterLayer, BatchRouting
 from peftkit.layers.model_merge import merge_layers, unmerge_layers, untie_for_merge
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
@@ -34,6 +34,7 @@ from peftkit.layers.walk import AdapterModule, walk_model
 from peftkit.layers.walk import adapter_names_in as adapter_names_in
 from peftkit.layers.walk import iter_adapter_modules as iter_adapter_modules
 from peftkit.layers.wrap import replace_module
+from peftkit.locking import exclusive, lock_of
 from peftkit.methods.spec import MethodSpec, method_of
 from peftkit.quant.merge import prepare_base, release_base
 from peftkit.targeting import ALL_LINEAR, all_linear_names, check_modules_to_save, config_targets, name_matches
@@ -117,6 +118,7 @@ def _candidates(model: nn.Module, spec: MethodSpec) -> Iterator[tuple[str, nn.Mo
             yield name, module
 
 
+@exclusive
 def inject_adapter(
     model: nn.Module,
     config: PeftConfig,
@@ -241,6 +243,7 @@ def _wrap_modules_to_save(model: nn.Module, wanted: Sequence[str] | None, adapte
             record.created.append((name, replace_module(model, name, ModulesToSaveWrapper(module, adapter))))
 
 
+@exclusive
 def add_modules_to_save(model: nn.Module, names: Sequence[str] | None, adapter_name: str) -> Injection:
     """Give ``adapter_name`` a trainable copy of each module named in ``names`` (no adapter layers): what prompt
     methods need for e.g. a classifier head. Returns the undoable :class:`Injection` record."""
@@ -253,6 +256,7 @@ def add_modules_to_save(model: nn.Module, names: Sequence[str] | None, adapter_n
     return record
 
 
+@exclusive
 def mark_trainable(
     model: nn.Module,
     spec: MethodSpec,
@@ -283,57 +287,76 @@ def mark_trainable(
 
 
 @torch.compiler.disable
-def start_mixed_batch(model: nn.Module, adapter_names: Sequence[str]) -> tuple[BatchRouting, list[AdapterModule]]:
-    """Check ``adapter_names`` and hand every adapter module the routing; returns ``(routing, modules)``.
-
-    Never traced by ``torch.compile``: the names become the routing's index tensors here, so a compiled model
-    sees only tensors and does not recompile for a new mix of adapters.
-    """
+def start_mixed_batch(model: nn.Module, adapter_names: Sequence[str], expand: bool = False) -> BatchRouting | None:
+    """Route this thread's forwards of ``model`` by ``adapter_names`` (checked; ``expand``: also multiples of
+    their number, as ``generate`` expands a batch); returns the previous routing for :func:`end_mixed_batch`.
+    Not traced by ``torch.compile``: the names become index tensors here, so a new mix does not recompile."""
     present = adapter_names_in(model)
     unknown = sorted(set(adapter_names) - present - {BASE_ADAPTER})
     if unknown:
         raise AdapterNameError(
             f"adapter_names contains unknown adapters {unknown}; present: {sorted(present)} (or {BASE_ADAPTER!r})."
         )
-    routing = BatchRouting.from_names(list(adapter_names), sorted(present))
-    modules = [module for _, module in iter_adapter_modules(model)]
-    for module in modules:
-        module.batch_routing = routing
-    return routing, modules
+    previous = CALL_STATE.routing
+    CALL_STATE.routing = BatchRouting.from_names(list(adapter_names), sorted(present), expand=expand)
+    return previous
 
 
 @torch.compiler.disable
-def end_mixed_batch(modules: Sequence[AdapterModule]) -> None:
+def end_mixed_batch(previous: BatchRouting | None) -> None:
     """Undo :func:`start_mixed_batch`."""
-    for module in modules:
-        module.batch_routing = None
+    CALL_STATE.routing = previous
 
 
 @contextmanager
-def mixed_batch(model: nn.Module, adapter_names: Sequence[str]) -> Iterator[BatchRouting]:
-    """Route sample ``i`` of the next forward(s) through adapter ``adapter_names[i]`` (``"__base__"``: none)."""
-    routing, modules = start_mixed_batch(model, adapter_names)
-    try:
-        yield routing
-    finally:
-        end_mixed_batch(modules)
+def mixed_batch(model: nn.Module, adapter_names: Sequence[str], expand: bool = False) -> Iterator[None]:
+    """Route sample ``i`` of this thread's forwards in the block to ``adapter_names[i]``, holding the lock shared."""
+    with lock_of(model).shared():
+        previous = start_mixed_batch(model, adapter_names, expand)
+        try:
+            yield
+        finally:
+            end_mixed_batch(previous)
 
 
 def _layers(model: nn.Module) -> list[tuple[str, AdapterLayer]]:
     return [(n, m) for n, m in iter_adapter_modules(model) if isinstance(m, AdapterLayer)]
 
 
+@contextmanager
+def inference_call(
+    model: nn.Module, adapter_names: Sequence[str] | None, expand: bool = False, training: bool = False
+) -> Iterator[None]:
+    """One inference call of ``model``: holds its lock shared (:mod:`peftkit.locking`) and, with ``adapter_names``,
+    routes the call as a mixed batch (:func:`mixed_batch`).
+
+    Raises:
+        UsageError: ``adapter_names`` while ``training`` (mixed batches are for inference).
+    """
+    if adapter_names is None:
+        with lock_of(model).shared():
+            yield
+        return
+    if training:
+        raise UsageError("adapter_names (mixed batches) is for inference; call model.eval() first.")
+    with mixed_batch(model, adapter_names, expand=expand):
+        yield
+
+
+@exclusive
 def merge_adapters(model: nn.Module, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:
     """Fold ``adapter_names`` (default: each layer's active adapters) into the base weights (warns and changes
     nothing when all are merged; gives tied weights their own copy first, see :mod:`peftkit.layers.model_merge`)."""
     merge_layers(model, _layers(model), adapter_names, safe_merge)
 
 
+@exclusive
 def unmerge_adapters(model: nn.Module) -> None:
     """Undo every merge (warns and changes nothing when no adapter is merged)."""
     unmerge_layers(_layers(model))
 
 
+@exclusive
 def unload(
     model: nn.Module, merge: bool = False, safe_merge: bool = False, adapter_names: Sequence[str] | None = None
 ) -> nn.Module:

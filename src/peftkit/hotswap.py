@@ -35,6 +35,7 @@ from peftkit.functional import iter_adapter_modules
 from peftkit.io.keys import strip_prefix
 from peftkit.io.load import read_weights, split_hub_kwargs
 from peftkit.io.state import adapter_tensors
+from peftkit.locking import exclusive
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.layer import LoraLayer
 from peftkit.methods.lora.method import LORA
@@ -186,6 +187,7 @@ def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) ->
     return new
 
 
+@exclusive
 def prepare_adapter(
     inner: nn.Module, configs: dict[str, PeftConfig] | None, adapter: str, target_rank: int | None
 ) -> bool:
@@ -203,6 +205,7 @@ def prepare_adapter(
     return bool(layers)
 
 
+@exclusive
 def prepare_model_for_compiled_hotswap(
     model: nn.Module,
     *,
@@ -314,6 +317,7 @@ def _new_layer_facts(
     return out
 
 
+@exclusive
 def swap_adapter_weights(
     model: nn.Module, adapter_name: str, config: PeftConfig, state: Mapping[str, torch.Tensor]
 ) -> None:

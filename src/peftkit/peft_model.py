@@ -17,12 +17,14 @@ import torch
 from torch import nn
 
 from peftkit import functional as F
+from peftkit.adapter_state import set_requires_grad
 from peftkit.config import PeftConfig, PromptLearningConfig
-from peftkit.errors import AdapterNameError, CheckpointError, ConfigError, UsageError
+from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
-from peftkit.io.load import attach_adapter, read_weights, split_hub_kwargs
+from peftkit.io.load import attach_adapter, check_same_adapter_config, read_weights, reload_adapter, split_hub_kwargs
 from peftkit.io.save import adapter_directory, config_for_saving, write_adapter
 from peftkit.io.state import adapter_state_dict
+from peftkit.locking import exclusive
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
 from peftkit.tuner import tuner_class_for
@@ -141,6 +143,7 @@ class PeftModel(nn.Module):
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
 
     # -- adapters -----------------------------------------------------------------------------
+    @exclusive
     def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
         """Add a new, freshly initialised adapter; it is not activated (use :meth:`set_adapter`)."""
         if adapter_name in self.peft_config:
@@ -158,10 +161,12 @@ class PeftModel(nn.Module):
                 f"Cannot combine a {config.peft_type} adapter with {self.peft_type} adapters in one PeftModel."
             )
 
+    @exclusive
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         """Make ``adapter_name`` the active adapter (its parameters train unless loaded for inference)."""
         self._tuner.set_adapter(adapter_name, inference_mode=inference_mode)
 
+    @exclusive
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter and its weights."""
         self._tuner.delete_adapter(adapter_name)
@@ -198,26 +203,19 @@ class PeftModel(nn.Module):
         happens outside the compiled graph, so a new mix of adapters does not recompile.
         """
         if self._is_prompt_learning:
-            return prompt.prompt_forward(self._tuner, self.prompt_task, args, dict(kwargs, adapter_names=adapter_names))
-        with self._routing(adapter_names):
+            with F.inference_call(self.get_base_model(), None):
+                kwargs["adapter_names"] = adapter_names
+                return prompt.prompt_forward(self._tuner, self.prompt_task, args, kwargs)
+        with F.inference_call(self.get_base_model(), adapter_names, training=self.training):
             return self.base_model(*args, **kwargs)  # the tuner's forward (AdaLoRA adds its penalty)
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
-        """``generate`` of the base model, with the adapters (and optional per-sample routing) applied."""
+        """The base model's ``generate``; ``adapter_names``: one per input row, also for the row's beams/copies."""
         if self._is_prompt_learning:
-            return prompt.prompt_generate(self._tuner, self.prompt_task, args, kwargs)
-        with self._routing(adapter_names):
+            with F.inference_call(self.get_base_model(), None):
+                return prompt.prompt_generate(self._tuner, self.prompt_task, args, kwargs)
+        with F.inference_call(self.get_base_model(), adapter_names, expand=True, training=self.training):
             return self.get_base_model().generate(*args, **kwargs)
-
-    @contextmanager
-    def _routing(self, adapter_names: Sequence[str] | None) -> Iterator[None]:
-        if adapter_names is None:
-            yield
-            return
-        if self.training:
-            raise UsageError("adapter_names (mixed batches) is for inference; call model.eval() first.")
-        with F.mixed_batch(self.get_base_model(), adapter_names):
-            yield
 
     # -- state and files ----------------------------------------------------------------------
     def get_adapter_state_dict(
@@ -293,6 +291,7 @@ class PeftModel(nn.Module):
             create_pr=create_pr,
         )
 
+    @exclusive
     def load_adapter(
         self,
         model_id: str | os.PathLike,
@@ -304,19 +303,32 @@ class PeftModel(nn.Module):
         low_cpu_mem_usage: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """Load an adapter directory as ``adapter_name``; the model is unchanged if anything is wrong."""
-        if adapter_name in self.peft_config:
-            raise AdapterNameError(f"An adapter named {adapter_name!r} is already loaded; choose another name.")
+        """Load an adapter directory as ``adapter_name`` (all or nothing); an existing name is overwritten in place."""
         hub = split_hub_kwargs(kwargs)
         subfolder = kwargs.pop("subfolder", None)
         config = kwargs.pop("config", None) or PeftConfig.from_pretrained(model_id, subfolder=subfolder, **hub)
-        config.inference_mode = not is_trainable
         self._check_same_kind(config)
+        config = self._prepare_config(config, self.get_base_model())
         state = read_weights(model_id, subfolder=subfolder, device=torch_device or "cpu", **hub)
-        self._attach(adapter_name, self._prepare_config(config, self.get_base_model()), state, low_cpu_mem_usage)
+        if adapter_name in self.peft_config:
+            self._reload(adapter_name, config, state, is_trainable)
+        else:
+            config.inference_mode = not is_trainable
+            self._attach(adapter_name, config, state, low_cpu_mem_usage)
         if not is_trainable:
             self.eval()
         return None
+
+    def _reload(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor], trainable: bool) -> None:
+        live, inner = self.peft_config[adapter_name], self.get_base_model()
+        if self._is_prompt_learning:
+            check_same_adapter_config(live, config, adapter_name)
+            self._tuner.load_state(adapter_name, state)
+            self._tuner.encoders[adapter_name].requires_grad_(trainable)
+        else:
+            reload_adapter(inner, adapter_name, live, config, state)
+        live.inference_mode = not trainable
+        set_requires_grad(inner, adapter_name, trainable)
 
     def _attach(
         self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor], low_cpu_mem_usage: bool = False

@@ -6,7 +6,7 @@ except under ``if TYPE_CHECKING:`` (never executed), and so does every spec loca
 first (a module may import its own layer and those below it):
 
 * leaves: the on-disk vocabulary (``types``, ``catalog``), ``errors``, ``locking``, ``config_checks``, and the
-  file helpers that need nothing else (``io.files``, ``io.hub``, ``io.keys``);
+  file helpers that need nothing else (``io.commit``, ``io.files``, ``io.hub``, ``io.keys``);
 * ``config``; then ``targeting`` / ``defaults``; ``quant``; the template layers (``layers``) and the merge
   primitive they use (``merging.merge``);
 * ``methods.spec``: the contract between the core and the methods, with the lookup the registry fills;
@@ -33,7 +33,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "peftkit"
 
 #: Lowest layer first; a module belongs to the entry with the longest matching dotted prefix.
 LAYERS: list[tuple[str, ...]] = [
-    ("types", "catalog", "errors", "locking", "io.files", "io.hub", "io.keys", "config_checks"),
+    ("types", "catalog", "errors", "locking", "config_checks", "io.commit", "io.files", "io.hub", "io.keys"),
     ("config",),
     ("targeting", "defaults"),
     ("quant",),

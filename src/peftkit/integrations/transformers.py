@@ -26,6 +26,7 @@ from peftkit import functional as F
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, ArgumentTypeError, ConfigError, HotswapError, UnsupportedError, UsageError
 from peftkit.hotswap import prepare_adapter, swap_adapter_weights
+from peftkit.integrations.inference import InferenceMixin
 from peftkit.io.hub import HUB_KWARGS, upload_adapter
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
 from peftkit.io.load import attach_adapter, read_weights
@@ -50,12 +51,11 @@ def as_peftkit_config(config: Any) -> PeftConfig:
     raise ArgumentTypeError(f"adapter_config must be a PeftConfig (e.g. peftkit.LoraConfig): {type(config).__name__}.")
 
 
-class AdapterModelMixin:
-    """transformers' ``PeftAdapterMixin`` API, implemented on peftkit's functional core.
+class AdapterModelMixin(InferenceMixin):
+    """transformers' ``PeftAdapterMixin`` API on peftkit's functional core (calls and ``generate``: the base class).
 
-    Instance state: ``peft_config`` (adapter name -> config, as transformers keeps it),
-    ``_hf_peft_config_loaded`` (read by transformers' ``save_pretrained``, gradient checkpointing and Trainer),
-    ``_peftkit_active`` (the active adapter names) and ``_peftkit_hotswap_rank``.
+    State: ``peft_config`` (adapter name -> config, as transformers keeps it), ``_hf_peft_config_loaded`` (read by
+    transformers' ``save_pretrained``, gradient checkpointing, Trainer), ``_peftkit_active``, ``_peftkit_hotswap_rank``.
     """
 
     _peftkit_hotswap_rank: int | None = None

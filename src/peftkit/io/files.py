@@ -1,51 +1,29 @@
 """Atomic file writes and safe tensor-file reads.
 
-Every write goes to a temporary file in the target directory and is renamed into place, so an
-interrupted save never leaves a half-written adapter behind; reads turn library errors into
+Every write goes to a staged file in the target directory and is renamed into place (:mod:`peftkit.io.commit`),
+so an interrupted save never leaves a half-written adapter behind; reads turn library errors into
 :class:`~peftkit.errors.CheckpointError` naming the file and what to do.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 
 import torch
 
 from peftkit.errors import CheckpointError
+from peftkit.io.commit import commit_file
 
 SAFETENSORS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
 
 
-def atomic_write_all(writes: dict[str, Callable[[str], None]]) -> None:
-    """Write every file to a temporary path beside it, and only when all succeeded rename them into place.
-
-    Args:
-        writes: ``{final_path: write}``; ``write(tmp_path)`` produces the file's content at ``tmp_path``.
-    """
-    staged: list[tuple[str, str]] = []
-    try:
-        for path, write in writes.items():
-            directory = os.path.dirname(os.path.abspath(path))
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-            os.close(fd)
-            staged.append((tmp, os.fspath(path)))
-            write(tmp)
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        raise
-
-
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary path next to ``path``, then rename it to ``path``."""
-    atomic_write_all({os.fspath(path): write})
+    """Call ``write(tmp_path)`` on a staged path next to ``path``, then rename it to ``path`` (see
+    :func:`~peftkit.io.commit.commit_files`, which also cleans leftovers of killed saves there)."""
+    path = os.path.abspath(os.fspath(path))
+    commit_file(os.path.dirname(path), os.path.basename(path), write)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

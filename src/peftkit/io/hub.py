@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from peftkit.errors import CheckpointError
+from peftkit.io.commit import committed_file
 
 #: Keyword arguments that are meant for huggingface_hub rather than for the model or config.
 HUB_KWARGS = frozenset(
@@ -22,14 +23,14 @@ def resolve_file(
 ) -> str | None:
     """Return a local path to ``filename`` of an adapter, or ``None`` when it does not exist.
 
-    A local directory is searched directly (``<dir>/<subfolder>/<filename>``); anything else is treated as a
+    A local directory is searched directly (``<dir>/<subfolder>/<filename>``, or the staged file of a committed
+    save that was interrupted: :func:`~peftkit.io.commit.committed_file`); anything else is treated as a
     hub repo id and downloaded through huggingface_hub's cache, which honours ``HF_HUB_OFFLINE=1``.
     """
     base = os.fspath(name_or_path)
     local_dir = os.path.join(base, subfolder) if subfolder else base
     if os.path.isdir(local_dir):
-        candidate = os.path.join(local_dir, filename)
-        return candidate if os.path.isfile(candidate) else None
+        return committed_file(local_dir, filename)
     if os.path.isdir(base) or os.path.isfile(base):
         return None
     return _hub_download(base, filename, subfolder, **hub_kwargs)

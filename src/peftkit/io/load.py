@@ -11,13 +11,15 @@ import torch
 from torch import nn
 
 from peftkit.config import PeftConfig
-from peftkit.errors import CheckpointError
-from peftkit.functional import inject_adapter
+from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
+from peftkit.functional import inject_adapter, iter_adapter_modules
 from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, load_tensors
 from peftkit.io.hub import HUB_KWARGS, resolve_file
 from peftkit.io.keys import strip_prefix
 from peftkit.io.state import check_and_load
+from peftkit.layers.base import AdapterLayer
 from peftkit.layers.placement import adapters_on_meta
+from peftkit.locking import exclusive
 from peftkit.methods.spec import method_of
 
 
@@ -38,6 +40,7 @@ def read_weights(
     raise CheckpointError(f"No {SAFETENSORS_NAME} or {BIN_NAME} found at {where}; is this an adapter directory?")
 
 
+@exclusive
 def attach_adapter(
     model: nn.Module,
     adapter_name: str,
@@ -75,3 +78,66 @@ def attach_adapter(
         record.undo(model)
         raise
     return record.target_names
+
+
+#: Config fields that describe where an adapter came from, not what it computes.
+_INFORMATIONAL_FIELDS = frozenset(
+    {"inference_mode", "base_model_name_or_path", "revision", "peft_version", "auto_mapping", "init_lora_weights"}
+)
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return sorted(value)
+    return value
+
+
+def check_same_adapter_config(live: PeftConfig, loaded: PeftConfig, adapter_name: str) -> None:
+    """Refuse to load ``loaded``'s weights into adapter ``adapter_name`` built from ``live`` when the two configs
+    compute differently (e.g. another ``lora_alpha``): the weights alone would silently give another adapter.
+
+    Raises:
+        ConfigError: naming every field that differs, with both values.
+    """
+    ours, theirs = live.to_dict(), loaded.to_dict()
+    differing = [
+        f"{key}: loaded {theirs.get(key)!r} vs existing {ours.get(key)!r}"
+        for key in sorted(set(ours) | set(theirs))
+        if key not in _INFORMATIONAL_FIELDS and _comparable(ours.get(key)) != _comparable(theirs.get(key))
+    ]
+    if differing:
+        raise ConfigError(
+            f"Cannot load into the existing adapter {adapter_name!r}: its adapter_config.json differs ("
+            + "; ".join(differing)
+            + "). Delete the adapter first (delete_adapter) or load it under another name."
+        )
+
+
+@exclusive
+def reload_adapter(
+    model: nn.Module, adapter_name: str, config: PeftConfig, loaded: PeftConfig, state: dict[str, torch.Tensor]
+) -> None:
+    """Overwrite the weights of the existing layer adapter ``adapter_name`` (built from ``config``) in place with
+    ``state`` (read with config ``loaded``): the same parameter objects, as PEFT's ``load_adapter`` does for a
+    name it has, after checking all of ``state`` against them and the two configs against each other.
+
+    Raises:
+        AdapterNameError: the adapter is merged into the base weights (unmerge first).
+        ConfigError: the configs compute differently (:func:`check_same_adapter_config`).
+        CheckpointError: missing or unexpected keys, or shapes that differ (named with both shapes); the model
+            is unchanged then.
+    """
+    merged = [
+        name
+        for name, m in iter_adapter_modules(model)
+        if isinstance(m, AdapterLayer) and adapter_name in m.merged_adapters
+    ]
+    if merged:
+        raise AdapterNameError(
+            f"Adapter {adapter_name!r} is merged into the base weights of {merged[:3]}; unmerge it before loading "
+            "new weights into it."
+        )
+    state = {strip_prefix(k): v for k, v in state.items()}
+    check_and_load(model, adapter_name, config, state, dry_run=True)
+    check_same_adapter_config(config, loaded, adapter_name)
+    check_and_load(model, adapter_name, config, state)

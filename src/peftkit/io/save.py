@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from peftkit.config import CONFIG_NAME, PeftConfig
-from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, atomic_write_all, tensor_writer
+from peftkit.io.commit import commit_files
+from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, tensor_writer
 from peftkit.io.sharded import check_writable
 
 
@@ -48,12 +49,12 @@ def write_adapter(
 ) -> None:
     """Write ``adapter_config.json`` and the weights file into ``directory`` (created if needed).
 
-    Both files are staged first and renamed into place only once both are written, so a failed save keeps the
-    previous adapter (weights and config) as a pair. A weights file of the other format left by an earlier
-    save is removed afterwards, since loaders prefer safetensors and would read the stale one.
+    Both files, and the removal of a weights file of the other format left by an earlier save (loaders prefer
+    safetensors and would read the stale one), are one commit (:func:`~peftkit.io.commit.commit_files`): a
+    save that fails or is killed at any point leaves a directory that loads the previous adapter or the new
+    one, never new weights beside an old config.
     """
     check_writable(tensors)  # before anything touches the directory
-    os.makedirs(directory, exist_ok=True)
     text = json.dumps(config.to_dict(), indent=2, sort_keys=True)
     weights, stale = (SAFETENSORS_NAME, BIN_NAME) if safe_serialization else (BIN_NAME, SAFETENSORS_NAME)
 
@@ -61,12 +62,8 @@ def write_adapter(
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)
 
-    atomic_write_all(
-        {
-            os.path.join(directory, weights): tensor_writer(tensors, safe_serialization),
-            os.path.join(directory, CONFIG_NAME): write_config,
-        }
+    commit_files(
+        directory,
+        {CONFIG_NAME: write_config, weights: tensor_writer(tensors, safe_serialization)},
+        remove=[stale],
     )
-    stale_path = os.path.join(directory, stale)
-    if os.path.exists(stale_path):
-        os.remove(stale_path)

@@ -22,6 +22,7 @@ from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.placement import adapter_device, assign_parameter
 from peftkit.layers.shared import shared_tensors
+from peftkit.locking import exclusive
 from peftkit.methods.spec import EMBEDDING_LAYER_NAMES, SPECS, method_of
 
 _MAX_KEYS_IN_ERROR = 10
@@ -180,6 +181,7 @@ def adapter_state_dict(
     return finalize(config, state) if finalize is not None else state
 
 
+@exclusive
 def check_and_load(
     model: nn.Module,
     adapter: str,
@@ -188,8 +190,10 @@ def check_and_load(
     *,
     ignore_mismatched_sizes: bool = False,
     allow_missing: Collection[str] = (),
+    dry_run: bool = False,
 ) -> list[str]:
-    """Copy ``state`` (disk keys, prefix removed) into ``adapter``'s tensors after checking all of it.
+    """Copy ``state`` (disk keys, prefix removed) into ``adapter``'s tensors after checking all of it
+    (``dry_run``: only check).
 
     Returns:
         The optional keys that were absent from ``state`` (e.g. base embedding weights).
@@ -230,6 +234,8 @@ def check_and_load(
             "the base model and the adapter_config.json are the ones the adapter was trained with."
         )
     skip = {k for k, _, _ in mismatched}
+    if dry_run:
+        return sorted(k for k in expected if k not in state)
     with torch.no_grad():
         for key, value in state.items():
             target = expected[key].tensor

@@ -5,7 +5,7 @@ dictionaries keyed by adapter name. :meth:`AdapterLayer.forward` decides, for ev
 
 * adapters disabled (or none active)  -> ``base_layer(x)`` (unmerging first if needed),
 * merged                              -> ``base_layer(x)`` (the adapters live in the base weight),
-* a mixed batch (``batch_routing`` set) -> :meth:`AdapterLayer.mixed_forward`, one adapter per sample,
+* a mixed batch (:data:`CALL_STATE` holds a routing) -> :meth:`AdapterLayer.mixed_forward`, one adapter per sample,
 * otherwise                           -> :meth:`AdapterLayer.adapted_forward` with the active adapters.
 
 The layer contract: a method's layer class subclasses :class:`AdapterLayer` and supplies
@@ -25,7 +25,7 @@ Everything else (disabled / merged / active adapters, mixed batches, deleting) i
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -34,65 +34,13 @@ from torch import nn
 from peftkit.errors import AdapterNameError, UsageError
 from peftkit.layers.call_args import input_from_kwargs
 from peftkit.layers.placement import onloaded
+
+# Re-exported: the routing lives in its own module, the layers and wrappers read it from here.
+from peftkit.layers.routing import BASE_ADAPTER as BASE_ADAPTER
+from peftkit.layers.routing import CALL_STATE as CALL_STATE
+from peftkit.layers.routing import BatchRouting as BatchRouting
 from peftkit.layers.state import AdapterStatus, apply_status, status_after_delete, status_after_set
 from peftkit.quant.merge import BaseSnapshot, restore_base, snapshot_base
-
-#: The name that routes a sample of a mixed batch to the bare base model.
-BASE_ADAPTER = "__base__"
-
-
-@dataclass
-class BatchRouting:
-    """Which adapter each sample of a batch uses; built once per forward for the whole model.
-
-    Attributes:
-        names: The distinct adapter names of the batch, in order of first appearance.
-        index: ``(batch,)`` long tensor: the position in ``names`` of each sample's adapter.
-        adapters: Every adapter of the model, sorted (the slot order of stacked layers).
-        slots: ``(batch,)`` long tensor: the position in ``adapters`` of each sample's adapter.
-    """
-
-    names: tuple[str, ...]
-    index: torch.Tensor
-    adapters: tuple[str, ...] = ()
-    slots: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
-    _groups: dict[torch.device, list[tuple[str, torch.Tensor]]] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_names(cls, per_sample: Sequence[str], adapters: Sequence[str] = ()) -> BatchRouting:
-        """Build the routing of ``per_sample`` (one adapter name per sample).
-
-        Args:
-            adapters: Every adapter of the model, in a fixed order: ``slots`` gives each sample's position in
-                it (``len(adapters)`` for the base model or an unknown name), the same for every layer.
-        """
-        names = tuple(dict.fromkeys(per_sample))
-        position = {name: i for i, name in enumerate(names)}
-        slot = {name: i for i, name in enumerate(adapters)}
-        slots = torch.tensor([slot.get(n, len(adapters)) for n in per_sample], dtype=torch.long)
-        return cls(names, torch.tensor([position[n] for n in per_sample], dtype=torch.long), tuple(adapters), slots)
-
-    def __len__(self) -> int:
-        return int(self.index.shape[0])
-
-    def index_on(self, device: torch.device) -> torch.Tensor:
-        """The per-sample index on ``device`` (moved once, then cached)."""
-        if self.index.device != device:
-            self.index = self.index.to(device)
-        return self.index
-
-    def slots_on(self, device: torch.device) -> torch.Tensor:
-        """The per-sample slots on ``device`` (moved once, then cached)."""
-        if self.slots.device != device:
-            self.slots = self.slots.to(device)
-        return self.slots
-
-    def groups(self, device: torch.device) -> list[tuple[str, torch.Tensor]]:
-        """``[(name, sample_indices)]`` for each distinct adapter, computed once per device."""
-        if device not in self._groups:
-            index = self.index_on(device)
-            self._groups[device] = [(name, (index == i).nonzero().flatten()) for i, name in enumerate(self.names)]
-        return self._groups[device]
 
 
 class AdapterState:
@@ -163,7 +111,6 @@ class AdapterLayer(AdapterState, nn.Module):
     Attributes:
         base_layer: The original module (its weights stay frozen).
         merged_adapters: Adapters currently merged into the base weight, in merge order.
-        batch_routing: Set for the duration of one mixed-batch forward, else ``None``.
     """
 
     #: Attributes whose values are ``nn.ModuleDict`` / ``nn.ParameterDict`` of trainable adapter weights.
@@ -172,7 +119,6 @@ class AdapterLayer(AdapterState, nn.Module):
     other_param_names: ClassVar[tuple[str, ...]] = ()
 
     merged_adapters: list[str]
-    batch_routing: BatchRouting | None
     #: A quantized base's packed weight from before the first merge (unmerge puts it back exactly).
     _base_snapshot: BaseSnapshot | None
 
@@ -180,7 +126,7 @@ class AdapterLayer(AdapterState, nn.Module):
         super().__init__()
         self.base_layer = base_layer
         # Plain attributes in one go: ``nn.Module.__setattr__`` is slow, and this runs for every adapted layer.
-        self.__dict__.update(_disable_adapters=False, merged_adapters=[], batch_routing=None, _base_snapshot=None)
+        self.__dict__.update(_disable_adapters=False, merged_adapters=[], _base_snapshot=None)
         self._active_adapter: list[str] = []
 
     # -- method hooks -----------------------------------------------------------------------------
@@ -222,10 +168,11 @@ class AdapterLayer(AdapterState, nn.Module):
             if self.merged_adapters:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        if self.batch_routing is not None:
+        routing = CALL_STATE.routing
+        if routing is not None:
             if self.merged_adapters:
                 raise UsageError("A mixed batch (adapter_names=...) cannot run while adapters are merged; unmerge.")
-            return self.mixed_forward(x, self.batch_routing, *args, **kwargs)
+            return self.mixed_forward(x, routing.for_batch(x.shape[0]), *args, **kwargs)
         if self.merged_adapters:
             return self.base_layer(x, *args, **kwargs)
         if torch.compiler.is_compiling():
@@ -268,11 +215,7 @@ class AdapterLayer(AdapterState, nn.Module):
         Methods with a batched formulation (LoRA) override this with a path whose cost does not grow
         like a loop over adapters.
         """
-        if x.shape[0] != len(routing):
-            raise UsageError(
-                f"adapter_names has {len(routing)} entries but the batch has {x.shape[0]} samples; "
-                "pass one adapter name per sample."
-            )
+        routing = routing.for_batch(x.shape[0])
         present = self.adapter_names()
         result: torch.Tensor | None = None
         for name, rows in routing.groups(x.device):

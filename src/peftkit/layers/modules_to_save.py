@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from peftkit.errors import AdapterNameError, UsageError
-from peftkit.layers.base import AdapterState, BatchRouting
+from peftkit.layers.base import CALL_STATE, AdapterState
 from peftkit.layers.state import AdapterStatus, apply_status, first_status, status_after_delete, wrapper_active
 
 
@@ -31,7 +31,6 @@ class ModulesToSaveWrapper(AdapterState, nn.Module):
         self.modules_to_save = nn.ModuleDict()
         self._active_adapter: list[str] = []
         self._disable_adapters = False
-        self.batch_routing: BatchRouting | None = None
         self.update(adapter_name)
 
     def update(self, adapter_name: str, copy_weights: bool = True) -> None:
@@ -81,20 +80,22 @@ class ModulesToSaveWrapper(AdapterState, nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Call the active copy with the arguments as given (positional or keyword); in a mixed batch, every tensor
         argument whose first dimension is the batch is split by sample."""
-        if self.batch_routing is None or self._disable_adapters:
+        routing = CALL_STATE.routing
+        if routing is None or self._disable_adapters:
             return self.active_module()(*args, **kwargs)
-        batch = len(self.batch_routing)
-        tensors = [v for v in (*args, *kwargs.values()) if torch.is_tensor(v) and v.dim() and v.shape[0] == batch]
-        if not tensors:
-            raise UsageError(f"A mixed batch of {batch} samples reached {type(self.original_module).__name__} "
-                             "without a tensor of that batch size among its arguments.")  # fmt: skip
+        first = next((v for v in (*args, *kwargs.values()) if torch.is_tensor(v) and v.dim()), None)
+        if first is None:
+            raise UsageError(f"A mixed batch reached {type(self.original_module).__name__} without a batched "
+                             "tensor among its arguments.")  # fmt: skip
+        routing = routing.for_batch(first.shape[0])
+        batch = len(routing)
 
         def take(value: Any, rows: torch.Tensor) -> Any:
             is_batched = torch.is_tensor(value) and value.dim() and value.shape[0] == batch
             return value.index_select(0, rows) if is_batched else value
 
         result: torch.Tensor | None = None
-        for name, rows in self.batch_routing.groups(tensors[0].device):
+        for name, rows in routing.groups(first.device):
             module = self.modules_to_save[name] if name in self.modules_to_save else self.original_module
             sub = module(*(take(a, rows) for a in args), **{k: take(v, rows) for k, v in kwargs.items()})
             if result is None:

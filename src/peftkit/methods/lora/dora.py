@@ -10,8 +10,13 @@ paper, section 4.3), so for an input ``x``:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 from torch import nn
+
+from peftkit.quant.base import dense_weight
 
 
 class DoraMagnitude(nn.Module):
@@ -49,3 +54,38 @@ def dora_combine(
     shape[channel_dim] = -1
     factor = (magnitude / norm).view(shape)
     return base_out + (factor - 1) * base_out_no_bias + factor * lora_out
+
+
+def merge_update(factor: torch.Tensor, delta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The in-place DoRA merge ``W' = (m / n) (W + s B A)``; ``factor = m / n`` shaped to broadcast over ``W``."""
+    return lambda w: w.add_(delta.to(w.dtype)).mul_(factor.to(w.dtype))
+
+
+def unmerge_update(factor: torch.Tensor, delta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The in-place inverse of :func:`merge_update` with the same ``factor``: ``W = W' / (m / n) - s B A``."""
+    return lambda w: w.div_(factor.to(w.dtype)).sub_(delta.to(w.dtype))
+
+
+def replayed(weight: torch.Tensor, updates: Sequence[Callable[[torch.Tensor], object]]) -> torch.Tensor:
+    """``weight`` after the in-place ``updates`` in order, applied to a copy (``weight`` itself when none)."""
+    if not updates:
+        return weight
+    copy = weight.clone()
+    for update in updates:
+        update(copy)
+    return copy
+
+
+def unmerge_step(layer: Any, adapter: str) -> Callable[[torch.Tensor], object]:
+    """The in-place inverse of merging ``adapter`` into a LoRA ``layer``'s weight (weight only)."""
+    if not layer.use_dora.get(adapter):
+        return layer.weight_update(adapter, -1.0)
+    factor = layer._dora_factor(adapter, layer._dora_norms[adapter])
+    return unmerge_update(factor, layer.delta_weight(adapter).detach())
+
+
+def unmerged_weight(layer: Any) -> torch.Tensor:
+    """A LoRA ``layer``'s base weight with no adapter merged: the weight itself, or a copy with the merged adapters
+    taken out, last merged first (what a DoRA norm is computed from, as the unmerged forward does)."""
+    undo = [unmerge_step(layer, name) for name in reversed(layer.merged_adapters)]
+    return replayed(dense_weight(layer.get_base_layer()).detach(), undo)

@@ -23,7 +23,7 @@ from peftkit.layers.placement import adapter_device, onloaded
 from peftkit.layers.state import AdapterStatus
 from peftkit.merging.merge import require_finite_sum, update_weight
 from peftkit.methods.lora import fast_paths
-from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, row_norm
+from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, merge_update, row_norm, unmerge_step, unmerged_weight
 from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
 from peftkit.methods.lora.scaling import lora_scaling
 from peftkit.quant.base import dense_weight, weight_shape
@@ -173,12 +173,10 @@ class LoraLayer(AdapterLayer):
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         return self.delta_weight(adapter)
 
-    def dora_norm(self, adapter: str) -> torch.Tensor:
-        """Row norm ``||W + s B A||`` over the output dimension (detached), shape ``(out,)``."""
-        base_weight = dense_weight(self.get_base_layer())
-        weight = base_weight.T if self.fan_in_fan_out else base_weight
-        delta = self.delta_weight(adapter)
-        delta = delta.T if self.fan_in_fan_out else delta
+    def dora_norm(self, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Row norm ``||W + s B A||`` (detached), shape ``(out,)``; ``W``: ``weight`` or the base layer's weight."""
+        weight, delta = dense_weight(self.get_base_layer()) if weight is None else weight, self.delta_weight(adapter)
+        weight, delta = (weight.T, delta.T) if self.fan_in_fan_out else (weight, delta)
         return row_norm(weight.to(delta.dtype), delta.detach()).detach()
 
     def set_scale(self, adapter: str, scale: float) -> None:
@@ -195,26 +193,21 @@ class LoraLayer(AdapterLayer):
         return factor.T if self.fan_in_fan_out else factor
 
     def merge_one(self, adapter: str, safe_merge: bool) -> None:
+        """``W += s B A``; DoRA: ``W' = (m / n) (W + s B A)``, ``n`` from the unmerged weight, as in forward."""
         if not self.use_dora.get(adapter):
             self._add_delta(adapter, 1.0, safe_merge)
             return
-        norm = self.dora_norm(adapter)
-        factor, delta = self._dora_factor(adapter, norm), self.delta_weight(adapter).detach()
-        update_weight(
-            self.get_base_layer(),
-            lambda w: w.add_(delta.to(w.dtype)).mul_(factor.to(w.dtype)),
-            safe=safe_merge,
-            what=adapter,
-        )
+        norm = self.dora_norm(adapter, unmerged_weight(self))
+        update = merge_update(self._dora_factor(adapter, norm), self.delta_weight(adapter).detach())
+        update_weight(self.get_base_layer(), update, safe=safe_merge, what=adapter)
         self._dora_norms[adapter] = norm
 
     def unmerge_one(self, adapter: str) -> None:
         if not self.use_dora.get(adapter):
             self._add_delta(adapter, -1.0, False)
             return
-        factor = self._dora_factor(adapter, self._dora_norms.pop(adapter))
-        delta = self.delta_weight(adapter).detach()
-        update_weight(self.get_base_layer(), lambda w: w.div_(factor.to(w.dtype)).sub_(delta.to(w.dtype)))
+        update_weight(self.get_base_layer(), unmerge_step(self, adapter))
+        del self._dora_norms[adapter]
 
     def _add_delta(self, adapter: str, sign: float, safe: bool) -> None:
         bias = getattr(self.lora_B[adapter], "bias", None) if adapter in self.lora_B else None
