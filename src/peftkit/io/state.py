@@ -181,29 +181,15 @@ def adapter_state_dict(
     return finalize(config, state) if finalize is not None else state
 
 
-@exclusive
-def check_and_load(
-    model: nn.Module,
+def _check_fit(
     adapter: str,
-    config: PeftConfig,
+    expected: Mapping[str, AdapterTensor],
     state: Mapping[str, torch.Tensor],
-    *,
-    ignore_mismatched_sizes: bool = False,
-    allow_missing: Collection[str] = (),
-    dry_run: bool = False,
-) -> list[str]:
-    """Copy ``state`` (disk keys, prefix removed) into ``adapter``'s tensors after checking all of it
-    (``dry_run``: only check).
-
-    Returns:
-        The optional keys that were absent from ``state`` (e.g. base embedding weights).
-
-    Raises:
-        CheckpointError: required keys missing, unexpected keys, or shape mismatches (named with both
-            shapes); the model is not touched in that case.
-    """
-    expected = adapter_tensors(model, adapter, config, embedding_layers=None)
-    state = _without_wrapper_prefixes(state, expected)
+    allow_missing: Collection[str],
+    ignore_mismatched_sizes: bool,
+) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """Raise :class:`CheckpointError` naming every key of ``state`` that does not fit ``expected``; returns the
+    shape mismatches that ``ignore_mismatched_sizes`` lets through (``(key, checkpoint shape, model shape)``)."""
     missing = sorted(k for k, v in expected.items() if v.required and k not in state and k not in allow_missing)
     unexpected = sorted(k for k in state if k not in expected)
     problems: list[str] = []
@@ -233,6 +219,33 @@ def check_and_load(
             f"The checkpoint does not fit adapter {adapter!r} of this model ({' | '.join(problems)}). Check that "
             "the base model and the adapter_config.json are the ones the adapter was trained with."
         )
+    return mismatched
+
+
+@exclusive
+def check_and_load(
+    model: nn.Module,
+    adapter: str,
+    config: PeftConfig,
+    state: Mapping[str, torch.Tensor],
+    *,
+    ignore_mismatched_sizes: bool = False,
+    allow_missing: Collection[str] = (),
+    dry_run: bool = False,
+) -> list[str]:
+    """Copy ``state`` (disk keys, prefix removed) into ``adapter``'s tensors after checking all of it
+    (``dry_run``: only check).
+
+    Returns:
+        The optional keys that were absent from ``state`` (e.g. base embedding weights).
+
+    Raises:
+        CheckpointError: required keys missing, unexpected keys, or shape mismatches (named with both
+            shapes); the model is not touched in that case.
+    """
+    expected = adapter_tensors(model, adapter, config, embedding_layers=None)
+    state = _without_wrapper_prefixes(state, expected)
+    mismatched = _check_fit(adapter, expected, state, allow_missing, ignore_mismatched_sizes)
     skip = {k for k, _, _ in mismatched}
     if dry_run:
         return sorted(k for k in expected if k not in state)
