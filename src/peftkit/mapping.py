@@ -124,8 +124,11 @@ def set_peft_model_state_dict(
     inner, _ = _split_wrapper(model)
     config = _config_of(model, adapter_name)
     state = {strip_prefix(k): v for k, v in peft_model_state_dict.items()}
-    missing = check_and_load(inner, adapter_name, config, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
-    return _IncompatibleKeys(missing_keys=missing, unexpected_keys=[])
+    # check_and_load raises on any missing required key or unexpected key; what it returns are the optional base
+    # tensors (embedding layers, saved only for a resized vocabulary) that the checkpoint left out: the model
+    # keeps its own, and they are no adapter key a caller could be missing.
+    check_and_load(inner, adapter_name, config, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    return _IncompatibleKeys(missing_keys=[], unexpected_keys=[])
 
 
 def _config_of(model: nn.Module, adapter_name: str) -> PeftConfig:
