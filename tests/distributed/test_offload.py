@@ -23,13 +23,18 @@ DEVICE_MAP = {
 }
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, torch.Tensor, torch.Tensor]:
-    """A base model directory, a trained-looking DoRA-free LoRA adapter, an input and the plain model's logits."""
+@pytest.fixture(scope="module", params=[False, True], ids=["lora", "dora"])
+def saved(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, torch.Tensor, torch.Tensor]:
+    """A base model directory, a trained-looking LoRA (or DoRA: its norm reads the base weight) adapter, an
+    input and the plain model's logits."""
     root = tmp_path_factory.mktemp("offload")
     tiny_llama().save_pretrained(root / "base")
     torch.manual_seed(3)
-    config = peftkit.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    config = peftkit.LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False, use_dora=request.param
+    )
     model = peftkit.get_peft_model(LlamaForCausalLM.from_pretrained(root / "base"), config)
     model.save_pretrained(root / "adapter")
     ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(5))

@@ -291,16 +291,18 @@ class Linear(LoraLayer):
         if not self.use_dora.get(adapter):
             return result + self.lora_out(dropout(x), adapter).to(result.dtype)
         base = self.get_base_layer()
-        if isinstance(dropout, nn.Identity) or not self.training:
-            dropped, base_no_bias = x, result if base.bias is None else result - base.bias
-        else:
-            dropped = dropout(x)
-            base_weight = dense_weight(base)
-            weight = base_weight.T if self.fan_in_fan_out else base_weight
-            base_no_bias = F.linear(dropped.to(weight.dtype), weight)
+        with onloaded(base, write_back=False):  # an offloaded base's weight and bias are on meta until onloaded
+            if isinstance(dropout, nn.Identity) or not self.training:
+                dropped, base_no_bias = x, result if base.bias is None else result - base.bias
+            else:
+                dropped = dropout(x)
+                base_weight = dense_weight(base)
+                weight = base_weight.T if self.fan_in_fan_out else base_weight
+                base_no_bias = F.linear(dropped.to(weight.dtype), weight)
+            norm = self.dora_norm(adapter)
         magnitude = self.lora_magnitude_vector[adapter].weight
         lora = self.lora_out(dropped, adapter)
-        out = dora_combine(result.to(lora.dtype), base_no_bias.to(lora.dtype), lora, magnitude, self.dora_norm(adapter))  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
+        out = dora_combine(result.to(lora.dtype), base_no_bias.to(lora.dtype), lora, magnitude, norm)  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         return out.to(result.dtype)
 
     @property
