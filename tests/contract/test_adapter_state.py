@@ -44,12 +44,6 @@ def saved(method: MethodCase, directory: Path, seed: int) -> Path:
     return directory
 
 
-def loads_trainable(method: MethodCase) -> bool:
-    """Every method's file loads for training (P-tuning's holds the encoder's output only: it loads as a
-    trainable table of those vectors, see issue 10 item 7)."""
-    return True
-
-
 # -- disabling --------------------------------------------------------------------------------------------
 def test_disable_context_restores_trainability_and_output(method: MethodCase) -> None:
     model = fresh(method)
@@ -127,18 +121,12 @@ def _do(model: peft.PeftModel, method: MethodCase, step: str, directory: Path) -
 @pytest.mark.parametrize("first", ["create", "load_frozen", "load_trainable"])
 def test_adding_and_loading_in_every_order(method: MethodCase, first: str, tmp_path: Path) -> None:
     directory = saved(method, tmp_path / "saved", seed=7)
-    if not loads_trainable(method) and first == "load_trainable":
-        with pytest.raises(ConfigError, match="inference"):
-            _first(method, first, directory)
-        return
     x = method.inputs()
     for order in itertools.permutations(STEPS):
         model, training = _first(method, first, directory)
         model.train()
         expected_out = output(model.eval(), x)
         for step in order:
-            if step == "load_trainable" and not loads_trainable(method):
-                continue
             training = _step(model, method, step, directory, training)
             assert trainable(model) == expected_trainable(model, training), (order, step)
             assert model.active_adapters == ["one"], (order, step)
@@ -159,7 +147,7 @@ def test_loading_a_second_frozen_adapter_leaves_nothing_trainable(method: Method
 def _second_adapters(method: MethodCase) -> list[str]:
     if method.one_trainable:
         return ["load_frozen"]  # AdaLoRA: a second trainable adapter is refused (tested above)
-    return ["add", "load_frozen"] + (["load_trainable"] if loads_trainable(method) else [])
+    return ["add", "load_frozen", "load_trainable"]  # every method's file loads for training (P-tuning's as a table)
 
 
 @pytest.mark.parametrize(
@@ -246,10 +234,6 @@ def test_checkpoint_written_while_disabled_restores_trainability(method: MethodC
     with model.disable_adapter():
         save_adapter_checkpoint(model, tmp_path / "checkpoint")
     resumed = fresh(method, seed=11)
-    if not loads_trainable(method):
-        with pytest.raises(ConfigError, match="inference"):  # the file holds the encoder's output only
-            load_adapter_checkpoint(resumed, tmp_path / "checkpoint")
-        return
     load_adapter_checkpoint(resumed, tmp_path / "checkpoint")
     assert trainable(resumed) == expected_trainable(resumed, {"one"}) == trainable(model)
     x = method.inputs()
