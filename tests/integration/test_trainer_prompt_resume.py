@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import peft as reference
 import pytest
@@ -87,8 +88,9 @@ def test_load_best_model_at_end(patched, case, tmp_path) -> None:  # noqa: F811
     torch.testing.assert_close(model.get_adapter_state_dict()["prompt_embeddings"], exported)
 
 
-@pytest.mark.parametrize("case", sorted(CONFIGS))
-def test_saved_adapter_loads_trainable_with_the_saved_outputs(case, tmp_path) -> None:
+def train_loaded_table(case: str, tmp_path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Save ``case``'s adapter, load it trainable (a table of the saved vectors: same outputs), take one step
+    and save it again to ``tmp_path / "again"``; returns the inputs and the trained logits."""
     trained = build(case).eval()
     inputs = inputs_for(trained)
     with torch.no_grad():
@@ -111,8 +113,23 @@ def test_saved_adapter_loads_trainable_with_the_saved_outputs(case, tmp_path) ->
     with torch.no_grad():
         changed = loaded(**inputs).logits
     assert not torch.allclose(changed, expected, atol=1e-4)
-    loaded.save_pretrained(tmp_path / "again")  # still PEFT's file, and the reference reads the trained adapter
+    loaded.save_pretrained(tmp_path / "again")  # still PEFT's file
     assert set(load_file(tmp_path / "again" / "adapter_model.safetensors")) == {"prompt_embeddings"}
+    return inputs, changed
+
+
+@pytest.mark.parametrize("case", sorted(CONFIGS))
+def test_saved_adapter_loads_trainable_with_the_saved_outputs(case, tmp_path) -> None:
+    inputs, changed = train_loaded_table(case, tmp_path)
+    again = peftkit.PeftModel.from_pretrained(tiny_llama(), tmp_path / "again").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**inputs).logits, changed, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.reference_peft  # the reference's prompt methods feed transformers' forward the cache argument
+@pytest.mark.parametrize("case", sorted(CONFIGS))
+def test_the_reference_reads_the_trained_table(case, tmp_path) -> None:
+    inputs, changed = train_loaded_table(case, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = reference.PeftModel.from_pretrained(tiny_llama(), tmp_path / "again").eval()
