@@ -57,6 +57,16 @@ def timed(save: Callable[[str], None]) -> dict:
     return {"ms": times[1:], "bytes": size}
 
 
+def adapter_only_save(model: nn.Module, rank0: bool) -> Callable[[str], None]:
+    """A save of ``model``'s adapter that gathers only the adapter's tensors (every rank calls it)."""
+
+    def save(directory: str) -> None:
+        state = peftkit.gather_peft_model_state_dict(model)
+        model.save_pretrained(directory, state_dict=state, is_main_process=rank0)
+
+    return save
+
+
 def fsdp2() -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
@@ -82,12 +92,7 @@ def fsdp2() -> dict:
 
         results[f"FSDP2 save, full gather ({library})"] = timed(engine_gather)
         if library == "peftkit":
-
-            def adapter_gather(directory: str, model: nn.Module = model) -> None:
-                state = peftkit.gather_peft_model_state_dict(model)
-                model.save_pretrained(directory, state_dict=state, is_main_process=rank0)
-
-            results["FSDP2 save, adapter-only gather (peftkit)"] = timed(adapter_gather)
+            results["FSDP2 save, adapter-only gather (peftkit)"] = timed(adapter_only_save(model, rank0))
     return results
 
 
@@ -107,12 +112,7 @@ def zero3() -> dict:
 
         results[f"ZeRO-3 save, consolidated state dict ({library})"] = timed(engine_gather)
         if library == "peftkit":
-
-            def adapter_gather(directory: str, model: nn.Module = model) -> None:
-                state = peftkit.gather_peft_model_state_dict(model)
-                model.save_pretrained(directory, state_dict=state, is_main_process=rank0)
-
-            results["ZeRO-3 save, adapter-only gather (peftkit)"] = timed(adapter_gather)
+            results["ZeRO-3 save, adapter-only gather (peftkit)"] = timed(adapter_only_save(model, rank0))
     return results
 
 
