@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from peftkit.adapter_state import model_status, set_trainable_adapters
@@ -200,6 +201,22 @@ def _gathered_state(trainer: Any, model: nn.Module, state_dict: dict | None) -> 
     return state_dict if getattr(trainer, "is_fsdp_enabled", False) else None
 
 
+def _is_writer(trainer: Any) -> bool:
+    """Whether this process writes the checkpoint files: one process per directory.
+
+    ``args.should_save`` alone is not enough: under DeepSpeed's CPU accelerator accelerate sees one process per
+    rank, so every rank reports itself as the main one while ``torch.distributed`` runs with the real world
+    size. The process-group rank decides then (the local rank with ``save_on_each_node``).
+    """
+    if not trainer.args.should_save:
+        return False
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    if getattr(trainer.args, "save_on_each_node", False):
+        return int(os.environ.get("LOCAL_RANK", "0")) == 0
+    return dist.get_rank() == 0
+
+
 def trainer_save(trainer: Any, output_dir: str | None = None, state_dict: dict | None = None) -> None:
     """``Trainer._save`` for peftkit models: adapter files + manifest, the tokenizer and the training args.
 
@@ -209,7 +226,7 @@ def trainer_save(trainer: Any, output_dir: str | None = None, state_dict: dict |
     output_dir = output_dir if output_dir is not None else trainer.args.output_dir
     model = _unwrapped(trainer)
     gathered = _gathered_state(trainer, model, state_dict) if _is_sharded(trainer) else None
-    if not trainer.args.should_save:
+    if not _is_writer(trainer):
         return
     os.makedirs(output_dir, exist_ok=True)
     save_adapter_checkpoint(model, output_dir, state_dict=gathered)

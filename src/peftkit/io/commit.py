@@ -16,16 +16,24 @@ has happened: :func:`committed_file`, which every peftkit load goes through, rea
 journal lists one, so a load sees all the new files; a loader that knows nothing of the journal (the reference
 ``peft``) finds no key file during step 3 and fails loudly instead of pairing new weights with an old config.
 The next write into the directory (:func:`recover`) finishes a committed save and deletes leftovers of
-uncommitted ones. One writer per directory at a time is assumed.
+uncommitted ones. Writers of one directory take turns: each holds an exclusive ``flock`` on the directory itself
+(no lock file is left behind) from its first step to its last, so two processes saving into one directory (two
+ranks that both believe they are the main one) give the one or the other complete set, never a mix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: writers are not serialised
+    fcntl = None  # type: ignore[assignment]
 
 #: Prefix of staged files; anything with it that no journal lists is a leftover of a killed save.
 STAGED_PREFIX = ".peftkit-tmp-"
@@ -51,6 +59,11 @@ def commit_files(
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
+    with _exclusive(directory):
+        _commit(directory, writes, remove)
+
+
+def _commit(directory: str, writes: dict[str, Callable[[str], None]], remove: Sequence[str]) -> None:
     recover(directory)
     staged: dict[str, str] = {}
     try:
@@ -71,15 +84,34 @@ def commit_file(directory: str | os.PathLike, name: str, write: Callable[[str], 
     """Replace one file of ``directory`` atomically (one rename: no journal needed); leftovers are cleaned."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    recover(directory)
-    staged = os.path.join(directory, _staged_name(name))
+    with _exclusive(directory):
+        recover(directory)
+        staged = os.path.join(directory, _staged_name(name))
+        try:
+            write(staged)
+            _flush(staged)
+            os.replace(staged, os.path.join(directory, name))
+        except BaseException:
+            _remove(staged)
+            raise
+
+
+@contextlib.contextmanager
+def _exclusive(directory: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``directory`` (blocking until other writers of it finish). Where the
+    platform or file system cannot lock a directory, writers are not serialised."""
     try:
-        write(staged)
-        _flush(staged)
-        os.replace(staged, os.path.join(directory, name))
-    except BaseException:
-        _remove(staged)
-        raise
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _write_journal(directory: str, journal: dict[str, Any]) -> None:
@@ -97,8 +129,7 @@ def _write_journal(directory: str, journal: dict[str, Any]) -> None:
 
 
 def _apply(directory: str, journal: dict[str, Any]) -> None:
-    """Steps 3 and 4; safe to repeat after a kill at any point, and when another process (a second rank saving
-    the same files) finishes the same journal meanwhile: each step does only what is left to do."""
+    """Steps 3 and 4; safe to repeat after a kill at any point: each step does only what is left to do."""
     replace: dict[str, str] = journal["replace"]
     names = list(replace)
     key_staged = bool(names) and os.path.exists(os.path.join(directory, replace[names[0]]))
