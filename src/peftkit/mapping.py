@@ -42,7 +42,13 @@ def get_peft_model(
     config.base_model_name_or_path = base_model_name(model)
     if revision is not None:
         config.revision = revision
-    return model_class_for_task(config.task_type)(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage)
+    return model_class_for_task(config.task_type)(
+        model,
+        config,
+        adapter_name,
+        autocast_adapter_dtype=autocast_adapter_dtype,
+        low_cpu_mem_usage=low_cpu_mem_usage,
+    )
 
 
 def inject_adapter_in_model(

@@ -24,6 +24,8 @@ from peftkit.io.keys import MODEL_PREFIX, add_prefix
 from peftkit.io.load import attach_adapter, check_same_adapter_config, read_weights, reload_adapter, split_hub_kwargs
 from peftkit.io.save import adapter_directory, config_for_saving, write_adapter
 from peftkit.io.state import adapter_state_dict
+from peftkit.layers.dtypes import cast_adapter_dtype
+from peftkit.layers.parameter_count import count_parameters
 from peftkit.locking import exclusive
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
@@ -35,21 +37,6 @@ from peftkit.types import TaskType
 TASK_CLASSES: dict[TaskType, type[PeftModel]] = {}
 
 
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts, counting packed 4-bit weights at their unpacked size."""
-    trainable = total = 0
-    for param in model.parameters():
-        n = param.numel()
-        if n == 0 and hasattr(param, "ds_numel"):
-            n = param.ds_numel
-        if type(param).__name__ == "Params4bit":
-            n *= 2 * getattr(getattr(param, "quant_storage", None), "itemsize", 1)
-        total += n
-        if param.requires_grad:
-            trainable += n
-    return trainable, total
-
-
 class PeftModel(nn.Module):
     """A model with adapters. Build with :func:`~peftkit.get_peft_model` or :meth:`from_pretrained`.
 
@@ -57,6 +44,8 @@ class PeftModel(nn.Module):
         model: The base model (adapters are injected into it in place).
         peft_config: The first adapter's config; ``None`` wraps without adapters (used by loaders).
         adapter_name: The first adapter's name.
+        autocast_adapter_dtype: Keep layer adapters in float32 on a float16 / bfloat16 base (PEFT's default);
+            ``False`` gives them the base layer's dtype (see :func:`~peftkit.layers.dtypes.cast_adapter_dtype`).
     """
 
     #: The task whose inputs a prompt adapter extends (set by the task classes).
@@ -81,6 +70,8 @@ class PeftModel(nn.Module):
         if peft_config is not None:
             peft_config = self._prepare_config(peft_config, model)
         self.base_model = tuner_class_for(peft_config)(model, peft_config, adapter_name, low_cpu_mem_usage)
+        if peft_config is not None:
+            cast_adapter_dtype(model, adapter_name, autocast_adapter_dtype)
 
     def _prepare_config(self, config: PeftConfig, model: nn.Module) -> PeftConfig:
         """Task classes adjust the config here (e.g. add the classifier to modules_to_save)."""
@@ -144,16 +135,23 @@ class PeftModel(nn.Module):
 
     # -- adapters -----------------------------------------------------------------------------
     @exclusive
-    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
-        """Add a new, freshly initialised adapter; it is not activated (use :meth:`set_adapter`)."""
+    def add_adapter(
+        self,
+        adapter_name: str,
+        peft_config: PeftConfig,
+        low_cpu_mem_usage: bool = False,
+        autocast_adapter_dtype: bool = True,
+    ) -> None:
+        """Add a new, freshly initialised adapter, not activated (:meth:`set_adapter` does); dtype as in the class."""
         if adapter_name in self.peft_config:
             raise AdapterNameError(f"An adapter named {adapter_name!r} already exists; choose another name.")
         self._check_same_kind(peft_config)
         config = self._prepare_config(peft_config, self.get_base_model())
-        if low_cpu_mem_usage and not self._is_prompt_learning:
-            self._tuner.inject_adapter(adapter_name, config, low_cpu_mem_usage=True)
-        else:
+        if self._is_prompt_learning:
             self._tuner.inject_adapter(adapter_name, config)
+        else:
+            self._tuner.inject_adapter(adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage)
+            cast_adapter_dtype(self.get_base_model(), adapter_name, autocast_adapter_dtype)
 
     def _check_same_kind(self, config: PeftConfig) -> None:
         if self.peft_config and config.peft_type != self.peft_type:
@@ -315,6 +313,8 @@ class PeftModel(nn.Module):
         else:
             config.inference_mode = not is_trainable
             self._attach(adapter_name, config, state, low_cpu_mem_usage)
+        if not self._is_prompt_learning:
+            cast_adapter_dtype(self.get_base_model(), adapter_name, autocast_adapter_dtype)
         if not is_trainable:
             self.eval()
         return None
@@ -383,6 +383,7 @@ class PeftModel(nn.Module):
             is_trainable=is_trainable,
             config=config,
             subfolder=subfolder,
+            autocast_adapter_dtype=autocast_adapter_dtype,
             low_cpu_mem_usage=low_cpu_mem_usage,
             **hub,
             **kwargs,
