@@ -122,19 +122,33 @@ def set_peft_model_state_dict(
     ignore_mismatched_sizes: bool = False,
     low_cpu_mem_usage: bool = False,
 ) -> Any:
-    """Copy an adapter state dict (on-disk keys) into an already injected adapter, after checking it all."""
+    """Copy an adapter state dict (on-disk keys) into an already injected adapter, after checking it all.
+
+    Returns:
+        ``(missing_keys, unexpected_keys)`` counted as PEFT counts them (``model.load_state_dict(...,
+        strict=False)``): ``missing_keys`` are the keys of ``model.state_dict()`` the load left untouched (the base
+        model's and other adapters' tensors); ``unexpected_keys`` is empty, since an unexpected key raises.
+
+    Raises:
+        CheckpointError: an adapter key is missing or unexpected, or a shape differs (the model is untouched).
+    """
     model = unwrap_parallel(model)
     if isinstance(model, PeftModel) and model._is_prompt_learning:
         model._tuner.load_state(adapter_name, peft_model_state_dict)
-        return _IncompatibleKeys(missing_keys=[], unexpected_keys=[])
-    inner, _ = _split_wrapper(model)
+        encoder = f"prompt_encoder.{adapter_name}."
+        return _IncompatibleKeys(
+            missing_keys=[k for k in model.state_dict() if not k.startswith(encoder)], unexpected_keys=[]
+        )
+    inner, prefix = _split_wrapper(model)
     config = _config_of(model, adapter_name)
     state = {strip_prefix(k): v for k, v in peft_model_state_dict.items()}
     # check_and_load raises on any missing required key or unexpected key; what it returns are the optional base
-    # tensors (embedding layers, saved only for a resized vocabulary) that the checkpoint left out: the model
-    # keeps its own, and they are no adapter key a caller could be missing.
-    check_and_load(inner, adapter_name, config, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
-    return _IncompatibleKeys(missing_keys=[], unexpected_keys=[])
+    # tensors (embedding layers, saved only for a resized vocabulary) that the checkpoint left out.
+    expected = adapter_tensors(inner, adapter_name, config, embedding_layers=None)
+    absent = set(check_and_load(inner, adapter_name, config, state, ignore_mismatched_sizes=ignore_mismatched_sizes))
+    loaded = {tensor.source for key, tensor in expected.items() if key not in absent}
+    missing = [prefix + key for key in inner.state_dict() if key not in loaded]
+    return _IncompatibleKeys(missing_keys=missing, unexpected_keys=[])
 
 
 def _config_of(model: nn.Module, adapter_name: str) -> PeftConfig:

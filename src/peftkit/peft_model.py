@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
 
 from peftkit import functional as F
 from peftkit.adapter_state import set_requires_grad
@@ -155,9 +156,7 @@ class PeftModel(nn.Module):
 
     def _check_same_kind(self, config: PeftConfig) -> None:
         if self.peft_config and config.peft_type != self.peft_type:
-            raise ConfigError(
-                f"Cannot combine a {config.peft_type} adapter with {self.peft_type} adapters in one PeftModel."
-            )
+            raise ConfigError(f"Cannot combine {config.peft_type} with {self.peft_type} adapters in one PeftModel.")
 
     @exclusive
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
@@ -301,7 +300,8 @@ class PeftModel(nn.Module):
         low_cpu_mem_usage: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """Load an adapter directory as ``adapter_name`` (all or nothing); an existing name is overwritten in place."""
+        """Load an adapter directory as ``adapter_name`` (all or nothing); an existing name is overwritten in place.
+        Returns PEFT's ``(missing_keys, unexpected_keys)`` of the adapter: empty, as any such key raises instead."""
         hub = split_hub_kwargs(kwargs)
         subfolder = kwargs.pop("subfolder", None)
         config = kwargs.pop("config", None) or PeftConfig.from_pretrained(model_id, subfolder=subfolder, **hub)
@@ -313,11 +313,10 @@ class PeftModel(nn.Module):
         else:
             config.inference_mode = not is_trainable
             self._attach(adapter_name, config, state, low_cpu_mem_usage)
-        if not self._is_prompt_learning:
-            cast_adapter_dtype(self.get_base_model(), adapter_name, autocast_adapter_dtype)
+        cast_adapter_dtype(self.get_base_model(), adapter_name, autocast_adapter_dtype)  # no-op for prompt methods
         if not is_trainable:
             self.eval()
-        return None
+        return _IncompatibleKeys(missing_keys=[], unexpected_keys=[])
 
     def _reload(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor], trainable: bool) -> None:
         live, inner = self.peft_config[adapter_name], self.get_base_model()
