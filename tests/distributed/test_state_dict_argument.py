@@ -75,7 +75,7 @@ def test_compiled_model_keys_have_no_orig_mod(tmp_path: Path) -> None:
     assert peftkit.get_peft_model_state_dict(compiled, state_dict=compiled.state_dict()).keys() == expected.keys()
     fresh = peft_model(adapter_seed=5)
     loaded = peftkit.set_peft_model_state_dict(torch.compile(fresh), {"_orig_mod." + k: v for k, v in expected.items()})
-    assert not loaded.missing_keys
+    assert not [key for key in loaded.missing_keys if ".lora_" in key]  # base keys are missing, as in PEFT
     again = peftkit.get_peft_model_state_dict(fresh)
     assert all(torch.equal(again[k], v) for k, v in expected.items())
 
