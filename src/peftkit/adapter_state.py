@@ -8,6 +8,7 @@ the new one with a rule of :mod:`peftkit.layers.state`, and writes it back with
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 
@@ -110,3 +111,18 @@ def set_trainable_adapters(model: nn.Module, names: Collection[str]) -> None:
     status = model_status(model)
     if status is not None:
         apply_model_status(model, replace(status, trainable=frozenset(names)))
+
+
+def replace_existing_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Wrapping a model that already holds adapter ``adapter_name`` again (``get_peft_model`` or
+    ``PeftModel.from_pretrained`` twice on one base): warn, and remove the old adapter of that name so that the new
+    one takes its place, as PEFT re-creates it in place. Nothing happens when the name is free."""
+    if adapter_name not in adapter_names_in(model):
+        return
+    warnings.warn(
+        f"This model already holds an adapter named {adapter_name!r} from an earlier wrapping; it is replaced by the "
+        "new one. Call unload() on the earlier PeftModel (or delete that adapter) to start from the plain base model.",
+        UserWarning,
+        stacklevel=3,
+    )
+    delete_adapter(model, adapter_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
 from peftkit import functional as F
+from peftkit.adapter_state import replace_existing_adapter
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, UnsupportedError, UsageError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix, strip_prefix
@@ -17,6 +19,7 @@ from peftkit.io.save import base_model_name
 from peftkit.io.sharded import gather_adapter_state, unwrap_parallel
 from peftkit.io.state import adapter_state_dict, adapter_tensors, check_and_load, wants_embedding_layers
 from peftkit.layers.placement import adapters_on_meta
+from peftkit.layers.walk import iter_adapter_modules
 from peftkit.peft_model import PeftModel
 from peftkit.tasks import model_class_for_task
 
@@ -38,6 +41,14 @@ def get_peft_model(
         raise UnsupportedError("Mixed-method models (mixed=True) are not implemented in peftkit.")
     if isinstance(model, PeftModel):
         raise UsageError("The model already is a PeftModel; use model.add_adapter(name, config) to add another.")
+    if any(True for _ in iter_adapter_modules(model)):
+        warnings.warn(
+            "You are trying to modify a model that already holds adapters (from an earlier get_peft_model or "
+            "injection). To start over with another config, call unload() on the earlier PeftModel first.",
+            UserWarning,
+            stacklevel=2,
+        )
+        replace_existing_adapter(model, adapter_name)
     config = copy.deepcopy(peft_config)
     config.base_model_name_or_path = base_model_name(model)
     if revision is not None:

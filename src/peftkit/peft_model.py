@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
 from peftkit import functional as F
-from peftkit.adapter_state import set_requires_grad
+from peftkit.adapter_state import replace_existing_adapter, set_requires_grad
 from peftkit.config import PeftConfig, PromptLearningConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
@@ -45,8 +45,7 @@ class PeftModel(nn.Module):
         model: The base model (adapters are injected into it in place).
         peft_config: The first adapter's config; ``None`` wraps without adapters (used by loaders).
         adapter_name: The first adapter's name.
-        autocast_adapter_dtype: Keep layer adapters in float32 on a float16 / bfloat16 base (PEFT's default);
-            ``False`` gives them the base layer's dtype (see :func:`~peftkit.layers.dtypes.cast_adapter_dtype`).
+        autocast_adapter_dtype: float32 layer adapters on a half-precision base (PEFT's default), else its dtype.
     """
 
     #: The task whose inputs a prompt adapter extends (set by the task classes).
@@ -375,6 +374,7 @@ class PeftModel(nn.Module):
             if TaskType(config.task_type) not in TASK_CLASSES:
                 raise ConfigError(f"task_type={config.task_type!r} has no PeftModel class; import peftkit first.")
             target_cls = TASK_CLASSES[TaskType(config.task_type)]
+        replace_existing_adapter(model, adapter_name)
         wrapper = target_cls(model, None, adapter_name)
         wrapper.load_adapter(
             model_id,
