@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,10 +58,6 @@ def attach_adapter(
     Returns:
         The target module names (for configs whose ``target_modules`` was ``"all-linear"``).
     """
-    init_warning = method_of(config).init_warning
-    message = init_warning(config, adapter_name) if init_warning is not None else None
-    if message:
-        warnings.warn(message, stacklevel=3)
     trainable = not config.inference_mode  # a load with is_trainable=True trains the newcomer, active or not
     with adapters_on_meta(low_cpu_mem_usage):
         record = inject_adapter(model, config, adapter_name, init_weights=False, active=active, trainable=trainable)
@@ -74,6 +69,9 @@ def attach_adapter(
             {strip_prefix(k): v for k, v in state.items()},
             ignore_mismatched_sizes=ignore_mismatched_sizes,
         )
+        after_load = method_of(config).after_load
+        if after_load is not None:
+            after_load(model, config, adapter_name)
     except BaseException:
         record.undo(model)
         raise

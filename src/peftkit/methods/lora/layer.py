@@ -159,6 +159,17 @@ class LoraLayer(AdapterLayer):
             B.copy_(new_B.view_as(B))
         update_weight(base, lambda w: w.copy_(residual.to(w.dtype)))  # requantized on a quantized base
 
+    def redo_base_rewrite(self, adapter: str, init: str) -> None:
+        """Rewrite the base weight as the PiSSA / OLoRA initialisation ``init`` would, keeping the adapter's
+        current (loaded) ``A`` and ``B``; see :func:`~peftkit.methods.lora.method.redo_decomposing_init`."""
+        A, B = self.factor_tensors(adapter)
+        loaded = A.detach().clone(), B.detach().clone()
+        spec = LoraLayerSpec(self.r[adapter], self.lora_alpha[adapter], init=init, use_rslora=self.use_rslora[adapter])
+        self.init_weights(adapter, spec)
+        with torch.no_grad():
+            A.copy_(loaded[0])
+            B.copy_(loaded[1])
+
     def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
         return self.lora_A[adapter].weight, self.lora_B[adapter].weight  # type: ignore[return-value]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module

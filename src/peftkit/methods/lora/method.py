@@ -14,7 +14,7 @@ from peftkit.methods.lora.conv import Conv
 from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.embedding import Embedding
 from peftkit.methods.lora.init import is_weight_decomposing
-from peftkit.methods.lora.layer import Linear, LoraLayerSpec
+from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.targeting import pattern_value
@@ -67,14 +67,17 @@ def settle_lora_config(config: LoraConfig, model: nn.Module, target_names: Seque
             config.fan_in_fan_out = False
 
 
-def decomposing_init_warning(config: LoraConfig, adapter_name: str) -> str | None:
-    """The warning for loading an adapter whose initialisation (PiSSA, OLoRA) rewrote the base weights."""
-    if not is_weight_decomposing(getattr(config, "init_lora_weights", True)):
-        return None
-    return (
-        f"Adapter {adapter_name!r} was initialised with {config.init_lora_weights!r}, which rewrites the base "
-        "weights; load it on the residual base model saved with it."
-    )
+def redo_decomposing_init(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
+    """After loading an adapter saved with ``init_lora_weights`` PiSSA / OLoRA (not converted to a plain LoRA):
+    rewrite each adapted base weight to its residual ``W - s * B0 @ A0`` (``A0``, ``B0`` from the decomposition of
+    the base as loaded), keeping the loaded factors. This is what PEFT does at load (it re-runs the
+    initialisation before copying the saved tensors), so such an adapter belongs on the original base model."""
+    init = getattr(config, "init_lora_weights", True)
+    if not is_weight_decomposing(init):
+        return
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
+            module.redo_base_rewrite(adapter_name, str(init))
 
 
 LORA = MethodSpec(
@@ -99,7 +102,7 @@ LORA = MethodSpec(
     prepare_config=prepare_tied_targets,
     after_inject=tie_adapters,
     bias_modes=LORA_BIAS_MODES,
-    init_warning=decomposing_init_warning,
+    after_load=redo_decomposing_init,
     public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel},
     cli_name="lora",
     cli_options=(
