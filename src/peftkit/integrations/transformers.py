@@ -146,7 +146,7 @@ class AdapterModelMixin(InferenceMixin):
             peft_model_id, peft_config, adapter_state_dict, load_config, adapter_kwargs, kwargs, local_files_only
         )
         if hotswap:
-            swap_adapter_weights(self, name, config, state)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
+            swap_adapter_weights(self, name, config, state, grow_ranks=False)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
             return _loading_report()
         config.inference_mode = not is_trainable
         mismatched = bool(kwargs.get("ignore_mismatched_sizes"))
