@@ -41,7 +41,8 @@ TEST_DEPENDENCIES = ["parameterized"]
 HUB_ERRORS = re.compile(
     r"huggingface\.co|offline mode|LocalEntryNotFound|OfflineModeIsEnabled|HF_HUB_OFFLINE|"
     r"couldn't connect|Cannot find the requested files in the disk cache|is not a local folder and is not a valid "
-    r"model identifier|outgoing traffic has been disabled|Repository Not Found|hf_hub_download"
+    r"model identifier|outgoing traffic has been disabled|Repository Not Found|hf_hub_download|"
+    r"Can't find 'adapter_config.json' at '[\w-]+/|-internal-testing/"
 )
 
 
@@ -51,7 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/peft_suite"), help="download/unpack/results")
     parser.add_argument("--files", nargs="*", default=None, help="test files to run (default: all in scope)")
     parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to narrow the tests")
-    parser.add_argument("--side", choices=["both", "reference", "peftkit"], default="both")
+    parser.add_argument(
+        "--side",
+        choices=["both", "reference", "peftkit", "report"],
+        default="both",
+        help="which side to run; the other side's results are read from the workdir ('report': run none)",
+    )
     parser.add_argument("--peftkit-src", type=Path, default=REPO / "src", help="the peftkit source tree to test")
     parser.add_argument("-n", "--workers", type=int, default=0, help="pytest-xdist workers (0: none)")
     parser.add_argument("--timeout", type=int, default=7200, help="seconds per side before the run is stopped")
@@ -223,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     install_test_dependencies(args.workdir)
     methods = in_scope_methods(args.peftkit_src)
     print("in-scope methods:", ", ".join(methods))
-    decisions = select(args, tests, methods)
+    saved = args.workdir / "selection.json"
+    decisions = (
+        json.loads(saved.read_text()) if args.side == "report" and saved.exists() else select(args, tests, methods)
+    )
     selected = [row["nodeid"] for row in decisions if row["in_scope"]]
     print(f"collected {len(decisions)}, in scope {len(selected)}")
     if not selected:

@@ -117,4 +117,6 @@ def _write_missing(target: str) -> None:
         json.dump(dict(MISSING.most_common()), handle, indent=1)
 
 
-install()
+def pytest_configure(config: Any) -> None:
+    """pytest hook: install the import layer before any test module is collected."""
+    install()
