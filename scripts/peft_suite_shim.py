@@ -69,6 +69,8 @@ class _Proxy(types.ModuleType):
 
 
 def _exists(module: str) -> bool:
+    if module in sys.modules:  # also modules built at run time, whose __spec__ may be None
+        return True
     try:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # a parent package is missing
