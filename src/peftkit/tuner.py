@@ -80,6 +80,11 @@ class TunerModel(nn.Module):
         self.peft_config[adapter_name] = config
 
     @property
+    def prefix(self) -> str:
+        """PEFT's name prefix of this method's adapter parameters (``"lora_"``, ``"ia3_"``; ``""`` when empty)."""
+        return method_of(next(iter(self.peft_config.values()))).prefix if self.peft_config else ""
+
+    @property
     def active_adapters(self) -> list[str]:
         """The active adapters' names."""
         return [self.active_adapter] if isinstance(self.active_adapter, str) else list(self.active_adapter)

@@ -68,3 +68,11 @@ def test_adapter_dtypes_match_reference(
     with torch.no_grad():
         out = {name: model(**model_inputs("llama")).logits.float() for name, model in loaded.items()}
     torch.testing.assert_close(out["peftkit"], out["peft"], atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("case", sorted(CONFIGS))
+def test_tuner_prefix_matches_reference(case: str) -> None:
+    """``model.prefix`` (what PEFT code filters adapter parameters by) is the reference's."""
+    prefixes = {name: lib.get_peft_model(build_model("llama"), _config(lib, case)).prefix for name, lib in LIBS.items()}
+    assert prefixes["peftkit"] == prefixes["peft"]
+    assert prefixes["peftkit"] in ("lora_", "ia3_")
