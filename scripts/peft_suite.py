@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peftkit-src", type=Path, default=REPO / "src", help="the peftkit source tree to test")
     parser.add_argument("-n", "--workers", type=int, default=0, help="pytest-xdist workers (0: none)")
     parser.add_argument("--timeout", type=int, default=7200, help="seconds per side before the run is stopped")
+    parser.add_argument("--reuse-selection", action="store_true", help="reuse the workdir's last selection.json")
     parser.add_argument(
         "--sample", type=int, default=1, help="run one in-scope test in SAMPLE (a fixed hash of its id), for speed"
     )
@@ -254,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     print("in-scope methods:", ", ".join(methods))
     saved = args.workdir / "selection.json"
     decisions = (
-        json.loads(saved.read_text()) if args.side == "report" and saved.exists() else select(args, tests, methods)
+        json.loads(saved.read_text())
+        if (args.side == "report" or args.reuse_selection) and saved.exists()
+        else select(args, tests, methods)
     )
     selected = [
         row["nodeid"] for row in decisions if row["in_scope"] and zlib.crc32(row["nodeid"].encode()) % args.sample == 0
