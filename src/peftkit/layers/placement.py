@@ -31,6 +31,13 @@ def adapters_on_meta(enabled: bool = True) -> Iterator[None]:
         _ON_META.reset(token)
 
 
+def infer_device() -> str:
+    """PEFT's ``infer_device``: the type of the accelerator torch would use (``"cuda"``, ``"xpu"``, ``"mps"``...),
+    ``"cpu"`` without one."""
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    return accelerator.type if accelerator is not None else "cpu"
+
+
 def offload_hook(module: nn.Module) -> Any | None:
     """Accelerate's ``AlignDevicesHook`` with ``offload=True`` on ``module`` (inside a ``SequentialHook`` too)."""
     hook = getattr(module, "_hf_hook", None)
