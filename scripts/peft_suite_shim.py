@@ -3,9 +3,9 @@
 Loaded with ``-p peft_suite_shim`` in the peftkit run only. A meta-path finder answers every ``peft`` and
 ``peft.<path>`` import with a proxy module that reads its attributes from ``peftkit.<path>``, the real peftkit
 module under the same relative path. Nothing is implemented here: a path or a name that peftkit lacks becomes
-a placeholder that raises :class:`MissingInPeftkit` naming it as soon as a test uses it (calls it, checks an
-instance against it, reads an attribute), so that only the tests that need it fail and the report can count
-them. Every missing path and name seen is written to ``PEFT_SUITE_MISSING`` (a JSON file) at the end.
+a placeholder that raises :class:`MissingInPeftkit` naming it as soon as a test uses it (checks an instance
+against it, reads an attribute, uses what calling it returned), so that only the tests that need it fail
+and the report can count them. Every missing path and name seen is written to ``PEFT_SUITE_MISSING`` (a JSON file) at the end.
 """
 
 from __future__ import annotations
@@ -29,11 +29,34 @@ class MissingInPeftkit(ImportError):
     """A test used a PEFT import path or name that has no peftkit equivalent."""
 
 
+class _MissingValue:
+    """What calling a placeholder gives (PEFT's test modules build some configs when imported): it fails when
+    used, so that only the tests that use it fail."""
+
+    def __init__(self, path: str) -> None:
+        self._peft_path = path
+
+    def __repr__(self) -> str:
+        return f"<missing {self._peft_path}>"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise MissingInPeftkit(f"peftkit has no equivalent of {self._peft_path} (reading .{name})")
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise MissingInPeftkit(f"peftkit has no equivalent of {self._peft_path}")
+
+    __call__ = __iter__ = __getitem__ = __len__ = __contains__ = _fail
+
+
 class _MissingMeta(type):
     def _fail(cls, *args: Any, **kwargs: Any) -> Any:
         raise MissingInPeftkit(f"peftkit has no equivalent of {cls._peft_path}")
 
-    __call__ = _fail
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        return _MissingValue(f"{cls._peft_path}(...)")
+
     __instancecheck__ = _fail
     __subclasscheck__ = _fail
     __getitem__ = _fail
