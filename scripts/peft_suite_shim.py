@@ -5,7 +5,8 @@ Loaded with ``-p peft_suite_shim`` in the peftkit run only. A meta-path finder a
 module under the same relative path. Nothing is implemented here: a path or a name that peftkit lacks becomes
 a placeholder that raises :class:`MissingInPeftkit` naming it as soon as a test uses it (checks an instance
 against it, reads an attribute, uses what calling it returned), so that only the tests that need it fail
-and the report can count them. Every missing path and name seen is written to ``PEFT_SUITE_MISSING`` (a JSON file) at the end.
+and the report can count them. Every missing path and name seen is written to ``PEFT_SUITE_MISSING`` (a JSON
+file) at the end.
 """
 
 from __future__ import annotations
