@@ -49,7 +49,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("tasks",),
     ("mapping", "auto"),
     ("integrations",),
-    ("", "__main__", "cli", "utils"),  # the package itself, the CLI (uses its API), PEFT's import-path aliases
+    (
+        "",
+        "__main__",
+        "cli",
+        "utils",
+        "import_utils",
+    ),  # the package itself, the CLI (uses its API), PEFT's import-path aliases
 ]
 
 #: Edges that break the layering on purpose, each with its reason. Keep it empty unless truly needed.
