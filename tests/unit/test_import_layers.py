@@ -34,6 +34,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "peftkit"
 #: Lowest layer first; a module belongs to the entry with the longest matching dotted prefix.
 LAYERS: list[tuple[str, ...]] = [
     ("types", "catalog", "errors", "locking", "config_checks", "io.commit", "io.files", "io.hub", "io.keys"),
+    ("import_utils",),  # PEFT's peft.import_utils path: facts about installed libraries, no peftkit import
     ("config",),
     ("targeting", "defaults"),
     ("quant",),
@@ -49,13 +50,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tasks",),
     ("mapping", "auto"),
     ("integrations",),
-    (
-        "",
-        "__main__",
-        "cli",
-        "utils",
-        "import_utils",
-    ),  # the package itself, the CLI (uses its API), PEFT's import-path aliases
+    ("", "__main__", "cli", "utils"),  # the package itself, the CLI (uses its API), PEFT's import-path aliases
 ]
 
 #: Edges that break the layering on purpose, each with its reason. Keep it empty unless truly needed.
