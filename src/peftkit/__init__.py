@@ -36,6 +36,7 @@ from peftkit.integrations import (
     patch_transformers,
     unpatch_transformers,
 )
+from peftkit.integrations.peft_alias import install_as_peft, install_if_reference_absent
 from peftkit.io.load import load_peft_weights
 from peftkit.mapping import (
     gather_peft_model_state_dict,
@@ -74,6 +75,9 @@ _METHOD_NAMES = _public_names()
 globals().update(_METHOD_NAMES)
 
 _publish_peft_paths()
+# Answer to ``import peft`` when the reference is not installed (peftkit.integrations.peft_alias), last: the
+# alias module copies this package's public names.
+install_if_reference_absent()
 
 __all__ = [
     "AdapterNameError",
@@ -126,6 +130,7 @@ __all__ = [
     "get_peft_model_state_dict",
     "hotswap_adapter",
     "inject_adapter_in_model",
+    "install_as_peft",
     "load_peft_weights",
     "patch_transformers",
     "prepare_model_for_compiled_hotswap",
