@@ -39,7 +39,8 @@ class TunerLayerStatus:
         requires_grad: Adapter -> ``True`` / ``False``, or ``"irregular"`` when its tensors disagree.
         available_adapters: Every adapter the layer holds, sorted.
         devices: Adapter -> sorted device types of its tensors (``["cpu"]``).
-        quantization_backend: Always ``None`` (the reference reports a backend name only for its own backends).
+        quantization_backend: ``None``, as the reference reports for LoRA, IA3 and AdaLoRA layers on any base
+            (its OFT, BOFT, VeRA, SHiRA and MiSS layers name the backend, e.g. ``"bnb 4bit"``; not mirrored yet).
     """
 
     name: str

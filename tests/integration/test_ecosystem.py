@@ -40,7 +40,7 @@ INSTALL_AS_PEFT = "import peftkit\npeftkit.install_as_peft()\n"
 
 COMMON = textwrap.dedent(
     """
-    import importlib.resources, os, sys
+    import importlib.metadata, importlib.resources, os, sys
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import is_peft_available
@@ -51,6 +51,13 @@ COMMON = textwrap.dedent(
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     assert BaseTunerLayer is peftkit.tuners.tuners_utils.BaseTunerLayer
+    assert peft.__version__ == importlib.metadata.version("peft") == "0.21.2"
+    try:  # a path peftkit lacks fails as it would without peft, never half from the reference
+        import peft.tuners.xlora
+    except ImportError:
+        pass
+    else:
+        raise AssertionError("peft.tuners.xlora should not import")
     LM = str(importlib.resources.files("peftkit") / "data" / "tiny-lm")
     tok = AutoTokenizer.from_pretrained(LM)
 
@@ -185,3 +192,13 @@ def test_trainer_and_accelerate_without_opt_in(tmp_path: Path, mode: str) -> Non
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_trl_sft_and_dpo(tmp_path: Path, mode: str) -> None:
     _run(tmp_path, mode, TRL)
+
+
+def test_install_as_peft_refuses_once_the_reference_is_imported() -> None:
+    pytest.importorskip("peft")  # imports the reference in this process
+    import peftkit
+    from peftkit.integrations.peft_alias import alias_installed
+
+    with pytest.raises(peftkit.UsageError, match="before anything imports peft"):
+        peftkit.install_as_peft()
+    assert not alias_installed()
