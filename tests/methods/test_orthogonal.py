@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 
 import pytest
 import torch
@@ -207,3 +208,55 @@ def test_command_line_trains_and_inspects(method: str, options: list[str], field
     report = capsys.readouterr().out
     assert f"{method.upper()} (task CAUSAL_LM)" in report
     assert len([line for line in report.splitlines() if ".self_attn." in line]) == 8  # 4 layers x q, v
+
+
+def test_loading_a_neumann_adapter_from_before_peft_0_18_warns(tmp_path) -> None:
+    """PEFT 0.18 changed the Cayley-Neumann series; an older file loads, with a warning to retrain it."""
+    peft.get_peft_model(mlp(), random_config("oft")).save_pretrained(tmp_path)
+    config_path = tmp_path / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "peft_version": "0.17.1"}))
+    with pytest.warns(UserWarning, match="saved by PEFT 0.17.1, whose Cayley-Neumann series differed"):
+        peft.PeftModel.from_pretrained(mlp(), tmp_path)
+    config_path.write_text(json.dumps({**config, "peft_version": "0.17.1", "use_cayley_neumann": False}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        peft.PeftModel.from_pretrained(mlp(), tmp_path)
+
+
+@pytest.mark.parametrize("method", ["oft", "boft"])
+def test_a_bitsandbytes_int8_base_gives_the_reference_outputs_and_unmerges_exactly(method: str, monkeypatch) -> None:
+    """The rotation acts on the input (and BOFT's scale on the output), so a quantized base needs nothing
+    special; merging goes through the quantization backend and unmerging restores the packed weight."""
+    import bitsandbytes as bnb
+    import peft as reference
+    import peft.tuners.boft.layer as reference_boft
+
+    monkeypatch.setattr(reference_boft, "get_fbd_cuda", lambda: None)  # its pure-torch path, no compile attempt
+
+    def quantized() -> nn.Sequential:
+        torch.manual_seed(0)
+        dense = nn.Linear(16, 8)
+        layer = bnb.nn.Linear8bitLt(16, 8, has_fp16_weights=False)
+        layer.load_state_dict(dense.state_dict())
+        return nn.Sequential(layer)
+
+    fields = {"oft_block_size": 4, "r": 0} if method == "oft" else {"boft_block_size": 4}
+    name = "OFTConfig" if method == "oft" else "BOFTConfig"
+    theirs = reference.get_peft_model(quantized(), getattr(reference, name)(target_modules=["0"], **fields))
+    ours = peft.get_peft_model(quantized(), getattr(peft, name)(target_modules=["0"], **fields))
+    with torch.no_grad():
+        for param in theirs.parameters():
+            if param.requires_grad:
+                param.add_(0.2 * torch.randn(param.shape))
+    ours.load_state_dict({k: v for k, v in theirs.state_dict().items() if "oft_" in k}, strict=False)
+    x = torch.randn(3, 16)
+    expected = theirs(x)
+    torch.testing.assert_close(ours(x), expected, rtol=0, atol=1e-6)
+    base = ours.base_model.model[0].get_base_layer()
+    packed = base.weight.data.clone()
+    with pytest.warns(UserWarning, match="quantized again"):
+        ours.merge_adapter()
+    assert (ours(x) - expected).abs().max() < 0.1 * (expected - base(x)).abs().max() + 0.02
+    ours.unmerge_adapter()
+    assert torch.equal(base.weight.data, packed)

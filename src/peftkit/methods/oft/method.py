@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -55,6 +56,17 @@ def oft_layer_facts(config: OFTConfig, name: str, module: nn.Module) -> OFTLayer
     )
 
 
+def old_neumann_warning(config: OFTConfig, adapter_name: str) -> str | None:
+    """The warning for loading a Cayley-Neumann adapter saved by PEFT before 0.18, whose series differed."""
+    release = re.match(r"(\d+)\.(\d+)", config.peft_version or "")
+    if not config.use_cayley_neumann or release is None or (int(release[1]), int(release[2])) >= (0, 18):
+        return None
+    return (
+        f"OFT adapter {adapter_name!r} was saved by PEFT {config.peft_version}, whose Cayley-Neumann series differed "
+        "from PEFT 0.18's (used here): its outputs will not be those it was trained with; retrain it."
+    )
+
+
 def describe_oft_module(
     module: str, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any]
 ) -> tuple[int | None, float | None]:
@@ -76,6 +88,7 @@ OFT = MethodSpec(
     settle_config=settle_lora_config,
     tuner_class=OFTModel,
     bias_modes={"none": "none", "all": "all", "oft_only": "adapter_layers"},
+    init_warning=old_neumann_warning,
     public_names={"OFTConfig": OFTConfig, "OFTModel": OFTModel},
     cli_name="oft",
     cli_options=(
