@@ -20,7 +20,7 @@ from torch import nn
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.placement import adapter_device
 from peftkit.merging.merge import update_weight
-from peftkit.methods.boft.butterfly import butterfly_matrix
+from peftkit.methods.boft.butterfly import apply_butterfly, butterfly_matrix
 from peftkit.methods.lora.layer import adapter_dtype
 from peftkit.methods.oft.orthogonal import cayley, drop_blocks, skew_part
 from peftkit.quant.base import weight_shape
@@ -88,21 +88,37 @@ class BOFTLayer(AdapterLayer):
         if not self._active_adapter:
             self._active_adapter = [adapter]
 
-    def rotation(self, adapter: str, dtype: torch.dtype | None = None, dropout: bool = False) -> torch.Tensor:
-        """The butterfly matrix ``M (width, width)`` of ``adapter``.
+    def blocks(self, adapter: str, dtype: torch.dtype | None = None, dropout: bool = False) -> torch.Tensor:
+        """The orthogonal blocks ``(m, D, b, b)`` of ``adapter``: the Cayley transforms of the skew parts.
 
         Args:
             dtype: Compute in this dtype (default: the parameters').
             dropout: Apply ``boft_dropout`` (training forwards only).
         """
-        spec = self.boft_spec[adapter]
         stored = self.boft_R[adapter]
         stored = stored if dtype is None else stored.to(dtype)
         factors, count, size, _ = stored.shape
         blocks = cayley(skew_part(stored.reshape(factors * count, size, size))).view_as(stored)
-        if dropout and spec.dropout > 0:
-            blocks = drop_blocks(blocks, spec.dropout)
-        return butterfly_matrix(blocks, spec.width)
+        spec = self.boft_spec[adapter]
+        return drop_blocks(blocks, spec.dropout) if dropout and spec.dropout > 0 else blocks
+
+    def rotation(self, adapter: str) -> torch.Tensor:
+        """The butterfly matrix ``M (width, width)`` of ``adapter`` (built for inspection; the forward and the
+        merge apply its factors without it)."""
+        return butterfly_matrix(self.blocks(adapter), self.boft_spec[adapter].width)
+
+    def rotate(
+        self,
+        x: torch.Tensor,
+        adapter: str,
+        transpose: bool = False,
+        dtype: torch.dtype | None = None,
+        dropout: bool = False,
+    ) -> torch.Tensor:
+        """``x M`` (``x M^T`` with ``transpose``) for rows ``x (..., width)``, computed in the blocks' dtype
+        (``dtype``, default the parameters'); ``dropout`` applies ``boft_dropout`` (training forwards)."""
+        blocks = self.blocks(adapter, dtype=dtype, dropout=dropout)
+        return apply_butterfly(x.to(blocks.dtype), blocks, self.boft_spec[adapter].width, transpose)
 
     def row_scale(self, adapter: str) -> torch.Tensor:
         """``s`` as ``(out, 1)``, to scale the rows of ``W``."""
@@ -111,14 +127,13 @@ class BOFTLayer(AdapterLayer):
     def _transform_weight(self, adapter: str, safe: bool, inverse: bool) -> None:
         """``W <- s * (W M^T)`` (``W <- (W M) / s`` when ``inverse``), ``W`` viewed as ``(out, width)``."""
         dtype = torch.promote_types(self.boft_R[adapter].dtype, torch.float32)
-        rotation = self.rotation(adapter, dtype=dtype).detach()
         scale = self.row_scale(adapter).detach().to(dtype)
 
         def apply(weight: torch.Tensor) -> None:
             flat = weight.view(weight.shape[0], -1)
-            work = flat.to(dtype)
-            new = (work @ rotation) / scale if inverse else (work @ rotation.T) * scale
-            flat.copy_(new.to(weight.dtype))
+            with torch.no_grad():
+                rotated = self.rotate(flat, adapter, transpose=not inverse, dtype=dtype)
+            flat.copy_((rotated / scale if inverse else rotated * scale).to(weight.dtype))
 
         update_weight(self.get_base_layer(), apply, safe=safe, what=adapter)
 
@@ -136,8 +151,7 @@ class Linear(BOFTLayer):
         rotated = x
         scale: torch.Tensor | None = None
         for name in reversed(adapters):
-            rotation = self.rotation(name, dropout=self.training)
-            rotated = (rotated.to(rotation.dtype) @ rotation).to(x.dtype)
+            rotated = self.rotate(rotated, name, dropout=self.training).to(x.dtype)
             own = self.boft_s[name].flatten()
             scale = own if scale is None else scale * own
         result = self.base_layer(rotated, *args, **kwargs)
@@ -159,7 +173,6 @@ class Conv2d(BOFTLayer):
         weight = base.weight
         flat = weight.flatten(1)
         for name in adapters:  # W (M_n ... M_1)^T = W M_1^T ... M_n^T
-            rotation = self.rotation(name, dropout=self.training)
-            flat = (flat.to(rotation.dtype) @ rotation.T) * self.row_scale(name)
+            flat = self.rotate(flat, name, transpose=True, dropout=self.training) * self.row_scale(name)
         result: torch.Tensor = base._conv_forward(x, flat.to(weight.dtype).view_as(weight), base.bias)
         return result

@@ -8,11 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.defaults import default_lora_targets
 from peftkit.methods.boft.butterfly import check_butterfly
 from peftkit.methods.boft.config import BOFTConfig
 from peftkit.methods.boft.layer import BOFTLayerSpec, Conv2d, Linear
-from peftkit.methods.lora.method import settle_lora_config
+from peftkit.methods.oft.method import ORTHOGONAL_SPEC_FIELDS, TARGETS_OPTION
 from peftkit.methods.oft.orthogonal import rotated_width, split_width
 from peftkit.methods.spec import CliOption, MethodSpec
 from peftkit.tuner import TunerModel
@@ -63,9 +62,6 @@ BOFT = MethodSpec(
     prefix="boft_",
     layer_table={nn.Linear: Linear, nn.Conv2d: Conv2d},
     layer_facts=boft_layer_facts,
-    default_targets=default_lora_targets,
-    linear_types=(nn.Linear,),
-    settle_config=settle_lora_config,
     tuner_class=BOFTModel,
     bias_modes={"none": "none", "all": "all", "boft_only": "adapter_layers"},
     public_names={"BOFTConfig": BOFTConfig, "BOFTModel": BOFTModel},
@@ -73,14 +69,8 @@ BOFT = MethodSpec(
     cli_options=(
         CliOption("boft_block_size", "boft_block_size", int, "BOFT block size (divides each target's width)", 4),
         CliOption("boft_n_butterfly_factor", "boft_n_butterfly_factor", int, "Number of butterfly factors", 1),
-        CliOption(
-            "target_modules",
-            "target_modules",
-            str,
-            "Modules to adapt: comma-separated names, a regex, or all-linear",
-            "all-linear",
-        ),
+        TARGETS_OPTION,
     ),
-    cli_learning_rate=1e-3,
     describe_module=describe_boft_module,
+    **ORTHOGONAL_SPEC_FIELDS,
 )

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from peftkit.defaults import default_lora_targets
-from peftkit.methods.lora.method import settle_lora_config
+from peftkit.methods.lora.method import LORA_CLI_OPTIONS, settle_lora_config
 from peftkit.methods.oft.config import OFTConfig
 from peftkit.methods.oft.layer import Conv2d, Linear, OFTLayerSpec
 from peftkit.methods.oft.orthogonal import rotated_width, split_width
@@ -76,6 +76,16 @@ def describe_oft_module(
     return (None, None) if weight is None else (int(weight.shape[0]), None)
 
 
+#: What OFT and BOFT specs share: LoRA's architecture defaults, ``nn.Linear`` for ``"all-linear"``, LoRA's
+#: ``fan_in_fan_out`` settling (cleared for ``nn.Linear``, as PEFT saves it) and the ``--target-modules`` option.
+ORTHOGONAL_SPEC_FIELDS: dict[str, Any] = {
+    "default_targets": default_lora_targets,
+    "linear_types": (nn.Linear,),
+    "settle_config": settle_lora_config,
+    "cli_learning_rate": 1e-3,
+}
+TARGETS_OPTION = next(option for option in LORA_CLI_OPTIONS if option.name == "target_modules")
+
 OFT = MethodSpec(
     peft_type=PeftType("OFT"),
     config_class=OFTConfig,
@@ -83,9 +93,6 @@ OFT = MethodSpec(
     prefix="oft_",
     layer_table={nn.Linear: Linear, nn.Conv2d: Conv2d},
     layer_facts=oft_layer_facts,
-    default_targets=default_lora_targets,
-    linear_types=(nn.Linear,),
-    settle_config=settle_lora_config,
     tuner_class=OFTModel,
     bias_modes={"none": "none", "all": "all", "oft_only": "adapter_layers"},
     init_warning=old_neumann_warning,
@@ -93,14 +100,8 @@ OFT = MethodSpec(
     cli_name="oft",
     cli_options=(
         CliOption("oft_block_size", "oft_block_size", int, "OFT block size (divides each target's width)", 4),
-        CliOption(
-            "target_modules",
-            "target_modules",
-            str,
-            "Modules to adapt: comma-separated names, a regex, or all-linear",
-            "all-linear",
-        ),
+        TARGETS_OPTION,
     ),
-    cli_learning_rate=1e-3,
     describe_module=describe_oft_module,
+    **ORTHOGONAL_SPEC_FIELDS,
 )
