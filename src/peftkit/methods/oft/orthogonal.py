@@ -8,6 +8,7 @@ block as a row vector, ``x_k -> x_k R_k``. Everything here is a pure tensor func
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -15,6 +16,13 @@ from torch import nn
 
 from peftkit.errors import ConfigError, TargetingError
 from peftkit.quant.base import weight_shape
+
+
+@functools.lru_cache(maxsize=64)
+def _upper_indices(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of the strict upper triangle of a ``size x size`` matrix, row-major."""
+    rows, cols = torch.triu_indices(size, size, 1, device=device)
+    return rows, cols
 
 
 def skew_from_upper(vec: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -27,7 +35,7 @@ def skew_from_upper(vec: torch.Tensor, block_size: int) -> torch.Tensor:
     Returns:
         ``(n, b, b)`` in ``vec``'s dtype.
     """
-    rows, cols = torch.triu_indices(block_size, block_size, 1, device=vec.device)
+    rows, cols = _upper_indices(block_size, vec.device)
     upper = vec.new_zeros(vec.shape[0], block_size, block_size)
     upper[:, rows, cols] = vec
     return upper - upper.transpose(-2, -1)
@@ -35,8 +43,7 @@ def skew_from_upper(vec: torch.Tensor, block_size: int) -> torch.Tensor:
 
 def upper_of(skew: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`skew_from_upper`: the strict upper triangles of ``(n, b, b)`` as ``(n, b (b - 1) / 2)``."""
-    size = skew.shape[-1]
-    rows, cols = torch.triu_indices(size, size, 1, device=skew.device)
+    rows, cols = _upper_indices(skew.shape[-1], skew.device)
     return skew[:, rows, cols]
 
 
@@ -74,15 +81,15 @@ def cayley_neumann(skew: torch.Tensor, terms: int) -> torch.Tensor:
     result = torch.eye(skew.shape[-1], device=skew.device, dtype=skew.dtype).repeat(skew.shape[0], 1, 1)
     if terms <= 1:
         return result
-    result = result + 2.0 * skew
+    result.add_(skew, alpha=2.0)  # in place on a fresh tensor: autograd records the adds, no copies
     if terms == 2:
         return result
     power = skew @ skew
-    result = result + 2.0 * power
+    result.add_(power, alpha=2.0)
     for _ in range(3, terms - 1):
         power = power @ skew
-        result = result + 2.0 * power
-    return result + power @ skew
+        result.add_(power, alpha=2.0)
+    return result.add_(power @ skew)
 
 
 def project_to_ball(vec: torch.Tensor, block_size: int, eps: float) -> torch.Tensor:
