@@ -27,6 +27,7 @@ CASES = [
     Adapter("coft", "OFTConfig", {**TARGETS, **BLOCKS, "coft": True, "eps": 0.5}),
     Adapter("regex_bias", "OFTConfig", {"target_modules": r".*\.(k_proj|up_proj)", **BLOCKS, "bias": "oft_only"}),
     Adapter("modules_to_save", "OFTConfig", {**TARGETS, **BLOCKS, "modules_to_save": ["lm_head"]}),
+    Adapter("embedding", "OFTConfig", {"target_modules": ["embed_tokens", "q_proj"], **BLOCKS}),
     Adapter("conv_1x1", "OFTConfig", {"target_modules": ["conv", "lin"], "oft_block_size": 3, "r": 0}, "convnet_1x1"),
 ]
 

@@ -47,7 +47,7 @@ def adapted(base: nn.Module, size: int, **config: object) -> tuple[nn.Module, to
     """``(peft model, stored oft_R weight)`` with random blocks."""
     config = {"target_modules": ["0"], "oft_block_size": size, "r": 0, "init_weights": False, **config}
     model = peft.get_peft_model(nn.Sequential(base), peft.OFTConfig(**config))
-    return model, model.base_model.model[0].oft_R["default"].weight.detach().clone()
+    return model, model.base_model.model[0].rotation("default").weight.detach().clone()
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -98,3 +98,16 @@ def test_zero_init_is_the_identity_and_merge_rotates_the_weight() -> None:
     torch.testing.assert_close(layer.get_base_layer().weight.detach(), W @ R.T, rtol=1e-5, atol=1e-5)
     model.unmerge_adapter()
     torch.testing.assert_close(layer.get_base_layer().weight.detach(), W, rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_rotates_each_looked_up_vector_and_merge_rotates_the_table() -> None:
+    base = nn.Embedding(10, 8)
+    table = base.weight.detach().clone()
+    model, weight = adapted(base, 4)
+    R = rotation(weight, 4, 2)
+    ids = torch.tensor([[1, 4, 9], [0, 0, 3]])
+    out = model(ids)
+    torch.testing.assert_close(out, table[ids] @ R, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, table[ids], atol=1e-3)
+    model.merge_adapter()
+    torch.testing.assert_close(base.weight.detach(), table @ R, rtol=1e-5, atol=1e-5)

@@ -64,8 +64,8 @@ class OFTConfig(PeftConfig):
     Attributes:
         r: Number of blocks per layer (``r * oft_block_size`` = the layer's input width); set either ``r`` or
             ``oft_block_size``, the other one to 0.
-        oft_block_size: Block size ``b``; must divide each adapted layer's input width (``in_features``, or
-            ``in_channels * k * k`` for a ``k x k`` Conv2d).
+        oft_block_size: Block size ``b``; must divide each adapted layer's input width (``in_features``,
+            ``embedding_dim`` for an Embedding, or ``in_channels * k * k`` for a ``k x k`` Conv2d).
         module_dropout: Probability-like fraction of blocks replaced by the identity in each training forward.
         target_modules: Module names to adapt (list, regex or ``"all-linear"``); ``None``: architecture default.
         fan_in_fan_out: Weight stored ``(in, out)``; cleared for ``nn.Linear`` (OFT has no Conv1D layer).

@@ -5,7 +5,8 @@ of the frozen weight, ``y = W (x R) + b`` for a row vector ``x``, i.e. the weigh
 skew-symmetric ``S_k`` whose strict upper triangle is row ``k`` of ``oft_R.<adapter>.weight`` (PEFT's name and
 shape ``(r, b (b - 1) / 2)``, one row with ``block_share``). Linear rotates the input, as PEFT does; Conv2d
 rotates the flattened filter ``W (C_out, C_in k k)`` and convolves with it, which is the function PEFT's merged
-weights compute. Several active adapters rotate the input in order: ``x R_1 R_2 ...``.
+weights compute; Embedding rotates each looked-up vector (``oft_embedding_R``). Several active adapters rotate
+in order: ``x R_1 R_2 ...``.
 """
 
 from __future__ import annotations
@@ -91,14 +92,18 @@ class OFTRotation(nn.Module):
 
 
 class OFTLayer(AdapterLayer):
-    """State shared by OFT layers: ``oft_R`` (PEFT's state-dict name), ``r`` and ``oft_block_size`` per adapter."""
+    """State shared by OFT layers: ``oft_R`` (PEFT's state-dict name; ``oft_embedding_R`` on embeddings), ``r``
+    and ``oft_block_size`` per adapter."""
 
     adapter_layer_names = ("oft_R",)
     other_param_names = ("r", "oft_block_size")
+    #: The merge writes ``W R^T`` (the rotation acts on the input of ``W (out, in)``); ``False``: ``W R``.
+    merge_transposed = True
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
-        self.oft_R = nn.ModuleDict()
+        for name in self.adapter_layer_names:
+            setattr(self, name, nn.ModuleDict())
         self.r: dict[str, int] = {}
         self.oft_block_size: dict[str, int] = {}
 
@@ -113,23 +118,24 @@ class OFTLayer(AdapterLayer):
         if init_weights:
             with torch.no_grad():
                 rotation.weight.zero_() if facts.init else rotation.weight.normal_(0.0, 0.1)
-        self.oft_R[adapter] = rotation
+        getattr(self, self.adapter_layer_names[0])[adapter] = rotation
         self.r[adapter] = facts.r
         self.oft_block_size[adapter] = facts.block_size
         if not self._active_adapter:
             self._active_adapter = [adapter]
 
     def rotation(self, adapter: str) -> OFTRotation:
-        module: OFTRotation = self.oft_R[adapter]  # type: ignore[assignment]  # oft_R holds OFTRotation only
+        module: OFTRotation = getattr(self, self.adapter_layer_names[0])[adapter]
         return module
 
     def _rotate_weight(self, adapter: str, safe: bool, inverse: bool) -> None:
-        """``W <- W R^T`` (``W R^{-T}`` when ``inverse``), ``W`` viewed as ``(out, rotated width)``; computed in
-        float32 at least."""
+        """``W <- W R^T`` (``W R^{-T}`` when ``inverse``; ``W R`` / ``W R^{-1}`` without :attr:`merge_transposed`),
+        ``W`` viewed as ``(rows, rotated width)``; computed in float32 at least."""
         blocks = self.rotation(adapter).blocks(
             dtype=torch.promote_types(self.rotation(adapter).weight.dtype, torch.float32)
         )
-        factor = (torch.linalg.inv(blocks) if inverse else blocks).detach().mT
+        factor = (torch.linalg.inv(blocks) if inverse else blocks).detach()
+        factor = factor.mT if self.merge_transposed else factor
 
         def apply(weight: torch.Tensor) -> None:
             flat = weight.view(weight.shape[0], -1)
@@ -166,3 +172,15 @@ class Conv2d(OFTLayer):
             flat = rotate_blocks(flat.to(blocks.dtype), blocks.mT)
         result: torch.Tensor = base._conv_forward(x, flat.to(weight.dtype).view_as(weight), base.bias)
         return result
+
+
+class Embedding(OFTLayer):
+    """OFT on ``nn.Embedding``: each looked-up vector ``e (embedding_dim,)`` becomes ``e R`` (PEFT's
+    ``oft_embedding_R``); the merge rotates the table's rows, ``W <- W R``."""
+
+    adapter_layer_names = ("oft_embedding_R",)
+    merge_transposed = False
+
+    def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        blocks = self.rotation(adapter).blocks(dropout=self.training)
+        return rotate_blocks(result.to(blocks.dtype), blocks).to(result.dtype)

@@ -13,7 +13,7 @@ from torch import nn
 from peftkit.defaults import default_lora_targets
 from peftkit.methods.lora.method import LORA_CLI_OPTIONS, settle_lora_config
 from peftkit.methods.oft.config import OFTConfig
-from peftkit.methods.oft.layer import Conv2d, Linear, OFTLayerSpec
+from peftkit.methods.oft.layer import Conv2d, Embedding, Linear, OFTLayerSpec
 from peftkit.methods.oft.orthogonal import rotated_width, split_width
 from peftkit.methods.spec import CliOption, MethodSpec
 from peftkit.tuner import TunerModel
@@ -72,7 +72,7 @@ def describe_oft_module(
 ) -> tuple[int | None, float | None]:
     """``(stored blocks, None)`` for ``peftkit inspect``: the rows of ``oft_R`` (1 with ``block_share``); the
     weight change ``||W R^T - W||_F`` needs the base weight, which an adapter directory does not hold."""
-    weight = tensors.get("oft_R.weight")
+    weight = tensors.get("oft_R.weight", tensors.get("oft_embedding_R.weight"))
     return (None, None) if weight is None else (int(weight.shape[0]), None)
 
 
@@ -91,7 +91,7 @@ OFT = MethodSpec(
     config_class=OFTConfig,
     model_class_name="OFTModel",
     prefix="oft_",
-    layer_table={nn.Linear: Linear, nn.Conv2d: Conv2d},
+    layer_table={nn.Linear: Linear, nn.Conv2d: Conv2d, nn.Embedding: Embedding},
     layer_facts=oft_layer_facts,
     tuner_class=OFTModel,
     bias_modes={"none": "none", "all": "all", "oft_only": "adapter_layers"},

@@ -167,8 +167,8 @@ def split_width(dim: int, size: int, count: int, fields: tuple[str, str], where:
 
 
 def rotated_width(module: nn.Module, owner: str, name: str) -> int:
-    """The width an orthogonal adapter rotates in ``module``: ``in_features`` of a Linear, ``C_in * k * k`` of a
-    square ``k x k`` Conv2d (the flattened filter, channel-major as ``weight.flatten(1)``).
+    """The width an orthogonal adapter rotates in ``module``: ``in_features`` of a Linear, ``embedding_dim`` of an
+    Embedding, ``C_in * k * k`` of a square ``k x k`` Conv2d (the flattened filter, channel-major).
 
     Raises:
         TargetingError: a Conv2d with a non-square kernel, ``groups > 1`` or ``dilation > 1`` (PEFT's layers do
