@@ -97,6 +97,16 @@ def _trainer_save(original: Callable[..., Any]) -> Callable[..., Any]:
     return _save
 
 
+def _trainer_save_model(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def save_model(self: Any, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if trainer_support.saves_sharded_fsdp(self):  # on every rank: the adapter's shards are gathered
+            trainer_support.trainer_save(self, output_dir)
+        return original(self, output_dir, _internal_call)
+
+    return save_model
+
+
 def _trainer_load_from_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def _load_from_checkpoint(self: Any, resume_from_checkpoint: str, model: Any = None) -> None:
@@ -165,6 +175,7 @@ def patch_transformers() -> None:
     trainer_cls = transformers.trainer.Trainer
     for name, wrap in (
         ("_save", _trainer_save),
+        ("save_model", _trainer_save_model),
         ("_load_from_checkpoint", _trainer_load_from_checkpoint),
         ("_load_best_model", _trainer_load_best_model),
     ):
