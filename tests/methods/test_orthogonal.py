@@ -39,24 +39,54 @@ def single(method: str, adapter: str, state: dict[str, torch.Tensor]) -> nn.Modu
 
 @pytest.mark.parametrize("method", ["oft", "boft"])
 def test_two_active_adapters_compose_like_their_sequential_merges(method: str) -> None:
-    """OFT: ``x R_a R_b``; BOFT: ``x M_b M_a`` with ``s_a s_b`` (each method's reference order)."""
+    """``x R_b R_a`` (OFT; BOFT: ``x M_b M_a`` with ``s_a s_b``): what merging ``a`` then ``b`` writes, so merging
+    several active adapters keeps the output."""
     model = peft.get_peft_model(mlp(), random_config(method), adapter_name="a")
     model.add_adapter("b", random_config(method))
     model.base_model.set_adapter(["a", "b"])
     x = torch.randn(5, 8)
     both = model(x)
     layer = model.base_model.model[0]
-    if method == "oft":  # the first layer alone: rotate by a, then by b
-        inner = layer.adapt_input(layer.adapt_input(x, "a"), "b")
-        expected = layer.get_base_layer()(inner)
+    base = layer.get_base_layer()
+    if method == "oft":
+        expected = base(layer.adapt_input(layer.adapt_input(x, "b"), "a"))
     else:
         rotated = x @ layer.rotation("b") @ layer.rotation("a")
-        base = layer.get_base_layer()
         scale = (layer.boft_s["a"] * layer.boft_s["b"]).flatten()
         expected = (rotated @ base.weight.T) * scale + base.bias
-    torch.testing.assert_close(model.base_model.model[0](x), expected, rtol=1e-5, atol=1e-5)
-    alone = single(method, "a", model.state_dict())(x)
-    assert not torch.allclose(both, alone, atol=1e-4)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(both, single(method, "a", model.state_dict())(x), atol=1e-4)
+    with torch.no_grad():
+        model.merge_adapter()
+        torch.testing.assert_close(model(x), both, rtol=1e-5, atol=1e-5)
+        model.unmerge_adapter()
+        torch.testing.assert_close(model(x), both, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "module", "x"),
+    [
+        ("oft", nn.Conv2d(2, 3, 3, padding=1), torch.randn(2, 2, 5, 5)),
+        ("oft", nn.Embedding(10, 8), torch.tensor([[1, 5, 9]])),
+        ("boft", nn.Conv2d(2, 3, 2), torch.randn(2, 2, 5, 5)),
+    ],
+    ids=["oft-conv2d", "oft-embedding", "boft-conv2d"],
+)
+def test_two_active_adapters_on_conv_and_embedding_merge_to_the_same_output(method, module, x) -> None:
+    if method == "oft":
+        make = lambda: peft.OFTConfig(target_modules=["0"], oft_block_size=2, r=0, init_weights=False)  # noqa: E731
+    else:
+        make = lambda: peft.BOFTConfig(target_modules=["0"], boft_block_size=2, init_weights=False)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # OFT on a 3x3 kernel says how the reference differs
+        model = peft.get_peft_model(nn.Sequential(module), make(), adapter_name="a")
+        model.add_adapter("b", make())
+    model.base_model.set_adapter(["a", "b"])
+    with torch.no_grad():
+        both = model(x)
+        assert not torch.allclose(both, model.base_model.model[0].adapted_forward(x, ["a"]), atol=1e-4)
+        model.merge_adapter()
+        torch.testing.assert_close(model(x), both, rtol=1e-5, atol=1e-5)
 
 
 def test_coft_projects_each_block_onto_its_ball_in_place() -> None:

@@ -5,8 +5,9 @@ of the frozen weight, ``y = W (x R) + b`` for a row vector ``x``, i.e. the weigh
 skew-symmetric ``S_k`` whose strict upper triangle is row ``k`` of ``oft_R.<adapter>.weight`` (PEFT's name and
 shape ``(r, b (b - 1) / 2)``, one row with ``block_share``). Linear rotates the input, as PEFT does; Conv2d
 rotates the flattened filter ``W (C_out, C_in k k)`` and convolves with it, which is the function PEFT's merged
-weights compute; Embedding rotates each looked-up vector (``oft_embedding_R``). Several active adapters rotate
-in order: ``x R_1 R_2 ...``.
+weights compute; Embedding rotates each looked-up vector (``oft_embedding_R``). Several active adapters compose
+as their sequential merges do: ``W R_1^T ... R_n^T`` (input ``x R_n ... R_1``; an embedding ``e R_1 ... R_n``).
+PEFT 0.21.2's unmerged forward rotates the input ``x R_1 ... R_n`` instead, which its own merge does not give.
 """
 
 from __future__ import annotations
@@ -158,6 +159,11 @@ class Linear(OFTLayer):
         blocks = rotation.blocks(dropout=self.training)
         return rotate_blocks(x.to(blocks.dtype), blocks).to(x.dtype)
 
+    def adapted_forward(self, x: torch.Tensor, adapters: Sequence[str], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``W (x R_n ... R_1)``: the last active adapter rotates first, so that merging them one after the other
+        (``W R_1^T ... R_n^T``) gives the same function."""
+        return super().adapted_forward(x, list(reversed(adapters)), *args, **kwargs)
+
 
 class Conv2d(OFTLayer):
     """OFT on a square-kernel ``nn.Conv2d``; ``x (N, C_in, H, W) -> (N, C_out, H', W')`` convolved with the
@@ -167,7 +173,7 @@ class Conv2d(OFTLayer):
         base = self.get_base_layer()
         weight = base.weight
         flat = weight.flatten(1)
-        for name in reversed(adapters):  # x R_1 R_2 is W (R_1 R_2)^T = W R_2^T R_1^T
+        for name in adapters:  # W R_1^T ... R_n^T, what merging them one after the other writes
             blocks = self.rotation(name).blocks(dropout=self.training)
             flat = rotate_blocks(flat.to(blocks.dtype), blocks.mT)
         result: torch.Tensor = base._conv_forward(x, flat.to(weight.dtype).view_as(weight), base.bias)
