@@ -290,3 +290,22 @@ def test_a_bitsandbytes_int8_base_gives_the_reference_outputs_and_unmerges_exact
     assert (ours(x) - expected).abs().max() < 0.1 * (expected - base(x)).abs().max() + 0.02
     ours.unmerge_adapter()
     assert torch.equal(base.weight.data, packed)
+
+
+@pytest.mark.parametrize("second_block", [4, 2], ids=["same_blocks_gathered", "other_blocks_grouped"])
+def test_oft_mixed_batch_rows_equal_their_single_adapter_outputs(second_block: int) -> None:
+    model = peft.get_peft_model(mlp(), random_config("oft"), adapter_name="a")
+    model.add_adapter("b", peft.OFTConfig(target_modules=["0", "2"], oft_block_size=second_block, init_weights=False))
+    model.eval()
+    x = torch.randn(4, 3, 8)
+    route = ["b", "__base__", "a", "b"]
+    with torch.no_grad():
+        mixed = model(x, adapter_names=route)
+        for i, name in enumerate(route):
+            if name == "__base__":
+                with model.disable_adapter():
+                    alone = model(x[i : i + 1])
+            else:
+                model.set_adapter(name)
+                alone = model(x[i : i + 1])
+            torch.testing.assert_close(mixed[i : i + 1], alone, rtol=1e-5, atol=1e-6, msg=f"sample {i} ({name})")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.layers.base import AdapterLayer
+from peftkit.layers.base import AdapterLayer, BatchRouting
 from peftkit.layers.placement import adapter_device
 from peftkit.merging.merge import update_weight
 from peftkit.methods.lora.layer import adapter_dtype
@@ -163,6 +163,24 @@ class Linear(OFTLayer):
         """``W (x R_n ... R_1)``: the last active adapter rotates first, so that merging them one after the other
         (``W R_1^T ... R_n^T``) gives the same function."""
         return super().adapted_forward(x, list(reversed(adapters)), *args, **kwargs)
+
+    def mixed_forward(self, x: torch.Tensor, routing: BatchRouting, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """One adapter per sample in one base forward: each sample's blocks ``(r, b, b)`` (the identity for the
+        base model) gathered into ``(batch, r, b, b)``. Adapters of different block sizes take the generic path."""
+        routing = routing.for_batch(x.shape[0])
+        held = [name for name in routing.names if self.holds(name)]
+        if len({self.oft_block_size[name] for name in held}) != 1:
+            return super().mixed_forward(x, routing, *args, **kwargs)
+        blocks = {name: self.rotation(name).blocks(dropout=self.training) for name in held}
+        some = blocks[held[0]]
+        identity = torch.eye(some.shape[-1], device=some.device, dtype=some.dtype).expand_as(some)
+        stacked = torch.stack([blocks.get(name, identity) for name in routing.names])
+        per_sample = stacked[routing.index_on(x.device)]
+        count, size = some.shape[0], some.shape[-1]
+        sliced = x.to(some.dtype).reshape(x.shape[0], -1, count, size)
+        rotated = torch.einsum("nsrk,nrkc->nsrc", sliced, per_sample).reshape(x.shape).to(x.dtype)
+        result: torch.Tensor = self.base_layer(rotated, *args, **kwargs)
+        return result
 
 
 class Conv2d(OFTLayer):
