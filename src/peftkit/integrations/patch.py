@@ -44,6 +44,9 @@ ADAPTER_METHODS = (
 _DETECTION_SITES = ("transformers.integrations.peft", "transformers.models.auto.auto_factory", "transformers.pipelines")
 
 _originals: list[tuple[Any, str, Any]] = []
+#: Which parts are applied: "methods" (model adapter methods), "detection" (adapter directories in
+#: ``from_pretrained``), "trainer" (checkpoints). ``peftkit.install_as_peft`` applies "methods" and "trainer".
+_applied: set[str] = set()
 
 
 def _set(owner: Any, name: str, value: Any) -> None:
@@ -149,21 +152,25 @@ def _is_peft_model(original: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return check
 
 
-def patch_transformers() -> None:
-    """Opt in: transformers' models, Auto classes, pipeline and Trainer use peftkit for adapters.
-
-    Idempotent; see the module docstring for what changes. Undo with :func:`unpatch_transformers`.
-    """
-    if _originals:
+def patch_adapter_methods() -> None:
+    """The model-method part of :func:`patch_transformers`: ``PeftAdapterMixin``'s methods become peftkit's."""
+    if "methods" in _applied:
         return
-    import transformers.trainer
-    import transformers.trainer_utils
     from transformers.integrations.peft import PeftAdapterMixin
 
     for name in ADAPTER_METHODS:
         _set(PeftAdapterMixin, name, _entry(name))
-    for site in _DETECTION_SITES:
-        _set(importlib.import_module(site), "is_peft_available", _detection_enabled)
+    _applied.add("methods")
+
+
+def patch_trainer() -> None:
+    """The ``Trainer`` part of :func:`patch_transformers`: adapter-only checkpoints, resume and load-best for
+    peftkit models, and peftkit's ``PeftModel`` counted as a PEFT model."""
+    if "trainer" in _applied:
+        return
+    import transformers.trainer
+    import transformers.trainer_utils
+
     for module in (transformers.trainer, transformers.trainer_utils):
         _set(module, "_is_peft_model", _is_peft_model(module._is_peft_model))
     if hasattr(transformers.trainer, "update_fsdp_plugin_peft"):  # imports peft; peftkit models get their own
@@ -180,6 +187,20 @@ def patch_transformers() -> None:
         ("_load_best_model", _trainer_load_best_model),
     ):
         _set(trainer_cls, name, wrap(getattr(trainer_cls, name)))
+    _applied.add("trainer")
+
+
+def patch_transformers() -> None:
+    """Opt in: transformers' models, Auto classes, pipeline and Trainer use peftkit for adapters.
+
+    Idempotent; see the module docstring for what changes. Undo with :func:`unpatch_transformers`.
+    """
+    patch_adapter_methods()
+    if "detection" not in _applied:
+        for site in _DETECTION_SITES:
+            _set(importlib.import_module(site), "is_peft_available", _detection_enabled)
+        _applied.add("detection")
+    patch_trainer()
 
 
 def unpatch_transformers() -> None:
@@ -187,8 +208,9 @@ def unpatch_transformers() -> None:
     while _originals:
         owner, name, original = _originals.pop()
         setattr(owner, name, original)
+    _applied.clear()
 
 
 def is_patched() -> bool:
-    """Whether :func:`patch_transformers` is in effect."""
-    return bool(_originals)
+    """Whether :func:`patch_transformers` (or a part of it) is in effect."""
+    return bool(_applied)
