@@ -109,6 +109,8 @@ class MethodSpec:
             ``"adapter_layers"``); a config without a ``bias`` field trains no bias.
         embedding_rule: ``(config, save_embedding_layers) -> bool``: whether a save includes the base weights
             of adapted embedding layers (default: :func:`peft_embedding_rule`).
+        init_warning: ``(config, adapter_name) -> message | None``: a warning to give when an adapter of this
+            config is loaded.
         after_load: ``(model, config, adapter_name) -> None``, run once a new adapter's tensors are loaded (LoRA:
             a PiSSA/OLoRA initialisation rewrites the base weights again, as PEFT re-runs it at load).
         model_tensors: Tensors held once per model and shared by the adapter's layers (see
@@ -143,6 +145,7 @@ class MethodSpec:
     after_inject: Callable[[Any, nn.Module, str], None] | None = None
     bias_modes: Mapping[str, BiasRule] = field(default_factory=lambda: {"none": "none"})
     embedding_rule: Callable[[Any, bool | str], bool] = peft_embedding_rule
+    init_warning: Callable[[Any, str], str | None] | None = None
     after_load: Callable[[Any, Any, str], None] | None = None
     model_tensors: ModelTensors | None = None
     public_names: Mapping[str, object] = field(default_factory=dict)

@@ -103,6 +103,7 @@ LORA = MethodSpec(
     after_inject=tie_adapters,
     bias_modes=LORA_BIAS_MODES,
     after_load=redo_decomposing_init,
+    tuner_class=LoraModel,
     public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel},
     cli_name="lora",
     cli_options=(
