@@ -58,8 +58,12 @@ class _MissingMeta(type):
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         return _MissingValue(f"{cls._peft_path}(...)")
 
-    __instancecheck__ = _fail
-    __subclasscheck__ = _fail
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return False  # nothing peftkit makes is an instance of a class it lacks (PEFT's tests ask per method)
+
+    def __subclasscheck__(cls, sub: Any) -> bool:
+        return False
+
     __getitem__ = _fail
     __iter__ = _fail
     __contains__ = _fail

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -29,6 +29,10 @@ class TunerModel(nn.Module):
         peft_config: A config (for ``adapter_name``) or a dict of configs; ``None`` starts empty.
         adapter_name: Name of the first adapter.
     """
+
+    #: PEFT's flag for tuners whose state ``inject_adapter_in_model`` cannot create without the tuner. peftkit keeps
+    #: tensors shared by an adapter's layers on the model itself, so every method injects directly: ``False``.
+    uses_shared_state: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -74,10 +74,11 @@ def test_shim_maps_to_real_peftkit_modules_and_marks_what_is_missing() -> None:
     loader.exec_module(module)
     assert module.PeftConfig is peftkit.config.PeftConfig
     placeholder = module.NoSuchNameInPeftkit
-    for use in (lambda: placeholder().attribute, lambda: isinstance(1, placeholder), lambda: placeholder.attribute):
+    for use in (lambda: placeholder().attribute, lambda: placeholder()(), lambda: placeholder.attribute):
         with pytest.raises(peft_suite_shim.MissingInPeftkit, match=r"peft\.config\.NoSuchNameInPeftkit"):
             use()
     assert peft_suite_shim.MISSING["peft.config.NoSuchNameInPeftkit"] >= 1
+    assert not isinstance(1, placeholder) and not issubclass(int, placeholder)  # no object is of a missing class
     absent = loader.create_module(ModuleSpec("peft.no_such_module", loader))
     loader.exec_module(absent)
     with pytest.raises(peft_suite_shim.MissingInPeftkit):
