@@ -248,6 +248,10 @@ class AdapterLayer(AdapterState, nn.Module):
             names.update(getattr(self, attr).keys())
         return names
 
+    def _all_available_adapter_names(self) -> list[str]:
+        """PEFT's name (on ``BaseTunerLayer``) for :meth:`adapter_names`, sorted."""
+        return sorted(self.adapter_names())
+
     @property
     def merged(self) -> bool:
         return bool(self.merged_adapters)

@@ -11,6 +11,12 @@ def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
+def get_submodules(model: nn.Module, key: str) -> tuple[nn.Module, nn.Module, str]:
+    """``(parent, module, attribute)`` of the module named ``key`` (PEFT's ``_get_submodules``)."""
+    parent, child = get_submodule_parent(model, key)
+    return parent, model.get_submodule(key), child
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module, parent: nn.Module | None = None) -> nn.Module:
     """Put ``new`` where module ``name`` was; returns the module that was there.
 

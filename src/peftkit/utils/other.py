@@ -5,12 +5,14 @@ the ``modules_to_save`` wrapper and PEFT's constants (:mod:`peftkit.utils.consta
 from peftkit.integrations.fsdp import fsdp_auto_wrap_policy
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.placement import infer_device
+from peftkit.layers.wrap import get_submodules as _get_submodules
 from peftkit.quant.prepare import cast_mixed_precision_params, prepare_model_for_kbit_training
 from peftkit.utils.constants import *  # noqa: F403  # PEFT's constants live at this path too
 from peftkit.utils.constants import __all__ as _constants
 
 __all__ = [
     "ModulesToSaveWrapper",
+    "_get_submodules",
     "cast_mixed_precision_params",
     "fsdp_auto_wrap_policy",
     "infer_device",
