@@ -104,6 +104,11 @@ def _adalora(**kw: Any) -> peft.AdaLoraConfig:
     return peft.AdaLoraConfig(**{**base, "total_step": 10, "modules_to_save": ["lm_head"], **kw})
 
 
+def _vera(**kw: Any) -> peft.VeraConfig:
+    base = {"task_type": "CAUSAL_LM", "r": 4, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    return peft.VeraConfig(**{**base, "init_weights": False, "modules_to_save": ["lm_head"], **kw})
+
+
 def _prompt_tuning(**kw: Any) -> peft.PromptTuningConfig:
     return peft.PromptTuningConfig(**{"task_type": "CAUSAL_LM", "num_virtual_tokens": 3, **kw})
 
@@ -121,6 +126,7 @@ METHOD_CASES = [
     MethodCase("lora", "llama", _lora),
     MethodCase("ia3", "llama", _ia3),
     MethodCase("adalora", "llama", _adalora, one_trainable=True),
+    MethodCase("vera", "llama", _vera),
     MethodCase("prompt_tuning", "llama", _prompt_tuning, prompt=True),
     MethodCase("prefix_tuning", "llama", _prefix_tuning, prompt=True),
     MethodCase("p_tuning", "llama_seq_cls", _p_tuning, prompt=True),
