@@ -17,4 +17,5 @@ METHOD_SPECS: dict[str, str] = {
     "PREFIX_TUNING": "peftkit.methods.prefix_tuning.method:PREFIX_TUNING",
     "P_TUNING": "peftkit.methods.p_tuning.method:P_TUNING",
     "VERA": "peftkit.methods.vera.method:VERA",
+    "LN_TUNING": "peftkit.methods.ln_tuning.method:LN_TUNING",
 }

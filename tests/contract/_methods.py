@@ -109,6 +109,11 @@ def _vera(**kw: Any) -> peft.VeraConfig:
     return peft.VeraConfig(**{**base, "init_weights": False, "modules_to_save": ["lm_head"], **kw})
 
 
+def _ln_tuning(**kw: Any) -> peft.LNTuningConfig:
+    base = {"task_type": "CAUSAL_LM", "target_modules": ["input_layernorm", "norm"]}
+    return peft.LNTuningConfig(**{**base, "modules_to_save": ["lm_head"], **kw})
+
+
 def _prompt_tuning(**kw: Any) -> peft.PromptTuningConfig:
     return peft.PromptTuningConfig(**{"task_type": "CAUSAL_LM", "num_virtual_tokens": 3, **kw})
 
@@ -127,6 +132,7 @@ METHOD_CASES = [
     MethodCase("ia3", "llama", _ia3),
     MethodCase("adalora", "llama", _adalora, one_trainable=True),
     MethodCase("vera", "llama", _vera),
+    MethodCase("ln_tuning", "llama", _ln_tuning),
     MethodCase("prompt_tuning", "llama", _prompt_tuning, prompt=True),
     MethodCase("prefix_tuning", "llama", _prefix_tuning, prompt=True),
     MethodCase("p_tuning", "llama_seq_cls", _p_tuning, prompt=True),
