@@ -18,4 +18,5 @@ METHOD_SPECS: dict[str, str] = {
     "P_TUNING": "peftkit.methods.p_tuning.method:P_TUNING",
     "VERA": "peftkit.methods.vera.method:VERA",
     "LN_TUNING": "peftkit.methods.ln_tuning.method:LN_TUNING",
+    "TRAINABLE_TOKENS": "peftkit.methods.trainable_tokens.method:TRAINABLE_TOKENS",
 }

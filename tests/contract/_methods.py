@@ -114,6 +114,10 @@ def _ln_tuning(**kw: Any) -> peft.LNTuningConfig:
     return peft.LNTuningConfig(**{**base, "modules_to_save": ["lm_head"], **kw})
 
 
+def _trainable_tokens(**kw: Any) -> peft.TrainableTokensConfig:
+    return peft.TrainableTokensConfig(**{"task_type": "CAUSAL_LM", "token_indices": [3, 7, 11, 20, 42], **kw})
+
+
 def _prompt_tuning(**kw: Any) -> peft.PromptTuningConfig:
     return peft.PromptTuningConfig(**{"task_type": "CAUSAL_LM", "num_virtual_tokens": 3, **kw})
 
@@ -133,6 +137,7 @@ METHOD_CASES = [
     MethodCase("adalora", "llama", _adalora, one_trainable=True),
     MethodCase("vera", "llama", _vera),
     MethodCase("ln_tuning", "llama", _ln_tuning),
+    MethodCase("trainable_tokens", "llama", _trainable_tokens),
     MethodCase("prompt_tuning", "llama", _prompt_tuning, prompt=True),
     MethodCase("prefix_tuning", "llama", _prefix_tuning, prompt=True),
     MethodCase("p_tuning", "llama_seq_cls", _p_tuning, prompt=True),
