@@ -33,6 +33,8 @@ def peft_embedding_rule(config: PeftConfig, requested: bool | str) -> bool:
     embedding layer (:data:`EMBEDDING_LAYER_NAMES`); ``True`` / ``False`` decide directly."""
     if requested != "auto":
         return bool(requested)
+    if getattr(config, "trains_token_rows", False):  # PEFT: not when the adapter trains token rows
+        return False
     targets = getattr(config, "target_modules", None) or ()
     return any(name in targets for name in EMBEDDING_LAYER_NAMES)
 
