@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
+from peftkit.errors import ConfigError
 from peftkit.methods.spec import CliOption, MethodSpec
 from peftkit.methods.trainable_tokens.config import TrainableTokensConfig
 from peftkit.methods.trainable_tokens.layer import TrainableTokensLayer
@@ -50,6 +52,21 @@ def tie_heads(config: TrainableTokensConfig, model: nn.Module, adapter: str) -> 
     tie_output_head(model, adapter, TrainableTokensLayer)
 
 
+def token_ids_from_cli(fields: dict[str, Any], total_steps: int) -> dict[str, Any]:
+    """``--token-indices 1,5,9`` -> ``token_indices=[1, 5, 9]``.
+
+    Raises:
+        ConfigError: an entry is not an integer.
+    """
+    text = fields.get("token_indices")
+    if isinstance(text, str):
+        try:
+            fields = {**fields, "token_indices": [int(part) for part in text.split(",") if part.strip()]}
+        except ValueError:
+            raise ConfigError(f"--token-indices takes comma-separated token ids, got {text!r}.") from None
+    return fields
+
+
 def never_auto(config: object, requested: bool | str) -> bool:
     """PEFT's rule for trainable tokens: whole embedding tables are saved only when asked for explicitly."""
     return requested is True
@@ -72,4 +89,5 @@ TRAINABLE_TOKENS = MethodSpec(
         CliOption("token_indices", "token_indices", str, "Token ids whose embedding rows train, comma-separated"),
     ),
     cli_learning_rate=1e-2,
+    cli_config=token_ids_from_cli,
 )
