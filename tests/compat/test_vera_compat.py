@@ -64,3 +64,4 @@ def test_both_libraries_draw_the_same_projections_for_every_adapter() -> None:
     for adapter in ("default", "two"):
         for name in ("vera_A", "vera_B"):
             assert torch.equal(held.get(adapter)[name], getattr(ref.base_model, name)[adapter]), (adapter, name)
+            assert getattr(ours.base_model, name)[adapter] is held.get(adapter)[name]  # PEFT's attribute

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+
 from peftkit.config import PeftConfig
 from peftkit.errors import ConfigError
+from peftkit.layers.shared import shared_tensors
 from peftkit.tuner import TunerModel
 
 
@@ -15,6 +18,20 @@ class VeraModel(TunerModel):
     """
 
     prefix: str = "vera_lambda_"
+
+    @property
+    def vera_A(self) -> dict[str, torch.Tensor]:
+        """Adapter name -> its shared projection ``A (r, max_in)`` (PEFT's ``base_model.vera_A``; read-only view)."""
+        return self._projections("vera_A")
+
+    @property
+    def vera_B(self) -> dict[str, torch.Tensor]:
+        """Adapter name -> its shared projection ``B (max_out, r)`` (PEFT's ``base_model.vera_B``)."""
+        return self._projections("vera_B")
+
+    def _projections(self, name: str) -> dict[str, torch.Tensor]:
+        holder = shared_tensors(self.model)
+        return {} if holder is None else {adapter: holder.get(adapter)[name] for adapter in holder.adapters}
 
     def check_new_config(self, adapter_name: str, config: PeftConfig) -> None:
         """Refuse a config whose ``projection_prng_key`` or ``save_projection`` differs from the adapters'.
