@@ -8,17 +8,7 @@ import os
 
 import pytest
 from safetensors.torch import load_file
-
-from peftkit.cli.main import main
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.integration.test_cli import run_cli
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.methods._training import adam_losses
 from torch import nn
 
 import peftkit as peft
@@ -102,14 +103,7 @@ def test_training_lowers_the_loss_keeps_the_base_and_round_trips(tmp_path: Path)
     base = net()
     model = peft.get_peft_model(copy.deepcopy(base), peft.LNTuningConfig(target_modules=["1"]))
     x, y = torch.randn(16, 4), torch.randn(16, 3)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    losses = []
-    for _ in range(30):
-        optimizer.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adam_losses(model, lambda: nn.functional.mse_loss(model(x), y), steps=30, lr=0.05)
     assert losses[-1] < 0.8 * losses[0]
     inner = model.base_model.model
     for i, module in enumerate((inner[0], inner[1].base_layer, inner[2])):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from tests._tiny import build_model
+from tests.methods._training import adam_losses
 from torch import nn
 
 import peftkit as peft
@@ -99,14 +100,7 @@ def test_an_adapter_without_tokens_disable_and_delete() -> None:
 def test_training_lowers_the_loss_keeps_the_base_and_round_trips(tmp_path: Path) -> None:
     base = build_model("gpt2")
     model = tokens_model("gpt2", [1, 5, 12], base=copy.deepcopy(base))
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.02)
-    losses = []
-    for _ in range(20):
-        optimizer.zero_grad()
-        loss = model(input_ids=IDS, labels=IDS).loss
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adam_losses(model, lambda: model(input_ids=IDS, labels=IDS).loss, steps=20, lr=0.02)
     assert losses[-1] < 0.9 * losses[0]
     assert torch.equal(model.get_base_model().transformer.wte.weight, base.transformer.wte.weight)
     model.save_pretrained(tmp_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from tests._tiny import build_model
+from tests.methods._training import adam_losses
 from torch import nn
 
 import peftkit as peft
@@ -104,14 +105,7 @@ def test_deleting_the_last_adapter_unwraps_a_tied_head_too() -> None:
 def test_training_lowers_the_loss_keeps_the_base_and_round_trips(tmp_path: Path) -> None:
     base = build_model("gpt2")
     model = peft.get_peft_model(copy.deepcopy(base), peft.TrainableTokensConfig(token_indices=[1, 5, 12]))
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    losses = []
-    for _ in range(20):
-        optimizer.zero_grad()
-        loss = model(input_ids=IDS, labels=IDS).loss
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adam_losses(model, lambda: model(input_ids=IDS, labels=IDS).loss, steps=20, lr=0.05)
     assert losses[-1] < 0.9 * losses[0]
     weight = model.get_base_model().get_input_embeddings().get_base_layer().weight
     assert torch.equal(weight, base.get_input_embeddings().weight)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.methods._training import adam_losses
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -112,14 +113,7 @@ def test_training_lowers_the_loss_keeps_the_base_and_round_trips(tmp_path: Path,
         config = peft.VeraConfig(r=4, target_modules=["0", "2"], projection_prng_key=9, **kw)
     model = peft.get_peft_model(copy.deepcopy(base), config)
     x, y = torch.randn(16, 6), torch.randn(16, 7)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    losses = []
-    for _ in range(30):
-        optimizer.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adam_losses(model, lambda: nn.functional.mse_loss(model(x), y), steps=30, lr=0.05)
     assert losses[-1] < 0.8 * losses[0]
     for i in (0, 2):
         assert torch.equal(model.base_model.model[i].get_base_layer().weight, base[i].weight)

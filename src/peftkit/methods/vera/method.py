@@ -10,7 +10,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftkit.defaults import default_lora_targets
-from peftkit.methods.lora.method import settle_lora_config
+from peftkit.methods.lora.method import LORA_CLI_OPTIONS, settle_lora_config
 from peftkit.methods.spec import CliOption, MethodSpec
 from peftkit.methods.vera.config import VeraConfig
 from peftkit.methods.vera.layer import Linear, VeraLayerSpec
@@ -65,13 +65,7 @@ VERA = MethodSpec(
         CliOption("r", "r", int, "Rank of the shared random projections", 256),
         CliOption("dropout", "vera_dropout", float, "Dropout on the adapter input", 0.0),
         CliOption("d_initial", "d_initial", float, "Initial value of the lambda_d vectors", 0.1),
-        CliOption(
-            "target_modules",
-            "target_modules",
-            str,
-            "Modules to adapt: comma-separated names, a regex, or all-linear",
-            "all-linear",
-        ),
+        next(option for option in LORA_CLI_OPTIONS if option.name == "target_modules"),
     ),
     cli_learning_rate=4e-3,
     describe_module=describe_vera_module,
