@@ -119,6 +119,13 @@ def test_config_errors_say_what_to_change() -> None:
         tokens_model("llama", [64])
     with pytest.raises(peft.ConfigError, match="not an embedding"):
         tokens_model("llama", {"input_layernorm": [1]})
+    with pytest.raises(peft.ConfigError, match=r"trainable_token_indices=\[1\] is a PEFT feature"):
+        peft.AdaLoraConfig(total_step=10, trainable_token_indices=[1])
+    config = peft.LoraConfig(
+        target_modules=["q_proj"], modules_to_save=["lm_head"], trainable_token_indices={"lm_head": [1]}
+    )
+    with pytest.raises(peft.ConfigError, match="modules_to_save"):
+        peft.get_peft_model(build_model("llama"), config)
     model = build_model("llama")
     with pytest.raises(peft.ConfigError, match="outside"):
         tokens_model("llama", [1, 64], base=model)

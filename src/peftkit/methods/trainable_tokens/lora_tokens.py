@@ -55,6 +55,12 @@ def inject_token_adapters(config: object, model: nn.Module, adapter: str) -> Non
     indices = getattr(config, "trainable_token_indices", None)
     if indices is None:
         return
+    saved = set(getattr(config, "modules_to_save", None) or ())
+    both = sorted(saved.intersection(indices) if isinstance(indices, Mapping) else ())
+    if both:
+        raise ConfigError(
+            f"{both} are in modules_to_save (trained in full) and in trainable_token_indices; keep them in one."
+        )
     targets = token_targets(indices, model)
     for name, ids in targets.items():
         table: Any = model.get_submodule(name)
