@@ -107,6 +107,7 @@ LORA = MethodSpec(
     after_inject=finish_lora_injection,
     bias_modes=LORA_BIAS_MODES,
     init_warning=decomposing_init_warning,
+    tuner_class=LoraModel,
     public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel},
     cli_name="lora",
     cli_options=(
