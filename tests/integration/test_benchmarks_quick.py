@@ -31,6 +31,7 @@ def test_every_figure_runs_and_agrees(tmp_path, capsys) -> None:
         "LoRA injection (meta device)",
         "merge_and_unload",
         "recompiles: set_adapter",
+        "trainable tokens train step",
     ):
         assert expected in figures
         assert f"| {expected} |" in printed
