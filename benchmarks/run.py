@@ -33,6 +33,7 @@ from benchmarks import (
     large,
     loading,
     mixed_batch,
+    orthogonal,
     qlora,
     recompiles,
     scale,
@@ -52,6 +53,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "scale": scale.run,
     "distributed": distributed.run,
     "trainable_tokens": trainable_tokens.run,
+    "orthogonal": orthogonal.run,
 }
 REPS = {"full": 7, "quick": 3, "tiny": 1}
 

@@ -19,4 +19,6 @@ METHOD_SPECS: dict[str, str] = {
     "VERA": "peftkit.methods.vera.method:VERA",
     "LN_TUNING": "peftkit.methods.ln_tuning.method:LN_TUNING",
     "TRAINABLE_TOKENS": "peftkit.methods.trainable_tokens.method:TRAINABLE_TOKENS",
+    "OFT": "peftkit.methods.oft.method:OFT",
+    "BOFT": "peftkit.methods.boft.method:BOFT",
 }

@@ -57,7 +57,7 @@ class AdaLoraConfig(LoraConfig):
 
     zero_alpha_disables: ClassVar[bool] = False  # lora_alpha <= 0 scales by the rank
     # LoRA's trainable_token_indices are not wired into AdaLoRA's injection: refused rather than ignored.
-    unsupported_fields = (*LoraConfig.unsupported_fields, "trainable_token_indices")
+    unsupported_fields: ClassVar[tuple[str, ...]] = (*LoraConfig.unsupported_fields, "trainable_token_indices")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -94,7 +94,7 @@ class LoraConfig(PeftConfig):
     #: ``lora_alpha == 0`` makes the scaling 0 (AdaLoRA then scales by the rank instead).
     zero_alpha_disables: ClassVar[bool] = True
 
-    unsupported_fields = (
+    unsupported_fields: ClassVar[tuple[str, ...]] = (
         "alora_invocation_tokens",
         "arrow_config",
         "corda_config",
