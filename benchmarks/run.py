@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import distributed, forward, large, loading, mixed_batch, qlora, recompiles, scale, train_step
+from benchmarks import compiled, distributed, forward, large, loading, mixed_batch, qlora, recompiles, scale, train_step
 from benchmarks.harness import Row, Settings, table
 
 FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
@@ -37,6 +37,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "loading": loading.run,
     "large": large.run,
     "recompiles": recompiles.run,
+    "compiled": compiled.run,
     "qlora": qlora.run,
     "scale": scale.run,
     "distributed": distributed.run,

@@ -97,7 +97,7 @@ class BatchRouting:
         shared by every layer of the call."""
         if key not in self._derived:
             self._derived[key] = build()
-        return self._derived[key]  # type: ignore[no-any-return]
+        return self._derived[key]
 
     def groups(self, device: torch.device) -> list[tuple[str, torch.Tensor]]:
         """``[(name, sample_indices)]`` for each distinct adapter, computed once per device."""
