@@ -18,6 +18,7 @@ MIXES = {
     "one adapter": [1, 1, 1, 1],
     "gaps between slots": [4, 0, 4, 0, 2],
     "only the base model": [SLOTS, SLOTS],
+    "equal groups, with base samples": [1, SLOTS, 3, 1, 3],
 }
 
 

@@ -150,8 +150,11 @@ def add_segmented(
     batch, width = x.shape[0], x.shape[-1]
     x3 = x.reshape(batch, -1, width).to(A_t.dtype)
     tokens = x3.shape[1]
-    routed = x3 if segments.every_sample else x3.index_select(0, segments.samples)
-    padded = x3.new_zeros(count * segments.length, tokens, width).index_copy_(0, segments.rows, routed)
+    if segments.padded_rows == segments.samples.shape[0]:  # no padding: one gather builds the block
+        padded = x3.index_select(0, segments.row_samples)
+    else:
+        routed = x3 if segments.every_sample else x3.index_select(0, segments.samples)
+        padded = x3.new_zeros(segments.padded_rows, tokens, width).index_copy_(0, segments.rows, routed)
     A_seg, B_seg = _factors(A_t, B_t, segments)
     h = torch.bmm(padded.view(count, segments.length * tokens, width), A_seg)
     y = torch.bmm(h, B_seg).view(count * segments.length, tokens, B_t.shape[-1])
