@@ -1,5 +1,7 @@
 """peftkit: parameter-efficient fine-tuning with PEFT's API and file format (``import peftkit as peft``)."""
 
+from peftkit import tuners as tuners  # ``peft.tuners.*`` and ``peft.utils.*`` after a bare ``import peft``
+from peftkit import utils as utils
 from peftkit.auto import (
     AutoPeftModel,
     AutoPeftModelForCausalLM,
@@ -75,7 +77,6 @@ _METHOD_NAMES = _public_names()
 globals().update(_METHOD_NAMES)
 
 _publish_peft_paths()
-from peftkit import tuners, utils  # noqa: E402  # ``peft.utils.*`` / ``peft.tuners.*`` after a bare ``import peft``
 # Answer to ``import peft`` when the reference is not installed (peftkit.integrations.peft_alias), last: the
 # alias module copies this package's public names.
 install_if_reference_absent()
