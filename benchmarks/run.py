@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from benchmarks import (
+    compiled,
     distributed,
     forward,
     large,
@@ -49,6 +50,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "loading": loading.run,
     "large": large.run,
     "recompiles": recompiles.run,
+    "compiled": compiled.run,
     "qlora": qlora.run,
     "scale": scale.run,
     "distributed": distributed.run,
