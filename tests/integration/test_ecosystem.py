@@ -1,7 +1,7 @@
 """PEFT-style code with ``import peftkit`` runs through the real transformers ``Trainer``, accelerate and TRL
 (SFT, DPO) as it does with the reference, with no opt-in beyond what the README's first example shows:
 
-* ``peft-absent``: the reference is not installed (the subprocess sees a copy of site-packages without it);
+* ``peft-absent``: the reference is not installed (the subprocess's path finder does not see it);
   peftkit answers to ``peft`` by itself;
 * ``peft-installed``: the reference is importable; ``peftkit.install_as_peft()`` (the README's one call for
   that case) makes peftkit answer to ``peft``.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -23,11 +22,31 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Without the reference: peft is not on the path at all (see ``site_without_peft``); the Trainer is imported
+#: Without the reference: the path finder is replaced by one that does not see peft (``find_spec("peft")`` is
+#: ``None`` and ``importlib.metadata`` knows no peft, as where it is not installed); the Trainer is imported
 #: before peftkit on purpose (peftkit completes the names it binds from ``peft``).
 WITHOUT_PEFT = textwrap.dedent(
     """
-    import importlib.util
+    import importlib.machinery, importlib.metadata, importlib.util, sys
+
+    class PathFinderWithoutPeft:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name == "peft" or name.startswith("peft."):
+                return None
+            return importlib.machinery.PathFinder.find_spec(name, path, target)
+
+        @staticmethod
+        def find_distributions(context=importlib.metadata.DistributionFinder.Context()):
+            if (context.name or "").lower() == "peft":
+                return iter(())
+            return importlib.machinery.PathFinder.find_distributions(context)
+
+        @staticmethod
+        def invalidate_caches():
+            importlib.machinery.PathFinder.invalidate_caches()
+
+    sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = PathFinderWithoutPeft
     assert importlib.util.find_spec("peft") is None
     from transformers import Trainer
     import peftkit
@@ -169,40 +188,25 @@ TRL = textwrap.dedent(
 MODES = {"peft-absent": WITHOUT_PEFT, "peft-installed": INSTALL_AS_PEFT}
 
 
-@pytest.fixture(scope="module")
-def site_without_peft(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory of links to every installed package but the reference peft (its package and dist-info), for
-    a ``python -S`` subprocess: there ``import peft`` finds nothing and ``importlib.metadata`` knows no peft."""
-    shadow = tmp_path_factory.mktemp("site-without-peft")
-    for site in dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib")):
-        for entry in Path(site).iterdir():
-            name = entry.name.lower()
-            if name == "peft" or name.startswith("peft-") or name.endswith(".pth") or (shadow / entry.name).exists():
-                continue
-            (shadow / entry.name).symlink_to(entry)
-    return shadow
-
-
-def _run(tmp_path: Path, mode: str, body: str, site_without_peft: Path) -> None:
+def _run(tmp_path: Path, mode: str, body: str) -> None:
     if mode == "peft-installed":
         pytest.importorskip("peft")
     (tmp_path / "script.py").write_text(MODES[mode] + COMMON + body)
-    path = [str(ROOT / "src")] + ([str(site_without_peft)] if mode == "peft-absent" else [])
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(path))
-    command = [sys.executable, *(["-S"] if mode == "peft-absent" else []), "script.py"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    command = [sys.executable, "script.py"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "ECOSYSTEM OK" in result.stdout
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_trainer_and_accelerate_without_opt_in(tmp_path: Path, mode: str, site_without_peft: Path) -> None:
-    _run(tmp_path, mode, TRAINER, site_without_peft)
+def test_trainer_and_accelerate_without_opt_in(tmp_path: Path, mode: str) -> None:
+    _run(tmp_path, mode, TRAINER)
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_trl_sft_and_dpo(tmp_path: Path, mode: str, site_without_peft: Path) -> None:
-    _run(tmp_path, mode, TRL, site_without_peft)
+def test_trl_sft_and_dpo(tmp_path: Path, mode: str) -> None:
+    _run(tmp_path, mode, TRL)
 
 
 def test_install_as_peft_refuses_once_the_reference_is_imported() -> None:
