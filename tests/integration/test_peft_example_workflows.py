@@ -139,23 +139,15 @@ def _run(peft: ModuleType, workflow: str, tmp_path: Path) -> None:
 
 
 def _cases() -> list[Any]:
-    """(library, workflow) pairs: the reference only where it works inside transformers; on a branch without
-    ``get_peft_config`` the seven workflows that call it are expected to fail (strict: they must start passing)."""
+    """(library, workflow) pairs; the reference only where it is installed and works inside transformers."""
     try:
         import peft as reference
     except ImportError:  # the workflows also run where the reference is not installed
         reference = None
-    needs_eco = pytest.mark.xfail(
-        not hasattr(peftkit, "get_peft_config"), reason="get_peft_config comes with branch i11-eco", strict=True
-    )
-    cases = []
-    for name in WORKFLOWS:
-        uses_get_peft_config = name != "seq2seq_lora"
-        cases.append(
-            pytest.param(peftkit, name, id=f"peftkit-{name}", marks=[needs_eco] if uses_get_peft_config else [])
-        )
-        if reference is not None:
-            cases.append(pytest.param(reference, name, id=f"peft-{name}", marks=pytest.mark.reference_peft))
+    cases = [pytest.param(peftkit, name, id=f"peftkit-{name}") for name in WORKFLOWS]
+    if reference is not None and reference is not peftkit:
+        marks = pytest.mark.reference_peft
+        cases += [pytest.param(reference, name, id=f"peft-{name}", marks=marks) for name in WORKFLOWS]
     return cases
 
 
