@@ -1,5 +1,7 @@
 """peftkit: parameter-efficient fine-tuning with PEFT's API and file format (``import peftkit as peft``)."""
 
+from peftkit import tuners as tuners  # ``peft.tuners.*`` and ``peft.utils.*`` after a bare ``import peft``
+from peftkit import utils as utils
 from peftkit.auto import (
     AutoPeftModel,
     AutoPeftModelForCausalLM,

@@ -139,15 +139,16 @@ def _run(peft: ModuleType, workflow: str, tmp_path: Path) -> None:
 
 
 def _cases() -> list[Any]:
-    """(library, workflow) pairs; the reference only where it is installed and works inside transformers."""
+    """(library, workflow) pairs: the reference only where it works inside transformers."""
     try:
         import peft as reference
     except ImportError:  # the workflows also run where the reference is not installed
         reference = None
-    cases = [pytest.param(peftkit, name, id=f"peftkit-{name}") for name in WORKFLOWS]
-    if reference is not None and reference is not peftkit:
-        marks = pytest.mark.reference_peft
-        cases += [pytest.param(reference, name, id=f"peft-{name}", marks=marks) for name in WORKFLOWS]
+    cases = []
+    for name in WORKFLOWS:
+        cases.append(pytest.param(peftkit, name, id=f"peftkit-{name}"))
+        if reference is not None:
+            cases.append(pytest.param(reference, name, id=f"peft-{name}", marks=pytest.mark.reference_peft))
     return cases
 
 
