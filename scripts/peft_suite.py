@@ -235,10 +235,16 @@ def render(table: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def failure_groups(reference: dict, peftkit: dict, limit: int = 40) -> list[tuple[int, str]]:
-    """The commonest peftkit failure messages among tests that pass on the reference (numbers blanked)."""
+def failure_groups(
+    reference: dict, peftkit: dict, limit: int = 40, only: list[str] | None = None
+) -> list[tuple[int, str]]:
+    """The commonest peftkit failure messages among tests that pass on the reference (numbers blanked), counting
+    the tests in ``only`` when given."""
     counts: Counter[str] = Counter()
+    wanted = set(reference if only is None else only)
     for nodeid, (outcome, _) in reference.items():
+        if nodeid not in wanted:
+            continue
         kit_outcome, message = peftkit.get(nodeid, ("not run", ""))
         if outcome == "passed" and kit_outcome != "passed":
             first = (message.splitlines() or [kit_outcome])[0]
@@ -276,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     table = tabulate(selected, results["reference"], results["peftkit"])
     print(render(table))
     print("\ncommonest peftkit failures among reference passes:")
-    for count, message in failure_groups(results["reference"], results["peftkit"]):
+    for count, message in failure_groups(results["reference"], results["peftkit"], only=selected):
         print(f"{count:6}  {message}")
     (args.workdir / "summary.json").write_text(json.dumps(table, indent=1))
     return 0
