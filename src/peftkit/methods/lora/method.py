@@ -15,10 +15,10 @@ from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.embedding import Embedding
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import Linear, LoraLayerSpec
+from peftkit.methods.lora.model import LoraModel
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.targeting import pattern_value
-from peftkit.tuner import LoraModel
 from peftkit.types import PeftType
 
 #: ``bias`` values of LoRA-family configs (PEFT's): ``"lora_only"`` trains the biases of the adapted layers.
@@ -100,6 +100,7 @@ LORA = MethodSpec(
     after_inject=tie_adapters,
     bias_modes=LORA_BIAS_MODES,
     init_warning=decomposing_init_warning,
+    tuner_class=LoraModel,
     public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel},
     cli_name="lora",
     cli_options=(
