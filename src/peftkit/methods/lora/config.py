@@ -102,7 +102,6 @@ class LoraConfig(PeftConfig):
         "lora_ga_config",
         "megatron_config",
         "monteclora_config",
-        "target_parameters",
         "trainable_token_indices",
         "use_bdlora",
         "use_qalora",

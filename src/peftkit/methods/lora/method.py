@@ -16,6 +16,7 @@ from peftkit.methods.lora.embedding import Embedding
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import Linear, LoraLayerSpec
 from peftkit.methods.lora.model import LoraModel
+from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.targeting import pattern_value
@@ -101,6 +102,7 @@ LORA = MethodSpec(
     bias_modes=LORA_BIAS_MODES,
     init_warning=decomposing_init_warning,
     tuner_class=LoraModel,
+    parameter_layer=ParamWrapper,
     public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel},
     cli_name="lora",
     cli_options=(

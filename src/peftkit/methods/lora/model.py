@@ -7,7 +7,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from peftkit.errors import UnsupportedError
+from peftkit.config import PeftConfig
+from peftkit.errors import ConfigError, UnsupportedError
 from peftkit.layers.walk import iter_adapter_modules
 from peftkit.merging.strategies import SignMethod
 from peftkit.methods.combining import add_frozen, already_present, check_sources, union_of
@@ -22,6 +23,22 @@ class LoraModel(TunerModel):
     """The tuner model of LoRA adapters; all behaviour but :meth:`add_weighted_adapter` is :class:`TunerModel`'s."""
 
     prefix: str = "lora_"
+
+    def check_new_config(self, adapter_name: str, config: PeftConfig) -> None:
+        """Adapters with ``target_parameters`` must all target the same parameters (as in PEFT): each parameter's
+        wrapper nesting fixes the adapters' state-dict keys.
+
+        Raises:
+            ConfigError: ``config`` targets another set of parameters than an existing adapter.
+        """
+        wanted = getattr(config, "target_parameters", None)
+        for name, other in self.peft_config.items():
+            theirs = getattr(other, "target_parameters", None)
+            if wanted and theirs and set(theirs) != set(wanted):
+                raise ConfigError(
+                    f"Adapter {adapter_name!r} targets the parameters {sorted(wanted)} but adapter {name!r} targets "
+                    f"{sorted(theirs)}; all adapters with target_parameters must target the same ones."
+                )
 
     def add_weighted_adapter(
         self,
@@ -69,15 +86,9 @@ class LoraModel(TunerModel):
         }
         options |= {"svd_full_matrices": svd_full_matrices, "svd_driver": svd_driver}
         how = plan_combination(combination_type, ranks, svd_rank, **options)
-        config = dataclasses.replace(
-            configs[0],
-            r=how.rank,
-            lora_alpha=how.rank,
-            target_modules=union_of(configs, "target_modules"),
-            rank_pattern={},
-            alpha_pattern={},
-            use_rslora=False,
-        )
+        config = dataclasses.replace(configs[0], r=how.rank, lora_alpha=how.rank, use_rslora=False)
+        config = dataclasses.replace(config, target_modules=union_of(configs, "target_modules"))
+        config = dataclasses.replace(config, rank_pattern={}, alpha_pattern={})
         add_frozen(self, adapter_name, config, init_weights=False)  # combine_layer writes every tensor
         try:
             for _, layer in iter_adapter_modules(self.model):
