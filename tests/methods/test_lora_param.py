@@ -10,6 +10,7 @@ from torch import nn
 
 import peftkit as peft
 from peftkit.errors import ConfigError, TargetingError, UnsupportedError, UsageError
+from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.param import ParamWrapper
 
 
@@ -170,3 +171,21 @@ def test_a_tiny_mixtral_trains_its_experts_with_the_base_bit_identical() -> None
     assert losses[-1] < losses[0]
     changed = {k for k, v in model.named_parameters() if not torch.equal(v, base[k])}
     assert changed and all(".lora_" in k for k in changed)
+
+
+@pytest.mark.parametrize("targets", [["experts.gate_up_proj", "experts.down_proj"], ["gate_up_proj", "down_proj"]])
+def test_inspect_reports_the_per_expert_rank_and_update_norm(targets: list[str]) -> None:
+    config = peft.LoraConfig(r=2, lora_alpha=3, target_modules=["q_proj"], target_parameters=targets)
+    model = peft.get_peft_model(build_model("mixtral"), config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_" in name:
+                param.normal_()
+    state = model.state_dict()
+    for name, layer in model.base_model.model.named_modules():
+        if not hasattr(layer, "lora_A") or "default" not in layer.lora_A:
+            continue
+        tensors = {f"lora_{x}.weight": state[f"base_model.model.{name}.lora_{x}.default.weight"] for x in "AB"}
+        rank, norm = describe_lora_module(name, tensors, config.to_dict())
+        assert rank == 2, name
+        torch.testing.assert_close(norm, float(layer.get_delta_weight("default").detach().norm()), rtol=1e-4, atol=1e-5)
