@@ -50,6 +50,11 @@ SCENES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"r": 2, "target_modules": ["conv", "lin"]},
         {"r": 2, "target_modules": ["conv"], "lora_alpha": 4},
     ),
+    "convnet_dora": (
+        "convnet",
+        {"r": 2, "target_modules": ["conv", "lin"], "use_dora": True},
+        {"r": 2, "target_modules": ["conv"], "use_dora": True},
+    ),
     "ranks": (
         "llama",
         {"r": 2, "target_modules": ["q_proj", "v_proj"]},
@@ -117,6 +122,8 @@ def test_every_deterministic_type_matches_peft_on_llama(kind: str, tmp_path: Pat
         ("convnet", "cat"),
         ("convnet", "ties"),
         ("convnet", "magnitude_prune_svd"),
+        ("convnet_dora", "cat"),
+        ("convnet_dora", "svd"),
         ("ranks", "cat"),
         ("ranks", "svd"),
     ],

@@ -150,7 +150,7 @@ def _reset_extras(layer: LoraLayer, new: str) -> None:
         bias.zero_()
     if layer.use_dora.get(new):
         magnitude: torch.Tensor = layer.lora_magnitude_vector[new].weight  # type: ignore[assignment]  # a DoraMagnitude
-        magnitude.copy_(layer.dora_norm(new).to(magnitude.dtype))
+        magnitude.copy_(layer.dora_norm(new).to(magnitude.dtype).view_as(magnitude))
 
 
 def _combined_factors(
