@@ -10,6 +10,7 @@ from torch import nn
 
 import peftkit as peft
 from peftkit.errors import ConfigError, TargetingError, UnsupportedError, UsageError
+from peftkit.integrations import enable_adapter_methods
 from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.param import ParamWrapper
 
@@ -189,3 +190,19 @@ def test_inspect_reports_the_per_expert_rank_and_update_norm(targets: list[str])
         rank, norm = describe_lora_module(name, tensors, config.to_dict())
         assert rank == 2, name
         torch.testing.assert_close(norm, float(layer.get_delta_weight("default").detach().norm()), rtol=1e-4, atol=1e-5)
+
+
+def test_transformers_adapter_methods_save_and_load_expert_adapters(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = peft.LoraConfig(
+        r=2, target_modules=[], target_parameters=["experts.gate_up_proj"], init_lora_weights=False
+    )
+    model = enable_adapter_methods(build_model("mixtral"))
+    model.add_adapter(config)
+    ids = torch.randint(0, 64, (2, 5))
+    with torch.no_grad():
+        out = model(input_ids=ids).logits
+        assert not torch.allclose(out, build_model("mixtral")(input_ids=ids).logits, atol=1e-4)
+        model.save_pretrained(tmp_path)
+        fresh = enable_adapter_methods(build_model("mixtral"))
+        fresh.load_adapter(str(tmp_path), adapter_name="experts")
+        torch.testing.assert_close(fresh(input_ids=ids).logits, out)
