@@ -86,9 +86,9 @@ class LoraModel(TunerModel):
         }
         options |= {"svd_full_matrices": svd_full_matrices, "svd_driver": svd_driver}
         how = plan_combination(combination_type, ranks, svd_rank, **options)
-        config = dataclasses.replace(configs[0], r=how.rank, lora_alpha=how.rank, use_rslora=False)
-        config = dataclasses.replace(config, target_modules=union_of(configs, "target_modules"))
-        config = dataclasses.replace(config, rank_pattern={}, alpha_pattern={})
+        fields: dict[str, Any] = {"r": how.rank, "lora_alpha": how.rank, "use_rslora": False, "rank_pattern": {}}
+        fields |= {"alpha_pattern": {}, "target_modules": union_of(configs, "target_modules")}
+        config = dataclasses.replace(configs[0], **fields)
         add_frozen(self, adapter_name, config, init_weights=False)  # combine_layer writes every tensor
         try:
             for _, layer in iter_adapter_modules(self.model):
