@@ -79,13 +79,10 @@ class LoraModel(TunerModel):
         check_sources(self, adapters, weights)
         configs = [_combinable(name, self.peft_config[name]) for name in adapters]
         ranks = [max(c.r, *c.rank_pattern.values()) if c.rank_pattern else c.r for c in configs]
-        options: dict[str, Any] = {
-            "density": density,
-            "majority_sign_method": majority_sign_method,
-            "svd_clamp": svd_clamp,
-        }
-        options |= {"svd_full_matrices": svd_full_matrices, "svd_driver": svd_driver}
-        how = plan_combination(combination_type, ranks, svd_rank, **options)
+        how = plan_combination(
+            combination_type, ranks, svd_rank, density=density, majority_sign_method=majority_sign_method,
+            svd_clamp=svd_clamp, svd_full_matrices=svd_full_matrices, svd_driver=svd_driver,
+        )  # fmt: skip
         fields: dict[str, Any] = {"r": how.rank, "lora_alpha": how.rank, "use_rslora": False, "rank_pattern": {}}
         fields |= {"alpha_pattern": {}, "target_modules": union_of(configs, "target_modules")}
         config = dataclasses.replace(configs[0], **fields)
