@@ -3,6 +3,8 @@ nesting of several parameters of one module, several adapters, training, merge /
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from tests._tiny import build_model
@@ -206,3 +208,28 @@ def test_transformers_adapter_methods_save_and_load_expert_adapters(tmp_path) ->
         fresh = enable_adapter_methods(build_model("mixtral"))
         fresh.load_adapter(str(tmp_path), adapter_name="experts")
         torch.testing.assert_close(fresh(input_ids=ids).logits, out)
+
+
+def test_concurrent_forwards_from_threads_equal_the_single_thread_output() -> None:
+    model = peft.get_peft_model(
+        build_model("mixtral"),
+        peft.LoraConfig(r=2, target_modules=[], target_parameters=["experts.gate_up_proj"], init_lora_weights=False),
+    ).eval()
+    batches = [torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    with torch.no_grad():
+        expected = [model(input_ids=ids).logits for ids in batches]
+    results: dict[int, list[torch.Tensor]] = {}
+
+    def work(i: int) -> None:
+        with torch.no_grad():
+            results[i] = [model(input_ids=batches[i]).logits for _ in range(10)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, outs in results.items():
+        for out in outs:
+            torch.testing.assert_close(out, expected[i])
+    assert sorted(results) == [0, 1, 2, 3]

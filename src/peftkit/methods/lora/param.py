@@ -9,25 +9,29 @@ read as ``(out, r, E)`` (column ``j E + e`` is rank ``j`` of expert ``e``), so
     delta[e] = s * B[:, :, e] @ A[e]          (out, in), transposed for an (E, in, out) parameter.
 
 A 2-D parameter ``(out, in)`` is one expert. The base module runs with its parameter replaced by
-``W + sum of the active adapters' deltas`` (``torch.func.functional_call``: no copy of the module, gradients
-reach ``A`` and ``B``). Several targeted parameters of one module nest: each wrapper's ``base_layer`` is the
+``W + sum of the active adapters' deltas`` for the call (one fused ``baddbmm`` per adapter; gradients reach
+``A`` and ``B``). Several targeted parameters of one module nest: each wrapper's ``base_layer`` is the
 previous wrapper (the first parameter in the module's registration order innermost), as in PEFT, which fixes
 the state-dict keys (``experts.base_layer.lora_A...`` for the inner one).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from peftkit.errors import ConfigError, UsageError
-from peftkit.layers.base import AdapterLayer, BatchRouting
+from peftkit.layers.base import BatchRouting
 from peftkit.merging.merge import MergeError
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import LoraLayer, LoraLayerSpec, adapter_dtype, empty_linear
+
+#: Held while a parameter layer's base module runs with the swapped-in weight (re-entrant: wrappers nest).
+_SWAP_LOCK = threading.RLock()
 
 
 class ParamWrapper(LoraLayer):
@@ -80,29 +84,48 @@ class ParamWrapper(LoraLayer):
         self.lora_A[adapter] = empty_linear(self.in_features, rank, bias=False, **kw)
         self.lora_B[adapter] = empty_linear(rank, self.out_features, bias=False, **kw)
 
+    def low_rank_factors(self, adapter: str, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lhs, rhs)`` with ``delta = s * lhs @ rhs`` shaped like the parameter, in ``dtype`` (default: the
+        adapter's): ``(E, out, r) @ (E, r, in)``; ``(E, in, r) @ (E, r, out)`` for an ``(E, in, out)``
+        parameter; ``(out, r) @ (r, in)`` in 2-D."""
+        A, B = self.factor_tensors(adapter)
+        dtype = dtype or A.dtype
+        if self.get_param().dim() == 2:
+            return B.to(dtype), A.to(dtype)
+        per_A = A.reshape(self.num_experts, -1, A.shape[-1]).to(dtype)  # (E, r, in)
+        per_B = B.reshape(B.shape[0], -1, self.num_experts).permute(2, 0, 1).to(dtype)  # (E, out, r)
+        return (per_A.transpose(1, 2), per_B.transpose(1, 2)) if self.is_transposed else (per_B, per_A)
+
     def delta_weight(self, adapter: str) -> torch.Tensor:
         """``s * B_e @ A_e`` per expert, shaped like the parameter (see the module docstring)."""
-        A, B = self.factor_tensors(adapter)
-        if self.num_experts == 1 and self.get_param().dim() == 2:
-            return (B @ A) * self.scaling[adapter]
-        per_A = A.reshape(self.num_experts, -1, A.shape[-1])  # (E, r, in)
-        per_B = B.reshape(B.shape[0], -1, self.num_experts).permute(2, 0, 1)  # (E, out, r)
-        delta = torch.bmm(per_B, per_A) * self.scaling[adapter]  # (E, out, in)
-        return delta.transpose(1, 2) if self.is_transposed else delta
+        lhs, rhs = self.low_rank_factors(adapter)
+        return torch.matmul(lhs, rhs) * self.scaling[adapter]
 
-    def adapted_forward(self, x: torch.Tensor, adapters: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The base module's forward with the parameter replaced by ``W + sum_a delta_a``."""
-        param = self.get_param()
-        weight = param + sum(self.delta_weight(a).to(param.dtype) for a in adapters)
-        path = "base_layer." * self._depth() + self.parameter_name
-        return functional_call(self.base_layer, {path: weight}, (x, *args), kwargs, strict=False)
+    def adapted_weight(self, adapters: Sequence[str]) -> torch.Tensor:
+        """``W + sum_a s_a lhs_a @ rhs_a``, one fused ``baddbmm`` / ``addmm`` per adapter (no separate delta)."""
+        weight = self.get_param()
+        for adapter in adapters:
+            lhs, rhs = self.low_rank_factors(adapter, weight.dtype)
+            fused = torch.baddbmm if weight.dim() == 3 else torch.addmm
+            weight = fused(weight, lhs, rhs, alpha=self.scaling[adapter])
+        return weight
 
-    def _depth(self) -> int:
-        """How many ``base_layer`` links lead from ``self.base_layer`` to the module holding the parameter."""
-        depth, module = 0, self.base_layer
-        while isinstance(module, AdapterLayer):
-            depth, module = depth + 1, module.base_layer
-        return depth
+    def adapted_forward(self, x: torch.Tensor, adapters: Sequence[str], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base module's forward with the parameter replaced by :meth:`adapted_weight` for the call.
+
+        The replacement goes straight into the holder's parameter table and is undone afterwards (what
+        ``torch.func.functional_call`` does, without walking every parameter of the module on each call); nested
+        wrappers each replace their own parameter. Forwards through parameter layers take turns (one process-wide
+        re-entrant lock), so concurrent forwards of one model from several threads stay correct.
+        """
+        holder, name = self.get_base_layer(), self.parameter_name
+        with _SWAP_LOCK:  # the swapped table is per call: another thread's forward must not see or restore it
+            original = holder._parameters[name]
+            holder._parameters[name] = self.adapted_weight(adapters)  # a tensor in the parameter's place for the call
+            try:
+                return self.base_layer(x, *args, **kwargs)
+            finally:
+                holder._parameters[name] = original
 
     def mixed_forward(self, x: torch.Tensor, routing: BatchRouting, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Refused (as in PEFT): :class:`UsageError`."""
