@@ -34,6 +34,7 @@ from benchmarks import (
     loading,
     mixed_batch,
     moe_weighted,
+    orthogonal,
     qlora,
     recompiles,
     scale,
@@ -52,6 +53,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "scale": scale.run,
     "distributed": distributed.run,
     "moe_weighted": moe_weighted.run,
+    "orthogonal": orthogonal.run,
 }
 REPS = {"full": 7, "quick": 3, "tiny": 1}
 
