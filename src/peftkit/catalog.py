@@ -16,6 +16,9 @@ METHOD_SPECS: dict[str, str] = {
     "PROMPT_TUNING": "peftkit.methods.prompt_tuning.method:PROMPT_TUNING",
     "PREFIX_TUNING": "peftkit.methods.prefix_tuning.method:PREFIX_TUNING",
     "P_TUNING": "peftkit.methods.p_tuning.method:P_TUNING",
+    "VERA": "peftkit.methods.vera.method:VERA",
+    "LN_TUNING": "peftkit.methods.ln_tuning.method:LN_TUNING",
+    "TRAINABLE_TOKENS": "peftkit.methods.trainable_tokens.method:TRAINABLE_TOKENS",
     "OFT": "peftkit.methods.oft.method:OFT",
     "BOFT": "peftkit.methods.boft.method:BOFT",
 }
