@@ -34,6 +34,7 @@ from benchmarks import (
     large,
     loading,
     mixed_batch,
+    moe_weighted,
     orthogonal,
     qlora,
     recompiles,
@@ -54,6 +55,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "qlora": qlora.run,
     "scale": scale.run,
     "distributed": distributed.run,
+    "moe_weighted": moe_weighted.run,
     "trainable_tokens": trainable_tokens.run,
     "orthogonal": orthogonal.run,
 }

@@ -107,11 +107,34 @@ _COMPAT: dict[str, Callable[[], nn.Module]] = {
     "bert_seq_cls": lambda: BertForSequenceClassification(bert_config()),
     "convnet": ConvNet,
     "convnet_1x1": lambda: ConvNet(kernel_size=1),
+    "mixtral": lambda: _moe("MixtralConfig", "MixtralForCausalLM"),  # experts (E, out, in)
+    "gpt_oss": lambda: _moe(
+        "GptOssConfig", "GptOssForCausalLM", head_dim=8, max_position_embeddings=131072
+    ),  # (E, in, out)
 }
 
 
+def _moe(config_class: str, model_class: str, **extra: Any) -> nn.Module:
+    """A one-layer mixture-of-experts model (4 experts, 2 per token) whose experts are fused 3-D parameters."""
+    import transformers
+
+    config = getattr(transformers, config_class)(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        **{"max_position_embeddings": 32, **extra},
+    )
+    return getattr(transformers, model_class)(config)
+
+
 def build_model(kind: str, seed: int = 0) -> nn.Module:
-    """A fresh compatibility model of ``kind`` (``llama``, ``gpt2``, ``bert_seq_cls``, ``convnet``) in eval mode."""
+    """A fresh compatibility model of ``kind`` (``llama``, ``gpt2``, ``bert_seq_cls``, ``convnet``, ``mixtral``,
+    ``gpt_oss``) in eval mode."""
     torch.manual_seed(seed)
     return _COMPAT[kind]().eval()
 

@@ -28,6 +28,7 @@ from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError, U
 from peftkit.layers.base import BASE_ADAPTER, CALL_STATE, AdapterLayer, BatchRouting
 from peftkit.layers.model_merge import merge_layers, unmerge_layers, untie_for_merge
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.layers.parameters import inject_config_parameters
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
 from peftkit.layers.state import AdapterStatus, status_after_add, status_after_set
 from peftkit.layers.walk import AdapterModule, walk_model
@@ -95,6 +96,8 @@ def _model_type(model: nn.Module) -> str | None:
 def resolve_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec) -> set[str] | str:
     """The config's target_modules, the architecture default, or the ``all-linear`` expansion."""
     targets = getattr(config, "target_modules", None)
+    if targets is None and getattr(config, "target_parameters", None):
+        return set()  # parameters only: no architecture default (PEFT's rule)
     if targets is None:
         defaults = spec.default_targets(_model_type(model)) if spec.default_targets else None
         if defaults is None:
@@ -156,10 +159,11 @@ def inject_adapter(
     for module in candidates.values():  # every quantized layer, adapted or not, feeds the adapters' gradients
         prepare_base(module)
     adaptable = spec.adaptable_types + tuple(spec.layer_table.values())
-    names = config_targets(candidates, resolve_targets(model, config, spec), config, adaptable, spec.pattern_fields)
+    names = _module_targets(model, config, spec, candidates, adaptable)
     try:
         for name in names:
             _inject_one(model, name, config, spec, adapter_name, init_weights, record, candidates)
+        inject_config_parameters(model, config, spec, adapter_name, init_weights, record.created, record.updated)
         _add_model_tensors(model, spec, config, adapter_name, names, record)
         _wrap_modules_to_save(model, getattr(config, "modules_to_save", None), adapter_name, record)
         if spec.after_inject is not None:
@@ -171,6 +175,16 @@ def inject_adapter(
     record.config = config
     _settle_status(model, spec, config, record, list(active) if active is not None else [adapter_name], trainable)
     return record
+
+
+def _module_targets(
+    model: nn.Module, config: PeftConfig, spec: MethodSpec, candidates: dict[str, nn.Module], adaptable: tuple
+) -> list[str]:
+    """The modules to adapt; none when the config adapts parameters only (``target_parameters``)."""
+    targets = resolve_targets(model, config, spec)
+    if not targets and getattr(config, "target_parameters", None):
+        return []
+    return config_targets(candidates, targets, config, adaptable, spec.pattern_fields)
 
 
 def _settle_status(
@@ -369,7 +383,8 @@ def unload(
         if isinstance(module, AdapterLayer):
             if merge:
                 module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
-            replace_module(model, name, module.get_base_layer())
+            if not name.endswith(".base_layer"):  # a nested layer went with the layer around it
+                replace_module(model, name, module.get_base_layer())
         else:
             replace_module(model, name, module.active_module())
     forget_shared_tensors(model)

@@ -185,10 +185,6 @@ class TunerModel(nn.Module):
             return getattr(self.model, name)
 
 
-class LoraModel(TunerModel):
-    """PEFT's name for the LoRA tuner model."""
-
-
 def tuner_class_for(config: PeftConfig | None) -> type[TunerModel]:
     """The tuner model class of ``config``'s method (``TunerModel`` unless its spec names a subclass)."""
     custom = method_of(config).tuner_class if config is not None else None

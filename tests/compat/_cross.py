@@ -24,7 +24,7 @@ from tests._tiny import build_model, model_inputs, model_output, randomise_adapt
 import peftkit
 
 LIBS: dict[str, ModuleType] = {"peft": peft, "peftkit": peftkit}
-SET_FIELDS = ("target_modules", "exclude_modules", "feedforward_modules", "modules_to_save")
+SET_FIELDS = ("target_modules", "exclude_modules", "feedforward_modules", "modules_to_save", "target_parameters")
 ATOL = 1e-5
 # peft's own notices on load that do not concern the files: its LoRA rank_pattern check does not know
 # AdaLoRA's "<module>.lora_E" keys and warns even for adapters that peft itself saved.

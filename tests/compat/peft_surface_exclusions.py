@@ -32,7 +32,6 @@ EXCLUDED: dict[str, str] = {
     "find_kappa_target_modules": _LORA_VARIANT,
     "GPTQLoraLinear": "GPTQ bases are not supported (bitsandbytes and torchao are)",
     "SVDQuantLinear": "GPTQ bases are not supported (bitsandbytes and torchao are)",
-    "ParamWrapper": "LoRA on bare parameters (target_parameters) is not implemented",
     "peft.tuners.adalora:SVDConv2d": "peftkit's AdaLoRA conv layer is SVDConv (Conv1d/2d/3d), also exported as Conv2d",
     "peft.tuners.adalora:RankAllocator": "internal to AdaLoRA's rank allocation (peftkit.methods.adalora.allocator)",
     # mixed models

@@ -33,6 +33,7 @@ PATHS = (
     "peft.tuners.tuners_utils",
     "peft.utils",
     "peft.utils.hotswap",
+    "peft.utils.merge_utils",
     "peft.utils.other",
     "peft.utils.peft_types",
     "peft.utils.save_and_load",

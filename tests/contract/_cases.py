@@ -120,4 +120,10 @@ CASES = [
         second={"r": 2, "target_modules": ["embed_tokens", "v_proj"]},
     ),
     Case("llama-dora", "llama", {"task_type": "CAUSAL_LM", "r": 4, "use_dora": True}),
+    Case(
+        "llama-embedding-dora",
+        "llama",
+        {"task_type": "CAUSAL_LM", "target_modules": ["embed_tokens", "q_proj"], "r": 4, "use_dora": True},
+    ),
+    Case("conv2d-dora", "convnet", {"target_modules": ["conv", "lin"], "r": 3, "use_dora": True}, images),
 ]

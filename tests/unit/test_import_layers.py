@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config",),
     ("targeting", "defaults"),
     ("quant",),
-    ("layers", "merging.merge"),
+    ("layers", "merging.merge", "merging.strategies"),
     ("methods.spec",),
     ("adapter_state", "functional"),
     ("tuner", "io"),

@@ -27,6 +27,9 @@ def walk_model(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         seen.add(id(module))
         yield name, module
         if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
+            inner = module._modules.get("base_layer")
+            if isinstance(inner, AdapterLayer):  # nested layers: one per adapted parameter of a module
+                stack.append((f"{name}.base_layer", inner))
             continue
         prefix = name + "." if name else ""
         children = [(prefix + key, child) for key, child in module._modules.items() if child is not None]

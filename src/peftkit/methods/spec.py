@@ -105,6 +105,8 @@ class MethodSpec:
             without the model prefix), e.g. AdaLoRA drops the ranks its ``rank_pattern`` pruned.
         tuner_class: The method's ``TunerModel`` subclass (PEFT's ``LoraModel``, ``IA3Model``, ...);
             ``None`` uses ``TunerModel``.
+        parameter_layer: The layer class for a config's ``target_parameters`` (LoRA's ``ParamWrapper``), built as
+            ``parameter_layer(module, parameter_name=name)``; ``None``: the method adapts modules only.
         after_inject: ``(config, model, adapter_name) -> None``: last step of an injection, once every layer
             has the adapter (e.g. LoRA ties the output head's factors to the input embedding's).
         pattern_fields: Config fields that are ``{regex: value}`` overrides per module (LoRA's ``rank_pattern``,
@@ -146,6 +148,7 @@ class MethodSpec:
     prepare_config: Callable[[Any, nn.Module], Any] | None = None
     finalize_state: Callable[[Any, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     tuner_class: type[nn.Module] | None = None
+    parameter_layer: type[AdapterLayer] | None = None
     prompt_encoder: type[nn.Module] | None = None
     pattern_fields: tuple[str, ...] = ()
     after_inject: Callable[[Any, nn.Module, str], None] | None = None

@@ -40,6 +40,8 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
     module = types.ModuleType(f"{__name__}.{spec.peft_type.value.lower()}", f"PEFT's path for {spec.model_class_name}.")
     names: dict[str, object] = dict(spec.public_names)
     names.update({cls.__name__: cls for cls in spec.layer_table.values()})
+    if spec.parameter_layer is not None:  # LoRA's ParamWrapper (target_parameters)
+        names[spec.parameter_layer.__name__] = spec.parameter_layer
     names.update(
         {base.__name__: cls for base, cls in spec.layer_table.items() if base.__module__.startswith("torch.nn")}
     )

@@ -105,7 +105,6 @@ class LoraConfig(PeftConfig):
         "lora_ga_config",
         "megatron_config",
         "monteclora_config",
-        "target_parameters",
         "use_bdlora",
         "use_qalora",
         "velora_config",

@@ -44,10 +44,27 @@ def describe_lora_module(
     a, b = lora_factors(tensors)
     if a is None or b is None:
         return None, None
-    rank = int(a.shape[0])
+    experts = _experts(module, a, config)
+    rank = int(a.shape[0]) // experts
     alpha = _pattern_value(module, config.get("alpha_pattern"), config.get("lora_alpha", 8))
     scaling = lora_scaling(alpha, rank, bool(config.get("use_rslora")))
+    if experts > 1:  # one LoRA per expert: A (E r, in) row blocks, B (out, r E) interleaved columns
+        per_a = a.float().reshape(experts, rank, -1)
+        per_b = b.float().reshape(b.shape[0], rank, experts).permute(2, 0, 1)
+        return rank, scaling * float(torch.bmm(per_b, per_a).norm())
     return rank, scaling * float((b.float().flatten(1) @ a.float().flatten(1)).norm())
+
+
+def _experts(module: str, a: torch.Tensor, config: Mapping[str, Any]) -> int:
+    """How many experts share the factors of ``module``: ``rows of A / r`` for a module whose parameter is in
+    ``target_parameters`` (the wrappers of one module are ``name``, ``name.base_layer``, ...), else 1."""
+    owner = module.replace(".base_layer", "")
+    holders = {t.rpartition(".")[0] for t in config.get("target_parameters") or ()}
+    rows, rank = int(a.shape[0]), int(config.get("r", 8))
+    named = any(h and (owner == h or owner.endswith("." + h)) for h in holders)
+    if not (named or ("" in holders and rows != rank)) or rows % rank:  # "" : a bare parameter name, any module
+        return 1
+    return rows // rank
 
 
 def describe_adalora_module(

@@ -3,6 +3,10 @@ embeddings such as Gemma's).
 
 ``A = lora_embedding_A (r, num_embeddings)`` starts at zero and ``B = lora_embedding_B (dim, r)`` is
 normal, the reverse of the Linear case, because a row lookup in ``A^T`` replaces the first matmul.
+
+DoRA (Liu et al., 2024) here normalises the table per embedding feature (PEFT's choice): with
+``E' = E + s (B A)^T`` and ``n_d = ||E'[:, d]||`` (detached), the magnitude ``m (dim,)`` gives
+``y = (m / n) * E'[x]``; merging writes ``(m / n)[None, :] * E'``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from torch import nn
 
 from peftkit.errors import UnsupportedError
 from peftkit.layers.placement import adapter_device
+from peftkit.methods.lora.dora import dora_combine, row_norm
 from peftkit.methods.lora.layer import LoraLayer, LoraLayerSpec, adapter_dtype
+from peftkit.quant.base import dense_weight
 
 
 class Embedding(LoraLayer):
@@ -26,8 +32,6 @@ class Embedding(LoraLayer):
         self.in_features, self.out_features = self.get_base_layer().weight.shape
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
-        if spec.use_dora:
-            raise UnsupportedError("DoRA on embedding layers is not implemented in peftkit; target Linear layers.")
         if spec.lora_bias:
             raise UnsupportedError("lora_bias=True is not supported on embedding layers.")
         weight = self.get_base_layer().weight
@@ -71,7 +75,20 @@ class Embedding(LoraLayer):
         scale = self.embed_scale()
         if scale is not None:  # the base multiplies its lookup by it, so the table's delta goes through it too
             delta = delta * scale.to(delta.dtype)
+        if self.use_dora.get(adapter):  # (m / n) * (E[x] + delta): no bias, so the base output is its own "no bias"
+            magnitude, norm = self.lora_magnitude_vector[adapter].weight, self.dora_norm(adapter)
+            return dora_combine(result.to(delta.dtype), result.to(delta.dtype), delta, magnitude, norm).to(result.dtype)  # type: ignore[arg-type]  # a DoraMagnitude
         return result + delta.to(result.dtype)
+
+    def dora_norm(self, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``||E + s (B A)^T||`` per embedding feature (column of the table), detached: shape ``(dim,)``."""
+        table = dense_weight(self.get_base_layer()) if weight is None else weight
+        delta = self.delta_weight(adapter).detach()
+        return row_norm(table.T.to(delta.dtype), delta.T).detach()
+
+    def _dora_factor(self, adapter: str, norm: torch.Tensor) -> torch.Tensor:
+        """``m / n`` as a row ``(1, dim)`` that scales the table's columns."""
+        return super()._dora_factor(adapter, norm).view(1, -1)
 
     def embed_scale(self) -> torch.Tensor | None:
         """The factor a scaled embedding multiplies its lookup by (Gemma's ``embed_scale = sqrt(hidden_size)``),

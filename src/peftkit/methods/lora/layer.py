@@ -131,7 +131,8 @@ class LoraLayer(AdapterLayer):
             empty = torch.empty(self.out_features, device=adapter_device(self.get_base_layer()))
             with onloaded(self.get_base_layer(), write_back=False):  # the norm reads an offloaded base's weight
                 magnitude = self.dora_norm(adapter) if init_weights else empty
-            self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(self.lora_A[adapter].weight.dtype))  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
+            dtype = self.factor_tensors(adapter)[0].dtype
+            self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(dtype).view(self.magnitude_shape()))
         if not self._active_adapter:
             self._active_adapter = [adapter]
 
@@ -184,6 +185,10 @@ class LoraLayer(AdapterLayer):
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         return self.delta_weight(adapter)
 
+    def magnitude_shape(self) -> tuple[int, ...]:
+        """Shape of the DoRA magnitude as PEFT stores it: ``(out,)`` (convolutions: ``(1, out, 1, ...)``)."""
+        return (self.out_features,)
+
     def dora_norm(self, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Row norm ``||W + s B A||`` (detached), shape ``(out,)``; ``W``: ``weight`` or the base layer's weight."""
         weight, delta = dense_weight(self.get_base_layer()) if weight is None else weight, self.delta_weight(adapter)
@@ -199,7 +204,7 @@ class LoraLayer(AdapterLayer):
 
     def _dora_factor(self, adapter: str, norm: torch.Tensor) -> torch.Tensor:
         """``m / n`` shaped to broadcast over the base weight (per output row)."""
-        factor = self.lora_magnitude_vector[adapter].weight.detach() / norm  # type: ignore[operator]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
+        factor = self.lora_magnitude_vector[adapter].weight.detach().flatten() / norm  # type: ignore[operator]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
         factor = factor.view(-1, *[1] * (self.weight.dim() - 1))
         return factor.T if self.fan_in_fan_out else factor
 

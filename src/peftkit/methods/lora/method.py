@@ -15,11 +15,12 @@ from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.embedding import Embedding
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec
+from peftkit.methods.lora.model import LoraModel
+from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.methods.trainable_tokens.lora_tokens import inject_token_adapters
 from peftkit.targeting import pattern_value
-from peftkit.tuner import LoraModel
 from peftkit.types import PeftType
 
 #: ``bias`` values of LoRA-family configs (PEFT's): ``"lora_only"`` trains the biases of the adapted layers.
@@ -111,6 +112,7 @@ LORA = MethodSpec(
     bias_modes=LORA_BIAS_MODES,
     after_load=redo_decomposing_init,
     tuner_class=LoraModel,
+    parameter_layer=ParamWrapper,
     public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel},
     cli_name="lora",
     cli_options=(

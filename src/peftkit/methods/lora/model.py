@@ -1,0 +1,112 @@
+"""``LoraModel``: the tuner model of LoRA adapters (``PeftModel.base_model``), with PEFT's
+``add_weighted_adapter`` (see :mod:`peftkit.methods.lora.weighted` for the math)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from peftkit.config import PeftConfig
+from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.layers.walk import iter_adapter_modules
+from peftkit.merging.strategies import SignMethod
+from peftkit.methods.combining import add_frozen, already_present, check_sources, union_of
+from peftkit.methods.lora.config import LoraConfig
+from peftkit.methods.lora.init import is_weight_decomposing
+from peftkit.methods.lora.layer import LoraLayer
+from peftkit.methods.lora.weighted import combine_layer, plan_combination
+from peftkit.tuner import TunerModel
+
+
+class LoraModel(TunerModel):
+    """The tuner model of LoRA adapters; all behaviour but :meth:`add_weighted_adapter` is :class:`TunerModel`'s."""
+
+    prefix: str = "lora_"
+
+    def check_new_config(self, adapter_name: str, config: PeftConfig) -> None:
+        """Adapters with ``target_parameters`` must all target the same parameters (as in PEFT): each parameter's
+        wrapper nesting fixes the adapters' state-dict keys.
+
+        Raises:
+            ConfigError: ``config`` targets another set of parameters than an existing adapter.
+        """
+        wanted = getattr(config, "target_parameters", None)
+        for name, other in self.peft_config.items():
+            theirs = getattr(other, "target_parameters", None)
+            if wanted and theirs and set(theirs) != set(wanted):
+                raise ConfigError(
+                    f"Adapter {adapter_name!r} targets the parameters {sorted(wanted)} but adapter {name!r} targets "
+                    f"{sorted(theirs)}; all adapters with target_parameters must target the same ones."
+                )
+
+    def add_weighted_adapter(
+        self,
+        adapters: Sequence[str],
+        weights: Sequence[float],
+        adapter_name: str,
+        combination_type: str = "svd",
+        svd_rank: int | None = None,
+        svd_clamp: float | None = None,
+        svd_full_matrices: bool = True,
+        svd_driver: str | None = None,
+        density: float | None = None,
+        majority_sign_method: SignMethod = "total",
+    ) -> None:
+        """Add ``adapter_name``: the combination of ``adapters`` with ``weights`` (negative weights subtract).
+
+        The new adapter is inactive and frozen; its config is the first adapter's with ``r`` the new rank,
+        ``lora_alpha = r`` (scaling 1: the sources' scalings are folded into its factors), the union of the
+        targets, and no ``rank_pattern`` / ``alpha_pattern`` / ``use_rslora``. Nothing happens (with a warning)
+        when ``adapter_name`` exists. Combination types, ranks and formulas: :mod:`peftkit.methods.lora.weighted`.
+
+        Args:
+            svd_rank: Rank of an ``*svd`` combination (default: the largest source rank).
+            svd_clamp: Quantile in ``[0, 1]`` at which the SVD factors' entries are clamped (``None``: no clamp).
+            svd_full_matrices, svd_driver: Passed to ``torch.linalg.svd`` (the driver only on CUDA).
+            density: Fraction of entries kept by the pruning types (``ties``, ``dare_*``, ``magnitude_prune*``).
+            majority_sign_method: TIES' sign election, ``"total"`` or ``"frequency"``.
+
+        Raises:
+            AdapterNameError: an adapter does not exist. ConfigError: see
+            :func:`~peftkit.methods.lora.weighted.plan_combination`, or adapters mixing regex and list targets.
+            UnsupportedError: an adapter targets parameters, is not LoRA, or rewrote the base weights (PiSSA/OLoRA).
+            UsageError: see :func:`~peftkit.methods.combining.check_sources` and
+            :func:`~peftkit.methods.lora.weighted.combine_layer`.
+        """
+        if already_present(self, adapter_name):
+            return
+        check_sources(self, adapters, weights)
+        configs = [_combinable(name, self.peft_config[name]) for name in adapters]
+        ranks = [max(c.r, *c.rank_pattern.values()) if c.rank_pattern else c.r for c in configs]
+        how = plan_combination(
+            combination_type, ranks, svd_rank, density=density, majority_sign_method=majority_sign_method,
+            svd_clamp=svd_clamp, svd_full_matrices=svd_full_matrices, svd_driver=svd_driver,
+        )  # fmt: skip
+        fields: dict[str, Any] = {"r": how.rank, "lora_alpha": how.rank, "use_rslora": False, "rank_pattern": {}}
+        fields |= {"alpha_pattern": {}, "target_modules": union_of(configs, "target_modules")}
+        config = dataclasses.replace(configs[0], **fields)
+        add_frozen(self, adapter_name, config, init_weights=False)  # combine_layer writes every tensor
+        try:
+            for _, layer in iter_adapter_modules(self.model):
+                if isinstance(layer, LoraLayer) and adapter_name in layer.scaling:
+                    combine_layer(layer, adapter_name, adapters, weights, how)
+        except BaseException:
+            self.delete_adapter(adapter_name)
+            raise
+
+
+def _combinable(name: str, config: object) -> LoraConfig:
+    """``config`` if adapter ``name`` can be combined, else :class:`UnsupportedError` saying why."""
+    if not isinstance(config, LoraConfig):
+        raise UnsupportedError(
+            f"add_weighted_adapter combines LoRA adapters only; {name!r} is {type(config).__name__}."
+        )
+    if config.target_parameters:
+        raise UnsupportedError(f"add_weighted_adapter cannot combine adapters that target parameters ({name!r} does).")
+    if is_weight_decomposing(config.init_lora_weights):
+        raise UnsupportedError(
+            f"Adapter {name!r} was initialised with {config.init_lora_weights!r}, which rewrites the base weights; "
+            "a combined adapter would rewrite them again. Convert it to a plain LoRA first."
+        )
+    return config
