@@ -32,6 +32,7 @@ from torch import nn
 
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, HotswapError, UnsupportedError
+from peftkit.functional import iter_adapter_modules
 from peftkit.hotswap_prepare import (
     CheckCompiled,
     config_as_held,
@@ -50,6 +51,7 @@ from peftkit.io.load import read_weights, split_hub_kwargs
 from peftkit.io.state import adapter_tensors
 from peftkit.locking import exclusive
 from peftkit.methods.lora.layer import LoraLayer
+from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.scaling import alpha_for_scaling
 from peftkit.registry import method_of
 
@@ -137,6 +139,21 @@ def _check_capacity(layers: dict, adapter: str, state: Mapping[str, torch.Tensor
             )
 
 
+def _check_expert_ranks(inner: nn.Module, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
+    """LoRA on parameters (one LoRA per expert, rows interleaved by expert) swaps at its own rank only."""
+    for name, module in iter_adapter_modules(inner):
+        if not isinstance(module, ParamWrapper) or not module.holds(adapter):
+            continue
+        key, live = f"{name}.lora_A.weight", module.lora_A[adapter].weight
+        assert isinstance(live, torch.Tensor)
+        if key in state and state[key].shape != live.shape:
+            raise HotswapError(
+                f"Cannot hot-swap {key}: shape {tuple(state[key].shape)} in the file vs {tuple(live.shape)} in "
+                "the model; LoRA on a parameter (per expert) hot-swaps at the same rank only. Load the adapter "
+                "with load_adapter under another name instead."
+            )
+
+
 def _write_weights(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[str, torch.Tensor]) -> None:
     """Copy ``state`` into the slot (a smaller rank into the leading block, zeros elsewhere); zero what it lacks."""
     expected = adapter_tensors(inner, adapter, old, embedding_layers=None)
@@ -196,6 +213,7 @@ def swap_adapter_weights(
     layers = _new_layer_facts(holders, adapter_name, config, state)
     if not grow_ranks:
         _check_capacity(layers, adapter_name, state)
+    _check_expert_ranks(inner, adapter_name, state)
     for name, (layer, facts) in layers.items():  # grow the slots a larger rank needs (zero padding keeps B A)
         rank = _new_rank(name, layer, adapter_name, state)
         if rank is not None and rank > layer.r[adapter_name]:
