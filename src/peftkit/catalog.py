@@ -16,4 +16,6 @@ METHOD_SPECS: dict[str, str] = {
     "PROMPT_TUNING": "peftkit.methods.prompt_tuning.method:PROMPT_TUNING",
     "PREFIX_TUNING": "peftkit.methods.prefix_tuning.method:PREFIX_TUNING",
     "P_TUNING": "peftkit.methods.p_tuning.method:P_TUNING",
+    "LOHA": "peftkit.methods.loha.method:LOHA",
+    "LOKR": "peftkit.methods.lokr.method:LOKR",
 }

@@ -1,0 +1,62 @@
+"""LoHa layers: ``delta W = s * (W1a @ W1b) * (W2a @ W2b)`` (Hadamard product), or, for a convolution with
+``use_effective_conv2d``, the Hadamard product of two CP reconstructions
+``einsum("i j k l, j r, i p -> p r k l", t, W_b, W_a)`` (FedPara's Proposition 3). ``s = alpha / r``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+
+from peftkit.methods.lycoris.layer import LycorisLayer, LycorisLayerSpec, kaiming_, kernel_size, uses_cp_core
+
+
+def cp_rebuild(core: torch.Tensor, w_a: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:
+    """``(out, in, k1, k2)`` from a CP core ``(r, r, k1, k2)``, ``w_a (r, out)`` and ``w_b (r, in)``."""
+    return torch.einsum("i j k l, j r, i p -> p r k l", core, w_b, w_a)
+
+
+def hadamard_delta(factors: Mapping[str, torch.Tensor], scaling: float) -> torch.Tensor:
+    """LoHa's ``delta W`` from its factors keyed by PEFT's names (``hada_w1_a``...; ``hada_t1/2`` with a CP core).
+
+    Returns ``(out, in)`` (flat form) or ``(out, in, k1, k2)`` (CP form), scaled by ``scaling``.
+    """
+    if "hada_t1" in factors:
+        first = cp_rebuild(factors["hada_t1"], factors["hada_w1_a"], factors["hada_w1_b"])
+        second = cp_rebuild(factors["hada_t2"], factors["hada_w2_a"], factors["hada_w2_b"])
+    else:
+        first = factors["hada_w1_a"] @ factors["hada_w1_b"]
+        second = factors["hada_w2_a"] @ factors["hada_w2_b"]
+    return first * second * scaling
+
+
+class LoHaLayer(LycorisLayer):
+    """LoHa on ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (state-dict names are PEFT's)."""
+
+    adapter_layer_names: ClassVar[tuple[str, ...]] = (
+        "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+    )  # fmt: skip
+
+    def create_factors(self, spec: LycorisLayerSpec) -> dict[str, tuple[int, ...]]:
+        r, out_dim, in_dim = spec.r, self.out_features, self.in_features
+        kernel = kernel_size(self.get_base_layer())
+        if uses_cp_core(self.get_base_layer(), spec):
+            core = (r, r, *kernel, 1) if len(kernel) == 1 else (r, r, *kernel)  # Conv1d: a (k, 1) kernel
+            return {
+                "hada_w1_a": (r, out_dim), "hada_w1_b": (r, in_dim), "hada_t1": core,
+                "hada_w2_a": (r, out_dim), "hada_w2_b": (r, in_dim), "hada_t2": core,
+            }  # fmt: skip
+        flat_in = in_dim * int(torch.Size(kernel).numel())
+        return {"hada_w1_a": (out_dim, r), "hada_w1_b": (r, flat_in), "hada_w2_a": (out_dim, r), "hada_w2_b": (r, flat_in)}
+
+    def init_factors(self, factors: Mapping[str, torch.Tensor], spec: LycorisLayerSpec) -> None:
+        """All Kaiming-uniform; with ``init_weights=True`` ``hada_w2_b`` is zero, so ``delta W = 0``."""
+        for name, tensor in factors.items():
+            kaiming_(tensor)
+        if spec.init_weights:
+            factors["hada_w2_b"].zero_()
+
+    def rebuild(self, factors: Mapping[str, torch.Tensor], scaling: float) -> torch.Tensor:
+        return hadamard_delta(factors, scaling)
