@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peftkit.errors import ConfigError
 from peftkit.methods.lycoris.config import LycorisConfig
 from peftkit.types import PeftType
 
@@ -28,6 +27,4 @@ class LoHaConfig(LycorisConfig):
 
     def __post_init__(self) -> None:
         self.peft_type = PeftType("LOHA")
-        super().__post_init__()
-        if not isinstance(self.init_weights, bool):
-            raise ConfigError(f"LoHaConfig.init_weights must be True or False, got {self.init_weights!r}.")
+        super().__post_init__()  # the field's type admits only True / False
