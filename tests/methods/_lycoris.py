@@ -40,7 +40,11 @@ def one_layer(kind: str, config: peft.PeftConfig, seed: int = 0) -> tuple[nn.Mod
 def factors_of(model: nn.Module, adapter: str = "default") -> dict[str, torch.Tensor]:
     """``{PEFT name: tensor}`` of the one adapted layer's factors (``hada_w1_a``, ``lokr_w1``...)."""
     layer = model.base_model.model[0]
-    return {name: getattr(layer, name)[adapter].detach() for name in layer.adapter_layer_names if adapter in getattr(layer, name)}
+    return {
+        name: getattr(layer, name)[adapter].detach()
+        for name in layer.adapter_layer_names
+        if adapter in getattr(layer, name)
+    }
 
 
 def apply_weight(base: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,9 @@ def test_default_init_is_the_identity_and_false_is_random() -> None:
     expected = base(x)
     model = peft.get_peft_model(base, peft.LoHaConfig(target_modules=["0"], r=2))
     f = factors_of(model)
-    assert torch.count_nonzero(f["hada_w2_b"]) == 0 and all(torch.count_nonzero(f[n]) for n in ("hada_w1_a", "hada_w2_a"))
+    assert torch.count_nonzero(f["hada_w2_b"]) == 0 and all(
+        torch.count_nonzero(f[n]) for n in ("hada_w1_a", "hada_w2_a")
+    )
     torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
     model.add_adapter("random", peft.LoHaConfig(target_modules=["0"], r=2, init_weights=False))
     model.set_adapter("random")
@@ -65,7 +67,9 @@ def test_patterns_and_two_active_adapters_add_their_deltas() -> None:
     model.add_adapter("other", peft.LoHaConfig(target_modules=["0"], r=1, alpha=1, init_weights=False))
     model.base_model.set_adapter(["default", "other"])
     weight = base[0].weight
-    delta = loha_delta(factors_of(model), 6 / 3, weight.shape) + loha_delta(factors_of(model, "other"), 1.0, weight.shape)
+    delta = loha_delta(factors_of(model), 6 / 3, weight.shape) + loha_delta(
+        factors_of(model, "other"), 1.0, weight.shape
+    )
     torch.testing.assert_close(model(x), apply_weight(base, x, weight + delta), atol=1e-5, rtol=1e-5)
     model.merge_adapter(["default", "other"])
     torch.testing.assert_close(model.base_model.model[0].base_layer.weight, weight + delta, atol=1e-5, rtol=1e-5)
