@@ -123,7 +123,8 @@ _COMPAT: dict[str, Callable[[], nn.Module]] = {
 
 
 def build_model(kind: str, seed: int = 0) -> nn.Module:
-    """A fresh compatibility model of ``kind`` (``llama``, ``gpt2``, ``bert_seq_cls``, ``convnet``, ``conv1dnet``) in eval mode."""
+    """A fresh compatibility model of ``kind`` (``llama``, ``gpt2``, ``bert_seq_cls``, ``convnet``,
+    ``conv1dnet``) in eval mode."""
     torch.manual_seed(seed)
     return _COMPAT[kind]().eval()
 

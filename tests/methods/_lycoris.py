@@ -25,7 +25,7 @@ def one_layer(kind: str, config: peft.PeftConfig, seed: int = 0) -> tuple[nn.Mod
     """``(fresh base copy, PeftModel with random factors, input)`` for a one-layer model of ``kind``."""
     factory, shape = LAYERS[kind]
     torch.manual_seed(seed)
-    base, twin = nn.Sequential(factory()), None
+    base = nn.Sequential(factory())
     twin = nn.Sequential(factory())
     twin.load_state_dict(base.state_dict())
     model = peft.get_peft_model(twin, config).eval()
@@ -69,7 +69,8 @@ def cp(core: torch.Tensor, w_a: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor
 
 
 def kron(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """Kronecker product of ``(a, c)`` and ``(b, d, *k)``: ``out[i*b + j, m*d + n, ...] = left[i, m] right[j, n, ...]``."""
+    """Kronecker product of ``(a, c)`` and ``(b, d, *k)``:
+    ``out[i*b + j, m*d + n, ...] = left[i, m] right[j, n, ...]``."""
     a, c = left.shape
     b, d = right.shape[:2]
     rest = right.shape[2:]

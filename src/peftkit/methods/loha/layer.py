@@ -49,11 +49,16 @@ class LoHaLayer(LycorisLayer):
                 "hada_w2_a": (r, out_dim), "hada_w2_b": (r, in_dim), "hada_t2": core,
             }  # fmt: skip
         flat_in = in_dim * int(torch.Size(kernel).numel())
-        return {"hada_w1_a": (out_dim, r), "hada_w1_b": (r, flat_in), "hada_w2_a": (out_dim, r), "hada_w2_b": (r, flat_in)}
+        return {
+            "hada_w1_a": (out_dim, r),
+            "hada_w1_b": (r, flat_in),
+            "hada_w2_a": (out_dim, r),
+            "hada_w2_b": (r, flat_in),
+        }
 
     def init_factors(self, factors: Mapping[str, torch.Tensor], spec: LycorisLayerSpec) -> None:
         """All Kaiming-uniform; with ``init_weights=True`` ``hada_w2_b`` is zero, so ``delta W = 0``."""
-        for name, tensor in factors.items():
+        for tensor in factors.values():
             kaiming_(tensor)
         if spec.init_weights:
             factors["hada_w2_b"].zero_()

@@ -45,7 +45,9 @@ def kronecker_delta(factors: Mapping[str, torch.Tensor], scaling: float) -> torc
     if "lokr_w2" in factors:
         w2 = factors["lokr_w2"]
     elif "lokr_t2" in factors:
-        w2 = torch.einsum("i j k l, i p, j r -> p r k l", factors["lokr_t2"], factors["lokr_w2_a"], factors["lokr_w2_b"])
+        w2 = torch.einsum(
+            "i j k l, i p, j r -> p r k l", factors["lokr_t2"], factors["lokr_w2_a"], factors["lokr_w2_b"]
+        )
         # einsum may give a size-1 axis an odd stride, which torch.kron cannot view (the reference fails there on
         # a Conv1d core); a dense copy of this small factor avoids it
         w2 = w2.clone(memory_format=torch.contiguous_format)

@@ -88,6 +88,13 @@ class LycorisLayer(AdapterLayer):
         "r", "alpha", "scaling", "rank_dropout", "rank_dropout_scale", "module_dropout",
     )  # fmt: skip
 
+    r: dict[str, int]
+    alpha: dict[str, float]
+    scaling: dict[str, float]
+    rank_dropout: dict[str, float]
+    rank_dropout_scale: dict[str, bool]
+    module_dropout: dict[str, float]
+
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
         base = self.get_base_layer()
