@@ -10,6 +10,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftkit.defaults import default_lora_targets
+from peftkit.methods.lora.method import LORA_CLI_OPTIONS
 from peftkit.methods.lycoris.config import LycorisConfig
 from peftkit.methods.lycoris.layer import LycorisLayer, LycorisLayerSpec
 from peftkit.methods.spec import CliOption, MethodSpec
@@ -88,13 +89,7 @@ def lycoris_spec(
             CliOption("alpha", "alpha", float, "Scaling numerator, scaling = alpha / r", 16),
             CliOption("rank_dropout", "rank_dropout", float, "LoHa/LoKr: dropout of output rows of delta W"),
             CliOption("module_dropout", "module_dropout", float, "LoHa/LoKr: probability of skipping a layer"),
-            CliOption(
-                "target_modules",
-                "target_modules",
-                str,
-                "Modules to adapt: comma-separated names, a regex, or all-linear",
-                "all-linear",
-            ),
+            *(option for option in LORA_CLI_OPTIONS if option.name == "target_modules"),
             *extra_options,
         ),
         cli_learning_rate=1e-3,
