@@ -41,6 +41,7 @@ from peftkit.mapping import (
     inject_adapter_in_model,
     set_peft_model_state_dict,
 )
+from peftkit.mixed_model import PeftMixedModel
 from peftkit.peft_model import PeftModel
 from peftkit.quant.prepare import prepare_model_for_kbit_training
 from peftkit.registry import public_names as _public_names
@@ -82,6 +83,7 @@ __all__ = [
     "ConfigError",
     "HotswapError",
     "PeftConfig",
+    "PeftMixedModel",
     "PeftModel",
     "PeftModelForCausalLM",
     "PeftModelForFeatureExtraction",

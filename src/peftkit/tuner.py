@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -29,6 +29,9 @@ class TunerModel(nn.Module):
         peft_config: A config (for ``adapter_name``) or a dict of configs; ``None`` starts empty.
         adapter_name: Name of the first adapter.
     """
+
+    #: Whether adapters of different methods may share the model (``PeftMixedModel``'s tuner).
+    mixed_methods: ClassVar[bool] = False
 
     def __init__(
         self,

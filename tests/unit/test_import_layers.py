@@ -45,7 +45,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("registry",),
     ("hotswap", "merging"),
     ("peft_model",),
-    ("tasks",),
+    ("tasks", "mixed_model"),
     ("mapping", "auto"),
     ("integrations",),
     ("", "__main__", "cli", "utils"),  # the package itself, the CLI (uses its API), PEFT's import-path aliases
