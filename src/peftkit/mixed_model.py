@@ -44,19 +44,11 @@ class MixedModel(TunerModel):
 
     mixed_methods: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        model: nn.Module,
-        peft_config: PeftConfig | dict[str, PeftConfig] | None,
-        adapter_name: str = "default",
-        low_cpu_mem_usage: bool = False,
-    ) -> None:
-        model.__dict__[MIXED_METHODS] = True
-        super().__init__(model, peft_config, adapter_name, low_cpu_mem_usage)
-
     def check_new_config(self, adapter_name: str, config: PeftConfig) -> None:
-        """Refuse a method that cannot be mixed (:func:`check_mixable`), before anything changes."""
+        """Refuse a method that cannot be mixed (:func:`check_mixable`), before anything changes; let the new
+        adapter's layers wrap other methods' layers (every injection and load passes here first)."""
         check_mixable(config)
+        self.model.__dict__[MIXED_METHODS] = True
 
 
 class PeftMixedModel(PeftModel):
