@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import distributed, forward, large, loading, mixed_batch, qlora, recompiles, scale, train_step
+from benchmarks import distributed, forward, large, loading, lycoris, mixed_batch, qlora, recompiles, scale, train_step
 from benchmarks.harness import Row, Settings, table
 
 FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
@@ -40,6 +40,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "qlora": qlora.run,
     "scale": scale.run,
     "distributed": distributed.run,
+    "lycoris": lycoris.run,
 }
 REPS = {"full": 7, "quick": 3, "tiny": 1}
 

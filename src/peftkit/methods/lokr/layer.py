@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
+from torch import nn
 
 from peftkit.methods.lycoris.layer import LycorisLayer, LycorisLayerSpec, kaiming_, kernel_size, uses_cp_core
 
@@ -96,3 +97,16 @@ class LoKrLayer(LycorisLayer):
 
     def rebuild(self, factors: Mapping[str, torch.Tensor], scaling: float) -> torch.Tensor:
         return kronecker_delta(factors, scaling)
+
+    def delta_output(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        """On a Linear, ``kron(W1, W2) x`` without building the ``(out, in)`` matrix: with ``x`` viewed as
+        ``X (..., c, d)``, ``s * W1 X W2^T`` is ``(..., a, b)``, i.e. ``(..., out)``: ``T * (a * in + out * d)``
+        multiply-adds for ``T`` tokens instead of ``T * out * in``. Rank dropout (training) takes the general path."""
+        if not isinstance(self.get_base_layer(), nn.Linear) or (self.training and self.rank_dropout[adapter] > 0):
+            return super().delta_output(x, adapter)
+        f = self.factors(adapter)
+        w1 = f["lokr_w1"] if "lokr_w1" in f else f["lokr_w1_a"] @ f["lokr_w1_b"]
+        w2 = f["lokr_w2"] if "lokr_w2" in f else f["lokr_w2_a"] @ f["lokr_w2_b"]
+        grid = x.to(w1.dtype).reshape(*x.shape[:-1], w1.shape[1], w2.shape[1])  # (..., c, d)
+        out = (w1 @ grid @ w2.T) * self.scaling[adapter]  # (..., a, b)
+        return out.reshape(*x.shape[:-1], w1.shape[0] * w2.shape[0])

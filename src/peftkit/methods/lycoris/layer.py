@@ -168,11 +168,15 @@ class LycorisLayer(AdapterLayer):
     def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
         if self.training and self.module_dropout[adapter] > 0 and torch.rand(1).item() <= self.module_dropout[adapter]:
             return result
+        return result + self.delta_output(x, adapter).to(result.dtype)
+
+    def delta_output(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        """``op(x, delta W)``: the base operation with ``delta W`` and no bias (a method may compute it without
+        building ``delta W``)."""
         delta = self.delta_weight(adapter, rank_dropout=self.training and self.rank_dropout[adapter] > 0)
         base = self.get_base_layer()
         x = x.to(delta.dtype)
-        out = F.linear(x, delta) if isinstance(base, nn.Linear) else base._conv_forward(x, delta, None)
-        return result + out.to(result.dtype)
+        return F.linear(x, delta) if isinstance(base, nn.Linear) else base._conv_forward(x, delta, None)
 
     def merge_one(self, adapter: str, safe_merge: bool) -> None:
         delta = self.delta_weight(adapter).detach()
