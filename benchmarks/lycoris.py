@@ -16,7 +16,7 @@ from torch import nn
 import peftkit
 from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, Settings, close, interleaved
 from benchmarks.models import build_model
-from benchmarks.train_step import PRESETS, frozen_floor, step, zero_grads
+from benchmarks.train_step import PRESETS, activation_mib, frozen_floor, step, zero_grads
 
 METHODS = {"LoHa": "LoHaConfig", "LoKr": "LoKrConfig"}
 
@@ -53,18 +53,35 @@ def run(settings: Settings) -> list[Row]:
         models[f"{PEFTKIT} {method}"], models[f"{PEFT} {method}"] = kit, ref
     cases = {name: Case(run=lambda m=m: step(m, ids), prepare=lambda m=m: zero_grads(m)) for name, m in models.items()}
     times = interleaved(settings, cases)
+    memory = {name: activation_mib(m, ids) for name, m in models.items()}
     what = f"{shape.model.describe()}; batch {shape.batch} x {shape.seq} tokens; r=8 all-linear"
-    return [
-        Row(
-            f"{method} train step",
-            "ms",
-            times[f"{PEFTKIT} {method}"],
-            times[f"{PEFT} {method}"],
-            times[FLOOR],
-            None,
-            agree[method],
-            what,
-            samples=times.triple(f"{PEFTKIT} {method}", f"{PEFT} {method}", FLOOR),
+    rows = []
+    for method in METHODS:
+        kit, ref = f"{PEFTKIT} {method}", f"{PEFT} {method}"
+        samples = times.triple(kit, ref, FLOOR)
+        rows.append(
+            Row(
+                f"{method} train step",
+                "ms",
+                times[kit],
+                times[ref],
+                times[FLOOR],
+                None,
+                agree[method],
+                what,
+                samples=samples,
+            )
         )
-        for method in METHODS
-    ]
+        rows.append(
+            Row(
+                f"{method} activation memory",
+                "MiB",
+                memory[kit],
+                memory[ref],
+                memory[FLOOR],
+                None,
+                agree[method],
+                "distinct storages saved for backward (parameters excluded)",
+            )
+        )
+    return rows

@@ -13,6 +13,7 @@ import peftkit as peft
 # kind -> (base layer factory, input shape); odd sizes and a grouped conv exercise the factorizations.
 LAYERS = {
     "linear": (lambda: nn.Linear(12, 8), (3, 4, 12)),
+    "linear_wide": (lambda: nn.Linear(48, 40), (3, 2, 48)),  # LoHa / LoKr apply their factors without delta W
     "conv1d": (lambda: nn.Conv1d(4, 6, 3, padding=1), (2, 4, 7)),
     "conv1d_k1": (lambda: nn.Conv1d(4, 6, 1), (2, 4, 7)),
     "conv2d": (lambda: nn.Conv2d(4, 6, 3, padding=1, stride=2), (2, 4, 5, 5)),

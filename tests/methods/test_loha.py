@@ -9,6 +9,7 @@ import torch
 from tests.methods._lycoris import LAYERS, apply_weight, cp, factors_of, one_layer
 
 import peftkit as peft
+from peftkit.methods.loha.layer import HadamardProduct
 
 
 def loha_delta(f: dict[str, torch.Tensor], scale: float, shape: torch.Size) -> torch.Tensor:
@@ -75,3 +76,16 @@ def test_patterns_and_two_active_adapters_add_their_deltas() -> None:
     torch.testing.assert_close(model.base_model.model[0].base_layer.weight, weight + delta, atol=1e-5, rtol=1e-5)
     model.unmerge_adapter()
     torch.testing.assert_close(model.base_model.model[0].base_layer.weight, weight, atol=1e-6, rtol=0)
+
+
+def test_hadamard_product_gradients_match_autograd_of_the_formula() -> None:
+    """The product keeps only the factors for backward; its gradients are those of the plain formula."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(5, 2), (2, 7), (5, 2), (2, 7)]
+    factors = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in shapes]
+    assert torch.autograd.gradcheck(lambda *f: HadamardProduct.apply(*f, 1.5), factors)
+    upstream = torch.randn(5, 7, generator=gen, dtype=torch.float64)
+    plain = torch.autograd.grad(((factors[0] @ factors[1]) * (factors[2] @ factors[3]) * 1.5 * upstream).sum(), factors)
+    fused = torch.autograd.grad((HadamardProduct.apply(*factors, 1.5) * upstream).sum(), factors)
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b)
