@@ -119,4 +119,21 @@ def test_cli_trains_and_inspects_lokr(tmp_path: Path, capsys: pytest.CaptureFixt
     for row in report["modules"]:
         layer = loaded.base_model.model.get_submodule(row["module"])
         assert row["rank"] == 2
-        assert row["delta_norm"] == pytest.approx(float(layer.delta_weight("default").norm()), rel=1e-4)
+        assert row["delta_norm"] == pytest.approx(float(layer.delta_weight("default").detach().norm()), rel=1e-4)
+
+
+def test_inspect_reports_loha_ranks_and_delta_norms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = peft.LoHaConfig(r=2, alpha=3, target_modules=["q_proj", "down_proj"], rank_pattern={"down_proj": 3})
+    model = peft.get_peft_model(build("llama"), config)
+    with torch.no_grad():
+        for param in (p for p in model.parameters() if p.requires_grad):
+            param.add_(0.2)
+    model.save_pretrained(tmp_path)
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["modules"]
+    assert len(rows) == 4
+    for row in rows:
+        layer = model.base_model.model.get_submodule(row["module"])
+        assert row["rank"] == (3 if row["module"].endswith("down_proj") else 2)
+        assert row["delta_norm"] == pytest.approx(float(layer.delta_weight("default").detach().norm()), rel=1e-4)
