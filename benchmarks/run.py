@@ -27,7 +27,19 @@ from typing import Any
 
 import torch
 
-from benchmarks import distributed, forward, large, loading, lycoris, mixed_batch, qlora, recompiles, scale, train_step
+from benchmarks import (
+    distributed,
+    forward,
+    large,
+    loading,
+    lycoris,
+    mixed_batch,
+    orthogonal,
+    qlora,
+    recompiles,
+    scale,
+    train_step,
+)
 from benchmarks.harness import Row, Settings, table
 
 FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
@@ -40,6 +52,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "qlora": qlora.run,
     "scale": scale.run,
     "distributed": distributed.run,
+    "orthogonal": orthogonal.run,
     "lycoris": lycoris.run,
 }
 REPS = {"full": 7, "quick": 3, "tiny": 1}

@@ -89,11 +89,11 @@ def t5_config(d_model: int = 16, heads: int = 2, **extra: Any) -> T5Config:
 
 # -- compatibility and contract models ------------------------------------------------------------------
 class ConvNet(nn.Module):
-    """A Conv2d followed by a Linear head: ``(batch, 3, 6, 6) -> (batch, 5)``."""
+    """A Conv2d (``kernel_size`` x ``kernel_size``) followed by a Linear head: ``(batch, 3, 6, 6) -> (batch, 5)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, kernel_size: int = 3) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, kernel_size=3, padding=1)
+        self.conv = nn.Conv2d(3, 4, kernel_size=kernel_size, padding=kernel_size // 2)
         self.lin = nn.Linear(4 * 6 * 6, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,6 +119,7 @@ _COMPAT: dict[str, Callable[[], nn.Module]] = {
     "bert_seq_cls": lambda: BertForSequenceClassification(bert_config()),
     "convnet": ConvNet,
     "conv1dnet": Conv1dNet,
+    "convnet_1x1": lambda: ConvNet(kernel_size=1),
 }
 
 
@@ -132,7 +133,7 @@ def build_model(kind: str, seed: int = 0) -> nn.Module:
 def model_inputs(kind: str, seed: int = 1) -> dict[str, Any]:
     """Keyword inputs for a forward of a :func:`build_model` model (batch of 2)."""
     gen = torch.Generator().manual_seed(seed)
-    if kind == "convnet":
+    if kind.startswith("convnet"):
         return {"x": torch.randn(2, 3, 6, 6, generator=gen)}
     if kind == "conv1dnet":
         return {"x": torch.randn(2, 4, 5, generator=gen)}

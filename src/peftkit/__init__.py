@@ -1,5 +1,7 @@
 """peftkit: parameter-efficient fine-tuning with PEFT's API and file format (``import peftkit as peft``)."""
 
+from peftkit import tuners as tuners  # ``peft.tuners.*`` and ``peft.utils.*`` after a bare ``import peft``
+from peftkit import utils as utils
 from peftkit.auto import (
     AutoPeftModel,
     AutoPeftModelForCausalLM,
@@ -17,6 +19,8 @@ from peftkit.errors import (
     ConcurrencyError,
     ConfigError,
     HotswapError,
+    NoMatchingPeftModuleError,
+    PeftError,
     PeftkitError,
     TargetingError,
     UnsupportedError,
@@ -34,8 +38,11 @@ from peftkit.integrations import (
     patch_transformers,
     unpatch_transformers,
 )
+from peftkit.integrations.peft_alias import install_as_peft, install_if_reference_absent
+from peftkit.io.load import load_peft_weights
 from peftkit.mapping import (
     gather_peft_model_state_dict,
+    get_peft_config,
     get_peft_model,
     get_peft_model_state_dict,
     inject_adapter_in_model,
@@ -43,8 +50,15 @@ from peftkit.mapping import (
 )
 from peftkit.mixed_model import PeftMixedModel
 from peftkit.peft_model import PeftModel
-from peftkit.quant.prepare import prepare_model_for_kbit_training
+from peftkit.peft_paths import (
+    MODEL_TYPE_TO_PEFT_MODEL_MAPPING,
+    PEFT_TYPE_TO_CONFIG_MAPPING,
+    PEFT_TYPE_TO_TUNER_MAPPING,
+)
+from peftkit.peft_paths import publish as _publish_peft_paths
+from peftkit.quant.prepare import cast_mixed_precision_params, prepare_model_for_kbit_training
 from peftkit.registry import public_names as _public_names
+from peftkit.status import get_layer_status, get_model_status
 from peftkit.tasks import (
     PeftModelForCausalLM,
     PeftModelForFeatureExtraction,
@@ -61,6 +75,11 @@ __version__ = "0.1.0"
 # ``public_names``, so a new method is exported by its catalog line alone.
 _METHOD_NAMES = _public_names()
 globals().update(_METHOD_NAMES)
+
+_publish_peft_paths()
+# Answer to ``import peft`` when the reference is not installed (peftkit.integrations.peft_alias), last: the
+# alias module copies this package's public names.
+install_if_reference_absent()
 
 __all__ = [
     "AdapterNameError",
@@ -82,7 +101,12 @@ __all__ = [
     "ConcurrencyError",
     "ConfigError",
     "HotswapError",
+    "MODEL_TYPE_TO_PEFT_MODEL_MAPPING",
+    "NoMatchingPeftModuleError",
+    "PEFT_TYPE_TO_CONFIG_MAPPING",
+    "PEFT_TYPE_TO_TUNER_MAPPING",
     "PeftConfig",
+    "PeftError",
     "PeftMixedModel",
     "PeftModel",
     "PeftModelForCausalLM",
@@ -98,12 +122,18 @@ __all__ = [
     "TaskType",
     "UnsupportedError",
     "UsageError",
+    "cast_mixed_precision_params",
     "enable_adapter_methods",
     "gather_peft_model_state_dict",
+    "get_layer_status",
+    "get_model_status",
+    "get_peft_config",
     "get_peft_model",
     "get_peft_model_state_dict",
     "hotswap_adapter",
     "inject_adapter_in_model",
+    "install_as_peft",
+    "load_peft_weights",
     "patch_transformers",
     "prepare_model_for_compiled_hotswap",
     "prepare_model_for_kbit_training",

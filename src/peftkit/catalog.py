@@ -18,4 +18,6 @@ METHOD_SPECS: dict[str, str] = {
     "P_TUNING": "peftkit.methods.p_tuning.method:P_TUNING",
     "LOHA": "peftkit.methods.loha.method:LOHA",
     "LOKR": "peftkit.methods.lokr.method:LOKR",
+    "OFT": "peftkit.methods.oft.method:OFT",
+    "BOFT": "peftkit.methods.boft.method:BOFT",
 }

@@ -47,3 +47,8 @@ class HotswapError(PeftkitError, ValueError, RuntimeError):
 class ConcurrencyError(PeftkitError, RuntimeError):
     """A change of a model's adapters was requested from inside a forward of that same model (see
     :mod:`peftkit.locking`)."""
+
+
+#: PEFT's names for the same classes (``peft.PeftError``, ``peft.utils.NoMatchingPeftModuleError``).
+PeftError = PeftkitError
+NoMatchingPeftModuleError = TargetingError

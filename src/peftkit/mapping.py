@@ -10,8 +10,8 @@ from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
 from peftkit import functional as F
-from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError, UsageError
+from peftkit.config import PeftConfig, config_class_for
+from peftkit.errors import AdapterNameError, ConfigError, UsageError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix, strip_prefix
 from peftkit.io.save import base_model_name
 from peftkit.io.sharded import gather_adapter_state, unwrap_parallel
@@ -45,6 +45,19 @@ def get_peft_model(
     if mixed:  # adapters of several methods, active together
         return PeftMixedModel(model, config, adapter_name)
     return model_class_for_task(config.task_type)(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage)
+
+
+def get_peft_config(config_dict: dict[str, Any]) -> PeftConfig:
+    """The config object of ``config_dict`` (an ``adapter_config.json``-style dict), class chosen by its
+    ``peft_type``, built with the class's constructor as PEFT does (every key must be a field).
+
+    Raises:
+        ConfigError: no ``peft_type``, or a method peftkit does not implement.
+        TypeError: a key that is not a field of that config class.
+    """
+    if "peft_type" not in config_dict:
+        raise ConfigError("get_peft_config() needs a 'peft_type' key (e.g. 'LORA') to choose the config class.")
+    return config_class_for(config_dict["peft_type"])(**config_dict)
 
 
 def inject_adapter_in_model(

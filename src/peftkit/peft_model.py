@@ -22,7 +22,7 @@ from peftkit.config import PeftConfig, PromptLearningConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
 from peftkit.io.load import attach_adapter, check_same_adapter_config, read_weights, reload_adapter, split_hub_kwargs
-from peftkit.io.save import adapter_directory, config_for_saving, write_adapter
+from peftkit.io.save import save_adapters
 from peftkit.io.state import adapter_state_dict
 from peftkit.locking import exclusive
 from peftkit.methods.prompt import model as prompt
@@ -245,7 +245,7 @@ class PeftModel(nn.Module):
         state_dict: dict[str, torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Write each adapter (``default`` in ``save_directory``, others in subfolders) in PEFT's format.
+        """Write each adapter (``default`` in ``save_directory``, others in subfolders) and a README.md card.
 
         Args:
             state_dict: A full state dict of this model gathered from shards (FSDP2, ZeRO-3): the adapter values
@@ -261,10 +261,7 @@ class PeftModel(nn.Module):
         self._tuner.check_names(names)
         if not is_main_process:
             return
-        for name in names:
-            state = self.get_adapter_state_dict(name, save_embedding_layers, state_dict)
-            config = config_for_saving(self.peft_config[name], self.get_base_model())
-            write_adapter(adapter_directory(save_directory, name), config, state, safe_serialization)
+        save_adapters(self, save_directory, names, safe_serialization, save_embedding_layers, state_dict)
 
     def push_to_hub(
         self,

@@ -114,6 +114,16 @@ def _lokr(**kw: Any) -> peft.LoKrConfig:
     return peft.LoKrConfig(**{**base, "decompose_both": True, "modules_to_save": ["lm_head"], **kw})
 
 
+def _oft(**kw: Any) -> peft.OFTConfig:
+    base = {"task_type": "CAUSAL_LM", "target_modules": ["q_proj", "v_proj"], "oft_block_size": 4, "r": 0}
+    return peft.OFTConfig(**{**base, "modules_to_save": ["lm_head"], **kw})
+
+
+def _boft(**kw: Any) -> peft.BOFTConfig:
+    base = {"task_type": "CAUSAL_LM", "target_modules": ["q_proj", "v_proj"], "boft_block_size": 4}
+    return peft.BOFTConfig(**{**base, "boft_n_butterfly_factor": 2, "modules_to_save": ["lm_head"], **kw})
+
+
 def _prompt_tuning(**kw: Any) -> peft.PromptTuningConfig:
     return peft.PromptTuningConfig(**{"task_type": "CAUSAL_LM", "num_virtual_tokens": 3, **kw})
 
@@ -133,6 +143,8 @@ METHOD_CASES = [
     MethodCase("adalora", "llama", _adalora, one_trainable=True),
     MethodCase("loha", "llama", _loha),
     MethodCase("lokr", "llama", _lokr),
+    MethodCase("oft", "llama", _oft),
+    MethodCase("boft", "llama", _boft),
     MethodCase("prompt_tuning", "llama", _prompt_tuning, prompt=True),
     MethodCase("prefix_tuning", "llama", _prefix_tuning, prompt=True),
     MethodCase("p_tuning", "llama_seq_cls", _p_tuning, prompt=True),

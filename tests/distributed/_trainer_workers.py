@@ -1,5 +1,7 @@
 """Worker script (run by torchrun, 2 gloo processes on the CPU): transformers' Trainer training a peftkit
-LoRA model under DeepSpeed ZeRO-3 (``DS_ACCELERATOR=cpu``) or FSDP2 (the Trainer's ``fsdp`` arguments),
+LoRA model under DeepSpeed ZeRO-3 (``DS_ACCELERATOR=cpu``), plain multi-process CPU training (``ddp``: accelerate's
+MULTI_CPU) or FSDP2 (the Trainer's ``fsdp`` arguments with a full or a sharded state dict: ``fsdp2`` and
+``fsdp2_sharded``; accelerate enables FSDP on accelerators only, never for MULTI_CPU),
 with checkpoints, ``save_model`` and a resume; rank 0 writes ``result.json``.
 """
 
@@ -39,8 +41,12 @@ class Batches(torch.utils.data.Dataset):
 
 def arguments(out: Path, engine: str) -> TrainingArguments:
     fsdp_config = {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}
-    fsdp_config["state_dict_type"] = "FULL_STATE_DICT"  # the Trainer then hands _save a gathered state dict
-    extra: dict = {"deepspeed": ZERO3} if engine == "zero3" else {"fsdp": "full_shard", "fsdp_config": fsdp_config}
+    # FULL_STATE_DICT: the Trainer hands _save a gathered state dict; SHARDED_STATE_DICT: the Trainer saves no
+    # model files itself, and peftkit gathers the adapter's shards
+    fsdp_config["state_dict_type"] = "SHARDED_STATE_DICT" if engine == "fsdp2_sharded" else "FULL_STATE_DICT"
+    extra: dict = {"deepspeed": ZERO3} if engine == "zero3" else {}
+    if engine.startswith("fsdp"):
+        extra = {"fsdp": "full_shard", "fsdp_config": fsdp_config}
     return TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=2,
@@ -52,7 +58,7 @@ def arguments(out: Path, engine: str) -> TrainingArguments:
         save_steps=RESUME_AT,
         logging_steps=1,
         report_to=[],
-        use_cpu=engine != "zero3",
+        use_cpu=engine == "ddp",
         dataloader_drop_last=True,
         seed=0,
         data_seed=0,
@@ -74,6 +80,8 @@ def run(out: Path, engine: str) -> dict:
     peftkit.patch_transformers()
     model = peft_model()
     trainer = InOrder(model=model, args=arguments(out / "run", engine), train_dataset=Batches())
+    if trainer.is_fsdp_enabled != engine.startswith("fsdp"):  # accelerate runs FSDP on accelerators only
+        raise RuntimeError(f"engine {engine}: the Trainer's is_fsdp_enabled is {trainer.is_fsdp_enabled}")
     trainer.train()
     trainer.save_model(str(out / "final"))
     error = "no error"

@@ -96,9 +96,24 @@ def test_trainer_deepspeed_zero3(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("plain*"))
 
 
-def test_trainer_fsdp2(tmp_path: Path, reference) -> None:
+def test_trainer_multi_cpu(tmp_path: Path, reference) -> None:
+    """The Trainer on 2 CPU processes (accelerate's MULTI_CPU: DDP); its ``fsdp`` arguments take effect only on
+    accelerators (``test_trainer_fsdp2``)."""
+    check_trainer_run(tmp_path, reference, "ddp")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="accelerate enables FSDP on accelerators only (a CPU run is DDP): 2 GPUs"
+)
+@pytest.mark.parametrize("engine", ["fsdp2", "fsdp2_sharded"], ids=["full_state_dict", "sharded_state_dict"])
+def test_trainer_fsdp2(tmp_path: Path, reference, engine: str) -> None:
+    check_trainer_run(tmp_path, reference, engine)
+
+
+def check_trainer_run(tmp_path: Path, reference: tuple[list[float], dict[str, torch.Tensor]], engine: str) -> None:
     losses, final = reference
-    result = launch("_trainer_workers.py", "fsdp2", tmp_path, timeout=600)
+    result = launch("_trainer_workers.py", engine, tmp_path, timeout=600)
     check_losses(result, losses)
     check_adapter_dir(tmp_path / "final", final)
     check_adapter_dir(tmp_path / "resumed_final", final)

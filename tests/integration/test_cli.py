@@ -54,7 +54,7 @@ def test_train_writes_everything_and_prints_the_figures(trained: dict[str, objec
     out, stdout = trained["out"], trained["stdout"]
     assert trained["code"] == 0, stdout
     adapter = os.path.join(out, "adapter")
-    assert sorted(os.listdir(adapter)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(adapter)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     with open(os.path.join(adapter, "adapter_config.json")) as fh:
         config = json.load(fh)
     assert config["peft_type"] == "LORA" and config["r"] == 16 and config["lora_alpha"] == 32
@@ -172,7 +172,7 @@ def test_convert_bin_and_old_config(trained: dict[str, object], tmp_path, capsys
     code, stdout, _ = run_cli(capsys, "convert", str(old))
     assert code == 0, stdout
     assert "dropped unknown keys enable_lora, merge_weights" in stdout and "filled" in stdout
-    assert sorted(os.listdir(old)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(old)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     converted = load_file(old / "adapter_model.safetensors")
     assert converted.keys() == tensors.keys() and all(torch.equal(converted[k], tensors[k]) for k in tensors)
     with open(old / "adapter_config.json") as fh:

@@ -60,11 +60,12 @@ def test_push_to_hub_uploads_exactly_the_adapter_files(hub, patched) -> None:  #
     wrapped.push_to_hub("me/wrapped", commit_message="adapters", revision="dev")
     commit = hub.pop()
     assert (commit["repo_id"], commit["message"], commit["revision"]) == ("me/wrapped", "adapters", "dev")
-    top = {k: v for k, v in commit["files"].items() if "/" not in k}
+    top = {k: v for k, v in commit["files"].items() if "/" not in k and k != "README.md"}
+    assert b"library_name: peft" in commit["files"]["README.md"]  # the model card, as the reference uploads it
     check_adapter_files(top, wrapped.get_adapter_state_dict("default"), None)
     nested = {k.removeprefix("other/"): v for k, v in commit["files"].items() if k.startswith("other/")}
     check_adapter_files(nested, wrapped.get_adapter_state_dict("other"), None)
-    assert len(commit["files"]) == 4
+    assert len(commit["files"]) == 5
 
     inplace = tiny_llama()
     inplace.add_adapter(lora(), adapter_name="mine")  # through the opt-in

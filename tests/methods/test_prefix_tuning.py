@@ -148,14 +148,13 @@ def test_seq2seq_prefix_reaches_the_decoder_and_generate_matches() -> None:
     assert torch.equal(out, greedy_seq2seq_by_forward(model, inputs["input_ids"], inputs["attention_mask"], 4))
 
 
-def test_model_without_known_cache_layout_is_refused() -> None:
+def test_bert_takes_the_prefix_through_its_classification_head() -> None:
+    """The head's forward lists no cache argument but hands ``**kwargs`` to the backbone, whose signature does."""
     bert = BertForSequenceClassification(
         BertConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
     )
-    with pytest.raises(ConfigError, match="model type 'bert' has none known"):
-        get_peft_model(bert, _config("SEQ_CLS"))
-    with pytest.raises(ConfigError, match="needs num_transformer_submodules=2"):
-        get_peft_model(build("t5"), _config("SEQ_2_SEQ_LM", num_transformer_submodules=1))
+    model = get_peft_model(bert, _config("SEQ_CLS"))
+    assert model._prompt_tuner.prefix_layout.shapes == ((2, 8), (2, 8))
 
 
 class _NoCacheLlama(LlamaForCausalLM):

@@ -178,7 +178,7 @@ def test_bad_adapter_leaves_model_untouched(toy, saved, unchanged, capsys, damag
 def test_bin_file_loads(toy, tmp_path) -> None:
     model = peft.get_peft_model(toy(), peft.LoraConfig(r=2, init_lora_weights=False)).eval()
     model.save_pretrained(tmp_path, safe_serialization=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.bin"]
     loaded = peft.PeftModel.from_pretrained(toy(), tmp_path)
     ids = torch.tensor([[1, 2, 3, 4]])
     torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)

@@ -58,6 +58,7 @@ def test_successful_save_leaves_no_temp_files(model, tmp_path) -> None:
     model.add_adapter("other", peft.LoraConfig(r=2))
     model.save_pretrained(tmp_path)
     assert sorted(files(tmp_path)) == [
+        "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
         "other/adapter_config.json",

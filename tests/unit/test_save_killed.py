@@ -9,7 +9,8 @@ writing the weights file; k runs over every step of a save. After each kill:
   point and new after it;
 * the reference ``peft`` (which knows nothing of peftkit's commit journal) loads the old or the new adapter
   too, or fails loudly (while the config file is being replaced), never a mix;
-* the next save completes and leaves exactly PEFT's files (leftovers of killed saves removed).
+* the next save completes and leaves exactly PEFT's files, model card included (leftovers of killed saves
+  removed).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def test_every_kill_point_loads_old_or_new(toy, tmp_path, safe: bool) -> None:
         seen.append(state)
         new_model.save_pretrained(directory, safe_serialization=safe)  # a later save cleans up
         weights = "adapter_model.safetensors" if safe else "adapter_model.bin"
-        assert sorted(os.listdir(directory)) == sorted(["adapter_config.json", weights])
+        assert sorted(os.listdir(directory)) == sorted(["README.md", "adapter_config.json", weights])
         assert reference_load(toy, directory, x, old, new) == "new"
         if code == COMPLETED:
             break
@@ -125,7 +126,7 @@ def test_kill_while_writing_weights_keeps_previous_adapter(toy, tmp_path) -> Non
     loaded = peftkit.PeftModel.from_pretrained(toy(), tmp_path)
     torch.testing.assert_close(output(loaded, x), output(old_model, x))
     new_model.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
 
 
 def test_leftovers_of_earlier_versions_are_cleaned(toy, tmp_path) -> None:
@@ -134,4 +135,9 @@ def test_leftovers_of_earlier_versions_are_cleaned(toy, tmp_path) -> None:
     for name in (".tmp-abc123adapter_model.safetensors", ".tmp-xyzadapter_config.json", "notes.txt"):
         (tmp_path / name).write_text("leftover")
     model.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors", "notes.txt"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "notes.txt",
+    ]

@@ -140,8 +140,16 @@ def describe(config: PeftConfig) -> str:
     """A short human description such as ``LORA r=8 alpha=16 on all-linear``."""
     parts = [str(config.peft_type)]
     names = ("init_r", "target_r") if hasattr(config, "target_r") else ("r",)
-    for name in (*names, "lora_alpha", "alpha", "num_virtual_tokens"):
-        if hasattr(config, name):
+    for name in (
+        *names,
+        "lora_alpha",
+        "alpha",
+        "num_virtual_tokens",
+        "oft_block_size",
+        "boft_block_size",
+        "boft_block_num",
+    ):
+        if getattr(config, name, 0) != 0:  # OFT / BOFT set a block size or a count, the other is 0
             parts.append(f"{name.replace('lora_', '')}={getattr(config, name)}")
     targets = getattr(config, "target_modules", None)
     if targets:

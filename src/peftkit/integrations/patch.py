@@ -44,6 +44,9 @@ ADAPTER_METHODS = (
 _DETECTION_SITES = ("transformers.integrations.peft", "transformers.models.auto.auto_factory", "transformers.pipelines")
 
 _originals: list[tuple[Any, str, Any]] = []
+#: Which parts are applied: "methods" (model adapter methods), "detection" (adapter directories in
+#: ``from_pretrained``), "trainer" (checkpoints). ``peftkit.install_as_peft`` applies "methods" and "trainer".
+_applied: set[str] = set()
 
 
 def _set(owner: Any, name: str, value: Any) -> None:
@@ -97,6 +100,16 @@ def _trainer_save(original: Callable[..., Any]) -> Callable[..., Any]:
     return _save
 
 
+def _trainer_save_model(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def save_model(self: Any, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if trainer_support.saves_sharded_fsdp(self):  # on every rank: the adapter's shards are gathered
+            trainer_support.trainer_save(self, output_dir)
+        return original(self, output_dir, _internal_call)
+
+    return save_model
+
+
 def _trainer_load_from_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def _load_from_checkpoint(self: Any, resume_from_checkpoint: str, model: Any = None) -> None:
@@ -139,21 +152,25 @@ def _is_peft_model(original: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return check
 
 
-def patch_transformers() -> None:
-    """Opt in: transformers' models, Auto classes, pipeline and Trainer use peftkit for adapters.
-
-    Idempotent; see the module docstring for what changes. Undo with :func:`unpatch_transformers`.
-    """
-    if _originals:
+def patch_adapter_methods() -> None:
+    """The model-method part of :func:`patch_transformers`: ``PeftAdapterMixin``'s methods become peftkit's."""
+    if "methods" in _applied:
         return
-    import transformers.trainer
-    import transformers.trainer_utils
     from transformers.integrations.peft import PeftAdapterMixin
 
     for name in ADAPTER_METHODS:
         _set(PeftAdapterMixin, name, _entry(name))
-    for site in _DETECTION_SITES:
-        _set(importlib.import_module(site), "is_peft_available", _detection_enabled)
+    _applied.add("methods")
+
+
+def patch_trainer() -> None:
+    """The ``Trainer`` part of :func:`patch_transformers`: adapter-only checkpoints, resume and load-best for
+    peftkit models, and peftkit's ``PeftModel`` counted as a PEFT model."""
+    if "trainer" in _applied:
+        return
+    import transformers.trainer
+    import transformers.trainer_utils
+
     for module in (transformers.trainer, transformers.trainer_utils):
         _set(module, "_is_peft_model", _is_peft_model(module._is_peft_model))
     if hasattr(transformers.trainer, "update_fsdp_plugin_peft"):  # imports peft; peftkit models get their own
@@ -165,10 +182,25 @@ def patch_transformers() -> None:
     trainer_cls = transformers.trainer.Trainer
     for name, wrap in (
         ("_save", _trainer_save),
+        ("save_model", _trainer_save_model),
         ("_load_from_checkpoint", _trainer_load_from_checkpoint),
         ("_load_best_model", _trainer_load_best_model),
     ):
         _set(trainer_cls, name, wrap(getattr(trainer_cls, name)))
+    _applied.add("trainer")
+
+
+def patch_transformers() -> None:
+    """Opt in: transformers' models, Auto classes, pipeline and Trainer use peftkit for adapters.
+
+    Idempotent; see the module docstring for what changes. Undo with :func:`unpatch_transformers`.
+    """
+    patch_adapter_methods()
+    if "detection" not in _applied:
+        for site in _DETECTION_SITES:
+            _set(importlib.import_module(site), "is_peft_available", _detection_enabled)
+        _applied.add("detection")
+    patch_trainer()
 
 
 def unpatch_transformers() -> None:
@@ -176,8 +208,9 @@ def unpatch_transformers() -> None:
     while _originals:
         owner, name, original = _originals.pop()
         setattr(owner, name, original)
+    _applied.clear()
 
 
 def is_patched() -> bool:
-    """Whether :func:`patch_transformers` is in effect."""
-    return bool(_originals)
+    """Whether :func:`patch_transformers` (or a part of it) is in effect."""
+    return bool(_applied)

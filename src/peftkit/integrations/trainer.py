@@ -186,19 +186,20 @@ def _handles(trainer: Any, model: nn.Module | None = None, saving: bool = False)
 def _gathered_state(trainer: Any, model: nn.Module, state_dict: dict | None) -> dict[str, torch.Tensor] | None:
     """Full adapter values to save under DeepSpeed / FSDP (``None``: read the live parameters).
 
-    DeepSpeed: every rank runs ``_save``, so the adapters' tensors are gathered collectively here, whether or
-    not ``stage3_gather_16bit_weights_on_model_save`` gave the Trainer a consolidated state dict (rank 0 only).
-    FSDP with a full state dict: the Trainer's ``state_dict`` (rank 0) is used.
+    FSDP with a full state dict: the Trainer's ``state_dict`` (rank 0) is used. Otherwise every rank runs this
+    (DeepSpeed: the Trainer calls ``_save`` on every rank; FSDP with a sharded state dict: :func:`trainer_save_model`),
+    and the adapters' tensors alone are gathered collectively, whether or not the engine consolidated the state
+    dict (DeepSpeed's ``stage3_gather_16bit_weights_on_model_save``).
     """
-    if getattr(trainer, "is_deepspeed_enabled", False):
-        configs, inner, _ = _view(model)
-        state: dict[str, torch.Tensor] = {}
-        for name, config in configs.items():
-            entries = adapter_tensors(inner, name, config, embedding_layers=False)
-            gathered = gather_adapter_state(inner, entries)  # keyed as on disk; the save selects by model key
-            state.update({entries[key].source: value for key, value in gathered.items()})
-        return state
-    return state_dict if getattr(trainer, "is_fsdp_enabled", False) else None
+    if getattr(trainer, "is_fsdp_enabled", False) and state_dict is not None:
+        return state_dict
+    configs, inner, _ = _view(model)
+    state: dict[str, torch.Tensor] = {}
+    for name, config in configs.items():
+        entries = adapter_tensors(inner, name, config, embedding_layers=False)
+        gathered = gather_adapter_state(inner, entries)  # keyed as on disk; the save selects by model key
+        state.update({entries[key].source: value for key, value in gathered.items()})
+    return state
 
 
 def _is_writer(trainer: Any) -> bool:
@@ -234,6 +235,16 @@ def trainer_save(trainer: Any, output_dir: str | None = None, state_dict: dict |
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)
     torch.save(trainer.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+
+def saves_sharded_fsdp(trainer: Any) -> bool:
+    """An adapter model under the Trainer's FSDP with a sharded state dict: ``Trainer.save_model`` then writes no
+    model files at all (it consolidates only a ``FULL_STATE_DICT``), so peftkit writes the adapter."""
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return False
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    full = "FULL_STATE_DICT" in str(getattr(plugin, "state_dict_type", ""))
+    return not full and is_adapter_model(_unwrapped(trainer))
 
 
 def trainer_load_from_checkpoint(trainer: Any, checkpoint_dir: str, model: nn.Module | None = None) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
+from peftkit.errors import AdapterNameError, CheckpointError, ConfigError, UnsupportedError
 from peftkit.functional import inject_adapter, iter_adapter_modules
 from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, load_tensors
 from peftkit.io.hub import HUB_KWARGS, resolve_file
@@ -38,6 +38,36 @@ def read_weights(
             return load_tensors(path, device=device)
     where = os.path.join(os.fspath(model_id), subfolder) if subfolder else os.fspath(model_id)
     raise CheckpointError(f"No {SAFETENSORS_NAME} or {BIN_NAME} found at {where}; is this an adapter directory?")
+
+
+def load_peft_weights(
+    model_id: str | os.PathLike,
+    device: str | torch.device | None = None,
+    key_mapping: dict[str, str] | None = None,
+    **hf_hub_download_kwargs: Any,
+) -> dict[str, torch.Tensor]:
+    """PEFT's ``load_peft_weights``: an adapter directory's (or hub repo's) tensors, keys as on disk.
+
+    Args:
+        model_id: A local adapter directory or a hub repo id.
+        device: Where the tensors go; ``None``: the current accelerator if there is one, else the CPU.
+        key_mapping: Not supported (raises); rename keys on the returned dict instead.
+        **hf_hub_download_kwargs: ``subfolder``, ``revision``, ``cache_dir``, ``token``, ... for the hub.
+
+    Raises:
+        CheckpointError: no ``adapter_model.safetensors`` or ``adapter_model.bin`` there.
+        UnsupportedError: ``key_mapping`` was given.
+    """
+    if key_mapping:
+        raise UnsupportedError(
+            "load_peft_weights(key_mapping=...) is not supported by peftkit; rename the keys of "
+            "the returned dict instead."
+        )
+    if device is None:
+        accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        device = accelerator if accelerator is not None else "cpu"
+    subfolder = hf_hub_download_kwargs.pop("subfolder", None)
+    return read_weights(model_id, subfolder=subfolder, device=device, **split_hub_kwargs(hf_hub_download_kwargs))
 
 
 @exclusive

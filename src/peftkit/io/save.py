@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,13 +48,15 @@ def write_adapter(
     config: PeftConfig,
     tensors: dict[str, torch.Tensor],
     safe_serialization: bool = True,
+    extra: dict[str, Callable[[str], None]] | None = None,
 ) -> None:
     """Write ``adapter_config.json`` and the weights file into ``directory`` (created if needed).
 
     Both files, and the removal of a weights file of the other format left by an earlier save (loaders prefer
     safetensors and would read the stale one), are one commit (:func:`~peftkit.io.commit.commit_files`): a
     save that fails or is killed at any point leaves a directory that loads the previous adapter or the new
-    one, never new weights beside an old config.
+    one, never new weights beside an old config. ``extra``: more files of ``directory`` to replace in the same
+    commit (``{name: write(path)}``, e.g. the model card).
     """
     check_writable(tensors)  # before anything touches the directory
     text = json.dumps(config.to_dict(), indent=2, sort_keys=True)
@@ -64,6 +68,31 @@ def write_adapter(
 
     commit_files(
         directory,
-        {CONFIG_NAME: write_config, weights: tensor_writer(tensors, safe_serialization)},
+        {CONFIG_NAME: write_config, weights: tensor_writer(tensors, safe_serialization), **(extra or {})},
         remove=[stale],
     )
+
+
+def save_adapters(
+    peft_model: Any,
+    root: str | os.PathLike,
+    names: Sequence[str],
+    safe_serialization: bool = True,
+    save_embedding_layers: bool | str = "auto",
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write the adapters ``names`` of ``peft_model`` (a ``PeftModel``) under ``root`` (:func:`adapter_directory`),
+    one at a time, and ``root``'s ``README.md`` model card (:mod:`peftkit.io.model_card`), committed together with
+    the ``default`` adapter's files (alone when that adapter is not saved). The other arguments are
+    ``PeftModel.save_pretrained``'s."""
+    from peftkit.io.model_card import card_writes
+
+    card = card_writes(peft_model, root)
+    for name in names:
+        config = config_for_saving(peft_model.peft_config[name], peft_model.get_base_model())
+        tensors = peft_model.get_adapter_state_dict(name, save_embedding_layers, state_dict)
+        write_adapter(
+            adapter_directory(root, name), config, tensors, safe_serialization, card if name == "default" else None
+        )
+    if "default" not in names:
+        commit_files(root, card)

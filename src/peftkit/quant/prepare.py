@@ -130,3 +130,14 @@ def prepare_model_for_kbit_training(
         _make_inputs_require_grad(model)
     _enable_checkpointing(model, kwargs or None)
     return model
+
+
+def cast_mixed_precision_params(model: nn.Module, dtype: torch.dtype) -> None:
+    """Frozen parameters to ``dtype`` (``torch.float16`` / ``torch.bfloat16``), trainable ones to float32, in place.
+
+    For automatic mixed-precision training: the frozen base costs half the memory while the adapter's weights
+    and their optimizer updates stay in full precision. Parameter objects are kept (``param.data`` is replaced),
+    so an optimizer built before still holds them.
+    """
+    for param in model.parameters():
+        param.data = param.data.to(torch.float32 if param.requires_grad else dtype)

@@ -100,6 +100,7 @@ LORA = MethodSpec(
     after_inject=tie_adapters,
     bias_modes=LORA_BIAS_MODES,
     init_warning=decomposing_init_warning,
+    tuner_class=LoraModel,
     public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel},
     cli_name="lora",
     cli_options=(

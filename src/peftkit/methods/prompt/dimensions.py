@@ -43,29 +43,39 @@ def _first(data: dict[str, Any], keys: tuple[str, ...], field_name: str, config:
     )
 
 
-def fill_dimensions(config: PromptLearningConfig, model: nn.Module, kv_prefix: bool) -> PromptLearningConfig:
+def fill_dimensions(
+    config: PromptLearningConfig, model: nn.Module, kv_prefix: bool, kv_shape: tuple[int, int] | None = None
+) -> PromptLearningConfig:
     """A copy of ``config`` with every unset model dimension filled in from ``model.config``.
 
     Args:
         config: The user's prompt config (not modified).
         model: The base model.
         kv_prefix: The method prepends keys/values to every layer (prefix tuning): sized per key-value head.
+        kv_shape: ``(heads, head_dim)`` the model's cache actually holds (its widest layer, observed by
+            :func:`~peftkit.methods.prompt.layout.derive_layout`). When the user set neither
+            ``num_attention_heads`` nor ``token_dim``, the prefix is sized to it (``token_dim = heads * head_dim``):
+            where the config rules above are right this changes nothing, and where model code caches another
+            shape than the config states (Falcon's multi-query attention) it is what the attention reads.
 
     Raises:
         ConfigError: a dimension is unset and cannot be read from the model config.
     """
     config = copy.deepcopy(config)
+    sized_by_user = config.num_attention_heads is not None or config.token_dim is not None
     if config.num_virtual_tokens is None:
         raise ConfigError(f"{type(config).__name__}.num_virtual_tokens is required (a positive integer).")
     model_config, data = model_config_dict(model)
     if config.num_layers is None:
         from_attr = getattr(model_config, "num_hidden_layers", None)
         config.num_layers = int(from_attr) if from_attr is not None else _first(data, _LAYER_KEYS, "num_layers", config)
+    if kv_shape is not None and not sized_by_user:
+        config.num_attention_heads, config.token_dim = kv_shape[0], kv_shape[0] * kv_shape[1]
     if config.token_dim is None:
         config.token_dim = _first(data, _WIDTH_KEYS, "token_dim", config)
     if config.num_attention_heads is None:
         config.num_attention_heads = _first(data, _HEAD_KEYS, "num_attention_heads", config)
-    if kv_prefix and "num_key_value_heads" in data:
+    if kv_prefix and "num_key_value_heads" in data and (kv_shape is None or sized_by_user):
         head_dim = data.get("head_dim") or config.token_dim // config.num_attention_heads
         config.num_attention_heads = int(data["num_key_value_heads"])
         config.token_dim = int(head_dim) * config.num_attention_heads

@@ -37,9 +37,10 @@ from peftkit.layers.state import (
     status_after_set,
     trains,
 )
-from peftkit.methods.prompt.cache import build_cache, cache_layout, forward_cache_argument
+from peftkit.methods.prompt.cache import build_cache, check_fit, forward_cache_argument
 from peftkit.methods.prompt.dimensions import fill_dimensions
 from peftkit.methods.prompt.encoder import PromptEncoderBase
+from peftkit.methods.prompt.layout import PrefixLayout, derive_layout
 from peftkit.methods.spec import method_of
 
 #: The single key of a prompt adapter's own weights in the file.
@@ -121,6 +122,7 @@ class PromptTuner:
         self.peft_config: dict[str, PromptLearningConfig] = {}
         self.status = AdapterStatus()
         self._word_embeddings: nn.Module | None = None
+        self._prefix_layout: PrefixLayout | None = None
 
     @classmethod
     def install(cls, peft_model: Any, model: nn.Module) -> PromptTuner:
@@ -181,19 +183,33 @@ class PromptTuner:
         """Validate the name and the model, fill in the model dimensions; returns the config and encoder class."""
         F.check_adapter_name(adapter_name, list(self.peft_config))
         encoder_class: Any = method_of(config).prompt_encoder
-        config = fill_dimensions(config, self.model, encoder_class.kv_prefix)
         if encoder_class.kv_prefix:
+            config = fill_dimensions(config, self.model, True, self.prefix_layout.widest())
             self._check_prefix_support(config)
+        else:
+            config = fill_dimensions(config, self.model, False)
         check_encoder_size(config, encoder_class)
         return config, encoder_class
 
+    @property
+    def prefix_layout(self) -> PrefixLayout:
+        """The model's key/value cache layout, observed once (a one-token forward) and kept.
+
+        Raises:
+            UnsupportedError: the model's forward takes no cache.
+            ConfigError: the model's cache cannot hold a prefix (see :func:`derive_layout`).
+        """
+        if self._prefix_layout is None:
+            self._prefix_layout = derive_layout(self.model, forward_cache_argument(self.model))
+        return self._prefix_layout
+
     def _check_prefix_support(self, config: PromptLearningConfig) -> None:
-        layout = cache_layout(self.model)
-        forward_cache_argument(self.model)  # refuse a forward without a cache now, not at the first call
-        wanted = 2 if layout == "encoder_decoder" else 1
+        layout = self.prefix_layout
+        wanted = 2 if layout.encoder_decoder else 1
         if config.num_transformer_submodules != wanted:
+            kind = "encoder-decoder" if layout.encoder_decoder else "decoder-only or encoder-only"
             raise ConfigError(
-                f"Prefix tuning on a {layout.replace('_', '-')} model needs num_transformer_submodules={wanted} "
+                f"Prefix tuning on a {kind} model needs num_transformer_submodules={wanted} "
                 f"(got {config.num_transformer_submodules}); set task_type "
                 f"{'SEQ_2_SEQ_LM' if wanted == 2 else 'CAUSAL_LM or SEQ_CLS'}."
             )
@@ -203,6 +219,7 @@ class PromptTuner:
             )
         if any(getattr(m, "gradient_checkpointing", False) for m in self.model.modules()):
             raise ConfigError("Prefix tuning does not work with gradient checkpointing; disable it on the model.")
+        check_fit(config, layout, type(self.model).__name__)
 
     def _embeddings_for(self, encoder_class: Any) -> nn.Module | None:
         return None if encoder_class.kv_prefix else self.word_embeddings
@@ -333,7 +350,7 @@ class PromptTuner:
         flat = encoder.all_tokens()[: config.num_virtual_tokens]
         dtype = getattr(self.model, "dtype", None)
         flat = flat.to(dtype) if isinstance(dtype, torch.dtype) else flat
-        return build_cache(flat.unsqueeze(0).expand(batch_size, -1, -1), config, cache_layout(self.model))
+        return build_cache(flat.unsqueeze(0).expand(batch_size, -1, -1), config, self.prefix_layout)
 
     # -- training state (Trainer checkpoints) ---------------------------------------------------------
     def save_training_state(self, adapter_name: str, directory: str) -> None:

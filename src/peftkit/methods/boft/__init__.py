@@ -1,0 +1,1 @@
+"""BOFT: orthogonal fine-tuning with butterfly-factorised rotations (Liu et al., 2024)."""
