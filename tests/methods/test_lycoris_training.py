@@ -137,3 +137,14 @@ def test_inspect_reports_loha_ranks_and_delta_norms(tmp_path: Path, capsys: pyte
         layer = model.base_model.model.get_submodule(row["module"])
         assert row["rank"] == (3 if row["module"].endswith("down_proj") else 2)
         assert row["delta_norm"] == pytest.approx(float(layer.delta_weight("default").detach().norm()), rel=1e-4)
+
+
+def test_peft_import_paths() -> None:
+    from peftkit.tuners.loha import LoHaConfig, LoHaLayer, LoHaModel
+    from peftkit.tuners.lokr import Conv2d, LoKrConfig, LoKrLayer
+
+    assert (LoHaConfig, LoKrConfig) == (peft.LoHaConfig, peft.LoKrConfig)
+    model = peft.get_peft_model(build("llama"), LoHaConfig(target_modules=["q_proj"]))
+    assert isinstance(model.base_model, LoHaModel)
+    assert isinstance(model.base_model.model.model.layers[0].self_attn.q_proj, LoHaLayer)
+    assert issubclass(Conv2d, LoKrLayer)
