@@ -112,4 +112,5 @@ class LoHaLayer(LycorisLayer):
             return super().delta_output(x, adapter)
         left = (f["hada_w1_a"][:, :, None] * f["hada_w2_a"][:, None, :]).flatten(1)  # (out, r*r)
         right = (f["hada_w1_b"][:, None, :] * f["hada_w2_b"][None, :, :]).flatten(0, 1)  # (r*r, in)
-        return (x.to(right.dtype) @ right.T) @ left.T * self.scaling[adapter]
+        flat = x.to(right.dtype).reshape(-1, x.shape[-1])  # 2-d products: no kernel choice by requires_grad
+        return ((flat @ right.T) @ left.T * self.scaling[adapter]).reshape(*x.shape[:-1], left.shape[0])

@@ -107,6 +107,9 @@ class LoKrLayer(LycorisLayer):
         f = self.factors(adapter)
         w1 = f["lokr_w1"] if "lokr_w1" in f else f["lokr_w1_a"] @ f["lokr_w1_b"]
         w2 = f["lokr_w2"] if "lokr_w2" in f else f["lokr_w2_a"] @ f["lokr_w2_b"]
-        grid = x.to(w1.dtype).reshape(*x.shape[:-1], w1.shape[1], w2.shape[1])  # (..., c, d)
-        out = (w1 @ grid @ w2.T) * self.scaling[adapter]  # (..., a, b)
-        return out.reshape(*x.shape[:-1], w1.shape[0] * w2.shape[0])
+        (a, c), (b, d) = w1.shape, w2.shape
+        # plain 2-d products only: a batched matmul may pick its kernel by requires_grad (last-bit differences)
+        tokens = x.to(w1.dtype).reshape(-1, d)  # (N * c, d)
+        right = (tokens @ w2.T).reshape(-1, c, b).transpose(1, 2).reshape(-1, c)  # X W2^T as (N * b, c)
+        out = (right @ w1.T).reshape(-1, b, a).transpose(1, 2)  # W1 X W2^T: (N, a, b)
+        return out.reshape(*x.shape[:-1], a * b) * self.scaling[adapter]
