@@ -29,18 +29,23 @@ PRESETS = {
 
 class Decoder:
     """One model with a KV cache of ``seq - 1`` tokens; each call decodes the next token and the cache is
-    cropped back afterwards (untimed). ``cache_key``: the keyword the base model's forward takes the cache by."""
+    cropped back afterwards (untimed). ``cache_key``: the keyword the base model's forward takes the cache by;
+    ``adapter_names``: one adapter per sample (a mixed batch), or ``None`` for the active adapter."""
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor, cache_key: str) -> None:
+    def __init__(
+        self, model: nn.Module, ids: torch.Tensor, cache_key: str, adapter_names: list[str] | None = None
+    ) -> None:
         self.model, self.prefix, self.next = model, ids[:, :-1], ids[:, -1:]
         self.cache = DynamicCache(config=model.config)
-        self.cache_key = cache_key
+        self.kwargs = {cache_key: self.cache, "use_cache": True}
+        if adapter_names is not None:
+            self.kwargs["adapter_names"] = adapter_names
         with torch.no_grad():
-            model(input_ids=self.prefix, use_cache=True, **{cache_key: self.cache})
+            model(input_ids=self.prefix, **self.kwargs)
 
     def decode(self) -> torch.Tensor:
         with torch.no_grad():
-            return self.model(input_ids=self.next, use_cache=True, **{self.cache_key: self.cache}).logits
+            return self.model(input_ids=self.next, **self.kwargs).logits
 
     def reset(self) -> None:
         self.cache.crop(-1)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from benchmarks import (
+    compiled,
     distributed,
     forward,
     large,
@@ -39,6 +40,7 @@ from benchmarks import (
     recompiles,
     scale,
     train_step,
+    trainable_tokens,
 )
 from benchmarks.harness import Row, Settings, table
 
@@ -49,9 +51,11 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "loading": loading.run,
     "large": large.run,
     "recompiles": recompiles.run,
+    "compiled": compiled.run,
     "qlora": qlora.run,
     "scale": scale.run,
     "distributed": distributed.run,
+    "trainable_tokens": trainable_tokens.run,
     "orthogonal": orthogonal.run,
     "lycoris": lycoris.run,
 }

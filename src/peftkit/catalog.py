@@ -18,6 +18,9 @@ METHOD_SPECS: dict[str, str] = {
     "P_TUNING": "peftkit.methods.p_tuning.method:P_TUNING",
     "LOHA": "peftkit.methods.loha.method:LOHA",
     "LOKR": "peftkit.methods.lokr.method:LOKR",
+    "VERA": "peftkit.methods.vera.method:VERA",
+    "LN_TUNING": "peftkit.methods.ln_tuning.method:LN_TUNING",
+    "TRAINABLE_TOKENS": "peftkit.methods.trainable_tokens.method:TRAINABLE_TOKENS",
     "OFT": "peftkit.methods.oft.method:OFT",
     "BOFT": "peftkit.methods.boft.method:BOFT",
 }

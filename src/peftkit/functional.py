@@ -233,7 +233,8 @@ def _add_model_tensors(
     targets = {n: m.get_base_layer() if isinstance(m, AdapterLayer) else m for n, m in layers.items()}
     holder = holder_for(model)
     record.shared = True
-    holder.add(adapter, spec.model_tensors.create(config, targets))
+    held = {name: holder.get(name) for name in holder.adapters}
+    holder.add(adapter, spec.model_tensors.create(config, targets, held))
     for layer in layers.values():
         if isinstance(layer, AdapterLayer):
             layer.add_module(HOLDER_NAME, holder)  # so that ``model.to()`` moves the tensors

@@ -114,6 +114,20 @@ def _lokr(**kw: Any) -> peft.LoKrConfig:
     return peft.LoKrConfig(**{**base, "decompose_both": True, "modules_to_save": ["lm_head"], **kw})
 
 
+def _vera(**kw: Any) -> peft.VeraConfig:
+    base = {"task_type": "CAUSAL_LM", "r": 4, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    return peft.VeraConfig(**{**base, "init_weights": False, "modules_to_save": ["lm_head"], **kw})
+
+
+def _ln_tuning(**kw: Any) -> peft.LNTuningConfig:
+    base = {"task_type": "CAUSAL_LM", "target_modules": ["input_layernorm", "norm"]}
+    return peft.LNTuningConfig(**{**base, "modules_to_save": ["lm_head"], **kw})
+
+
+def _trainable_tokens(**kw: Any) -> peft.TrainableTokensConfig:
+    return peft.TrainableTokensConfig(**{"task_type": "CAUSAL_LM", "token_indices": [3, 7, 11, 20, 42], **kw})
+
+
 def _oft(**kw: Any) -> peft.OFTConfig:
     base = {"task_type": "CAUSAL_LM", "target_modules": ["q_proj", "v_proj"], "oft_block_size": 4, "r": 0}
     return peft.OFTConfig(**{**base, "modules_to_save": ["lm_head"], **kw})
@@ -143,6 +157,9 @@ METHOD_CASES = [
     MethodCase("adalora", "llama", _adalora, one_trainable=True),
     MethodCase("loha", "llama", _loha),
     MethodCase("lokr", "llama", _lokr),
+    MethodCase("vera", "llama", _vera),
+    MethodCase("ln_tuning", "llama", _ln_tuning),
+    MethodCase("trainable_tokens", "llama", _trainable_tokens),
     MethodCase("oft", "llama", _oft),
     MethodCase("boft", "llama", _boft),
     MethodCase("prompt_tuning", "llama", _prompt_tuning, prompt=True),

@@ -1,8 +1,8 @@
 """PEFT-style code with ``import peftkit`` runs through the real transformers ``Trainer``, accelerate and TRL
 (SFT, DPO) as it does with the reference, with no opt-in beyond what the README's first example shows:
 
-* ``peft-hidden``: the reference cannot be imported (a finder raises ``ImportError`` for ``peft``, installed
-  before ``import peftkit``); peftkit answers to ``peft`` by itself;
+* ``peft-absent``: the reference is not installed (the subprocess's path finder does not see it);
+  peftkit answers to ``peft`` by itself;
 * ``peft-installed``: the reference is importable; ``peftkit.install_as_peft()`` (the README's one call for
   that case) makes peftkit answer to ``peft``.
 
@@ -22,17 +22,33 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-HIDE_PEFT = textwrap.dedent(
+#: Without the reference: the path finder is replaced by one that does not see peft (``find_spec("peft")`` is
+#: ``None`` and ``importlib.metadata`` knows no peft, as where it is not installed); the Trainer is imported
+#: before peftkit on purpose (peftkit completes the names it binds from ``peft``).
+WITHOUT_PEFT = textwrap.dedent(
     """
-    import importlib.abc, sys
+    import importlib.machinery, importlib.metadata, importlib.util, sys
 
-    class HidePeft(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
+    class PathFinderWithoutPeft:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
             if name == "peft" or name.startswith("peft."):
-                raise ImportError(f"{name} is hidden in this test")
-            return None
+                return None
+            return importlib.machinery.PathFinder.find_spec(name, path, target)
 
-    sys.meta_path.insert(0, HidePeft())
+        @staticmethod
+        def find_distributions(context=importlib.metadata.DistributionFinder.Context()):
+            if (context.name or "").lower() == "peft":
+                return iter(())
+            return importlib.machinery.PathFinder.find_distributions(context)
+
+        @staticmethod
+        def invalidate_caches():
+            importlib.machinery.PathFinder.invalidate_caches()
+
+    sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = PathFinderWithoutPeft
+    assert importlib.util.find_spec("peft") is None
+    from transformers import Trainer
     import peftkit
     """
 )
@@ -169,7 +185,7 @@ TRL = textwrap.dedent(
     """
 )
 
-MODES = {"peft-hidden": HIDE_PEFT, "peft-installed": INSTALL_AS_PEFT}
+MODES = {"peft-absent": WITHOUT_PEFT, "peft-installed": INSTALL_AS_PEFT}
 
 
 def _run(tmp_path: Path, mode: str, body: str) -> None:
@@ -177,9 +193,8 @@ def _run(tmp_path: Path, mode: str, body: str) -> None:
         pytest.importorskip("peft")
     (tmp_path / "script.py").write_text(MODES[mode] + COMMON + body)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
-    result = subprocess.run(
-        [sys.executable, "script.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
+    command = [sys.executable, "script.py"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "ECOSYSTEM OK" in result.stdout
 

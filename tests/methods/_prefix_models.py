@@ -3,8 +3,9 @@
 Each entry: ``name -> (builder, task_type)``. Together they cover encoder-only models that take a cache in their
 self-attention (BERT, RoBERTa), ALiBi with a fused QKV (BLOOM), Falcon's three attention styles (multi-head,
 multi-query with one cached head, the new architecture that caches every query head), multi-query GPT-BigCode,
-grouped-query Mistral, Gemma 2 / Gemma 3 with sliding-window layers (window 4, shorter than prefix + input, so
-the sliding cache layers matter), OPT and an encoder-decoder (BART).
+grouped-query Mistral, Gemma 2 / Gemma 3 with sliding-window layers (window 4, shorter than prefix + input),
+Gemma 3n whose last two layers reuse earlier layers' keys and values (they get no prefix of their own), OPT and an
+encoder-decoder (BART).
 """
 
 from __future__ import annotations
@@ -64,6 +65,22 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "gemma3": (
         lambda: T.Gemma3ForCausalLM(
             T.Gemma3TextConfig(**_GEMMA, sliding_window=4, layer_types=["sliding_attention", "full_attention"])
+        ),
+        "CAUSAL_LM",
+    ),
+    "gemma3n": (
+        lambda: T.Gemma3nForCausalLM(
+            T.Gemma3nTextConfig(
+                **{**_GEMMA, "num_hidden_layers": 4},
+                vocab_size_per_layer_input=VOCAB,
+                hidden_size_per_layer_input=4,
+                sliding_window=4,
+                layer_types=["sliding_attention", "full_attention"] * 2,
+                num_kv_shared_layers=2,
+                laurel_rank=2,
+                altup_num_inputs=2,
+                activation_sparsity_pattern=[0.0] * 4,
+            )
         ),
         "CAUSAL_LM",
     ),

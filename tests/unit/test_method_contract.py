@@ -49,7 +49,7 @@ class Projections:
 
     names: tuple[str, ...] = ("projection",)
 
-    def create(self, config: object, targets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    def create(self, config: object, targets: Mapping[str, nn.Module], held: object) -> dict[str, torch.Tensor]:
         rows = max(m.out_features for m in targets.values())
         cols = max(m.in_features for m in targets.values())
         return {"projection": torch.randn(rows, cols, generator=torch.Generator().manual_seed(7))}
@@ -97,8 +97,8 @@ def test_model_tensors_are_made_once_shared_saved_loaded_moved_and_deleted(toy_m
     assert not any(HOLDER_NAME in key for key in model.state_dict())  # held once, out of the model's keys
 
     state = adapter_state_dict(model, "default", config)
-    assert set(state) == {"0.proj_scale", "2.proj_scale", "projection"}
-    torch.testing.assert_close(state["projection"], P)
+    assert set(state) == {"0.proj_scale", "2.proj_scale", "base_model.projection"}
+    torch.testing.assert_close(state["base_model.projection"], P)
 
     other = _model()
     F.inject_adapter(other, config, "default", init_weights=False)

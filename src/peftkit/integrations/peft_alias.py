@@ -103,6 +103,12 @@ def _after_trainer() -> None:
 #: transformers modules whose peftkit routing is installed once they are imported: the model adapter methods
 #: (transformers' own need PEFT's internals) and the Trainer's checkpoints (also for in-place adapters).
 AFTER_IMPORT = {"transformers.integrations.peft": _after_adapter_mixin, "transformers.trainer": _after_trainer}
+#: Availability checks that libraries cache (``functools.lru_cache``): forgotten when peftkit starts answering.
+_CACHED_CHECKS = (
+    ("transformers.utils.import_utils", "is_peft_available"),
+    ("transformers.utils.import_utils", "is_peft_greater_or_equal"),
+    ("accelerate.utils.imports", "is_peft_available"),
+)
 #: Names that transformers modules bind from ``peft`` only when it was available at their import.
 _BOUND_NAMES = {"transformers.trainer": ("PeftModel",), "transformers.trainer_utils": ("PeftModel", "PeftMixedModel")}
 
@@ -188,6 +194,10 @@ def install_as_peft() -> None:
         if module_name in sys.modules:
             for name in names:
                 vars(sys.modules[module_name]).setdefault(name, getattr(package, name))
+    for module_name, function in _CACHED_CHECKS:  # asked before peft existed: ask again
+        clear = getattr(getattr(sys.modules.get(module_name), function, None), "cache_clear", None)
+        if clear is not None:
+            clear()
     for module_name, hook in AFTER_IMPORT.items():
         if module_name in sys.modules:
             hook()

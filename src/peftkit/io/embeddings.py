@@ -92,6 +92,8 @@ def plain_embedding_modules(model: nn.Module, skip: tuple[type, ...] = ()) -> It
 def targets_embedding(config: Any, model: nn.Module | None = None) -> bool:
     """Whether ``config``'s targets name an embedding layer: a listed ``embed_tokens`` / ``lm_head``, or a regex
     matching a module of ``model`` with such a name (PEFT's rule)."""
+    if getattr(config, "trains_token_rows", False):  # PEFT: adapters training token rows never save whole tables
+        return False
     targets = getattr(config, "target_modules", None) or ()
     if isinstance(targets, str):
         if model is None or targets == "all-linear":

@@ -13,6 +13,18 @@ _T = TypeVar("_T")
 
 #: The prefix PEFT's ``PeftModel`` puts in front of the wrapped model's keys.
 MODEL_PREFIX = "base_model.model."
+#: The prefix of tensors the tuner holds once per model, beside the wrapped model (VeRA's ``base_model.vera_A``).
+#: Such keys are complete as they are: :func:`add_prefix` leaves them unchanged.
+TUNER_PREFIX = "base_model."
+
+
+def is_tuner_key(key: str) -> bool:
+    """Whether ``key`` names a tensor held once per model (``base_model.<name>``, ``<name>`` without a dot).
+
+    >>> is_tuner_key("base_model.vera_A"), is_tuner_key("base_model.model.q.lora_A.weight")
+    (True, False)
+    """
+    return key.startswith(TUNER_PREFIX) and "." not in key[len(TUNER_PREFIX) :]
 
 
 def remove_adapter_name(key: str, adapter: str) -> str:
@@ -54,8 +66,8 @@ def rename_suffix(key: str, renames: Mapping[str, str]) -> str:
 
 
 def add_prefix(state: Mapping[str, _T], prefix: str = MODEL_PREFIX) -> dict[str, _T]:
-    """Prefix every key."""
-    return {prefix + k: v for k, v in state.items()}
+    """Prefix every key but those of tensors held once per model (:func:`is_tuner_key`)."""
+    return {k if is_tuner_key(k) else prefix + k: v for k, v in state.items()}
 
 
 def strip_prefix(key: str, prefix: str = MODEL_PREFIX) -> str:

@@ -16,7 +16,7 @@ from peftkit.config import PeftConfig
 from peftkit.errors import CheckpointError
 from peftkit.functional import iter_adapter_modules
 from peftkit.io.embeddings import default_base_path, plain_embedding_modules, targets_embedding, vocab_resized
-from peftkit.io.keys import match_keys, remove_adapter_name, rename_suffix, strip_wrapper_segments
+from peftkit.io.keys import TUNER_PREFIX, match_keys, remove_adapter_name, rename_suffix, strip_wrapper_segments
 from peftkit.io.sharded import select_state
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
@@ -98,12 +98,12 @@ def adapter_tensors(
 
 
 def _model_tensors(model: nn.Module, adapter: str, config: PeftConfig) -> dict[str, AdapterTensor]:
-    """The tensors ``adapter`` holds once per model, keyed by name, when its method saves them (else a load
-    re-creates them from the config)."""
+    """The tensors ``adapter`` holds once per model, keyed ``base_model.<name>`` as PEFT saves them, when its
+    method saves them (else a load re-creates them from the config)."""
     tensors, holder = method_of(config).model_tensors, shared_tensors(model)
     if tensors is None or holder is None or not holder.holds(adapter) or not tensors.saved(config):
         return {}
-    return {key: AdapterTensor(tensor, True) for key, tensor in holder.get(adapter).items()}
+    return {TUNER_PREFIX + key: AdapterTensor(tensor, True) for key, tensor in holder.get(adapter).items()}
 
 
 def module_tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:

@@ -7,12 +7,15 @@ the thread running the call, and every adapter layer reads it from there (never 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 
 from peftkit.errors import UsageError
+
+_T = TypeVar("_T")
 
 #: The name that routes a sample of a mixed batch to the bare base model.
 BASE_ADAPTER = "__base__"
@@ -36,6 +39,7 @@ class BatchRouting:
     expand: bool = False
     _groups: dict[torch.device, list[tuple[str, torch.Tensor]]] = field(default_factory=dict, repr=False)
     _expanded: dict[int, BatchRouting] = field(default_factory=dict, repr=False)
+    _derived: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_names(cls, per_sample: Sequence[str], adapters: Sequence[str] = (), expand: bool = False) -> BatchRouting:
@@ -87,6 +91,13 @@ class BatchRouting:
         if self.slots.device != device:
             self.slots = self.slots.to(device)
         return self.slots
+
+    def derived(self, key: Hashable, build: Callable[[], _T]) -> _T:
+        """``build()``, computed once per routing and ``key`` (e.g. a method's segment plan on a device) and
+        shared by every layer of the call."""
+        if key not in self._derived:
+            self._derived[key] = build()
+        return self._derived[key]
 
     def groups(self, device: torch.device) -> list[tuple[str, torch.Tensor]]:
         """``[(name, sample_indices)]`` for each distinct adapter, computed once per device."""

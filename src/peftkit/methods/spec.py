@@ -33,6 +33,8 @@ def peft_embedding_rule(config: PeftConfig, requested: bool | str) -> bool:
     embedding layer (:data:`EMBEDDING_LAYER_NAMES`); ``True`` / ``False`` decide directly."""
     if requested != "auto":
         return bool(requested)
+    if getattr(config, "trains_token_rows", False):  # PEFT: not when the adapter trains token rows
+        return False
     targets = getattr(config, "target_modules", None) or ()
     return any(name in targets for name in EMBEDDING_LAYER_NAMES)
 
@@ -46,11 +48,15 @@ class ModelTensors(Protocol):
     them under ``<name>`` keys when :meth:`saved` says so, and loads them back before the layers' tensors.
     """
 
-    #: Names of the tensors (``"vera_A"``); a file key is the name, an in-memory key ``<name>.<adapter>``.
+    #: Names of the tensors (``"vera_A"``); a file key is ``base_model.<name>`` (PEFT's), an in-memory key
+    #: ``<name>.<adapter>``.
     names: tuple[str, ...]
 
-    def create(self, config: PeftConfig, targets: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
-        """The tensors for an adapter of ``config`` over ``targets`` (module name -> base module)."""
+    def create(
+        self, config: PeftConfig, targets: Mapping[str, nn.Module], held: Mapping[str, Mapping[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """The tensors for an adapter of ``config`` over ``targets`` (module name -> base module); ``held`` has
+        the model's other adapters' tensors (adapter -> name -> tensor), e.g. for a method that reuses them."""
         ...
 
     def saved(self, config: PeftConfig) -> bool:

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
 _INIT_NAMES = ("gaussian", "pissa", "olora")
@@ -50,6 +51,8 @@ class LoraConfig(PeftConfig):
             both, the head's factors tied to the embedding's, so both sides keep one adapted table (PEFT's option).
         use_dora: Weight-decomposed LoRA (Liu et al., 2024): a trainable magnitude per output row.
         lora_bias: Give ``lora_B`` a trainable bias.
+        trainable_token_indices: Token ids whose embedding rows train with the adapter: a list (the input
+            embedding) or ``{module name: ids}`` (see :mod:`peftkit.methods.trainable_tokens.lora_tokens`).
     """
 
     r: int = 8
@@ -91,7 +94,7 @@ class LoraConfig(PeftConfig):
     #: ``lora_alpha == 0`` makes the scaling 0 (AdaLoRA then scales by the rank instead).
     zero_alpha_disables: ClassVar[bool] = True
 
-    unsupported_fields = (
+    unsupported_fields: ClassVar[tuple[str, ...]] = (
         "alora_invocation_tokens",
         "arrow_config",
         "corda_config",
@@ -103,7 +106,6 @@ class LoraConfig(PeftConfig):
         "megatron_config",
         "monteclora_config",
         "target_parameters",
-        "trainable_token_indices",
         "use_bdlora",
         "use_qalora",
         "velora_config",
@@ -133,6 +135,21 @@ class LoraConfig(PeftConfig):
         if self.layers_pattern and self.layers_to_transform is None:
             raise ConfigError("layers_pattern is only used together with layers_to_transform; set both.")
         self._validate_init()
+        self._validate_token_indices()
+
+    @property
+    def trains_token_rows(self) -> bool:
+        """PEFT's rule: with ``trainable_token_indices`` whole embedding tables are not saved for targeting them."""
+        return self.trainable_token_indices is not None
+
+    def _validate_token_indices(self) -> None:
+        indices = self.trainable_token_indices
+        owner = f"{type(self).__name__}.trainable_token_indices"
+        if isinstance(indices, dict):
+            for name, ids in indices.items():
+                check_token_indices(f"{owner}[{name!r}]", ids)
+        elif indices is not None:
+            check_token_indices(owner, indices)
 
     def _validate_alpha(self) -> None:
         """``alpha_pattern`` is ``{regex: number}``; an alpha of 0 (scaling 0) is legal but warned about."""

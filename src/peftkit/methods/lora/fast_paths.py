@@ -6,8 +6,9 @@ Every path computes what :meth:`~peftkit.layers.base.AdapterLayer.adapted_forwar
 
 * :func:`single_adapter`: one active adapter, no extra arguments: base and adapter in one fused autograd
   function (:mod:`~peftkit.methods.lora.autograd`) that keeps no dropped copy of the input;
-* :func:`stacked_mixed`: a mixed batch (one adapter per sample) as one base forward plus two batched matmuls
-  over stacked factors (:mod:`~peftkit.methods.lora.stacked`);
+* :func:`stacked_mixed`: a mixed batch (one adapter per sample) as one base forward plus a segmented
+  gather-matmul over stacked factors (:mod:`~peftkit.methods.lora.segments`, :mod:`~peftkit.methods.lora.stacked`),
+  the same ``torch`` operations on the CPU and on CUDA;
 * :func:`compiled`: under ``torch.compile`` in eval mode, the active adapters picked by an index tensor from
   stacked factors, so switching adapters changes data, never the traced code.
 
@@ -26,7 +27,7 @@ from torch.nn.modules import module as module_hooks
 from transformers.pytorch_utils import Conv1D
 
 from peftkit.layers.base import BatchRouting
-from peftkit.methods.lora import stacked
+from peftkit.methods.lora import segments, stacked
 from peftkit.methods.lora.autograd import lora_linear
 
 #: Base types whose forward is exactly ``F.linear(x, W, b)`` (``Conv1D``: with ``W`` transposed).
@@ -84,17 +85,33 @@ def stacked_mixed(layer: Any, x: torch.Tensor, routing: BatchRouting) -> torch.T
     ``None`` for DoRA, ``lora_bias``, calls that record adapter gradients, or a batch that does not match the
     routing (the generic path reports it).
 
-    One base forward plus two batched matmuls whatever the number of distinct adapters; the stacks are built
-    once and reused until a weight changes (traced afresh under ``torch.compile``).
+    One base forward plus two batched matmuls whatever the number of distinct adapters, over one segment of
+    samples per adapter (:mod:`~peftkit.methods.lora.segments`; planned once per call); the stacks are built
+    once and reused until a weight changes. Under ``torch.compile`` the stacks are traced afresh and each
+    sample gathers its own factors (no host-side plan, so a new mix does not recompile).
     """
-    if x.shape[0] != len(routing) or not stacked.stackable(layer) or stacked.needs_grad(layer):
+    if x.shape[0] != len(routing) or stacked.needs_grad(layer):
         return None
-    result = layer.base_layer(x)
     if torch.compiler.is_compiling():
+        if not stacked.stackable(layer):
+            return None
         A_t, B_t = stacked.stack_factors(layer, routing.adapters)
-        return stacked.add_routed(result, x, A_t, B_t, routing.slots.to(x.device))
-    A_t, B_t = stacked.cached_stacks(layer, routing.adapters)
+        return stacked.add_routed(layer.base_layer(x), x, A_t, B_t, routing.slots.to(x.device))
+    stacks = stacked.cached_stacks(layer, routing.adapters)
+    if stacks is None:
+        return None
+    A_t, B_t = stacks
+    result = layer.base_layer(x)
+    plan = routing.derived(("lora-segments", x.device), lambda: segment_plan(routing, x.device))
+    tokens = x[0].numel() // x.shape[-1] if x.shape[0] else 0
+    if segments.worth_it(plan, x.shape[0], tokens, A_t.shape[-1]):
+        return segments.add_segmented(result, x, A_t, B_t, plan)
     return stacked.add_routed(result, x, A_t, B_t, routing.slots_on(x.device))
+
+
+def segment_plan(routing: BatchRouting, device: torch.device) -> segments.SegmentPlan:
+    """The routing's :func:`~peftkit.methods.lora.segments.plan` on ``device`` (slot ``len(adapters)``: base)."""
+    return segments.plan(routing.slots.tolist(), len(routing.adapters)).to(device)
 
 
 def compiled(layer: Any, x: torch.Tensor) -> torch.Tensor | None:

@@ -17,6 +17,7 @@ from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import Linear, LoraLayerSpec
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
+from peftkit.methods.trainable_tokens.lora_tokens import inject_token_adapters
 from peftkit.targeting import pattern_value
 from peftkit.tuner import LoraModel
 from peftkit.types import PeftType
@@ -67,6 +68,12 @@ def settle_lora_config(config: LoraConfig, model: nn.Module, target_names: Seque
             config.fan_in_fan_out = False
 
 
+def finish_lora_injection(config: LoraConfig, model: nn.Module, adapter_name: str) -> None:
+    """Tie adapters on tied embeddings, then add the ``trainable_token_indices`` rows."""
+    tie_adapters(config, model, adapter_name)
+    inject_token_adapters(config, model, adapter_name)
+
+
 def decomposing_init_warning(config: LoraConfig, adapter_name: str) -> str | None:
     """The warning for loading an adapter whose initialisation (PiSSA, OLoRA) rewrote the base weights."""
     if not is_weight_decomposing(getattr(config, "init_lora_weights", True)):
@@ -97,7 +104,7 @@ LORA = MethodSpec(
     settle_config=settle_lora_config,
     pattern_fields=("rank_pattern", "alpha_pattern"),
     prepare_config=prepare_tied_targets,
-    after_inject=tie_adapters,
+    after_inject=finish_lora_injection,
     bias_modes=LORA_BIAS_MODES,
     init_warning=decomposing_init_warning,
     tuner_class=LoraModel,

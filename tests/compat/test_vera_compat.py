@@ -1,0 +1,67 @@
+"""VeRA compatibility with the reference peft 0.21.2: adapters saved by one library load in the other with the
+same outputs (unmerged and merged), with the projections saved (``base_model.vera_A`` / ``base_model.vera_B``)
+or re-drawn from ``projection_prng_key``; both save the same files and count the same parameters, and both draw
+the same projections."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+from tests._tiny import build_model, model_inputs, model_output
+from tests.compat._cross import LIBS, Adapter, compat_tests
+
+import peftkit
+from peftkit.layers.shared import shared_tensors
+
+LLAMA = {"r": 4, "target_modules": ["q_proj", "down_proj", "up_proj"], "init_weights": False}
+CASES = [
+    Adapter("llama", "VeraConfig", LLAMA),
+    Adapter(
+        "gpt2_conv1d", "VeraConfig", {"r": 3, "init_weights": False, "target_modules": ["c_attn", "c_proj"]}, "gpt2"
+    ),
+    Adapter(
+        "other_name_prng_dropout", "VeraConfig", {**LLAMA, "projection_prng_key": 7, "vera_dropout": 0.1}, name="x"
+    ),
+    Adapter("bias_modules_to_save", "VeraConfig", {**LLAMA, "bias": "vera_only", "modules_to_save": ["lm_head"]}),
+]
+NOT_SAVED = Adapter("projection_not_saved", "VeraConfig", {**LLAMA, "save_projection": False, "projection_prng_key": 3})
+
+# peft's notice while creating GPT-2 adapters (Conv1D forces fan_in_fan_out).
+# Both libraries' notices that save_projection=False re-draws the projections (what the tests here check).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*save.*vera_A.*:UserWarning", "ignore:.*save_projection.*:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Specified to not load vera_A:UserWarning"),
+]
+
+test_cross_load, test_saved_files_and_parameter_counts_match = compat_tests(CASES, [*CASES, NOT_SAVED])
+
+
+@pytest.mark.parametrize(("source", "target"), [("peft", "peftkit"), ("peftkit", "peft")])
+def test_projections_not_saved_are_redrawn_identically(source: str, target: str, tmp_path: Path) -> None:
+    saved = NOT_SAVED.create(LIBS[source])
+    saved.save_pretrained(tmp_path)
+    loaded = LIBS[target].PeftModel.from_pretrained(build_model("llama"), tmp_path)
+    inputs = model_inputs("llama")
+    expected = model_output(saved, inputs)
+    assert not torch.allclose(expected, model_output(build_model("llama"), inputs), atol=1e-3)
+    torch.testing.assert_close(model_output(loaded, inputs), expected, atol=1e-5, rtol=0)
+
+
+def test_both_libraries_draw_the_same_projections_for_every_adapter() -> None:
+    """A further adapter uses the first one's projections (PEFT's rule), even over smaller targets."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = peft.get_peft_model(build_model("llama"), peft.VeraConfig(**LLAMA, projection_prng_key=5))
+        ref.add_adapter("two", peft.VeraConfig(r=4, target_modules=["q_proj"], projection_prng_key=5))
+    ours = peftkit.get_peft_model(build_model("llama"), peftkit.VeraConfig(**LLAMA, projection_prng_key=5))
+    ours.add_adapter("two", peftkit.VeraConfig(r=4, target_modules=["q_proj"], projection_prng_key=5))
+    held = shared_tensors(ours.base_model.model)
+    for adapter in ("default", "two"):
+        for name in ("vera_A", "vera_B"):
+            assert torch.equal(held.get(adapter)[name], getattr(ref.base_model, name)[adapter]), (adapter, name)
+            assert getattr(ours.base_model, name)[adapter] is held.get(adapter)[name]  # PEFT's attribute
