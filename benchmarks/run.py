@@ -33,6 +33,7 @@ from benchmarks import (
     forward,
     large,
     loading,
+    lycoris,
     mixed_batch,
     moe_weighted,
     orthogonal,
@@ -58,6 +59,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "moe_weighted": moe_weighted.run,
     "trainable_tokens": trainable_tokens.run,
     "orthogonal": orthogonal.run,
+    "lycoris": lycoris.run,
 }
 REPS = {"full": 7, "quick": 3, "tiny": 1}
 

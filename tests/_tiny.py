@@ -100,12 +100,25 @@ class ConvNet(nn.Module):
         return self.lin(torch.relu(self.conv(x)).flatten(1))
 
 
+class Conv1dNet(nn.Module):
+    """A Conv1d followed by a Linear head: ``(batch, 4, 5) -> (batch, 5)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, kernel_size=3, padding=1)
+        self.lin = nn.Linear(6 * 5, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(torch.relu(self.conv(x)).flatten(1))
+
+
 _COMPAT: dict[str, Callable[[], nn.Module]] = {
     # Biases everywhere so that bias="all" / "lora_only" have something to train and save.
     "llama": lambda: LlamaForCausalLM(llama_config(attention_bias=True, mlp_bias=True)),
     "gpt2": lambda: GPT2LMHeadModel(gpt2_config()),
     "bert_seq_cls": lambda: BertForSequenceClassification(bert_config()),
     "convnet": ConvNet,
+    "conv1dnet": Conv1dNet,
     "convnet_1x1": lambda: ConvNet(kernel_size=1),
     "mixtral": lambda: _moe("MixtralConfig", "MixtralForCausalLM"),  # experts (E, out, in)
     "gpt_oss": lambda: _moe(
@@ -133,8 +146,8 @@ def _moe(config_class: str, model_class: str, **extra: Any) -> nn.Module:
 
 
 def build_model(kind: str, seed: int = 0) -> nn.Module:
-    """A fresh compatibility model of ``kind`` (``llama``, ``gpt2``, ``bert_seq_cls``, ``convnet``, ``mixtral``,
-    ``gpt_oss``) in eval mode."""
+    """A fresh compatibility model of ``kind`` (``llama``, ``gpt2``, ``bert_seq_cls``, ``convnet``,
+    ``conv1dnet``, ``mixtral``, ``gpt_oss``) in eval mode."""
     torch.manual_seed(seed)
     return _COMPAT[kind]().eval()
 
@@ -144,6 +157,8 @@ def model_inputs(kind: str, seed: int = 1) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     if kind.startswith("convnet"):
         return {"x": torch.randn(2, 3, 6, 6, generator=gen)}
+    if kind == "conv1dnet":
+        return {"x": torch.randn(2, 4, 5, generator=gen)}
     return {"input_ids": torch.randint(0, VOCAB, (2, 7), generator=gen)}
 
 

@@ -16,6 +16,8 @@ METHOD_SPECS: dict[str, str] = {
     "PROMPT_TUNING": "peftkit.methods.prompt_tuning.method:PROMPT_TUNING",
     "PREFIX_TUNING": "peftkit.methods.prefix_tuning.method:PREFIX_TUNING",
     "P_TUNING": "peftkit.methods.p_tuning.method:P_TUNING",
+    "LOHA": "peftkit.methods.loha.method:LOHA",
+    "LOKR": "peftkit.methods.lokr.method:LOKR",
     "VERA": "peftkit.methods.vera.method:VERA",
     "LN_TUNING": "peftkit.methods.ln_tuning.method:LN_TUNING",
     "TRAINABLE_TOKENS": "peftkit.methods.trainable_tokens.method:TRAINABLE_TOKENS",

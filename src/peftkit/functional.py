@@ -1,9 +1,6 @@
-"""The functional core: everything peftkit does to a plain ``nn.Module``.
-
-``PeftModel``, the transformers mixin and the CLI are thin shells over these functions. A model here is
-the *inner* model (the transformers model itself); key prefixes such as ``base_model.model.`` are the
-shells' business.
-"""
+"""The functional core: everything peftkit does to a plain ``nn.Module``, under the thin shells (``PeftModel``, the
+transformers mixin, the CLI). A model here is the *inner* model (the transformers model itself); key prefixes such
+as ``base_model.model.`` are the shells' business."""
 
 from __future__ import annotations
 
@@ -31,7 +28,7 @@ from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.parameters import inject_config_parameters
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
 from peftkit.layers.state import AdapterStatus, status_after_add, status_after_set
-from peftkit.layers.walk import AdapterModule, walk_model
+from peftkit.layers.walk import AdapterModule, is_nested, walk_model
 from peftkit.layers.walk import adapter_names_in as adapter_names_in
 from peftkit.layers.walk import iter_adapter_modules as iter_adapter_modules
 from peftkit.layers.wrap import replace_module
@@ -114,10 +111,18 @@ def resolve_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec) -> s
     return targets
 
 
+#: Set (``True``) in a model's ``__dict__`` to let adapter layers of different methods stack (a mixed model).
+MIXED_METHODS = "_peftkit_mixed_methods"
+
+
 def _candidates(model: nn.Module, spec: MethodSpec) -> Iterator[tuple[str, nn.Module]]:
-    """Modules that may be targeted: plain modules, and this method's layers (but not their insides)."""
+    """Modules that may be targeted: plain modules, and this method's layers (but not their insides); in a
+    mixed-method model also other methods' outermost layers, which the new layer then wraps."""
+    mixed = model.__dict__.get(MIXED_METHODS, False)
     for name, module in walk_model(model):
-        if not (isinstance(module, AdapterLayer) and type(module) not in spec.layer_table.values()):
+        if not isinstance(module, AdapterLayer):
+            yield name, module
+        elif not is_nested(name, module) and (mixed or type(module) in spec.layer_table.values()):
             yield name, module
 
 
@@ -158,8 +163,7 @@ def inject_adapter(
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
     for module in candidates.values():  # every quantized layer, adapted or not, feeds the adapters' gradients
         prepare_base(module)
-    adaptable = spec.adaptable_types + tuple(spec.layer_table.values())
-    names = _module_targets(model, config, spec, candidates, adaptable)
+    names = _module_targets(model, config, spec, candidates)
     try:
         for name in names:
             _inject_one(model, name, config, spec, adapter_name, init_weights, record, candidates)
@@ -177,14 +181,14 @@ def inject_adapter(
     return record
 
 
-def _module_targets(
-    model: nn.Module, config: PeftConfig, spec: MethodSpec, candidates: dict[str, nn.Module], adaptable: tuple
-) -> list[str]:
-    """The modules to adapt; none when the config adapts parameters only (``target_parameters``)."""
+def _module_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec, candidates: dict) -> list[str]:
+    """The modules to adapt, an adapter layer (this method's, or another's in a mixed model) matched by the module it
+    wraps; none when the config adapts parameters only (``target_parameters``)."""
     targets = resolve_targets(model, config, spec)
     if not targets and getattr(config, "target_parameters", None):
         return []
-    return config_targets(candidates, targets, config, adaptable, spec.pattern_fields)
+    view = {n: m.get_base_layer() if isinstance(m, AdapterLayer) else m for n, m in candidates.items()}
+    return config_targets(view, targets, config, spec.adaptable_types, spec.pattern_fields)
 
 
 def _settle_status(
@@ -211,12 +215,14 @@ def _inject_one(
     """Adapt module ``name``; ``modules`` (name -> module, from the targeting walk) saves walking the path."""
     modules = modules or {}
     module = modules[name] if name in modules else model.get_submodule(name)
-    if isinstance(module, AdapterLayer):
-        module.update_layer(adapter, spec.layer_facts(config, name, module.get_base_layer()), init)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
-        record.updated.append(module)
+    base = module.get_base_layer() if isinstance(module, AdapterLayer) else module
+    facts = spec.layer_facts(config, name, base)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
+    if type(module) in spec.layer_table.values():
+        module.update_layer(adapter, facts, init)  # type: ignore[operator]  # an AdapterLayer (a layer_table value)
+        record.updated.append(module)  # type: ignore[arg-type]  # an AdapterLayer (a layer_table value)
         return
-    facts = spec.layer_facts(config, name, module)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
-    layer_class: Any = spec.layer_class_for(module)  # the layer contract: (base_layer, fan_in_fan_out=...)
+    # a plain module, or another method's layer in a mixed-method model: the new layer wraps it
+    layer_class: Any = spec.layer_class_for(base)  # the layer contract: (base_layer, fan_in_fan_out=...)
     layer = layer_class(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
     layer.update_layer(adapter, facts, init)
     parent_name = name.rpartition(".")[0]
@@ -383,7 +389,7 @@ def unload(
         if isinstance(module, AdapterLayer):
             if merge:
                 module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
-            if not name.endswith(".base_layer"):  # a nested layer went with the layer around it
+            if not is_nested(name, module):  # a nested layer goes with the layer holding it
                 replace_module(model, name, module.get_base_layer())
         else:
             replace_module(model, name, module.active_module())

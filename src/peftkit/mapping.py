@@ -13,13 +13,14 @@ from torch.nn.modules.module import _IncompatibleKeys
 from peftkit import functional as F
 from peftkit.adapter_state import replace_existing_adapter
 from peftkit.config import PeftConfig, config_class_for
-from peftkit.errors import AdapterNameError, ConfigError, UnsupportedError, UsageError
+from peftkit.errors import AdapterNameError, ConfigError, UsageError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix, strip_prefix
 from peftkit.io.save import base_model_name
 from peftkit.io.sharded import gather_adapter_state, unwrap_parallel
 from peftkit.io.state import adapter_state_dict, adapter_tensors, check_and_load, wants_embedding_layers
 from peftkit.layers.placement import adapters_on_meta
 from peftkit.layers.walk import iter_adapter_modules
+from peftkit.mixed_model import PeftMixedModel
 from peftkit.peft_model import PeftModel
 from peftkit.tasks import model_class_for_task
 
@@ -35,10 +36,9 @@ def get_peft_model(
 ) -> PeftModel:
     """Wrap ``model`` with a new adapter described by ``peft_config`` (the config object is not modified).
 
-    The wrapper class follows ``peft_config.task_type`` (e.g. ``PeftModelForCausalLM``).
+    The wrapper class follows ``peft_config.task_type`` (e.g. ``PeftModelForCausalLM``); ``mixed=True`` gives a
+    :class:`~peftkit.mixed_model.PeftMixedModel`, to which adapters of other methods can be added.
     """
-    if mixed:
-        raise UnsupportedError("Mixed-method models (mixed=True) are not implemented in peftkit.")
     if isinstance(model, PeftModel):
         raise UsageError("The model already is a PeftModel; use model.add_adapter(name, config) to add another.")
     if any(True for _ in iter_adapter_modules(model)):
@@ -53,6 +53,8 @@ def get_peft_model(
     config.base_model_name_or_path = base_model_name(model)
     if revision is not None:
         config.revision = revision
+    if mixed:  # adapters of several methods, active together
+        return PeftMixedModel(model, config, adapter_name)
     return model_class_for_task(config.task_type)(
         model,
         config,

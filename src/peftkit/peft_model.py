@@ -335,7 +335,7 @@ class PeftModel(nn.Module):
                 PromptTuner.install(self, self.get_base_model())
             self._tuner.attach(adapter_name, config, state)
             return
-        if first and type(self.base_model) is not tuner_class_for(config):
+        if first and type(self.base_model) is not tuner_class_for(config) and not self.base_model.mixed_methods:
             self.base_model = tuner_class_for(config)(self.get_base_model(), None, adapter_name)
         active = [adapter_name] if first else self.active_adapters
         self.base_model.check_new_config(adapter_name, config)

@@ -151,7 +151,7 @@ def select_targets(
         if adaptable and not isinstance(module, adaptable):
             if isinstance(target_modules, str):
                 continue  # a regex may match containers along the way; only leaves of the right type count
-            kinds = ", ".join(sorted(t.__name__ for t in adaptable))
+            kinds = ", ".join(sorted({t.__name__ for t in adaptable}))
             raise TargetingError(
                 f"Target module {name!r} is a {type(module).__name__}, which this method cannot adapt "
                 f"(supported: {kinds}); choose other target_modules."

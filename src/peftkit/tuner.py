@@ -33,6 +33,8 @@ class TunerModel(nn.Module):
     #: PEFT's flag for tuners whose state ``inject_adapter_in_model`` cannot create without the tuner. peftkit keeps
     #: tensors shared by an adapter's layers on the model itself, so every method injects directly: ``False``.
     uses_shared_state: ClassVar[bool] = False
+    #: Whether adapters of different methods may share the model (``PeftMixedModel``'s tuner).
+    mixed_methods: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ name defined in ``peft.tuners.<method>`` for a method missing from peftkit's reg
 """
 
 _LORA_VARIANT = "a LoRA variant or initialisation peftkit does not implement"
-_MIXED = "models mixing adapter types (PeftMixedModel) are not implemented"
+_MIXED = "PEFT's mixed-model tuner tables; peftkit's PeftMixedModel uses its own tuner, peftkit.mixed_model.MixedModel"
 _INTERNAL = "a PEFT internal helper, not part of the documented workflows"
 _PREFIX_LAYOUT = "prefix-cache layouts are derived per model by peftkit's prompt machinery, not kept in tables"
 

@@ -3,7 +3,7 @@ inherits every test of ``test_adapter_state.py`` (disable / enable, nested disab
 frozen and trainable adapters in every order, deleting the active adapter) for each model style it supports.
 
 Each row builds a fresh tiny model (fixed seed: the same base weights every time) and adapters that really
-change the output (random LoRA ``B``, IA3 vectors and AdaLoRA factors; prompts are random by construction).
+change the output (random LoRA ``B``, IA3 vectors, AdaLoRA, LoHa and LoKr factors; prompts are random by construction).
 """
 
 from __future__ import annotations
@@ -104,6 +104,16 @@ def _adalora(**kw: Any) -> peft.AdaLoraConfig:
     return peft.AdaLoraConfig(**{**base, "total_step": 10, "modules_to_save": ["lm_head"], **kw})
 
 
+def _loha(**kw: Any) -> peft.LoHaConfig:
+    base = {"task_type": "CAUSAL_LM", "r": 2, "alpha": 3, "target_modules": ["q_proj", "v_proj"]}
+    return peft.LoHaConfig(**{**base, "modules_to_save": ["lm_head"], **kw})
+
+
+def _lokr(**kw: Any) -> peft.LoKrConfig:
+    base = {"task_type": "CAUSAL_LM", "r": 2, "alpha": 3, "target_modules": ["q_proj", "down_proj"]}
+    return peft.LoKrConfig(**{**base, "decompose_both": True, "modules_to_save": ["lm_head"], **kw})
+
+
 def _vera(**kw: Any) -> peft.VeraConfig:
     base = {"task_type": "CAUSAL_LM", "r": 4, "target_modules": ["q_proj", "v_proj", "down_proj"]}
     return peft.VeraConfig(**{**base, "init_weights": False, "modules_to_save": ["lm_head"], **kw})
@@ -145,6 +155,8 @@ METHOD_CASES = [
     MethodCase("lora", "llama", _lora),
     MethodCase("ia3", "llama", _ia3),
     MethodCase("adalora", "llama", _adalora, one_trainable=True),
+    MethodCase("loha", "llama", _loha),
+    MethodCase("lokr", "llama", _lokr),
     MethodCase("vera", "llama", _vera),
     MethodCase("ln_tuning", "llama", _ln_tuning),
     MethodCase("trainable_tokens", "llama", _trainable_tokens),

@@ -31,6 +31,8 @@ def test_every_figure_runs_and_agrees(tmp_path, capsys) -> None:
         "LoRA injection (meta device)",
         "merge_and_unload",
         "recompiles: set_adapter",
+        "LoHa train step",
+        "LoKr train step",
         "trainable tokens train step",
     ):
         assert expected in figures

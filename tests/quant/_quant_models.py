@@ -75,6 +75,8 @@ METHODS: dict[str, Callable[[], peftkit.PeftConfig]] = {
     "adalora": lambda: peftkit.AdaLoraConfig(
         init_r=4, target_r=2, total_step=10, target_modules=TARGETS, init_lora_weights=False
     ),
+    "loha": lambda: peftkit.LoHaConfig(r=4, alpha=48, target_modules=TARGETS, init_weights=False),
+    "lokr": lambda: peftkit.LoKrConfig(r=2, alpha=4, target_modules=TARGETS, init_weights=False, decompose_both=True),
 }
 
 

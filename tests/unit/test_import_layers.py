@@ -47,11 +47,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("hotswap_prepare", "merging"),
     ("hotswap",),
     ("peft_model",),
-    ("tasks", "status"),
+    ("tasks", "status", "mixed_model"),
     ("mapping", "auto"),
     ("integrations",),
     # the package itself, the CLI (uses its API), PEFT's import paths (aliases, and names published from above)
-    ("", "__main__", "cli", "utils", "tuners", "mapping_func", "mixed_model", "peft_paths"),
+    ("", "__main__", "cli", "utils", "tuners", "mapping_func", "peft_paths"),
 ]
 
 #: Edges that break the layering on purpose, each with its reason. Keep it empty unless truly needed.

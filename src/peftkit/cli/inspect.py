@@ -84,7 +84,7 @@ def describe_adapter(adapter_dir: str) -> dict[str, Any]:
         "task_type": config.get("task_type"),
         "base_model": config.get("base_model_name_or_path"),
         "ranks": ranks,
-        "alpha": config.get("lora_alpha"),
+        "alpha": config.get("lora_alpha", config.get("alpha")),  # LoHa / LoKr call it alpha
         "targets": config.get("target_modules"),
         "modules_to_save": config.get("modules_to_save"),
         "num_virtual_tokens": config.get("num_virtual_tokens"),

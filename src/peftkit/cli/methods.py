@@ -95,7 +95,7 @@ def parse_modules(value: str | None) -> list[str] | str | None:
 def _field_value(option: CliOption, value: Any) -> Any:
     if option.field in ("target_modules", "feedforward_modules"):
         return parse_modules(value)
-    if isinstance(value, float) and value.is_integer() and option.field == "lora_alpha":
+    if isinstance(value, float) and value.is_integer() and option.field in ("lora_alpha", "alpha"):
         return int(value)
     return value
 
@@ -140,7 +140,15 @@ def describe(config: PeftConfig) -> str:
     """A short human description such as ``LORA r=8 alpha=16 on all-linear``."""
     parts = [str(config.peft_type)]
     names = ("init_r", "target_r") if hasattr(config, "target_r") else ("r",)
-    for name in (*names, "lora_alpha", "num_virtual_tokens", "oft_block_size", "boft_block_size", "boft_block_num"):
+    for name in (
+        *names,
+        "lora_alpha",
+        "alpha",
+        "num_virtual_tokens",
+        "oft_block_size",
+        "boft_block_size",
+        "boft_block_num",
+    ):
         if getattr(config, name, 0) != 0:  # OFT / BOFT set a block size or a count, the other is 0
             parts.append(f"{name.replace('lora_', '')}={getattr(config, name)}")
     targets = getattr(config, "target_modules", None)

@@ -16,7 +16,8 @@ def walk_model(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``model.named_modules()`` without the insides of adapter layers and modules_to_save wrappers.
 
     The same pre-order walk (a module reached twice is listed once), but it never descends into an adapter
-    layer, whose ~10 internal modules per adapted layer would otherwise dominate every walk.
+    layer, whose ~10 internal modules per adapted layer would otherwise dominate every walk, except to list an
+    adapter layer nested in it (``<name>.base_layer``: a mixed-method model stacks one layer per method).
     """
     seen: set[int] = set()
     stack: list[tuple[str, nn.Module]] = [("", model)]
@@ -26,6 +27,8 @@ def walk_model(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             continue
         seen.add(id(module))
         yield name, module
+        if isinstance(module, AdapterLayer) and isinstance(module.base_layer, AdapterLayer):
+            stack.append((name + ".base_layer", module.base_layer))
         if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
             inner = module._modules.get("base_layer")
             if isinstance(inner, AdapterLayer):  # nested layers: one per adapted parameter of a module
@@ -36,8 +39,14 @@ def walk_model(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         stack.extend(reversed(children))
 
 
+def is_nested(name: str, module: nn.Module) -> bool:
+    """Whether ``module`` (listed by :func:`walk_model` as ``name``) is an adapter layer inside another one."""
+    return isinstance(module, AdapterLayer) and name.rpartition(".")[2] == "base_layer"
+
+
 def iter_adapter_modules(model: nn.Module) -> Iterator[tuple[str, AdapterModule]]:
-    """``(name, module)`` for every adapter layer and modules_to_save wrapper (outermost only)."""
+    """``(name, module)`` for every adapter layer and modules_to_save wrapper (nested layers of a mixed-method
+    model too, after the layer that holds them)."""
     for name, module in walk_model(model):
         if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
             yield name, module
