@@ -155,7 +155,10 @@ class PeftModel(nn.Module):
 
     def _check_same_kind(self, config: PeftConfig) -> None:
         if self.peft_config and config.peft_type != self.peft_type:
-            raise ConfigError(f"Cannot combine {config.peft_type} with {self.peft_type} adapters in one PeftModel.")
+            raise ConfigError(
+                f"Cannot combine a {config.peft_type} adapter with {self.peft_type} adapters in one PeftModel "
+                "(get_peft_model(..., mixed=True) gives a PeftMixedModel, which holds LoRA, LoHa and LoKr together)."
+            )
 
     @exclusive
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
