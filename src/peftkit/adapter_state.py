@@ -26,7 +26,7 @@ from peftkit.layers.state import (
     status_after_set,
 )
 from peftkit.layers.walk import adapter_names_in, iter_adapter_modules
-from peftkit.layers.wrap import replace_module
+from peftkit.layers.wrap import remove_layer
 from peftkit.locking import exclusive
 
 
@@ -97,9 +97,11 @@ def delete_adapter(
         if adapter_name not in module.adapter_names():
             continue
         module.delete_adapter(adapter_name, status)
+        if isinstance(module, AdapterLayer) and module.is_inner_layer:
+            continue  # the layer that placed it removes it
         if not module.adapter_names():
             base = module.base_layer if isinstance(module, AdapterLayer) else module.original_module
-            replace_module(model, name, base)
+            remove_layer(model, name, base)
     drop_shared_tensors(model, adapter_name)
     apply_model_status(model, status)
     return status

@@ -23,7 +23,7 @@ from peftkit.adapter_state import set_trainable_adapters as set_trainable_adapte
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError, UsageError
 from peftkit.layers.base import BASE_ADAPTER, CALL_STATE, AdapterLayer, BatchRouting
-from peftkit.layers.model_merge import merge_layers, unmerge_layers, untie_for_merge
+from peftkit.layers.model_merge import merge_layers, prepare_merge, unmerge_layers
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.parameters import inject_config_parameters
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
@@ -31,7 +31,7 @@ from peftkit.layers.state import AdapterStatus, status_after_add, status_after_s
 from peftkit.layers.walk import AdapterModule, is_nested, walk_model
 from peftkit.layers.walk import adapter_names_in as adapter_names_in
 from peftkit.layers.walk import iter_adapter_modules as iter_adapter_modules
-from peftkit.layers.wrap import replace_module
+from peftkit.layers.wrap import remove_layer, replace_module
 from peftkit.locking import exclusive, lock_of
 from peftkit.methods.spec import MethodSpec, method_of
 from peftkit.quant.merge import prepare_base, release_base
@@ -78,7 +78,7 @@ class Injection:
         for module in self.updated:
             module.delete_adapter(self.adapter_name)
         for name, original in reversed(self.created):
-            replace_module(model, name, original)
+            remove_layer(model, name, original)
         if self.status is not None:
             apply_model_status(model, self.status)
         for param, flag in self.grad_state.items():
@@ -384,13 +384,13 @@ def unload(
     """Replace every adapter layer by its base layer (merging first if ``merge``); modules_to_save wrappers
     become their active copy. Returns ``model``."""
     if merge:
-        untie_for_merge(model, _layers(model))
+        prepare_merge(model, _layers(model), adapter_names)
     for name, module in list(iter_adapter_modules(model)):
         if isinstance(module, AdapterLayer):
             if merge:
                 module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
             if not is_nested(name, module):  # a nested layer goes with the layer holding it
-                replace_module(model, name, module.get_base_layer())
+                remove_layer(model, name, module.get_base_layer())
         else:
             replace_module(model, name, module.active_module())
     forget_shared_tensors(model)

@@ -118,6 +118,10 @@ class AdapterLayer(AdapterState, nn.Module):
     #: Attributes whose values are plain ``dict``s of per-adapter settings (ranks, scalings, ...).
     other_param_names: ClassVar[tuple[str, ...]] = ()
 
+    #: ``True`` for a layer that another layer placed inside its base module (listed by that layer's
+    #: :meth:`inner_layers`, driven by it, never targeted or unloaded on its own).
+    is_inner_layer: ClassVar[bool] = False
+
     merged_adapters: list[str]
     #: A quantized base's packed weight from before the first merge (unmerge puts it back exactly).
     _base_snapshot: BaseSnapshot | None
@@ -156,9 +160,22 @@ class AdapterLayer(AdapterState, nn.Module):
         """Fold ``adapter`` into the base weight in place."""
         raise NotImplementedError(f"{type(self).__name__} cannot merge adapters")
 
+    def check_mergeable(self, adapter_names: Sequence[str] | None = None) -> None:
+        """Raise if :meth:`merge` of ``adapter_names`` (default: the active adapters) must fail; called for every
+        layer before a model-wide merge writes anything, so that a refusal leaves no layer merged."""
+
     def unmerge_one(self, adapter: str) -> None:
         """Undo :meth:`merge_one` for ``adapter``."""
         raise NotImplementedError(f"{type(self).__name__} cannot unmerge adapters")
+
+    def inner_layers(self) -> list[tuple[str, AdapterLayer]]:
+        """Adapter layers this layer placed inside its base module, with their names relative to this layer
+        (LoRA on ``nn.MultiheadAttention`` wraps its ``out_proj``); the model walk lists them after this layer."""
+        return []
+
+    def release_inner(self) -> None:
+        """Put the original modules of :meth:`inner_layers` back into the base module (before this layer is
+        replaced by its base: unload, deleting its last adapter, undoing an injection)."""
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -317,6 +334,7 @@ class AdapterLayer(AdapterState, nn.Module):
         todo = [name for name in names if name not in self.merged_adapters and name in self.adapter_names()]
         if not todo:
             return
+        self.check_mergeable(todo)
         with onloaded(self.get_base_layer()):  # an offloaded base: merge into its stored weights
             if not self.merged_adapters:  # a quantized base: keep the packed weight that unmerge puts back
                 self._base_snapshot = snapshot_base(self.get_base_layer())

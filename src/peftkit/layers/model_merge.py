@@ -63,6 +63,14 @@ def untie_for_merge(model: nn.Module, layers: Sequence[tuple[str, AdapterLayer]]
     )
 
 
+def prepare_merge(model: nn.Module, layers: Named, adapter_names: Sequence[str] | None) -> None:
+    """Before a model-wide merge writes anything: every layer confirms it can merge ``adapter_names``
+    (:meth:`~peftkit.layers.base.AdapterLayer.check_mergeable` raises otherwise), then shared weights are untied."""
+    for _, layer in layers:
+        layer.check_mergeable(adapter_names)
+    untie_for_merge(model, layers)
+
+
 def merge_layers(model: nn.Module, layers: Named, adapter_names: Sequence[str] | None, safe_merge: bool) -> None:
     """Merge ``adapter_names`` (default: each layer's active adapters) into every layer of ``layers``, untying
     shared weights first. Warns (``UserWarning``) and changes nothing when all of them are merged already."""
@@ -74,7 +82,7 @@ def merge_layers(model: nn.Module, layers: Named, adapter_names: Sequence[str] |
     if layers and not pending:
         warnings.warn("All adapters are already merged; merge_adapter() has nothing to do.", stacklevel=4)
         return
-    untie_for_merge(model, layers)
+    prepare_merge(model, layers, adapter_names)
     for _, layer in layers:
         layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
 

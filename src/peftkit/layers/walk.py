@@ -17,7 +17,8 @@ def walk_model(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
     The same pre-order walk (a module reached twice is listed once), but it never descends into an adapter
     layer, whose ~10 internal modules per adapted layer would otherwise dominate every walk, except to list an
-    adapter layer nested in it (``<name>.base_layer``: a mixed-method model stacks one layer per method).
+    adapter layer nested in it (``<name>.base_layer``: a mixed-method model stacks one layer per method) and the
+    layers it placed inside its base module (:meth:`~peftkit.layers.base.AdapterLayer.inner_layers`).
     """
     seen: set[int] = set()
     stack: list[tuple[str, nn.Module]] = [("", model)]
@@ -29,6 +30,8 @@ def walk_model(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         yield name, module
         if isinstance(module, AdapterLayer) and isinstance(module.base_layer, AdapterLayer):
             stack.append((name + ".base_layer", module.base_layer))
+        if isinstance(module, AdapterLayer):
+            stack.extend((f"{name}.{relative}", inner) for relative, inner in reversed(module.inner_layers()))
         if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
             inner = module._modules.get("base_layer")
             if isinstance(inner, AdapterLayer):  # nested layers: one per adapted parameter of a module
@@ -41,7 +44,7 @@ def walk_model(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 def is_nested(name: str, module: nn.Module) -> bool:
     """Whether ``module`` (listed by :func:`walk_model` as ``name``) is an adapter layer inside another one."""
-    return isinstance(module, AdapterLayer) and name.rpartition(".")[2] == "base_layer"
+    return isinstance(module, AdapterLayer) and (module.is_inner_layer or name.rpartition(".")[2] == "base_layer")
 
 
 def iter_adapter_modules(model: nn.Module) -> Iterator[tuple[str, AdapterModule]]:

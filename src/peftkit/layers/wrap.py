@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from peftkit.layers.base import AdapterLayer
+
 
 def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     """``(parent, attribute)`` such that ``getattr(parent, attribute)`` is ``model.get_submodule(name)``."""
@@ -29,3 +31,11 @@ def replace_module(model: nn.Module, name: str, new: nn.Module, parent: nn.Modul
     old = getattr(parent, child)
     setattr(parent, child, new)
     return old
+
+
+def remove_layer(model: nn.Module, name: str, original: nn.Module) -> None:
+    """Put ``original`` where the adapter layer ``name`` is, with the modules that layer placed inside its base
+    module put back too (:meth:`~peftkit.layers.base.AdapterLayer.release_inner`)."""
+    layer = replace_module(model, name, original)
+    if isinstance(layer, AdapterLayer):
+        layer.release_inner()

@@ -6,19 +6,29 @@
 DoRA (Liu et al., 2024) normalises per output channel: ``n_o = ||W_o + delta_o||`` over ``(in, *k)`` (detached),
 magnitude ``m`` stored as ``(1, out, 1, ...)`` (PEFT's shape), and
 ``y = (m / n) * (conv(x, W) + s * conv_1x1(conv(x, A), B)) + bias``.
+
+Grouped convolutions (``groups = g > 1``), as PEFT 0.21.2 builds them: ``A (r, in, *k)`` still reads every input
+channel, ``B (out, r / g, 1, ...)`` is a grouped 1x1 convolution (so ``r`` must be a multiple of ``g``). The
+adapter's kernel then couples input channels across groups, which a grouped base kernel ``(out, in / g, *k)``
+cannot hold: such an adapter cannot be merged (refused, as in PEFT). DoRA's norm uses PEFT's reading of the
+factors, ``reshape(B, (-1, r)) @ reshape(A, (r, -1))`` laid out as the base kernel (the true delta when ``g = 1``),
+so that DoRA adapters give the same outputs in both libraries.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from peftkit.errors import UnsupportedError
+from peftkit.errors import ConfigError, UnsupportedError
 from peftkit.layers.placement import adapter_device
-from peftkit.methods.lora.dora import dora_combine
+from peftkit.methods.lora.dora import dora_combine, row_norm
 from peftkit.methods.lora.layer import LoraLayer, LoraLayerSpec, adapter_dtype
+from peftkit.quant.base import dense_weight
 
 
 class Conv(LoraLayer):
@@ -27,12 +37,33 @@ class Conv(LoraLayer):
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out=False)
         base = self.get_base_layer()
-        if base.groups != 1:
-            raise UnsupportedError(f"LoRA on grouped convolutions (groups={base.groups}) is not supported.")
         self.in_features, self.out_features = base.in_channels, base.out_channels
 
+    @property
+    def groups(self) -> int:
+        """The base convolution's ``groups``."""
+        return int(self.get_base_layer().groups)
+
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
+        """``A``: the base kernel's shape with ``r`` output channels; ``B``: a 1x1 convolution with the base's groups.
+
+        Raises:
+            ConfigError: ``r`` is not a multiple of the base's ``groups``.
+        """
         base = self.get_base_layer()
+        if spec.r % self.groups:
+            raise ConfigError(
+                f"LoRA rank r={spec.r} on a {type(base).__name__} with groups={self.groups}: the rank must be a "
+                "multiple of groups (the adapter's B is a grouped convolution). Pick such a rank (rank_pattern) or "
+                "leave this layer out of target_modules."
+            )
+        if self.groups > 1:
+            warnings.warn(
+                f"LoRA on a {type(base).__name__} with groups={self.groups} runs unmerged only: its update mixes "
+                "the groups, so merge / merge_and_unload will refuse this layer.",
+                UserWarning,
+                stacklevel=2,
+            )
         conv_cls = type(base) if type(base) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) else nn.Conv2d
         kw: dict[str, Any] = {"device": adapter_device(base), "dtype": adapter_dtype(base.weight)}
         self.lora_A[adapter] = conv_cls(
@@ -47,7 +78,43 @@ class Conv(LoraLayer):
             **kw,
         )
         ones: Any = (1,) * len(base.kernel_size)  # a 1x1(x1) kernel of the base conv's dimension
-        self.lora_B[adapter] = conv_cls(spec.r, self.out_features, ones, ones, bias=spec.lora_bias, **kw)
+        self.lora_B[adapter] = conv_cls(
+            spec.r, self.out_features, ones, ones, groups=self.groups, bias=spec.lora_bias, **kw
+        )
+
+    def delta_weight(self, adapter: str) -> torch.Tensor:
+        """``s * B_flat @ A_flat`` laid out as the base kernel ``(out, in, *k)``.
+
+        Raises:
+            UnsupportedError: a grouped base (``groups > 1``): the update is no grouped kernel.
+        """
+        if self.groups > 1:
+            raise UnsupportedError(
+                f"LoRA on a convolution with groups={self.groups} has no weight delta of the base kernel's shape "
+                "(its update mixes the groups), so it cannot be merged; keep this adapter unmerged."
+            )
+        return super().delta_weight(adapter)
+
+    def check_mergeable(self, adapter_names: Sequence[str] | None = None) -> None:
+        """Raises :class:`UnsupportedError` when a grouped base holds one of ``adapter_names`` (default: active)."""
+        names = self.active_adapters if adapter_names is None else adapter_names
+        for name in names:
+            if self.groups > 1 and name in self.lora_A and name not in self.merged_adapters:
+                self.delta_weight(name)  # raises
+
+    def merge_one(self, adapter: str, safe_merge: bool) -> None:
+        """``W += s B A`` (DoRA: see :class:`LoraLayer`); refused on a grouped base (see :meth:`delta_weight`)."""
+        self.check_mergeable([adapter])  # before anything is written
+        super().merge_one(adapter, safe_merge)
+
+    def dora_norm(self, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-output-channel norm ``||W + s * reshape(B, (-1, r)) @ reshape(A, (r, -1))||`` (detached), ``(out,)``;
+        the product is the delta kernel when ``groups == 1`` (see the module docstring for ``groups > 1``)."""
+        base_weight = dense_weight(self.get_base_layer()) if weight is None else weight
+        A, B = (t.detach() for t in self.factor_tensors(adapter))
+        r = A.shape[0]
+        paired = (B.reshape(-1, r) @ A.reshape(r, -1)).reshape(base_weight.shape) * self.scaling[adapter]
+        return row_norm(base_weight.to(paired.dtype), paired).detach()
 
     def magnitude_shape(self) -> tuple[int, ...]:
         """``(1, out, 1, ...)``: the DoRA magnitude broadcasts over the activations ``(N, out, *spatial)``."""

@@ -16,6 +16,7 @@ from peftkit.methods.lora.embedding import Embedding
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec
 from peftkit.methods.lora.model import LoraModel
+from peftkit.methods.lora.multihead import MultiheadAttention
 from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
@@ -100,6 +101,7 @@ LORA = MethodSpec(
         nn.Conv1d: Conv,
         nn.Conv2d: Conv,
         nn.Conv3d: Conv,
+        nn.MultiheadAttention: MultiheadAttention,
     },
     layer_facts=lora_layer_facts,
     default_targets=default_lora_targets,
