@@ -212,3 +212,16 @@ def test_training_moves_the_loss_and_leaves_the_base_unchanged() -> None:
     unloaded = model.unload()
     for key, value in unloaded.state_dict().items():
         assert torch.equal(value, frozen[key]), key
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_adapter_dtype_follows_autocast_adapter_dtype(autocast: bool) -> None:
+    """``autocast_adapter_dtype=False`` gives a bfloat16 base bfloat16 factors (input and output projection)."""
+    model = Attend().to(torch.bfloat16)
+    config = peft.LoraConfig(target_modules=["mha"], init_lora_weights=False)
+    peft_model = peft.get_peft_model(model, config, autocast_adapter_dtype=autocast)
+    peft_model.add_adapter("other", config, autocast_adapter_dtype=autocast)
+    dtypes = {p.dtype for n, p in peft_model.named_parameters() if "lora_" in n}
+    assert dtypes == {torch.float32 if autocast else torch.bfloat16}
+    out = peft_model(torch.randn(5, 3, E, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16

@@ -33,7 +33,10 @@ def _target_dtype(current: torch.dtype, base: torch.dtype | None, autocast: bool
 
 
 def _base_dtype(layer: AdapterLayer) -> torch.dtype | None:
-    weight = getattr(layer.get_base_layer(), "weight", None)
+    try:
+        weight = layer.weight  # the base layer's main weight (an attention module's input projection)
+    except AttributeError:
+        return None
     if isinstance(weight, torch.Tensor) and weight.is_floating_point():
         return weight.dtype
     return None

@@ -117,6 +117,11 @@ class MultiheadAttention(LoraLayer):
         return getattr(self.get_base_layer(), name)
 
     @property
+    def weight(self) -> torch.Tensor:
+        """The base module's input projection ``in_proj_weight (3E, E)`` (its main weight: dtype, device)."""
+        return self.get_base_layer().in_proj_weight
+
+    @property
     def out_proj(self) -> nn.Module:
         """The base module's plain output projection (what torch's attention code reads the weight of)."""
         out_proj = self.get_base_layer().out_proj
