@@ -17,7 +17,6 @@ Only the packed layout (``kdim == vdim == embed_dim``) is supported, without DoR
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -26,6 +25,7 @@ from torch import nn
 
 from peftkit.errors import ArgumentTypeError, UnsupportedError
 from peftkit.layers.base import CALL_STATE, AdapterLayer
+from peftkit.layers.weight_swap import swapped_tensors
 from peftkit.merging.merge import require_finite_sum
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec, adapter_dtype, empty_linear
 
@@ -44,9 +44,6 @@ ATTENTION_ATTRIBUTES = frozenset(
         "in_proj_weight", "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "merge_masks",
     }
 )  # fmt: skip
-
-#: Held while a base attention module runs with swapped-in weights (another thread must not see or restore them).
-_SWAP_LOCK = threading.RLock()
 
 
 def _requires_own_forward(module: nn.Module, args: Any) -> None:
@@ -71,7 +68,8 @@ class OutProjection(Linear):
 class MultiheadAttention(LoraLayer):
     """LoRA on ``nn.MultiheadAttention``: ``A (r, E)``, ``B (3E, r)`` on the input projection, and an
     :class:`OutProjection` at ``base_layer.out_proj``. Inputs and outputs are the base module's
-    (``query (L, N, E)``, or ``(N, L, E)`` with ``batch_first``; returns ``(output, weights)``).
+    (``query (L, N, E)``, or ``(N, L, E)`` with ``batch_first``; returns ``(output, weights)``). This layer's
+    adapter state (active adapters, disabled) decides for both projections, since torch never calls ``out_proj``.
 
     Raises:
         UnsupportedError: separate q/k/v projection weights (``kdim`` / ``vdim`` differ from ``embed_dim``), or an
@@ -160,11 +158,6 @@ class MultiheadAttention(LoraLayer):
         if self.out_projection is not None:
             self.out_projection.set_adapter(adapter_names, trainable)
 
-    def enable_adapters(self, enabled: bool) -> None:
-        super().enable_adapters(enabled)
-        if self.out_projection is not None:
-            self.out_projection.enable_adapters(enabled)
-
     def merge(self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> None:
         """Merge into ``in_proj_weight`` and ``out_proj`` (each checked for NaN/Inf first with ``safe_merge``)."""
         super().merge(safe_merge, adapter_names)
@@ -203,13 +196,8 @@ class MultiheadAttention(LoraLayer):
             if out_proj is not None and out_proj.holds(adapter):
                 delta = out_proj.delta_weight(adapter).to(out_weight.dtype)
                 out_weight = out_weight + OUT_PROJ_UPDATE_FACTOR * delta
-        with _SWAP_LOCK:
-            saved = base._parameters["in_proj_weight"], out_layer._parameters["weight"]
-            base._parameters["in_proj_weight"], out_layer._parameters["weight"] = in_weight, out_weight
-            try:
-                return self.base_layer(x, *args, **kwargs)
-            finally:
-                base._parameters["in_proj_weight"], out_layer._parameters["weight"] = saved
+        with swapped_tensors([(base, "in_proj_weight", in_weight), (out_layer, "weight", out_weight)]):
+            return self.base_layer(x, *args, **kwargs)
 
     def forward(self, x: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
         """The template's forward; a mixed batch (``adapter_names=...``) is refused, as in PEFT, with a

@@ -17,7 +17,6 @@ the state-dict keys (``experts.base_layer.lora_A...`` for the inner one).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,12 +25,10 @@ from torch import nn
 
 from peftkit.errors import ConfigError, UsageError
 from peftkit.layers.base import BatchRouting
+from peftkit.layers.weight_swap import swapped_tensors
 from peftkit.merging.merge import MergeError
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import LoraLayer, LoraLayerSpec, adapter_dtype, empty_linear
-
-#: Held while a parameter layer's base module runs with the swapped-in weight (re-entrant: wrappers nest).
-_SWAP_LOCK = threading.RLock()
 
 
 class ParamWrapper(LoraLayer):
@@ -118,14 +115,8 @@ class ParamWrapper(LoraLayer):
         wrappers each replace their own parameter. Forwards through parameter layers take turns (one process-wide
         re-entrant lock), so concurrent forwards of one model from several threads stay correct.
         """
-        holder, name = self.get_base_layer(), self.parameter_name
-        with _SWAP_LOCK:  # the swapped table is per call: another thread's forward must not see or restore it
-            original = holder._parameters[name]
-            holder._parameters[name] = self.adapted_weight(adapters)  # a tensor in the parameter's place for the call
-            try:
-                return self.base_layer(x, *args, **kwargs)
-            finally:
-                holder._parameters[name] = original
+        with swapped_tensors([(self.get_base_layer(), self.parameter_name, self.adapted_weight(adapters))]):
+            return self.base_layer(x, *args, **kwargs)
 
     def mixed_forward(self, x: torch.Tensor, routing: BatchRouting, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Refused (as in PEFT): :class:`UsageError`."""
