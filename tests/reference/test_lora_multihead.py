@@ -225,3 +225,15 @@ def test_adapter_dtype_follows_autocast_adapter_dtype(autocast: bool) -> None:
     assert dtypes == {torch.float32 if autocast else torch.bfloat16}
     out = peft_model(torch.randn(5, 3, E, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16
+
+
+def test_an_adapter_on_a_plain_attention_out_proj_is_flagged() -> None:
+    """``all-linear`` picks ``mha.out_proj`` (as in PEFT); torch's attention never calls it, so the adapter does
+    nothing: a warning says so, and the output is indeed the base's."""
+    torch.manual_seed(0)
+    model = Attend()
+    base = copy.deepcopy(model)
+    with pytest.warns(UserWarning, match=r"mha\.out_proj have no effect"):
+        peft_model = peft.get_peft_model(model, peft.LoraConfig(target_modules=["out_proj"], init_lora_weights=False))
+    x = torch.randn(5, 3, E)
+    torch.testing.assert_close(peft_model(x), base(x))

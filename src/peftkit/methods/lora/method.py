@@ -16,7 +16,7 @@ from peftkit.methods.lora.embedding import Embedding
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec
 from peftkit.methods.lora.model import LoraModel
-from peftkit.methods.lora.multihead import MultiheadAttention
+from peftkit.methods.lora.multihead import MultiheadAttention, warn_unused_out_proj
 from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
@@ -71,9 +71,11 @@ def settle_lora_config(config: LoraConfig, model: nn.Module, target_names: Seque
 
 
 def finish_lora_injection(config: LoraConfig, model: nn.Module, adapter_name: str) -> None:
-    """Tie adapters on tied embeddings, then add the ``trainable_token_indices`` rows."""
+    """Tie adapters on tied embeddings, add the ``trainable_token_indices`` rows, warn about adapters an attention
+    module never runs."""
     tie_adapters(config, model, adapter_name)
     inject_token_adapters(config, model, adapter_name)
+    warn_unused_out_proj(model)
 
 
 def redo_decomposing_init(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:

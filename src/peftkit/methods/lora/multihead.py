@@ -17,6 +17,7 @@ Only the packed layout (``kdim == vdim == embed_dim``) is supported, without DoR
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -212,3 +213,23 @@ class MultiheadAttention(LoraLayer):
 
     def _restore_weights(self) -> None:
         """PEFT's layer re-registers weights it swapped out; peftkit never unregisters them (nothing to do)."""
+
+
+def warn_unused_out_proj(model: nn.Module) -> None:
+    """Warn about LoRA layers on the ``out_proj`` of a plain ``nn.MultiheadAttention`` (e.g. from
+    ``target_modules="all-linear"``): the attention reads ``out_proj.weight`` and never calls it, so such an adapter
+    changes nothing (as in PEFT, which adapts it all the same). Targeting the attention module adapts both
+    projections."""
+    unused = [
+        f"{name}.out_proj" if name else "out_proj"
+        for name, module in model.named_modules()
+        if isinstance(module, nn.MultiheadAttention) and isinstance(module.out_proj, AdapterLayer)
+        and not isinstance(module.out_proj, OutProjection)
+    ]  # fmt: skip
+    if unused:
+        warnings.warn(
+            f"The adapters on {', '.join(unused)} have no effect: nn.MultiheadAttention reads out_proj.weight "
+            "without calling out_proj. Target the attention module itself to adapt its projections.",
+            UserWarning,
+            stacklevel=4,
+        )
