@@ -64,3 +64,27 @@ def test_merged_kernel_matches_formula() -> None:
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
     model.unmerge_adapter()
     torch.testing.assert_close(base.weight, W, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+        lambda: nn.Conv2d(3, 4, 3, padding=2, padding_mode="circular"),
+        lambda: nn.Conv2d(3, 4, 3, padding=2, dilation=2),
+    ],
+    ids=["reflect", "circular", "dilated"],
+)
+def test_padding_mode_and_dilation_follow_the_base(conv) -> None:
+    """``lora_A`` pads and dilates like the base, so the unmerged output is the merged kernel's (the oracle):
+    ``conv_mode(x, W + delta) + b``."""
+    model = peft.get_peft_model(nn.Sequential(conv()), peft.LoraConfig(target_modules=["0"], init_lora_weights=False))
+    layer = model.base_model.model[0]
+    base = layer.get_base_layer()
+    A, B = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach()
+    x = torch.randn(2, 3, 7, 7)
+    expected = base._conv_forward(x, base.weight + delta_kernel(A, B, layer.scaling["default"]), base.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+        model.merge_adapter()
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
