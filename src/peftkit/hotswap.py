@@ -41,6 +41,7 @@ from peftkit.hotswap_prepare import (
     is_plain_lora,
     lora_layers,
     pad_rank,
+    place_rank_rows,
     prepare_adapter,
     prepare_model_for_compiled_hotswap,
     resolve_adapter_model,
@@ -163,6 +164,11 @@ def _write_weights(inner: nn.Module, adapter: str, old: PeftConfig, state: Mappi
             new = value.to(device=live.device, dtype=live.dtype)
             if dim is None or new.shape == live.shape:
                 live.copy_(new)
+            elif dim == 0 and key.endswith("lora_A.weight"):  # rows by group: a grouped convolution's B reads them so
+                live.zero_()
+                place_rank_rows(
+                    live, new, live.shape[0] // expected[key[: -len("A.weight")] + "B.weight"].tensor.shape[1]
+                )
             else:
                 live.zero_()
                 live.narrow(dim, 0, new.shape[dim]).copy_(new)

@@ -100,7 +100,7 @@ def _set_factor(layer: LoraLayer, adapter: str, which: str, tensor: torch.Tensor
         return
     module = container[adapter]
     module.weight = param
-    rank = tensor.shape[0] if which == "A" else tensor.shape[1]
+    rank = tensor.shape[0] if which == "A" else tensor.shape[1] * layer.rank_groups
     size_attr = ("out_features", "out_channels") if which == "A" else ("in_features", "in_channels")
     for attr in size_attr:
         if hasattr(module, attr):
@@ -120,18 +120,40 @@ def pad_rank(layer: LoraLayer, adapter: str, target_rank: int, use_rslora: bool 
             f"Adapter {adapter!r} already has rank {rank} in a layer, above target_rank={target_rank}; "
             "pass a target_rank at least as large as every adapter's rank."
         )
+    groups = layer.rank_groups
     if rank < target_rank:
         with torch.no_grad():
             new_A = A.new_zeros((target_rank, *A.shape[1:]))
-            new_A[:rank] = A
-            new_B = B.new_zeros((B.shape[0], target_rank, *B.shape[2:]))
-            new_B[:, :rank] = B
+            place_rank_rows(new_A, A, groups)
+            new_B = B.new_zeros((B.shape[0], target_rank // groups, *B.shape[2:]))
+            new_B[:, : B.shape[1]] = B
         _set_factor(layer, adapter, "A", new_A, A.requires_grad)
         _set_factor(layer, adapter, "B", new_B, B.requires_grad)
     scaling = float(layer.scaling[adapter])
     layer.r[adapter] = target_rank
     layer.lora_alpha[adapter] = alpha_for_scaling(scaling, target_rank, use_rslora)
     forget_cached_stacks(layer)
+
+
+def place_rank_rows(destination: torch.Tensor, source: torch.Tensor, groups: int) -> None:
+    """Copy ``A``'s rows ``source (r, ...)`` into the zeroed ``destination (R, ...)``, group by group: block ``j``
+    (``r / g`` rows) goes to rows ``j R / g ..``, where the padded ``B``'s columns of group ``j`` read them."""
+    per_source, per_destination = source.shape[0] // groups, destination.shape[0] // groups
+    for j in range(groups):
+        destination[j * per_destination : j * per_destination + per_source] = source[
+            j * per_source : (j + 1) * per_source
+        ]
+
+
+def check_rank_groups(layers: list[tuple[str, LoraLayer]], target_rank: int) -> None:
+    """Raise :class:`HotswapError` (before anything changes) when ``target_rank`` is not a multiple of a grouped
+    convolution's ``groups`` (its ``B`` holds ``rank / groups`` columns)."""
+    for name, layer in layers:
+        if target_rank % layer.rank_groups:
+            raise HotswapError(
+                f"target_rank={target_rank} cannot be split over the {layer.rank_groups} groups of the convolution "
+                f"{name}; pick a multiple of {layer.rank_groups}."
+            )
 
 
 def forget_cached_stacks(layer: LoraLayer) -> None:
@@ -178,6 +200,8 @@ def prepare_adapter(
     layers = lora_layers(inner, adapter)
     config = (configs or {}).get(adapter)
     rslora = bool(getattr(config, "use_rslora", False))
+    if target_rank is not None:
+        check_rank_groups(layers, target_rank)
     for _, layer in layers:
         hold_scaling_as_tensor(layer, adapter)
         if target_rank is not None:

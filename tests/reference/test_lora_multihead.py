@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import peftkit as peft
-from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.errors import ConfigError, TargetingError
 
 E, HEADS, R, ALPHA = 8, 2, 4, 6
 
@@ -144,8 +144,8 @@ def test_mixed_batch_is_refused_with_a_type_error() -> None:
 @pytest.mark.parametrize(
     ("extra", "error", "match"),
     [
-        ({"use_dora": True}, UnsupportedError, "use_dora"),
-        ({"lora_bias": True}, UnsupportedError, "lora_bias"),
+        ({"use_dora": True}, ConfigError, "use_dora"),
+        ({"lora_bias": True}, ConfigError, "lora_bias"),
     ],
 )
 def test_refused_options_leave_the_model_unchanged(extra, error, match) -> None:
@@ -159,7 +159,7 @@ def test_refused_options_leave_the_model_unchanged(extra, error, match) -> None:
 
 def test_separate_projection_weights_are_refused() -> None:
     model = nn.Sequential(nn.MultiheadAttention(E, HEADS, kdim=6, vdim=6))
-    with pytest.raises(UnsupportedError, match="kdim"):
+    with pytest.raises(TargetingError, match="kdim"):
         peft.get_peft_model(model, peft.LoraConfig(target_modules=["0"]))
 
 

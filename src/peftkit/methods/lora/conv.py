@@ -44,6 +44,10 @@ class Conv(LoraLayer):
         """The base convolution's ``groups``."""
         return int(self.get_base_layer().groups)
 
+    @property
+    def rank_groups(self) -> int:
+        return self.groups
+
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         """``A``: the base kernel's shape with ``r`` output channels; ``B``: a 1x1 convolution with the base's groups.
 

@@ -185,6 +185,12 @@ class LoraLayer(AdapterLayer):
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         return self.delta_weight(adapter)
 
+    @property
+    def rank_groups(self) -> int:
+        """Blocks of the rank dimension: ``A``'s rows hold one block of ``r / g`` per group and ``B``'s columns the
+        ``r / g`` of its output's group (a grouped convolution's ``groups``; one for every other layer)."""
+        return 1
+
     def magnitude_shape(self) -> tuple[int, ...]:
         """Shape of the DoRA magnitude as PEFT stores it: ``(out,)`` (convolutions: ``(1, out, 1, ...)``)."""
         return (self.out_features,)

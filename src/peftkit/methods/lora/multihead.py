@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from peftkit.errors import ArgumentTypeError, UnsupportedError
+from peftkit.errors import ArgumentTypeError, ConfigError, TargetingError
 from peftkit.layers.base import CALL_STATE, AdapterLayer
 from peftkit.layers.weight_swap import swapped_tensors
 from peftkit.merging.merge import require_finite_sum
@@ -73,7 +73,7 @@ class MultiheadAttention(LoraLayer):
     adapter state (active adapters, disabled) decides for both projections, since torch never calls ``out_proj``.
 
     Raises:
-        UnsupportedError: separate q/k/v projection weights (``kdim`` / ``vdim`` differ from ``embed_dim``), or an
+        TargetingError: separate q/k/v projection weights (``kdim`` / ``vdim`` differ from ``embed_dim``), or an
             ``out_proj`` that is not an ``nn.Linear``.
     """
 
@@ -81,12 +81,12 @@ class MultiheadAttention(LoraLayer):
         super().__init__(base_layer, fan_in_fan_out=False)
         base = self.get_base_layer()
         if not base._qkv_same_embed_dim:
-            raise UnsupportedError(
+            raise TargetingError(
                 "LoRA on nn.MultiheadAttention needs its packed input projection (kdim == vdim == embed_dim); this "
                 f"one has kdim={base.kdim}, vdim={base.vdim}, embed_dim={base.embed_dim}. Target other modules."
             )
         if not isinstance(base.out_proj, (nn.Linear, OutProjection)):
-            raise UnsupportedError(
+            raise TargetingError(
                 f"LoRA on nn.MultiheadAttention adapts its out_proj, an nn.Linear; got {type(base.out_proj).__name__}."
             )
         self.in_features, self.out_features = base.embed_dim, 3 * base.embed_dim
@@ -130,11 +130,11 @@ class MultiheadAttention(LoraLayer):
         """Add ``adapter`` to the input projection and to ``out_proj`` (placing its layer on first use).
 
         Raises:
-            UnsupportedError: ``use_dora`` or ``lora_bias`` (checked before anything changes).
+            ConfigError: ``use_dora`` or ``lora_bias`` (checked before anything changes).
         """
         for option, on in (("use_dora", spec.use_dora), ("lora_bias", spec.lora_bias)):
             if on:
-                raise UnsupportedError(f"LoRA on nn.MultiheadAttention does not support {option}=True; turn it off.")
+                raise ConfigError(f"LoRA on nn.MultiheadAttention does not support {option}=True; turn it off.")
         super().update_layer(adapter, spec, init_weights)
         base = self.get_base_layer()
         out_proj = self.out_projection or OutProjection(base.out_proj)
