@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 from tests._tiny import build_model
+from tests.methods._training import adam_losses
 from torch import nn
 
 import peftkit as peft
@@ -103,15 +104,8 @@ def test_a_second_adapter_reuses_the_wrappers_and_trains_alone() -> None:
     model.set_adapter("other")
     base = {k: v.clone() for k, v in model.named_parameters() if ".lora_" not in k}
     frozen = {k: v.clone() for k, v in model.named_parameters() if ".default." in k}
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
     x, target = torch.randn(16, 4), torch.randn(16, 5)
-    losses = []
-    for _ in range(8):
-        loss = (model(x) - target).pow(2).mean()
-        losses.append(loss.item())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    losses = adam_losses(model, lambda: (model(x) - target).pow(2).mean(), steps=8, lr=0.05)
     assert losses[-1] < losses[0]
     params = dict(model.named_parameters())
     assert all(torch.equal(v, params[k]) for k, v in {**base, **frozen}.items())
