@@ -8,6 +8,7 @@ The adapted attention is the base attention computed with ``W_in + s * B @ A`` (
 from __future__ import annotations
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -237,3 +238,26 @@ def test_an_adapter_on_a_plain_attention_out_proj_is_flagged() -> None:
         peft_model = peft.get_peft_model(model, peft.LoraConfig(target_modules=["out_proj"], init_lora_weights=False))
     x = torch.randn(5, 3, E)
     torch.testing.assert_close(peft_model(x), base(x))
+
+
+def test_concurrent_forwards_from_threads_equal_the_single_thread_output() -> None:
+    """Each forward swaps ``W + delta`` in for its call; another thread must never read (and add to) that."""
+    model, _ = build()
+    batches = [torch.randn(5, 3, E, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    with torch.no_grad():
+        expected = [model(x) for x in batches]
+    results: dict[int, list[torch.Tensor]] = {}
+
+    def work(i: int) -> None:
+        with torch.no_grad():
+            results[i] = [model(batches[i]) for _ in range(20)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [0, 1, 2, 3]
+    for i, outs in results.items():
+        for out in outs:
+            torch.testing.assert_close(out, expected[i])

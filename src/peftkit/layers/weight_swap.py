@@ -28,7 +28,8 @@ _ABSENT = object()
 @contextmanager
 def swapped_tensors(swaps: Sequence[tuple[nn.Module, str, torch.Tensor]]) -> Iterator[None]:
     """Within the block, ``module.<name>`` reads ``tensor`` for each ``(module, name, tensor)`` of ``swaps``; the
-    originals are back afterwards, also when the block raises. Holds :data:`SWAP_LOCK` for the block."""
+    originals are back afterwards, also when the block raises. Holds :data:`SWAP_LOCK` for the block; a caller
+    that computes ``tensor`` from the module's current weight takes the lock before reading it."""
     with SWAP_LOCK:
         saved: list[tuple[nn.Module, str, object, object]] = []
         try:

@@ -26,7 +26,7 @@ from torch import nn
 
 from peftkit.errors import ArgumentTypeError, ConfigError, TargetingError
 from peftkit.layers.base import CALL_STATE, AdapterLayer
-from peftkit.layers.weight_swap import swapped_tensors
+from peftkit.layers.weight_swap import SWAP_LOCK, swapped_tensors
 from peftkit.merging.merge import require_finite_sum
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec, adapter_dtype, empty_linear
 
@@ -186,19 +186,20 @@ class MultiheadAttention(LoraLayer):
     # -- forward ------------------------------------------------------------------------------------
     def adapted_forward(self, x: torch.Tensor, adapters: Sequence[str], *args: Any, **kwargs: Any) -> Any:
         """The base attention with ``W_in + sum Delta W_in`` and ``W_out + k * sum Delta W_out`` for this call."""
-        base = self.get_base_layer()
-        out_proj = self.out_projection
-        in_weight = base.in_proj_weight
-        for adapter in adapters:
-            in_weight = in_weight + self.delta_weight(adapter).to(in_weight.dtype)
-        out_layer = out_proj.get_base_layer() if out_proj is not None else base.out_proj
-        out_weight = out_layer.weight
-        for adapter in adapters:
-            if out_proj is not None and out_proj.holds(adapter):
-                delta = out_proj.delta_weight(adapter).to(out_weight.dtype)
-                out_weight = out_weight + OUT_PROJ_UPDATE_FACTOR * delta
-        with swapped_tensors([(base, "in_proj_weight", in_weight), (out_layer, "weight", out_weight)]):
-            return self.base_layer(x, *args, **kwargs)
+        with SWAP_LOCK:  # taken before reading the weights: another thread's swapped-in tensors must not be read
+            base = self.get_base_layer()
+            out_proj = self.out_projection
+            in_weight = base.in_proj_weight
+            for adapter in adapters:
+                in_weight = in_weight + self.delta_weight(adapter).to(in_weight.dtype)
+            out_layer = out_proj.get_base_layer() if out_proj is not None else base.out_proj
+            out_weight = out_layer.weight
+            for adapter in adapters:
+                if out_proj is not None and out_proj.holds(adapter):
+                    delta = out_proj.delta_weight(adapter).to(out_weight.dtype)
+                    out_weight = out_weight + OUT_PROJ_UPDATE_FACTOR * delta
+            with swapped_tensors([(base, "in_proj_weight", in_weight), (out_layer, "weight", out_weight)]):
+                return self.base_layer(x, *args, **kwargs)
 
     def forward(self, x: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
         """The template's forward; a mixed batch (``adapter_names=...``) is refused, as in PEFT, with a

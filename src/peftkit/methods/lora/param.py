@@ -25,7 +25,7 @@ from torch import nn
 
 from peftkit.errors import ConfigError, UsageError
 from peftkit.layers.base import BatchRouting
-from peftkit.layers.weight_swap import swapped_tensors
+from peftkit.layers.weight_swap import SWAP_LOCK, swapped_tensors
 from peftkit.merging.merge import MergeError
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import LoraLayer, LoraLayerSpec, adapter_dtype, empty_linear
@@ -119,8 +119,9 @@ class ParamWrapper(LoraLayer):
         wrappers each replace their own parameter. Forwards through parameter layers take turns (one process-wide
         re-entrant lock), so concurrent forwards of one model from several threads stay correct.
         """
-        with swapped_tensors([(self.get_base_layer(), self.parameter_name, self.adapted_weight(adapters))]):
-            return self.base_layer(x, *args, **kwargs)
+        with SWAP_LOCK:  # taken before reading the weight: another thread's swapped-in tensor must not be read
+            with swapped_tensors([(self.get_base_layer(), self.parameter_name, self.adapted_weight(adapters))]):
+                return self.base_layer(x, *args, **kwargs)
 
     def mixed_forward(self, x: torch.Tensor, routing: BatchRouting, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Refused (as in PEFT): :class:`UsageError`."""
