@@ -39,6 +39,7 @@ from peftkit.integrations import (
     unpatch_transformers,
 )
 from peftkit.integrations.peft_alias import install_as_peft, install_if_reference_absent
+from peftkit.io.base_state import get_base_model_state_dict, set_base_model_state_dict
 from peftkit.io.load import load_peft_weights
 from peftkit.mapping import (
     gather_peft_model_state_dict,
@@ -125,6 +126,7 @@ __all__ = [
     "cast_mixed_precision_params",
     "enable_adapter_methods",
     "gather_peft_model_state_dict",
+    "get_base_model_state_dict",
     "get_layer_status",
     "get_model_status",
     "get_peft_config",
@@ -137,6 +139,7 @@ __all__ = [
     "patch_transformers",
     "prepare_model_for_compiled_hotswap",
     "prepare_model_for_kbit_training",
+    "set_base_model_state_dict",
     "set_peft_model_state_dict",
     "unpatch_transformers",
     *sorted(_METHOD_NAMES),

@@ -1,0 +1,82 @@
+"""PEFT's bookkeeping that user code and PEFT's own tests read: the ``peft_version`` a config records (and its
+development-release form), and ``PeftModel.has_active_enabled_adapter`` through nested ``disable_adapter``
+blocks -- each against the reference peft 0.21.2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import peft
+import peft.config
+import pytest
+from tests._tiny import build, build_model
+
+import peftkit
+import peftkit.config
+
+
+def test_default_version_is_the_references(tmp_path: Path) -> None:
+    ours, theirs = peftkit.LoraConfig(), peft.LoraConfig()
+    assert ours.peft_version == theirs.peft_version == peft.__version__
+    ours.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_version"] == peft.__version__
+
+
+@pytest.mark.parametrize("config", ["LoraConfig", "IA3Config", "PrefixTuningConfig"])
+@pytest.mark.parametrize(("version", "commit", "expected"), [
+    ("0.17.0", "abc", "0.17.0"),
+    ("0.15.0.dev7", "abcdef012345", "0.15.0.dev7@abcdef012345"),
+    ("0.15.0.dev7", None, "0.15.0.dev7@UNKNOWN"),
+])  # fmt: skip
+def test_version_stamp_matches_reference(
+    config: str, version: str, commit: str | None, expected: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    stamps = {}
+    for lib, module in ((peft, peft.config), (peftkit, peftkit.config)):
+        monkeypatch.setattr(module, "__version__", version)
+        monkeypatch.setattr(module, "_get_commit_hash", lambda package, commit=commit: commit)
+        made = getattr(lib, config)()
+        made.save_pretrained(tmp_path / lib.__name__)
+        monkeypatch.setattr(module, "__version__", "9.9.9")  # a load keeps the file's version, not the current one
+        stamps[lib.__name__] = (made.peft_version, lib.PeftConfig.from_pretrained(tmp_path / lib.__name__).peft_version)
+    assert stamps["peftkit"] == stamps["peft"] == (expected, expected)
+
+
+def test_commit_lookup_failure_warns_and_records_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(package: str) -> str:
+        raise OSError("unreadable metadata")
+
+    monkeypatch.setattr(peftkit.config, "__version__", "0.15.0.dev7")
+    monkeypatch.setattr(peftkit.config, "_get_commit_hash", broken)
+    with pytest.warns(UserWarning, match="unreadable metadata"):
+        config = peftkit.LoraConfig()
+    assert config.peft_version == "0.15.0.dev7@UNKNOWN"
+
+
+def test_commit_hash_of_a_missing_distribution_is_none() -> None:
+    assert peftkit.config._get_commit_hash("no-such-distribution-installed") is None
+
+
+def _models(lib: ModuleType, prompt: bool) -> Any:
+    if prompt:
+        return lib.get_peft_model(build("llama"), lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
+    return lib.get_peft_model(build_model("llama"), lib.LoraConfig(target_modules=["q_proj"]))
+
+
+@pytest.mark.parametrize("prompt", [False, True], ids=["lora", "prompt_tuning"])
+def test_has_active_enabled_adapter_matches_reference(prompt: bool) -> None:
+    seen: dict[str, list[bool]] = {}
+    for lib in (peft, peftkit):
+        model, states = _models(lib, prompt), []
+        states.append(model.has_active_enabled_adapter)
+        with model.disable_adapter():
+            states.append(model.has_active_enabled_adapter)
+            with model.disable_adapter():
+                states.append(model.has_active_enabled_adapter)
+            states.append(model.has_active_enabled_adapter)
+        states.append(model.has_active_enabled_adapter)
+        seen[lib.__name__] = states
+    assert seen["peftkit"] == seen["peft"] == [True, False, False, False, True]
