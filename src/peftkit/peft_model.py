@@ -341,7 +341,7 @@ class PeftModel(nn.Module):
         if first and type(self.base_model) is not tuner_class_for(config) and not self.base_model.mixed_methods:
             self.base_model = tuner_class_for(config)(self.get_base_model(), None, adapter_name)
         active = [adapter_name] if first else self.active_adapters
-        self.base_model.check_new_config(adapter_name, config)
+        self.base_model.check_new_adapter(adapter_name, config)
         names = attach_adapter(
             self.get_base_model(), adapter_name, config, state, active=active, low_cpu_mem_usage=low_cpu_mem_usage
         )
