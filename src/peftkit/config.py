@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 from packaging.version import InvalidVersion, Version
 
 from peftkit.config_checks import check_field_types, check_nesting, check_size
-from peftkit.errors import ConfigError
+from peftkit.errors import ConfigError, ConfigKeysError
 from peftkit.types import PeftType, TaskType
 
 CONFIG_NAME = "adapter_config.json"
@@ -184,6 +184,11 @@ class PeftConfig:
         known = {f.name for f in dataclasses.fields(target) if f.init}
         check_nesting(target.__name__, {k: v for k, v in data.items() if k in known})
         unknown = sorted(set(data) - known)
+        if unknown and peft_type is None:
+            raise ConfigKeysError(
+                f"This is not a {target.__name__}: it has no 'peft_type' and holds keys no config has ("
+                f"{', '.join(unknown)}). Pass the adapter_config.json that save_pretrained wrote."
+            )
         if unknown:
             warnings.warn(
                 f"Unexpected keys in the {target.__name__} were dropped (written by a newer PEFT version?): "

@@ -12,6 +12,11 @@ class ConfigError(PeftkitError, ValueError):
     """A config value is invalid, or a config file cannot be read."""
 
 
+class ConfigKeysError(ConfigError, TypeError):
+    """A config file lacks ``peft_type`` and holds keys no config has: not a PEFT config (a ``TypeError`` as in
+    PEFT, which builds the config from the keys as keyword arguments)."""
+
+
 class TargetingError(PeftkitError, ValueError):
     """The requested target modules do not exist in the model, or cannot be adapted."""
 

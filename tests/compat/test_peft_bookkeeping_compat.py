@@ -80,3 +80,32 @@ def test_has_active_enabled_adapter_matches_reference(prompt: bool) -> None:
         states.append(model.has_active_enabled_adapter)
         seen[lib.__name__] = states
     assert seen["peftkit"] == seen["peft"] == [True, False, False, False, True]
+
+
+@pytest.mark.parametrize("config", ["LoraConfig", "IA3Config", "PromptTuningConfig", "PeftConfig"])
+@pytest.mark.parametrize(
+    ("content", "outcome"),
+    [
+        ({"foo": "bar", "baz": 123}, "refused"),  # not a PEFT config at all
+        ({"inference_mode": False}, "loaded"),  # known keys only: missing fields take defaults
+        ({"peft_type": "LORA", "r": 4, "future_field": 1}, "loaded"),  # a newer PEFT's file: the key is dropped
+    ],
+)
+def test_config_file_without_peft_type_as_in_reference(
+    config: str, content: dict[str, Any], outcome: str, tmp_path: Path
+) -> None:
+    if config != "LoraConfig" and "peft_type" in content:
+        pytest.skip("a LoRA file loads only through LoraConfig or PeftConfig")
+    (tmp_path / "adapter_config.json").write_text(json.dumps(content))
+    seen = {}
+    for lib in (peft, peftkit):
+        try:
+            loaded = getattr(lib, config).from_pretrained(tmp_path)
+            seen[lib.__name__] = ("loaded", type(loaded).__name__)
+        except TypeError as error:
+            seen[lib.__name__] = ("refused", type(error).__mro__[1].__name__ if lib is peftkit else "")
+    assert seen["peftkit"][0] == seen["peft"][0] == outcome
+    if outcome == "loaded":
+        assert seen["peftkit"][1] == seen["peft"][1]
+    else:
+        assert seen["peftkit"][1] == "ConfigError"  # also a peftkit ConfigError (a ValueError)
