@@ -73,6 +73,8 @@ def empty_linear(
 class LoraLayer(AdapterLayer):
     """State shared by all LoRA layers; attribute names match PEFT's state-dict keys."""
 
+    repr_prefix: ClassVar[str] = "lora."
+
     adapter_layer_names: ClassVar[tuple[str, ...]] = (
         "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
     )  # fmt: skip
