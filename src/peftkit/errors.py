@@ -34,6 +34,11 @@ class UsageError(PeftkitError, ValueError):
     inputs without ``input_ids``, wrapping a model that already is a ``PeftModel``...)."""
 
 
+class MergeError(UsageError, RuntimeError):
+    """An adapter cannot be merged into its base layer (e.g. ``lora_bias=True`` on a base without a bias); a
+    ``RuntimeError`` as in PEFT. Nothing is written when it is raised."""
+
+
 class ArgumentTypeError(PeftkitError, TypeError):
     """An argument of the wrong type, or one the call does not take."""
 
@@ -52,6 +57,11 @@ class HotswapError(PeftkitError, ValueError, RuntimeError):
 class ConcurrencyError(PeftkitError, RuntimeError):
     """A change of a model's adapters was requested from inside a forward of that same model (see
     :mod:`peftkit.locking`)."""
+
+
+class PeftWarning(UserWarning):
+    """Category of the warnings PEFT marks as its own (``peft.PeftWarning``), e.g. an adapter that cannot be
+    merged, or a save of ungathered shards."""
 
 
 #: PEFT's names for the same classes (``peft.PeftError``, ``peft.utils.NoMatchingPeftModuleError``).

@@ -48,7 +48,6 @@ EXCLUDED: dict[str, str] = {
     "shift_tokens_right": "a transformers helper PEFT re-exports; use transformers' own",
     "BasePromptEncoder": _INTERNAL,
     # warnings, internals
-    "PeftWarning": "peftkit's warnings are UserWarning subclasses without a common base class",
     "AuxiliaryTrainingWrapper": "peftkit's modules_to_save wrapper has no separate base class",
     "TrainableTokensWrapper": "trainable tokens are not implemented",
     "ALLOWED_COMPUTE_DTYPES": _INTERNAL,

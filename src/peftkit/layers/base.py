@@ -339,6 +339,10 @@ class AdapterLayer(AdapterState, nn.Module):
             while self.merged_adapters:
                 self.unmerge_one(self.merged_adapters.pop())
 
+    def check_mergeable(self, adapter: str) -> None:
+        """Raise (a :class:`~peftkit.errors.MergeError`) when ``adapter`` cannot be merged into this layer; called
+        for every layer before a model-wide merge writes anything. Every adapter can, unless a method says not."""
+
     def _get_name(self) -> str:
         """The name ``repr`` prints: PEFT's ``<method>.<layer>``, with the base's class for a layer class that
         serves several (``Conv`` on an ``nn.Conv2d`` prints ``lora.Conv2d``, ``LoHaLayer`` on a Linear

@@ -1,7 +1,7 @@
 """PEFT's ``peft.utils`` import path: the public helpers users import from it (``import peftkit as peft`` keeps
 ``from peft.utils import get_peft_model_state_dict`` working). Nothing is defined here."""
 
-from peftkit.errors import NoMatchingPeftModuleError, PeftError
+from peftkit.errors import NoMatchingPeftModuleError, PeftError, PeftWarning
 from peftkit.types import PeftType, TaskType
 from peftkit.utils.hotswap import hotswap_adapter, prepare_model_for_compiled_hotswap
 from peftkit.utils.other import *  # noqa: F403  # the constants and helpers of PEFT's utils.other
@@ -18,6 +18,7 @@ __all__ = [
     "NoMatchingPeftModuleError",
     "PeftError",
     "PeftType",
+    "PeftWarning",
     "TaskType",
     "get_base_model_state_dict",
     "get_peft_model_state_dict",
