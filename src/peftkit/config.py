@@ -217,6 +217,7 @@ class PeftConfig:
             raise ConfigError(f"{path_json_file!s} nests lists or objects too deeply to be a config.") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path_json_file!s} must hold a JSON object, not {type(data).__name__}.")
+        data.pop("runtime_config", None)  # PEFT's runtime-only LoRA options: never part of an adapter's config
         return data
 
     @classmethod

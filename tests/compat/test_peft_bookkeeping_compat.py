@@ -12,6 +12,7 @@ from typing import Any
 import peft
 import peft.config
 import pytest
+import torch
 from tests._tiny import build, build_model
 
 import peftkit
@@ -109,3 +110,24 @@ def test_config_file_without_peft_type_as_in_reference(
         assert seen["peftkit"][1] == seen["peft"][1]
     else:
         assert seen["peftkit"][1] == "ConfigError"  # also a peftkit ConfigError (a ValueError)
+
+
+def test_empty_token_indices_is_a_config_and_is_refused_at_injection(tmp_path: Path) -> None:
+    for lib in (peft, peftkit):  # PEFT's default: a config may name its tokens later
+        config = lib.TrainableTokensConfig(target_modules=["embed_tokens"], token_indices=[])
+        config.save_pretrained(tmp_path / lib.__name__)
+        assert lib.PeftConfig.from_pretrained(tmp_path / lib.__name__).token_indices == []
+    model = build_model("llama")  # (the reference injects it, then its first forward fails inside torch)
+    with pytest.raises(peftkit.ConfigError, match="token_indices is empty"):
+        peftkit.get_peft_model(model, peftkit.TrainableTokensConfig(token_indices=[]))
+    assert type(model.model.embed_tokens) is torch.nn.Embedding  # nothing was injected
+
+
+@pytest.mark.parametrize("config", ["LoraConfig", "IA3Config", "PromptTuningConfig"])
+def test_runtime_config_in_a_file_is_ignored_as_in_reference(config: str, tmp_path: Path) -> None:
+    for lib in (peft, peftkit):
+        made = getattr(lib, config)(task_type="CAUSAL_LM")
+        made.save_pretrained(tmp_path)
+        data = json.loads((tmp_path / "adapter_config.json").read_text())
+        (tmp_path / "adapter_config.json").write_text(json.dumps({**data, "runtime_config": {"x": True}}))
+        assert lib.PeftConfig.from_json_file(tmp_path / "adapter_config.json") == made.to_dict()
