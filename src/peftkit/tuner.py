@@ -7,6 +7,7 @@ why checkpoint keys start with ``base_model.model.``. Every operation delegates 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -15,6 +16,7 @@ from torch import nn
 from peftkit import functional as F
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, ConfigError
+from peftkit.layers.base import AdapterLayer
 from peftkit.layers.placement import adapters_on_meta
 from peftkit.layers.state import AdapterStatus
 from peftkit.methods.spec import method_of
@@ -159,13 +161,27 @@ class TunerModel(nn.Module):
         F.enable_adapters(self.model, True)
 
     def disable_adapter_layers(self) -> None:
-        """Turn every adapter off: the model computes like its base and nothing trains."""
+        """Turn every adapter off: the model computes like its base and nothing trains.
+
+        Warns when some adapter layers were switched off one by one (``layer.enable_adapters(False)``) and others
+        not: that mix cannot come back, turning the adapters on again (or leaving ``disable_adapter()``) turns on
+        every layer."""
+        states = {m.disable_adapters for _, m in F.iter_adapter_modules(self.model) if isinstance(m, AdapterLayer)}
+        if len(states) > 1:
+            warnings.warn(
+                "Some adapter layers are switched off and others are on; after disabling all of them, enabling "
+                "(or leaving disable_adapter()) switches every layer on, not back to that mix.",
+                stacklevel=4,
+            )
         F.enable_adapters(self.model, False)
 
     @property
     def disabled(self) -> bool:
-        """Whether the adapters are switched off."""
-        return F.adapters_disabled(self.model)
+        """Whether the adapters are switched off: all of them (a mix of layers switched off one by one is not, so
+        leaving ``disable_adapter()`` switches every layer on, as in PEFT)."""
+        if not F.adapters_disabled(self.model):
+            return False
+        return all(m.disable_adapters for _, m in F.iter_adapter_modules(self.model) if isinstance(m, AdapterLayer))
 
     # -- merging ----------------------------------------------------------------------------------
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:

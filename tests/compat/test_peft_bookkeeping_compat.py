@@ -5,6 +5,7 @@ blocks -- each against the reference peft 0.21.2."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -131,3 +132,18 @@ def test_runtime_config_in_a_file_is_ignored_as_in_reference(config: str, tmp_pa
         data = json.loads((tmp_path / "adapter_config.json").read_text())
         (tmp_path / "adapter_config.json").write_text(json.dumps({**data, "runtime_config": {"x": True}}))
         assert lib.PeftConfig.from_json_file(tmp_path / "adapter_config.json") == made.to_dict()
+
+
+def test_disable_adapter_with_partly_disabled_layers_as_in_reference() -> None:
+    for lib in (peft, peftkit):
+        model = lib.get_peft_model(build_model("llama"), lib.LoraConfig(target_modules=["q_proj", "v_proj"]))
+        layers = [m for m in model.modules() if isinstance(m, lib.tuners.tuners_utils.BaseTunerLayer)]
+        with warnings.catch_warnings(record=True) as caught:  # a uniform state: no warning
+            warnings.simplefilter("always")
+            with model.disable_adapter():
+                pass
+        assert not [w for w in caught if "disabled" in str(w.message) or "switched off" in str(w.message)]
+        layers[0].enable_adapters(False)
+        with pytest.warns(UserWarning), model.disable_adapter():
+            assert all(layer.disable_adapters for layer in layers)
+        assert not any(layer.disable_adapters for layer in layers)  # both libraries switch every layer on
