@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -178,6 +179,11 @@ class PeftModel(nn.Module):
     def _adapters_disabled(self) -> bool:
         return self._tuner.disabled
 
+    @property
+    def has_active_enabled_adapter(self) -> bool:
+        """Whether a forward runs an adapter: adapters not disabled (``disable_adapter``) and one active."""
+        return not self._tuner.disabled and bool(self.active_adapters)
+
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Context manager: inside it the model computes like its base model and nothing trains.
@@ -277,15 +283,9 @@ class PeftModel(nn.Module):
         from peftkit.io.hub import upload_adapter
 
         save_kwargs.pop("max_shard_size", None)
-        return upload_adapter(
-            lambda directory: self.save_pretrained(directory, **save_kwargs),
-            repo_id,
-            commit_message=commit_message,
-            private=private,
-            token=token,
-            revision=revision,
-            create_pr=create_pr,
-        )
+        options: dict[str, Any] = {"commit_message": commit_message, "private": private, "token": token}
+        save = partial(self.save_pretrained, **save_kwargs)
+        return upload_adapter(save, repo_id, revision=revision, create_pr=create_pr, **options)
 
     @exclusive
     def load_adapter(
@@ -341,7 +341,7 @@ class PeftModel(nn.Module):
         if first and type(self.base_model) is not tuner_class_for(config) and not self.base_model.mixed_methods:
             self.base_model = tuner_class_for(config)(self.get_base_model(), None, adapter_name)
         active = [adapter_name] if first else self.active_adapters
-        self.base_model.check_new_config(adapter_name, config)
+        self.base_model.check_new_adapter(adapter_name, config)
         names = attach_adapter(
             self.get_base_model(), adapter_name, config, state, active=active, low_cpu_mem_usage=low_cpu_mem_usage
         )

@@ -14,7 +14,7 @@ from torch import nn
 from peftkit.config import CONFIG_NAME, PeftConfig
 from peftkit.io.commit import commit_files
 from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, tensor_writer
-from peftkit.io.sharded import check_writable
+from peftkit.io.sharded import check_writable, warn_flattened
 
 
 def adapter_directory(root: str | os.PathLike, adapter_name: str) -> str:
@@ -91,6 +91,7 @@ def save_adapters(
     for name in names:
         config = config_for_saving(peft_model.peft_config[name], peft_model.get_base_model())
         tensors = peft_model.get_adapter_state_dict(name, save_embedding_layers, state_dict)
+        warn_flattened(tensors, name)
         write_adapter(
             adapter_directory(root, name), config, tensors, safe_serialization, card if name == "default" else None
         )

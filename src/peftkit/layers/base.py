@@ -117,6 +117,8 @@ class AdapterLayer(AdapterState, nn.Module):
     adapter_layer_names: ClassVar[tuple[str, ...]] = ()
     #: Attributes whose values are plain ``dict``s of per-adapter settings (ranks, scalings, ...).
     other_param_names: ClassVar[tuple[str, ...]] = ()
+    #: The method in the layer's printed name, as PEFT prints it (``lora.`` gives ``lora.Linear(...)``).
+    repr_prefix: ClassVar[str] = ""
 
     #: ``True`` for a layer that another layer placed inside its base module (listed by that layer's
     #: :meth:`inner_layers`, driven by it, never targeted or unloaded on its own).
@@ -159,10 +161,6 @@ class AdapterLayer(AdapterState, nn.Module):
     def merge_one(self, adapter: str, safe_merge: bool) -> None:
         """Fold ``adapter`` into the base weight in place."""
         raise NotImplementedError(f"{type(self).__name__} cannot merge adapters")
-
-    def check_mergeable(self, adapter_names: Sequence[str] | None = None) -> None:
-        """Raise if :meth:`merge` of ``adapter_names`` (default: the active adapters) must fail; called for every
-        layer before a model-wide merge writes anything, so that a refusal leaves no layer merged."""
 
     def unmerge_one(self, adapter: str) -> None:
         """Undo :meth:`merge_one` for ``adapter``."""
@@ -334,7 +332,8 @@ class AdapterLayer(AdapterState, nn.Module):
         todo = [name for name in names if name not in self.merged_adapters and name in self.adapter_names()]
         if not todo:
             return
-        self.check_mergeable(todo)
+        for name in todo:  # every refusal before anything is written
+            self.check_mergeable(name)
         with onloaded(self.get_base_layer()):  # an offloaded base: merge into its stored weights
             if not self.merged_adapters:  # a quantized base: keep the packed weight that unmerge puts back
                 self._base_snapshot = snapshot_base(self.get_base_layer())
@@ -354,6 +353,18 @@ class AdapterLayer(AdapterState, nn.Module):
                 return
             while self.merged_adapters:
                 self.unmerge_one(self.merged_adapters.pop())
+
+    def check_mergeable(self, adapter: str) -> None:
+        """Raise (a :class:`~peftkit.errors.MergeError`) when ``adapter`` cannot be merged into this layer; called
+        for every layer before a model-wide merge writes anything. Every adapter can, unless a method says not."""
+
+    def _get_name(self) -> str:
+        """The name ``repr`` prints: PEFT's ``<method>.<layer>``, with the base's class for a layer class that
+        serves several (``Conv`` on an ``nn.Conv2d`` prints ``lora.Conv2d``, ``LoHaLayer`` on a Linear
+        ``loha.Linear``)."""
+        name, base = type(self).__name__, type(self.get_base_layer()).__name__
+        generic = name.endswith("Layer") or (base.startswith(name) and base[len(name) :].endswith("d"))
+        return self.repr_prefix + (base if generic else name)
 
     def extra_repr(self) -> str:
         return f"adapters={sorted(self.adapter_names())}, active={self._active_adapter}"

@@ -18,7 +18,6 @@ so that DoRA adapters give the same outputs in both libraries.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -99,17 +98,11 @@ class Conv(LoraLayer):
             )
         return super().delta_weight(adapter)
 
-    def check_mergeable(self, adapter_names: Sequence[str] | None = None) -> None:
-        """Raises :class:`UnsupportedError` when a grouped base holds one of ``adapter_names`` (default: active)."""
-        names = self.active_adapters if adapter_names is None else adapter_names
-        for name in names:
-            if self.groups > 1 and name in self.lora_A and name not in self.merged_adapters:
-                self.delta_weight(name)  # raises
-
-    def merge_one(self, adapter: str, safe_merge: bool) -> None:
-        """``W += s B A`` (DoRA: see :class:`LoraLayer`); refused on a grouped base (see :meth:`delta_weight`)."""
-        self.check_mergeable([adapter])  # before anything is written
-        super().merge_one(adapter, safe_merge)
+    def check_mergeable(self, adapter: str) -> None:
+        """Raises :class:`UnsupportedError` for a grouped base (see :meth:`delta_weight`), then the LoRA checks."""
+        if self.groups > 1 and adapter in self.lora_A:
+            self.delta_weight(adapter)  # raises
+        super().check_mergeable(adapter)
 
     def dora_norm(self, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Per-output-channel norm ``||W + s * reshape(B, (-1, r)) @ reshape(A, (r, -1))||`` (detached), ``(out,)``;
