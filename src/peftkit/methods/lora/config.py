@@ -136,18 +136,6 @@ class LoraConfig(PeftConfig):
         self._validate_init()
         self._validate_token_indices()
 
-    def _register_custom_module(self, mapping: dict) -> None:
-        """PEFT's experimental hook for user-written LoRA layer classes; peftkit's layers follow another contract.
-
-        Raises:
-            UnsupportedError: always, naming the module types of ``mapping``.
-        """
-        kinds = ", ".join(sorted(getattr(k, "__name__", str(k)) for k in mapping))
-        raise UnsupportedError(
-            f"Custom LoRA layer classes (for {kinds}) are not supported by peftkit: its LoRA adapts nn.Linear, "
-            "GPT-2 Conv1D, nn.Embedding, nn.Conv1d/2d/3d, nn.MultiheadAttention and parameters (target_parameters)."
-        )
-
     @property
     def trains_token_rows(self) -> bool:
         """PEFT's rule: with ``trainable_token_indices`` whole embedding tables are not saved for targeting them."""
