@@ -248,6 +248,7 @@ def _decide(item: pytest.Item, methods: set[str], variants: set[str] | None = No
     return True, True, ""
 
 
+@pytest.hookimpl(trylast=True)  # after ``-k`` / ``-m`` deselection, so that the decisions cover what runs
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep only the listed tests (``PEFT_SUITE_ONLY``); write every scope decision (``PEFT_SUITE_SELECT``)."""
     only = os.environ.get("PEFT_SUITE_ONLY")
