@@ -227,7 +227,7 @@ def _functions_reached(item: pytest.Item, depth: int = 2) -> list[Any]:
     for _ in range(depth):
         names = {n for f in frontier for n in _code_names(f.__code__)}
         spaces = [function.__globals__, vars(cls) if cls is not None else {}]
-        found = [space[n] for n in names for space in spaces if n in space]
+        found = [getattr(space[n], "__func__", space[n]) for n in names for space in spaces if n in space]
         frontier = [
             f for f in found if hasattr(f, "__code__") and f.__module__ == function.__module__ and f not in reached
         ]

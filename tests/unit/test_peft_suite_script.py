@@ -191,6 +191,13 @@ class TestInit:
     def test_through_method(self):
         self._config()
 
+    @staticmethod
+    def _velora():
+        return make(velora_config={"num_groups": 2})
+
+    def test_through_static_method(self):
+        self._velora()
+
     def test_plain(self):
         make()
 """
@@ -210,6 +217,7 @@ def test_scope_rule_on_collected_tests(pytester: pytest.Pytester) -> None:
         "test_body_kwarg": (True, False, "variant:velora"),
         "test_body_helper_class": (True, False, "variant:kasa"),
         "test_through_method": (True, False, "variant:orthogonal"),
+        "test_through_static_method": (True, False, "variant:velora"),
         "test_plain": (True, True, ""),
     }
     assert peft_suite_plugin._decide(items["test_body_kwarg"], methods, None) == (True, True, "")
