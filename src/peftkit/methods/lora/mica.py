@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.errors import ConfigError
+from peftkit.methods.lora.init import require_matrix_factors, write_factors_
 
 
 def mica_factors(weight: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,15 +44,8 @@ def init_mica_(A: torch.Tensor, B: torch.Tensor, weight: torch.Tensor, r: int) -
         ConfigError: see :func:`mica_factors`.
         UnsupportedError: the factors are not a Linear or Embedding layer's (a convolution's, per-expert ones).
     """
-    if A.dim() != 2 or A.shape[0] != r:
-        raise UnsupportedError(
-            "init_lora_weights='mica' is implemented for LoRA on Linear / Conv1D / Embedding layers only (as in "
-            "PEFT); leave convolutions and target_parameters out of target_modules, or use another initialisation."
-        )
+    require_matrix_factors(A, r, "mica", "Linear / Conv1D / Embedding")
     if A.device.type == "meta":
         return
     new_A, new_B = mica_factors(weight, r)
-    rounding = weight.dtype if weight.dtype.is_floating_point else new_B.dtype
-    with torch.no_grad():
-        A.copy_(new_A.to(rounding))
-        B.copy_(new_B.to(rounding))
+    write_factors_(A, B, new_A, new_B, weight.dtype)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.errors import ConfigError
+from peftkit.methods.lora.init import require_matrix_factors, write_factors_
 
 
 def orthogonal_factors(r: int, in_features: int, out_features: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,15 +45,8 @@ def init_orthogonal_(A: torch.Tensor, B: torch.Tensor, r: int, base_dtype: torch
             f"init_lora_weights='orthogonal' splits an r x r orthogonal matrix into two halves, so r must be even; "
             f"got r={r}. Use an even r (or rank_pattern entry)."
         )
-    if A.dim() != 2 or A.shape[0] != r:
-        raise UnsupportedError(
-            "init_lora_weights='orthogonal' is implemented for LoRA on Linear / Conv1D layers only (as in PEFT); "
-            "leave convolutions and target_parameters out of target_modules, or use another initialisation."
-        )
+    require_matrix_factors(A, r, "orthogonal", "Linear / Conv1D")
     if A.device.type == "meta":
         return
     new_A, new_B = orthogonal_factors(r, A.shape[1], B.shape[0])
-    rounding = base_dtype if base_dtype.is_floating_point else new_A.dtype  # quantized storage: no rounding
-    with torch.no_grad():
-        A.copy_(new_A.to(rounding))
-        B.copy_(new_B.to(rounding))
+    write_factors_(A, B, new_A, new_B, base_dtype)
