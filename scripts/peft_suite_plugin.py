@@ -18,6 +18,7 @@ It does three things, each switched on by an environment variable that the runne
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -110,14 +111,21 @@ def _code_names(code: types.CodeType) -> Iterator[str]:
             yield from _code_names(const)
 
 
+def _test_function(item: pytest.Item) -> Any:
+    """The test's own function, under any decorators that wrap it (``functools.wraps``); ``None`` without code."""
+    function = getattr(item, "function", None)
+    function = inspect.unwrap(function) if function is not None else None
+    return function if hasattr(function, "__code__") else None
+
+
 def _methods_touched(item: pytest.Item) -> set[str]:
     """Methods named by the test's parameters; without method parameters, by the globals its code reads."""
     params = getattr(getattr(item, "callspec", None), "params", {})
     found = {m for value in params.values() for obj in _walk(value) if (m := _method_of(obj)) is not None}
     if found:
         return found
-    function = getattr(item, "function", None)
-    if function is None or not hasattr(function, "__code__"):
+    function = _test_function(item)
+    if function is None:
         return set()
     namespace = function.__globals__
     objs = (namespace[name] for name in set(_code_names(function.__code__)) if name in namespace)
@@ -219,8 +227,8 @@ def _code_variants(code: types.CodeType) -> set[str]:
 def _functions_reached(item: pytest.Item, depth: int = 2) -> list[Any]:
     """The test function and the functions of its own test module (module level or its class) that its code
     names, ``depth`` calls deep (PEFT's own functions are not followed: their code is not the test's config)."""
-    function = getattr(item, "function", None)
-    if function is None or not hasattr(function, "__code__"):
+    function = _test_function(item)
+    if function is None:
         return []
     cls = getattr(item, "cls", None)
     reached, frontier = [function], [function]
@@ -236,13 +244,14 @@ def _functions_reached(item: pytest.Item, depth: int = 2) -> list[Any]:
 
 
 def _variants_touched(item: pytest.Item) -> set[str]:
-    """LoRA variants the test configures: from its parameters when they name a method, else from its code (and
-    the functions it calls): the variant classes and functions it reads, the keywords and init strings it uses."""
+    """LoRA variants the test configures: those its parameters name (config objects, dicts of config arguments);
+    unless its parameters name a method, also those its code (and the functions it calls) names: the variant
+    classes and functions it reads, the keywords and init strings it uses."""
     params = getattr(getattr(item, "callspec", None), "params", {})
     objs = [obj for value in params.values() for obj in _walk(value)]
+    found = {v for obj in objs for v in _variant_of(obj)}  # e.g. a parameter {"init_lora_weights": "eva"}
     if any(_method_of(obj) is not None for obj in objs):
-        return {v for obj in objs for v in _variant_of(obj)}
-    found: set[str] = set()
+        return found
     for function in _functions_reached(item):
         namespace = function.__globals__
         found |= {v for n in _code_names(function.__code__) if n in namespace for v in _variant_of(namespace[n])}

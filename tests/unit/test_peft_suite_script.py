@@ -154,6 +154,8 @@ def test_variants_of_reference_configs_and_helpers() -> None:
 
 
 SUITE_LIKE = """
+import functools
+
 import pytest
 from peft import LoraConfig, LoHaConfig, KasaConfig
 
@@ -174,6 +176,24 @@ CASES = [
 def test_param(name, cls, kwargs):
     if kwargs.get("kasa_config"):  # read in the body only: the parameters decide
         pass
+
+
+@pytest.mark.parametrize("extra", [{"use_dora": True}, {"init_lora_weights": "eva"}])
+def test_kwargs_only(extra):
+    LoraConfig(target_modules=["lin0"], **extra)
+
+
+def decorated(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+@decorated
+def test_decorated_other_method():
+    LoHaConfig(target_modules=["lin0"])
 
 
 def test_body_kwarg():
@@ -214,6 +234,9 @@ def test_scope_rule_on_collected_tests(pytester: pytest.Pytester) -> None:
         "test_param[dora-LoraConfig-kwargs1]": (True, True, ""),
         "test_param[mica-LoraConfig-kwargs2]": (True, False, "variant:mica"),
         "test_param[loha-LoHaConfig-kwargs3]": (False, False, "method:LOHA"),
+        "test_kwargs_only[extra0]": (True, True, ""),
+        "test_kwargs_only[extra1]": (True, False, "variant:eva"),
+        "test_decorated_other_method": (False, False, "method:LOHA"),
         "test_body_kwarg": (True, False, "variant:velora"),
         "test_body_helper_class": (True, False, "variant:kasa"),
         "test_through_method": (True, False, "variant:orthogonal"),
