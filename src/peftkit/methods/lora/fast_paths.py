@@ -102,7 +102,9 @@ def stacked_mixed(layer: Any, x: torch.Tensor, routing: BatchRouting) -> torch.T
             return None
         A_t, B_t = stacked.stack_factors(layer, routing.adapters)
         return stacked.add_routed(layer.base_layer(x), x, A_t, B_t, routing.slots.to(x.device))
-    stacks = stacked.cached_stacks(layer, routing.adapters)
+    stacks = stacked.cached_stacks(
+        layer, routing.adapters, routing.derived("lora-slots-read", lambda: slots_read(routing))
+    )
     if stacks is None:
         return None
     A_t, B_t = stacks
@@ -113,7 +115,7 @@ def stacked_mixed(layer: Any, x: torch.Tensor, routing: BatchRouting) -> torch.T
         sgmv = routing.derived(("lora-sgmv", x.device), lambda: sgmv_plan(routing, x.device))
         return sgmv_triton.add_sgmv(result, x, A_t, B_t, sgmv)
     plan = routing.derived(("lora-segments", x.device), lambda: segment_plan(routing, x.device))
-    tokens = x[0].numel() // x.shape[-1] if x.shape[0] else 0
+    tokens = x.numel() // (x.shape[0] * x.shape[-1]) if x.shape[0] else 0
     if segments.worth_it(plan, x.shape[0], tokens, A_t.shape[-1]):
         return segments.add_segmented(result, x, A_t, B_t, plan)
     return stacked.add_routed(result, x, A_t, B_t, routing.slots_on(x.device))
@@ -130,6 +132,11 @@ def sgmv_plan(routing: BatchRouting, device: torch.device) -> Any:
     from peftkit.methods.lora import sgmv_triton
 
     return sgmv_triton.plan(routing.slots.tolist(), len(routing.adapters)).to(device)
+
+
+def slots_read(routing: BatchRouting) -> list[int]:
+    """The stack slots a mixed batch reads: each adapter that some sample uses (not the base model's slot)."""
+    return sorted(set(routing.slots.tolist()) - {len(routing.adapters)})
 
 
 def segment_plan(routing: BatchRouting, device: torch.device) -> segments.SegmentPlan:
