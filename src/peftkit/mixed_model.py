@@ -1,4 +1,4 @@
-"""``PeftMixedModel``: adapters of different methods (LoRA, LoHa, LoKr) on one model, active together.
+"""``PeftMixedModel``: adapters of different methods (LoRA, LoHa, LoKr, AdaLoRA, OFT) on one model, active together.
 
 PEFT's mixed models (``get_peft_model(model, config, mixed=True)``, ``PeftMixedModel.from_pretrained``). A module
 adapted by several methods holds one adapter layer per method, each wrapping the previous one
@@ -6,9 +6,10 @@ adapted by several methods holds one adapter layer per method, each wrapping the
 
     y = W x + sum over active adapters a of delta_a(x)
 
-each layer adding its own adapters' contribution through the template forward. Merging writes every layer's
-deltas into the one base weight. As in PEFT 0.21, a mixed model is for combining adapters that were trained and
-saved separately: it cannot save (save each adapter from its own ``PeftModel``) and has no mixed batches.
+each layer adding its own adapters' contribution through the template forward. OFT is multiplicative: its layer
+rotates its input before the layers it wraps, ``y = inner(x R)``, so there the order of adding matters, as in
+PEFT. Merging writes every layer's deltas into the one base weight, innermost layer first. As in PEFT 0.21, a
+mixed model is for combining adapters that were trained and saved separately: it cannot save (save each adapter from its own ``PeftModel``) and has no mixed batches.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from peftkit.functional import MIXED_METHODS
 from peftkit.peft_model import PeftModel
 from peftkit.tuner import TunerModel
 
-#: Methods whose adapters a mixed model combines (PEFT also mixes AdaLoRA, OFT and SHiRA).
-MIXABLE_TYPES = ("LORA", "LOHA", "LOKR")
+#: Methods whose adapters a mixed model combines: PEFT's list less SHiRA, which peftkit lacks (BOFT is not mixable
+#: in PEFT either).
+MIXABLE_TYPES = ("LORA", "LOHA", "LOKR", "ADALORA", "OFT")
 
 
 def check_mixable(config: PeftConfig) -> None:
@@ -56,7 +58,7 @@ class PeftMixedModel(PeftModel):
 
     Args:
         model: The base model (adapters are injected into it in place).
-        peft_config: The first adapter's config (LoRA, LoHa or LoKr); ``None`` wraps without adapters.
+        peft_config: The first adapter's config (LoRA, LoHa, LoKr, AdaLoRA or OFT); ``None`` wraps without adapters.
         adapter_name: The first adapter's name.
 
     Raises:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftkit.errors import UnsupportedError
 from peftkit.layers.base import AdapterLayer, BatchRouting
 from peftkit.layers.placement import adapter_device
 from peftkit.merging.merge import update_weight
@@ -187,7 +188,26 @@ class Conv2d(OFTLayer):
     """OFT on a square-kernel ``nn.Conv2d``; ``x (N, C_in, H, W) -> (N, C_out, H', W')`` convolved with the
     rotated filter ``W' = W R^T`` (``W`` flattened to ``(C_out, C_in k k)``), bias unchanged."""
 
+    def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
+        super().__init__(base_layer, fan_in_fan_out)
+        kernel = self.get_base_layer().kernel_size
+        if isinstance(base_layer, AdapterLayer) and tuple(kernel) != (1, 1):
+            raise UnsupportedError(
+                f"OFT cannot wrap another method's adapter layer on a {kernel[0]}x{kernel[1]} Conv2d in a mixed model: "
+                "its rotation acts on the filter, which the inner layer does not expose as an input transform; "
+                "give OFT and the other method different Conv2d targets (1x1 kernels stack)."
+            )
+
     def adapted_forward(self, x: torch.Tensor, adapters: Sequence[str], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base filter rotated, ``W R_1^T ... R_n^T``; wrapping another method's layer (a mixed model, 1x1
+        kernels only) the input channels of every pixel are rotated instead (``x R_n ... R_1``, the same
+        function) and the inner layer runs on them, as in PEFT."""
+        if isinstance(self.base_layer, AdapterLayer):
+            for name in reversed(adapters):
+                blocks = self.rotation(name).blocks(dropout=self.training)
+                x = rotate_blocks(x.movedim(1, -1).to(blocks.dtype), blocks).movedim(-1, 1).to(x.dtype)
+            wrapped: torch.Tensor = self.base_layer(x, *args, **kwargs)
+            return wrapped
         base = self.get_base_layer()
         weight = base.weight
         flat = weight.flatten(1)
