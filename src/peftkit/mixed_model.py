@@ -9,7 +9,8 @@ adapted by several methods holds one adapter layer per method, each wrapping the
 each layer adding its own adapters' contribution through the template forward. OFT is multiplicative: its layer
 rotates its input before the layers it wraps, ``y = inner(x R)``, so there the order of adding matters, as in
 PEFT. Merging writes every layer's deltas into the one base weight, innermost layer first. As in PEFT 0.21, a
-mixed model is for combining adapters that were trained and saved separately: it cannot save (save each adapter from its own ``PeftModel``) and has no mixed batches.
+mixed model is for combining adapters that were trained and saved separately: it cannot save (save each adapter
+from its own ``PeftModel``) and has no mixed batches.
 """
 
 from __future__ import annotations
