@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -141,7 +142,9 @@ def nearest_divisors(dim: int, value: int) -> list[int]:
     return sorted(sorted(divisors, key=lambda d: (abs(d - value), d))[:2])
 
 
-def split_width(dim: int, size: int, count: int, fields: tuple[str, str], where: str, owner: str) -> tuple[int, int]:
+def split_width(
+    dim: int, size: int, count: int, fields: tuple[str, str], where: str, owner: str, adjust: bool = False
+) -> tuple[int, int]:
     """``(block size, number of blocks)`` for a layer of input width ``dim`` from the one that is set.
 
     Args:
@@ -151,18 +154,29 @@ def split_width(dim: int, size: int, count: int, fields: tuple[str, str], where:
         fields: The config field names of ``size`` and ``count`` (for messages).
         where: The module, e.g. ``"module 'q_proj' (in_features 16)"``.
         owner: The config class name.
+        adjust: A value that does not divide ``dim`` becomes the divisor of ``dim`` nearest to it (the smaller one
+            on a tie), with a ``UserWarning``: OFT's rule in PEFT, which applies it again at load time, so that
+            its adapters saved with such a config load with the same shapes. ``False`` (BOFT): raise.
 
     Raises:
-        ConfigError: the value that is set does not divide ``dim``. PEFT silently moves OFT's value to a
-            nearby divisor instead (with a warning), which changes the stored shapes; peftkit asks for one.
+        ConfigError: the value that is set does not divide ``dim`` (and ``adjust`` is off).
     """
     value, field = (size, fields[0]) if size else (count, fields[1])
     if value > dim or dim % value:
-        near = " or ".join(str(d) for d in nearest_divisors(dim, value))
-        raise ConfigError(
-            f"{owner}.{field}={value} does not divide the width {dim} of {where}; set {field} to a divisor of "
-            f"{dim} (nearest: {near}) or leave this module out of target_modules."
+        if not adjust:
+            near = " or ".join(str(d) for d in nearest_divisors(dim, value))
+            raise ConfigError(
+                f"{owner}.{field}={value} does not divide the width {dim} of {where}; set {field} to a divisor of "
+                f"{dim} (nearest: {near}) or leave this module out of target_modules."
+            )
+        adjusted = min((d for d in range(1, dim + 1) if dim % d == 0), key=lambda d: (abs(d - value), d))
+        warnings.warn(
+            f"{owner}.{field}={value} does not divide the width {dim} of {where}; this module uses {field}="
+            f"{adjusted}, the nearest divisor (PEFT's rule, so that the stored shapes agree).",
+            UserWarning,
+            stacklevel=5,
         )
+        size, count = (adjusted, 0) if size else (0, adjusted)
     return (size, dim // size) if size else (dim // count, count)
 
 
