@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from peftkit.config import PeftConfig
-from peftkit.errors import UnsupportedError
+from peftkit.errors import ConfigError, UnsupportedError
 from peftkit.functional import MIXED_METHODS
 from peftkit.peft_model import PeftModel
 from peftkit.tuner import TunerModel
@@ -33,10 +33,11 @@ MIXABLE_TYPES = ("LORA", "LOHA", "LOKR", "ADALORA", "OFT")
 
 
 def check_mixable(config: PeftConfig) -> None:
-    """Raise :class:`UnsupportedError` unless ``config``'s method is one of :data:`MIXABLE_TYPES`."""
+    """Raise :class:`ConfigError` (a ``ValueError``, as PEFT raises) unless ``config``'s method is one of
+    :data:`MIXABLE_TYPES`."""
     peft_type = getattr(config.peft_type, "value", config.peft_type)
     if peft_type not in MIXABLE_TYPES:
-        raise UnsupportedError(
+        raise ConfigError(
             f"A {peft_type} adapter cannot join a mixed model in peftkit; mixable methods: {', '.join(MIXABLE_TYPES)}."
         )
 
@@ -63,7 +64,7 @@ class PeftMixedModel(PeftModel):
         adapter_name: The first adapter's name.
 
     Raises:
-        UnsupportedError: a method that cannot be mixed.
+        ConfigError: a method that cannot be mixed.
     """
 
     def __init__(self, model: nn.Module, peft_config: PeftConfig | None, adapter_name: str = "default") -> None:

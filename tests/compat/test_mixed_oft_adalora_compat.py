@@ -155,7 +155,7 @@ def test_oft_on_a_larger_kernel_refuses_to_wrap_and_boft_is_not_mixable() -> Non
     reference = mixed(peft)
     with pytest.raises(ValueError, match="BOFT"):
         reference.add_adapter("boft", peft.BOFTConfig(**boft))
-    with pytest.raises(peftkit.UnsupportedError, match="BOFT adapter cannot join a mixed model"):
+    with pytest.raises(peftkit.ConfigError, match="BOFT adapter cannot join a mixed model"):
         mixed(peftkit).add_adapter("boft", peftkit.BOFTConfig(**boft))
 
 
