@@ -116,6 +116,7 @@ def _decide(item: pytest.Item, methods: set[str]) -> tuple[bool, str]:
     return True, ""
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own -k / -m deselection, so that the selection honours them
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep only the listed tests (``PEFT_SUITE_ONLY``); write every scope decision (``PEFT_SUITE_SELECT``)."""
     only = os.environ.get("PEFT_SUITE_ONLY")
