@@ -21,6 +21,7 @@ from torch import nn
 
 from peftkit.errors import UnsupportedError
 from peftkit.layers.base import AdapterLayer, BatchRouting
+from peftkit.layers.features import in_out_features
 from peftkit.layers.placement import adapter_device
 from peftkit.merging.merge import update_weight
 from peftkit.methods.lora.layer import adapter_dtype
@@ -104,6 +105,7 @@ class OFTLayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
+        self.in_features, self.out_features = in_out_features(self.get_base_layer())
         for name in self.adapter_layer_names:
             setattr(self, name, nn.ModuleDict())
         self.r: dict[str, int] = {}
@@ -224,6 +226,11 @@ class Embedding(OFTLayer):
 
     adapter_layer_names = ("oft_embedding_R",)
     merge_transposed = False
+
+    def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
+        super().__init__(base_layer, fan_in_fan_out)
+        # PEFT's OFT reports the rotated width as in_features: (embedding_dim, num_embeddings)
+        self.in_features, self.out_features = self.out_features, self.in_features
 
     def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
         blocks = self.rotation(adapter).blocks(dropout=self.training)
