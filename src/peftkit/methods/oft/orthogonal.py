@@ -21,8 +21,12 @@ from peftkit.quant.base import weight_shape
 
 @functools.lru_cache(maxsize=64)
 def _upper_indices(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column indices of the strict upper triangle of a ``size x size`` matrix, row-major."""
-    rows, cols = torch.triu_indices(size, size, 1, device=device)
+    """Row and column indices of the strict upper triangle of a ``size x size`` matrix, row-major.
+
+    Cached, so built outside inference mode even when first asked for inside it: an inference tensor kept here
+    would break every later training forward (autograd cannot save it for backward)."""
+    with torch.inference_mode(False):
+        rows, cols = torch.triu_indices(size, size, 1, device=device)
     return rows, cols
 
 
