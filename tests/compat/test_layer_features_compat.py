@@ -54,3 +54,17 @@ def features(lib: ModuleType, method: str, layer_type: type) -> dict[str, tuple[
 @pytest.mark.parametrize("method", list(CONFIGS))
 def test_in_and_out_features_are_the_references(method: str) -> None:
     assert features(peftkit, method, AdapterLayer) == features(peft, method, BaseTunerLayer)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_lora_with_trainable_tokens_wrapper_exposes_the_embeddings_features() -> None:
+    """``LoraConfig(trainable_token_indices=...)`` wraps the embedding. The reference's wrapper is no tuner layer,
+    the layer inside it is; in peftkit both are adapter layers, and both give the embedding's
+    ``(num_embeddings, embedding_dim)``, the reference's inner layer's values."""
+    config = {"target_modules": ["lin"], "trainable_token_indices": {"emb": [1, 2]}}
+    reference = peft.get_peft_model(Net(), peft.LoraConfig(**config))
+    expected = {(m.in_features, m.out_features) for m in reference.modules() if isinstance(m, BaseTunerLayer)}
+    ours = peftkit.get_peft_model(Net(), peftkit.LoraConfig(**config))
+    found = [(m.in_features, m.out_features) for m in ours.modules() if type(m).__name__.startswith("Trainable")]
+    assert len(found) == 2
+    assert set(found) == {(10, 8)} and (10, 8) in expected
