@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from peftkit.errors import ConfigError, TargetingError
+from peftkit.errors import ConfigError, TargetingError, UnsupportedError
 from peftkit.quant.base import weight_shape
 
 
@@ -189,16 +189,22 @@ def rotated_width(module: nn.Module, owner: str, name: str) -> int:
     Embedding, ``C_in * k * k`` of a square ``k x k`` Conv2d (the flattened filter, channel-major).
 
     Raises:
-        TargetingError: a Conv2d with a non-square kernel, ``groups > 1`` or ``dilation > 1`` (PEFT's layers do
-            not handle them: they read ``kernel_size[0]`` only, fail on groups, and ignore or refuse dilation).
+        UnsupportedError: a Conv2d with ``groups > 1`` (a ``NotImplementedError``, as PEFT's BOFT raises: the
+            rotation would span all input channels while each group's filter sees only its own).
+        TargetingError: a Conv2d with a non-square kernel or ``dilation > 1`` (PEFT's layers do not handle them:
+            they read ``kernel_size[0]`` only, and ignore or refuse dilation).
     """
     if not isinstance(module, nn.Conv2d):
         return int(weight_shape(module)[1])
+    if module.groups != 1:
+        raise UnsupportedError(
+            f"{owner} cannot adapt the grouped Conv2d {name!r} (groups={module.groups}): its rotation would span "
+            f"all {module.in_channels} input channels, a group's filter sees {module.in_channels // module.groups}; "
+            "leave it out of target_modules (or add it to exclude_modules)."
+        )
     problems = []
     if module.kernel_size[0] != module.kernel_size[1]:
         problems.append(f"a non-square kernel {tuple(module.kernel_size)}")
-    if module.groups != 1:
-        problems.append(f"groups={module.groups}")
     if tuple(module.dilation) != (1, 1):
         problems.append(f"dilation={tuple(module.dilation)}")
     if problems:
