@@ -65,3 +65,25 @@ def test_both_libraries_draw_the_same_projections_for_every_adapter() -> None:
         for name in ("vera_A", "vera_B"):
             assert torch.equal(held.get(adapter)[name], getattr(ref.base_model, name)[adapter]), (adapter, name)
             assert getattr(ours.base_model, name)[adapter] is held.get(adapter)[name]  # PEFT's attribute
+
+
+def test_each_layer_exposes_the_models_one_projection_tensors_as_the_reference() -> None:
+    """``layer.vera_A[adapter]`` / ``vera_B``: the whole shared projection, the very tensor the model holds (one
+    object in every layer, also for a second adapter reusing the first one's), equal to the reference's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = peft.get_peft_model(build_model("llama"), peft.VeraConfig(**LLAMA, projection_prng_key=5))
+        ref.add_adapter("two", peft.VeraConfig(r=4, target_modules=["q_proj"], projection_prng_key=5))
+    ours = peftkit.get_peft_model(build_model("llama"), peftkit.VeraConfig(**LLAMA, projection_prng_key=5))
+    ours.add_adapter("two", peftkit.VeraConfig(r=4, target_modules=["q_proj"], projection_prng_key=5))
+    theirs = dict(ref.named_modules())
+    layers = [(n, m) for n, m in ours.named_modules() if type(m).__name__ == "Linear" and hasattr(m, "vera_lambda_b")]
+    assert layers
+    for name, layer in layers:
+        reference_layer = theirs[name]
+        assert set(layer.vera_A) == set(reference_layer.vera_A) and set(layer.vera_B) == set(reference_layer.vera_B)
+        for adapter in layer.vera_A:
+            assert layer.vera_A[adapter] is ours.base_model.vera_A[adapter]
+            assert layer.vera_B[adapter] is ours.base_model.vera_B[adapter]
+            torch.testing.assert_close(layer.vera_A[adapter], reference_layer.vera_A[adapter], atol=0, rtol=0)
+            torch.testing.assert_close(layer.vera_B[adapter], reference_layer.vera_B[adapter], atol=0, rtol=0)
