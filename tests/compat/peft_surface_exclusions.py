@@ -52,7 +52,6 @@ EXCLUDED: dict[str, str] = {
     "set_base_model_state_dict": "base-model state dicts of a PEFT model are not implemented",
     "PeftWarning": "peftkit's warnings are UserWarning subclasses without a common base class",
     "AuxiliaryTrainingWrapper": "peftkit's modules_to_save wrapper has no separate base class",
-    "TrainableTokensWrapper": "trainable tokens are not implemented",
     "ALLOWED_COMPUTE_DTYPES": _INTERNAL,
     "UPCAST_DTYPES": _INTERNAL,
     "PeftConfigMixin": "peftkit's configs have one base class, PeftConfig",
