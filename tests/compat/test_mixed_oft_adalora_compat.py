@@ -15,6 +15,8 @@ import peft
 import pytest
 import torch
 from tests._tiny import build_model, model_inputs, model_output, randomise_adapter
+from tests.compat._cross import printed_parameters
+from tests.compat.test_mixed_compat import assert_same_output, assert_separate_files_combine_alike
 from torch import nn
 
 import peftkit
@@ -65,17 +67,11 @@ def test_same_stacked_layers_trainable_tensors_and_counts(capsys: pytest.Capture
     assert f"{q_proj}.base_layer.base_layer.oft_R.oft.weight" in mine
     assert f"{q_proj}.base_layer.lora_E.ada" in mine
 
-    def trainable(model: Any) -> set[str]:
-        return {n for n, p in model.named_parameters() if p.requires_grad}
-
-    assert trainable(ours) == trainable(reference)
+    assert {n for n, p in ours.named_parameters() if p.requires_grad} == {
+        n for n, p in reference.named_parameters() if p.requires_grad
+    }
     assert ours.get_nb_trainable_parameters() == reference.get_nb_trainable_parameters()
-    printed = []
-    for model in (reference, ours):
-        capsys.readouterr()
-        model.print_trainable_parameters()
-        printed.append(capsys.readouterr().out)
-    assert printed[0] == printed[1]
+    assert printed_parameters(ours, capsys) == printed_parameters(reference, capsys)
 
 
 @pytest.mark.filterwarnings("ignore:.*r. is not used in AdaLora:UserWarning")
@@ -84,11 +80,7 @@ def test_outputs_for_subsets_disabled_and_merged() -> None:
     x = model_inputs("llama")
     base = model_output(build_model("llama"), x)
     for subset in SUBSETS:
-        reference.set_adapter(subset)
-        ours.set_adapter(subset)
-        expected = model_output(reference, x)
-        assert not torch.allclose(expected, base, atol=1e-3)
-        torch.testing.assert_close(model_output(ours, x), expected, atol=ATOL, rtol=0, msg=str(subset))
+        expected = assert_same_output(reference, ours, subset, x, base)
         with ours.disable_adapter():  # (an OFT unmerge inverts R: the base weight comes back to rounding)
             torch.testing.assert_close(model_output(ours, x), base, atol=ATOL, rtol=0)
         # merged: the unmerged function (PEFT's own merge of a 4-deep stack does not always give it)
@@ -161,21 +153,5 @@ def test_oft_on_a_larger_kernel_refuses_to_wrap_and_boft_is_not_mixable() -> Non
 
 @pytest.mark.filterwarnings("ignore:.*r. is not used in AdaLora:UserWarning")
 def test_oft_and_adalora_saved_separately_combine_in_both_libraries(tmp_path: Path) -> None:
-    for name in ("default", "oft", "ada"):
-        torch.manual_seed(0)
-        single = peft.get_peft_model(build_model("llama"), config(peft, name))
-        randomise_adapter(single)
-        single.save_pretrained(tmp_path / name)
-    x = model_inputs("llama")
-    outputs: dict[str, list[torch.Tensor]] = {}
-    for lib_name, lib in {"peft": peft, "peftkit": peftkit}.items():
-        model = lib.PeftMixedModel.from_pretrained(build_model("llama"), tmp_path / "default", adapter_name="lora")
-        model.load_adapter(tmp_path / "oft", "oft")
-        model.load_adapter(tmp_path / "ada", "ada")
-        runs = []
-        for subset in (["lora", "oft", "ada"], ["oft", "ada"], ["oft"]):
-            model.set_adapter(subset)
-            runs.append(model_output(model, x))
-        outputs[lib_name] = runs
-    for expected, actual in zip(outputs["peft"], outputs["peftkit"], strict=True):
-        torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
+    configs = {name: config(peft, name) for name in ("default", "oft", "ada")}
+    assert_separate_files_combine_alike(tmp_path, configs, [["lora", "oft", "ada"], ["oft", "ada"], ["oft"]])
