@@ -90,3 +90,19 @@ def test_each_layer_exposes_the_models_one_projection_tensors_as_the_reference()
             assert layer.vera_B[adapter] is ours.base_model.vera_B[adapter]
             torch.testing.assert_close(layer.vera_A[adapter], reference_layer.vera_A[adapter], atol=0, rtol=0)
             torch.testing.assert_close(layer.vera_B[adapter], reference_layer.vera_B[adapter], atol=0, rtol=0)
+
+
+def test_a_second_adapter_shares_the_first_ones_projection_tensors_as_in_the_reference() -> None:
+    """Not a copy: ``vera_A["two"] is vera_A["default"]`` in every layer, in both libraries (one tensor per model),
+    and deleting the first adapter leaves the second one's projections intact."""
+    ref, ours = two_adapters()
+    for model in (ref, ours):
+        for name in ("vera_A", "vera_B"):
+            assert getattr(model.base_model, name)["two"] is getattr(model.base_model, name)["default"]
+    layer = ours.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.vera_A["two"] is layer.vera_A["default"]
+    x = model_inputs("llama")
+    ours.set_adapter("two")
+    before = model_output(ours, x)
+    ours.delete_adapter("default")
+    torch.testing.assert_close(model_output(ours, x), before, atol=0, rtol=0)
