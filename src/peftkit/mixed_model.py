@@ -22,8 +22,10 @@ from typing import Any, ClassVar
 from torch import nn
 
 from peftkit.config import PeftConfig
-from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.errors import AdapterNameError, ConfigError, UnsupportedError
 from peftkit.functional import MIXED_METHODS
+from peftkit.layers.base import AdapterLayer
+from peftkit.layers.walk import iter_adapter_modules
 from peftkit.peft_model import PeftModel
 from peftkit.tuner import TunerModel
 
@@ -82,8 +84,21 @@ class PeftMixedModel(PeftModel):
         super().set_adapter(adapter_name, inference_mode=inference_mode)
 
     def delete_adapter(self, adapter_name: str | list[str]) -> None:
-        """Remove one adapter or a list of them."""
-        for name in [adapter_name] if isinstance(adapter_name, str) else list(adapter_name):
+        """Remove one adapter or a list of them: all, or (on an error) none.
+
+        Raises:
+            AdapterNameError: a name is unknown, or a named adapter is merged (unmerge it first); nothing is deleted.
+        """
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        self._tuner.check_names(names)
+        layers = (m for _, m in iter_adapter_modules(self.get_base_model()) if isinstance(m, AdapterLayer))
+        merged = sorted({name for layer in layers for name in layer.merged_adapters if name in names})
+        if merged:
+            raise AdapterNameError(
+                f"Adapter(s) {merged} are merged into the base weights; unmerge them before deleting (nothing was "
+                "deleted)."
+            )
+        for name in names:
             super().delete_adapter(name)
 
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:

@@ -155,3 +155,22 @@ def test_oft_on_a_larger_kernel_refuses_to_wrap_and_boft_is_not_mixable() -> Non
 def test_oft_and_adalora_saved_separately_combine_in_both_libraries(tmp_path: Path) -> None:
     configs = {name: config(peft, name) for name in ("default", "oft", "ada")}
     assert_separate_files_combine_alike(tmp_path, configs, [["lora", "oft", "ada"], ["oft", "ada"], ["oft"]])
+
+
+def test_deleting_several_adapters_is_all_or_nothing_as_in_the_reference() -> None:
+    """``delete_adapter([a, b])`` with ``b`` merged: both libraries raise a ``ValueError`` and delete nothing;
+    ``a`` alone then goes, and ``b`` after an unmerge."""
+    held: dict[str, list[set[str]]] = {}
+    for lib in (peft, peftkit):
+        model = mixed(lib, "llama", {"low_rank": lib.LoraConfig(target_modules=["q_proj"])})
+        model.add_adapter("loha", lib.LoHaConfig(target_modules=["v_proj"]))
+        model.base_model.merge_adapter(adapter_names=["loha"])
+        with pytest.raises(ValueError):
+            model.delete_adapter(["low_rank", "loha"])
+        layers = [m for m in model.modules() if hasattr(m, "_all_available_adapter_names")]
+        steps = [set(model.peft_config), set().union(*(m._all_available_adapter_names() for m in layers))]
+        model.delete_adapter(["low_rank"])
+        model.base_model.unmerge_adapter()
+        model.delete_adapter(["loha"])
+        held[lib.__name__] = [*steps, set(model.peft_config)]
+    assert held["peftkit"] == held["peft"] == [{"low_rank", "loha"}, {"low_rank", "loha"}, set()]
