@@ -384,11 +384,12 @@ def unload(
     """Replace every adapter layer by its base layer (merging first if ``merge``); modules_to_save wrappers
     become their active copy. Returns ``model``."""
     if merge:
-        prepare_merge(model, _layers(model), adapter_names)
+        layers = _layers(model)
+        prepare_merge(model, layers, adapter_names)
+        for _, layer in reversed(layers):  # innermost first (see peftkit.layers.model_merge)
+            layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
     for name, module in list(iter_adapter_modules(model)):
         if isinstance(module, AdapterLayer):
-            if merge:
-                module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
             if not is_nested(name, module):  # a nested layer goes with the layer holding it
                 remove_layer(model, name, module.get_base_layer())
         else:

@@ -248,6 +248,7 @@ class PeftModel(nn.Module):
         save_embedding_layers: bool | str = "auto",
         is_main_process: bool = True,
         state_dict: dict[str, torch.Tensor] | None = None,
+        path_initial_model_for_weight_conversion: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
         """Write each adapter (``default`` in ``save_directory``, others in subfolders) and a README.md card.
@@ -256,9 +257,15 @@ class PeftModel(nn.Module):
             state_dict: A full state dict of this model gathered from shards (FSDP2, ZeRO-3): the adapter values
                 are taken from it, never from the live (sharded) parameters.
             is_main_process: ``False`` on the other ranks of a distributed run: nothing is written.
+            path_initial_model_for_weight_conversion: The directory of a PiSSA / OLoRA adapter saved before
+                training: the adapter is written as the equivalent plain LoRA (rank ``2r``) of the original base
+                model (:mod:`peftkit.io.weight_conversion`).
 
         Raises:
-            CheckpointError: a tensor to write is sharded, partitioned, empty or on ``meta``.
+            CheckpointError: a tensor to write is sharded, partitioned, empty or on ``meta``; the initial adapter
+                does not match.
+            UnsupportedError, ConfigError: the conversion cannot represent the adapter (not LoRA, DoRA, rsLoRA
+                with patterns).
         """
         if os.path.isfile(save_directory):
             raise CheckpointError(f"save_directory {save_directory!s} is a file; pass a directory.")
@@ -266,7 +273,15 @@ class PeftModel(nn.Module):
         self._tuner.check_names(names)
         if not is_main_process:
             return
-        save_adapters(self, save_directory, names, safe_serialization, save_embedding_layers, state_dict)
+        save_adapters(
+            self,
+            save_directory,
+            names,
+            safe_serialization,
+            save_embedding_layers,
+            state_dict,
+            path_initial_model_for_weight_conversion,
+        )
 
     def push_to_hub(
         self,

@@ -49,7 +49,6 @@ EXCLUDED: dict[str, str] = {
     "BasePromptEncoder": _INTERNAL,
     # warnings, internals
     "AuxiliaryTrainingWrapper": "peftkit's modules_to_save wrapper has no separate base class",
-    "TrainableTokensWrapper": "trainable tokens are not implemented",
     "ALLOWED_COMPUTE_DTYPES": _INTERNAL,
     "UPCAST_DTYPES": _INTERNAL,
     "PeftConfigMixin": "peftkit's configs have one base class, PeftConfig",

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from peftkit.layers.base import AdapterLayer
+from peftkit.layers.features import in_out_features
 from peftkit.layers.placement import adapter_device
 from peftkit.merging.merge import update_weight
 from peftkit.methods.boft.butterfly import apply_butterfly, butterfly_matrix
@@ -56,6 +57,7 @@ class BOFTLayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
+        self.in_features, self.out_features = in_out_features(self.get_base_layer())
         self.boft_R = nn.ParameterDict()
         self.boft_s = nn.ParameterDict()
         self.boft_block_size: dict[str, int] = {}

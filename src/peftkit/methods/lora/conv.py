@@ -37,15 +37,12 @@ class Conv(LoraLayer):
         super().__init__(base_layer, fan_in_fan_out=False)
         base = self.get_base_layer()
         self.in_features, self.out_features = base.in_channels, base.out_channels
+        self.rank_groups = int(base.groups)  # A's rows in per-group blocks, B (grouped) reads its group's block
 
     @property
     def groups(self) -> int:
         """The base convolution's ``groups``."""
         return int(self.get_base_layer().groups)
-
-    @property
-    def rank_groups(self) -> int:
-        return self.groups
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         """``A``: the base kernel's shape with ``r`` output channels; ``B``: a 1x1 convolution with the base's groups.

@@ -27,6 +27,8 @@ from peftkit.merging.merge import require_finite_sum, update_weight
 from peftkit.methods.lora import fast_paths
 from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, merge_update, row_norm, unmerge_step, unmerged_weight
 from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
+from peftkit.methods.lora.mica import init_mica_
+from peftkit.methods.lora.orthogonal import init_orthogonal_
 from peftkit.methods.lora.scaling import lora_scaling
 from peftkit.quant.base import dense_weight, weight_shape
 
@@ -82,16 +84,21 @@ class LoraLayer(AdapterLayer):
     )  # fmt: skip
     other_param_names: ClassVar[tuple[str, ...]] = (
         "r", "lora_alpha", "scaling", "lora_dropout", "use_dora", "use_rslora",
+        "frozen_peft_weight_names",
     )  # fmt: skip
 
     in_features: int
     out_features: int
+    rank_groups: int = 1  # blocks of A's rows, B's columns per block: a grouped convolution's groups (conv.py)
     fan_in_fan_out: bool
     r: dict[str, int]
     lora_alpha: dict[str, float]
     scaling: dict[str, float]
     use_rslora: dict[str, bool]
     use_dora: dict[str, bool]
+    #: Per adapter, the names of its tensors that never train (MiCA's ``lora_B`` / ``lora_embedding_B``; PEFT's
+    #: attribute): :meth:`frozen_adapter_tensors` keeps them out of ``requires_grad``.
+    frozen_peft_weight_names: dict[str, tuple[str, ...]]
     _dora_norms: dict[str, torch.Tensor]
     lora_dropout: nn.ModuleDict
     lora_A: nn.ModuleDict
@@ -105,7 +112,14 @@ class LoraLayer(AdapterLayer):
         # Registered in bulk (what plain assignment does, minus ``nn.Module.__setattr__``'s checks, which cost
         # more than the rest of building a layer: a 1B model has hundreds of them).
         self.__dict__.update(
-            fan_in_fan_out=fan_in_fan_out, r={}, lora_alpha={}, scaling={}, use_rslora={}, use_dora={}, _dora_norms={}
+            fan_in_fan_out=fan_in_fan_out,
+            r={},
+            lora_alpha={},
+            scaling={},
+            use_rslora={},
+            use_dora={},
+            _dora_norms={},
+            frozen_peft_weight_names={},
         )
         self._modules.update(
             lora_dropout=nn.ModuleDict(),
@@ -136,6 +150,9 @@ class LoraLayer(AdapterLayer):
                 stacklevel=2,
             )
         self.create_weights(adapter, spec)
+        if spec.init == "mica":  # B keeps the minor directions; only A trains
+            B_name = "lora_B" if adapter in self.lora_B else "lora_embedding_B"
+            self.frozen_peft_weight_names[adapter] = (B_name,)
         if init_weights:
             self.init_weights(adapter, spec)
         if spec.use_dora:
@@ -155,7 +172,13 @@ class LoraLayer(AdapterLayer):
         """Initialise ``A``/``B`` per ``spec.init``; PiSSA/OLoRA also rewrite the base weight."""
         A, B = self.factor_tensors(adapter)
         if not is_weight_decomposing(spec.init):
-            init_linear_pair(A, B, spec.init, spec.r)
+            if spec.init == "orthogonal":
+                init_orthogonal_(A, B, spec.r, self.get_base_layer().weight.dtype)
+            elif spec.init == "mica":
+                weight = dense_weight(self.get_base_layer())
+                init_mica_(A, B, weight.T if self.fan_in_fan_out else weight, spec.r)
+            else:
+                init_linear_pair(A, B, spec.init, spec.r)
             bias = getattr(self.lora_B[adapter], "bias", None) if adapter in self.lora_B else None
             if bias is not None:
                 with torch.no_grad():
@@ -182,6 +205,17 @@ class LoraLayer(AdapterLayer):
             A.copy_(loaded[0])
             B.copy_(loaded[1])
 
+    def frozen_adapter_tensors(self) -> set[int]:
+        """Ids of adapter tensors that stay frozen whatever the adapter state (MiCA's ``B``)."""
+        found: set[int] = set()
+        for adapter, names in self.frozen_peft_weight_names.items():
+            for name in names:
+                container = getattr(self, name)
+                item = container[adapter] if adapter in container else None
+                tensors = item.parameters() if isinstance(item, nn.Module) else [item] if item is not None else []
+                found.update(id(t) for t in tensors)
+        return found
+
     def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
         return self.lora_A[adapter].weight, self.lora_B[adapter].weight  # type: ignore[return-value]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
@@ -195,12 +229,6 @@ class LoraLayer(AdapterLayer):
     # PEFT's public name for the same thing.
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         return self.delta_weight(adapter)
-
-    @property
-    def rank_groups(self) -> int:
-        """Blocks of the rank dimension: ``A``'s rows hold one block of ``r / g`` per group and ``B``'s columns the
-        ``r / g`` of its output's group (a grouped convolution's ``groups``; one for every other layer)."""
-        return 1
 
     def magnitude_shape(self) -> tuple[int, ...]:
         """Shape of the DoRA magnitude as PEFT stores it: ``(out,)`` (convolutions: ``(1, out, 1, ...)``)."""

@@ -23,6 +23,7 @@ from torch import nn
 
 from peftkit.errors import ConfigError, UsageError
 from peftkit.layers.base import AdapterLayer
+from peftkit.layers.features import in_out_features
 from peftkit.layers.placement import adapter_device
 from peftkit.merging.merge import update_weight
 
@@ -69,6 +70,7 @@ class TrainableTokensLayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
+        self.in_features, self.out_features = in_out_features(self.get_base_layer())
         self.trainable_tokens_delta = nn.ParameterDict()
         self.trainable_tokens_original = RowStore()
         self.token_indices: dict[str, list[int]] = {}
