@@ -176,10 +176,6 @@ class PeftModel(nn.Module):
         self._tuner.set_requires_grad(adapter_names, requires_grad)
 
     @property
-    def _adapters_disabled(self) -> bool:
-        return self._tuner.disabled
-
-    @property
     def has_active_enabled_adapter(self) -> bool:
         """Whether a forward runs an adapter: adapters not disabled (``disable_adapter``) and one active."""
         return not self._tuner.disabled and bool(self.active_adapters)
@@ -257,15 +253,12 @@ class PeftModel(nn.Module):
             state_dict: A full state dict of this model gathered from shards (FSDP2, ZeRO-3): the adapter values
                 are taken from it, never from the live (sharded) parameters.
             is_main_process: ``False`` on the other ranks of a distributed run: nothing is written.
-            path_initial_model_for_weight_conversion: The directory of a PiSSA / OLoRA adapter saved before
-                training: the adapter is written as the equivalent plain LoRA (rank ``2r``) of the original base
-                model (:mod:`peftkit.io.weight_conversion`).
+            path_initial_model_for_weight_conversion: A PiSSA / OLoRA adapter's directory saved before training:
+                write the equivalent rank-``2r`` LoRA of the original base (:mod:`peftkit.io.weight_conversion`).
 
         Raises:
             CheckpointError: a tensor to write is sharded, partitioned, empty or on ``meta``; the initial adapter
-                does not match.
-            UnsupportedError, ConfigError: the conversion cannot represent the adapter (not LoRA, DoRA, rsLoRA
-                with patterns).
+                does not match. UnsupportedError, ConfigError: the conversion cannot represent the adapter.
         """
         if os.path.isfile(save_directory):
             raise CheckpointError(f"save_directory {save_directory!s} is a file; pass a directory.")
@@ -273,15 +266,8 @@ class PeftModel(nn.Module):
         self._tuner.check_names(names)
         if not is_main_process:
             return
-        save_adapters(
-            self,
-            save_directory,
-            names,
-            safe_serialization,
-            save_embedding_layers,
-            state_dict,
-            path_initial_model_for_weight_conversion,
-        )
+        args = (safe_serialization, save_embedding_layers, state_dict, path_initial_model_for_weight_conversion)
+        save_adapters(self, save_directory, names, *args)
 
     def push_to_hub(
         self,
