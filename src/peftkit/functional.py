@@ -291,7 +291,8 @@ def mark_trainable(
         status: The model's adapter status before (its disabled flag is kept).
     """
     for param in model.parameters():
-        param.requires_grad_(False)
+        if param.requires_grad:
+            param.requires_grad_(False)
     apply_model_status(model, status_after_set(status or AdapterStatus(), active, config.inference_mode))
     if config.inference_mode:
         return

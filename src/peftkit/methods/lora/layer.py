@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftkit.layers.base import AdapterLayer, BatchRouting
+from peftkit.layers.fresh import new_module, set_child
 from peftkit.layers.placement import adapter_device, onloaded
 from peftkit.layers.state import AdapterStatus
 from peftkit.merging.merge import require_finite_sum, update_weight
@@ -62,12 +63,17 @@ def empty_linear(
     two of these per adapted layer, and the generic ``nn.Module.__setattr__`` path is a visible share of a
     load's time.
     """
-    layer = nn.Linear.__new__(nn.Linear)
-    nn.Module.__init__(layer)
-    layer.__dict__.update(in_features=in_features, out_features=out_features)
+    layer = new_module(nn.Linear, in_features=in_features, out_features=out_features)
     layer._parameters["weight"] = nn.Parameter(torch.empty((out_features, in_features), device=device, dtype=dtype))
     layer._parameters["bias"] = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
     return layer
+
+
+def dropout_module(p: float) -> nn.Module:
+    """``nn.Dropout(p)`` for ``p > 0``, else ``nn.Identity()`` (PEFT's ``lora_dropout`` entries), built cheaply."""
+    if p > 1:
+        return nn.Dropout(p)  # torch's own error for an invalid probability
+    return new_module(nn.Dropout, p=p, inplace=False) if p > 0 else new_module(nn.Identity)
 
 
 class LoraLayer(AdapterLayer):
@@ -104,12 +110,12 @@ class LoraLayer(AdapterLayer):
             fan_in_fan_out=fan_in_fan_out, r={}, lora_alpha={}, scaling={}, use_rslora={}, use_dora={}, _dora_norms={}
         )
         self._modules.update(
-            lora_dropout=nn.ModuleDict(),
-            lora_A=nn.ModuleDict(),
-            lora_B=nn.ModuleDict(),
-            lora_embedding_A=nn.ParameterDict(),
-            lora_embedding_B=nn.ParameterDict(),
-            lora_magnitude_vector=nn.ModuleDict(),
+            lora_dropout=new_module(nn.ModuleDict),
+            lora_A=new_module(nn.ModuleDict),
+            lora_B=new_module(nn.ModuleDict),
+            lora_embedding_A=new_module(nn.ParameterDict),
+            lora_embedding_B=new_module(nn.ParameterDict),
+            lora_magnitude_vector=new_module(nn.ModuleDict),
         )
 
     def update_layer(self, adapter: str, spec: LoraLayerSpec, init_weights: bool = True) -> None:
@@ -123,7 +129,7 @@ class LoraLayer(AdapterLayer):
         self.scaling[adapter] = spec.scaling
         self.use_rslora[adapter] = spec.use_rslora
         self.use_dora[adapter] = spec.use_dora
-        self.lora_dropout[adapter] = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        set_child(self.lora_dropout, adapter, dropout_module(spec.dropout))
         self.create_weights(adapter, spec)
         if init_weights:
             self.init_weights(adapter, spec)
@@ -257,15 +263,15 @@ class Linear(LoraLayer):
             out_features=out_features,
             in_features=in_features,
             _stack_cache=None,
-            _active_slots=torch.zeros(0, dtype=torch.long, device=weight.device),
+            _active_slots=fast_paths.slot_tensor([], weight.device),
             _active_slot_list=[],
         )
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         weight = self.get_base_layer().weight
         kw: dict[str, Any] = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
-        self.lora_A[adapter] = empty_linear(self.in_features, spec.r, bias=False, **kw)
-        self.lora_B[adapter] = empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw)
+        set_child(self.lora_A, adapter, empty_linear(self.in_features, spec.r, bias=False, **kw))
+        set_child(self.lora_B, adapter, empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw))
 
     def weight_update(self, adapter: str, sign: float) -> Callable[[torch.Tensor], Any]:
         """``W += sign * s * B @ A`` as one in-place GEMM (``W.addmm_``), with no full-size temporary.
