@@ -130,7 +130,7 @@ class AdapterLayer(AdapterState, nn.Module):
         self._modules["base_layer"] = base_layer
         # Plain attributes in one go: ``nn.Module.__setattr__`` is slow, and this runs for every adapted layer.
         self.__dict__.update(_disable_adapters=False, merged_adapters=[], _base_snapshot=None)
-        self._active_adapter: list[str] = []
+        object.__setattr__(self, "_active_adapter", [])  # a plain list (or a subclass's property)
 
     # -- method hooks -----------------------------------------------------------------------------
     def update_layer(self, adapter: str, facts: Any, init_weights: bool = True) -> None:

@@ -46,9 +46,14 @@ def _adapter_tensors(layer: AdapterLayer, adapter_name: str) -> list[torch.Tenso
     modules = layer._modules
     for attr in layer.adapter_layer_names + layer.other_param_names:
         container = modules[attr] if attr in modules else getattr(layer, attr, None)
-        if not isinstance(container, (nn.ModuleDict, nn.ParameterDict)) or adapter_name not in container:
+        if isinstance(container, nn.ModuleDict):  # its entries are its registered children
+            item = container._modules.get(adapter_name)
+        elif isinstance(container, nn.ParameterDict) and adapter_name in container:
+            item = container[adapter_name]
+        else:
             continue
-        item = container[adapter_name]
+        if item is None:
+            continue
         if not isinstance(item, nn.Module):
             tensors.append(item)
         elif item._modules:  # nested: the generic walk

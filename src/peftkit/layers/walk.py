@@ -58,3 +58,34 @@ def adapter_names_in(model: nn.Module) -> set[str]:
     for _, module in iter_adapter_modules(model):
         names |= module.adapter_names()
     return names
+
+
+def all_parameters(model: nn.Module, *, skip_adapter_tensors: bool = False) -> list[nn.Parameter]:
+    """Every parameter of ``model`` once (what ``model.parameters()`` yields, in no particular order), from one
+    iterative walk.
+
+    ``nn.Module.parameters()`` nests one generator per level of the module tree, and a model with adapters is
+    deep (``layers.0.self_attn.q_proj.lora_A.default``): injection and loading walk it more than once.
+
+    Args:
+        skip_adapter_tensors: Leave out the containers of adapter tensors (an adapter layer's
+            ``adapter_layer_names``, a modules_to_save wrapper's copies): what
+            :func:`~peftkit.layers.state.apply_status` sets anyway, so freezing "the rest" need not visit them.
+    """
+    params: dict[nn.Parameter, None] = {}
+    seen = {id(model)}
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        for param in module._parameters.values():
+            if param is not None:
+                params[param] = None
+        children = module._modules
+        if skip_adapter_tensors and isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
+            skipped = module.adapter_layer_names if isinstance(module, AdapterLayer) else ("modules_to_save",)
+            children = {k: c for k, c in children.items() if k not in skipped}
+        for child in children.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                stack.append(child)
+    return list(params)

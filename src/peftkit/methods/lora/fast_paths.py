@@ -142,12 +142,13 @@ def refresh_active_slots(layer: Any) -> None:
         wanted = [position[name] for name in active if name in position]
     if wanted == layer.__dict__.get("_active_slot_list"):
         return
-    layer._active_slot_list = wanted
-    current = layer.__dict__.get("_active_slots")
+    fields = layer.__dict__  # plain attributes (never parameters or buffers): no ``nn.Module.__setattr__``
+    fields["_active_slot_list"] = wanted
+    current = fields.get("_active_slots")
     if current is not None and current.shape[0] == len(wanted):
         current.copy_(torch.tensor(wanted, dtype=torch.long))
     else:
-        layer._active_slots = slot_tensor(wanted, layer.get_base_layer().weight.device)
+        fields["_active_slots"] = slot_tensor(wanted, layer.get_base_layer().weight.device)
 
 
 #: ``(device, slots) -> tensor`` templates: cloning one is several times cheaper than ``torch.tensor`` (or
@@ -156,11 +157,12 @@ _SLOT_TEMPLATES: dict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = {}
 
 
 def slot_tensor(slots: list[int], device: torch.device) -> torch.Tensor:
-    """A new ``int64`` tensor holding ``slots`` on ``device`` (its own storage: it is updated in place)."""
+    """A new ``int64`` tensor holding ``slots`` on ``device`` (its own storage: it is updated in place), or for
+    no slots a shared empty one (:func:`refresh_active_slots` writes in place only into a tensor of the new size)."""
     key = (device, tuple(slots))
     template = _SLOT_TEMPLATES.get(key)
     if template is None:
         template = torch.tensor(slots, dtype=torch.long, device=device)
         if len(_SLOT_TEMPLATES) < 64:
             _SLOT_TEMPLATES[key] = template
-    return template.clone()
+    return template.clone() if slots else template

@@ -129,7 +129,7 @@ class LoraLayer(AdapterLayer):
         self.scaling[adapter] = spec.scaling
         self.use_rslora[adapter] = spec.use_rslora
         self.use_dora[adapter] = spec.use_dora
-        set_child(self.lora_dropout, adapter, dropout_module(spec.dropout))
+        set_child(self._modules["lora_dropout"], adapter, dropout_module(spec.dropout))
         self.create_weights(adapter, spec)
         if init_weights:
             self.init_weights(adapter, spec)
@@ -140,7 +140,7 @@ class LoraLayer(AdapterLayer):
             dtype = self.factor_tensors(adapter)[0].dtype
             self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(dtype).view(self.magnitude_shape()))
         if not self._active_adapter:
-            self._active_adapter = [adapter]
+            object.__setattr__(self, "_active_adapter", [adapter])  # a plain list or a subclass's property
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         """Allocate the adapter's ``A`` and ``B`` (uninitialised)."""
@@ -151,7 +151,8 @@ class LoraLayer(AdapterLayer):
         A, B = self.factor_tensors(adapter)
         if not is_weight_decomposing(spec.init):
             init_linear_pair(A, B, spec.init, spec.r)
-            bias = getattr(self.lora_B[adapter], "bias", None) if adapter in self.lora_B else None
+            factor_b = self._modules["lora_B"]._modules.get(adapter)
+            bias = getattr(factor_b, "bias", None) if factor_b is not None else None
             if bias is not None:
                 with torch.no_grad():
                     bias.zero_()
@@ -179,7 +180,8 @@ class LoraLayer(AdapterLayer):
 
     def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
-        return self.lora_A[adapter].weight, self.lora_B[adapter].weight  # type: ignore[return-value]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
+        modules = self._modules  # the per-adapter dicts directly: this runs for every layer of a load
+        return modules["lora_A"]._modules[adapter].weight, modules["lora_B"]._modules[adapter].weight  # type: ignore[union-attr, return-value]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
 
     def delta_weight(self, adapter: str) -> torch.Tensor:
         """``s * B @ A`` shaped like the base weight (transposed for ``fan_in_fan_out``)."""
@@ -256,8 +258,9 @@ class Linear(LoraLayer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
-        weight = self.get_base_layer().weight
-        shape = weight_shape(self.get_base_layer())
+        base = self.get_base_layer()
+        weight = base.weight
+        shape = weight_shape(base)
         out_features, in_features = shape[::-1] if fan_in_fan_out else shape
         self.__dict__.update(
             out_features=out_features,
@@ -268,10 +271,11 @@ class Linear(LoraLayer):
         )
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
-        weight = self.get_base_layer().weight
-        kw: dict[str, Any] = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
-        set_child(self.lora_A, adapter, empty_linear(self.in_features, spec.r, bias=False, **kw))
-        set_child(self.lora_B, adapter, empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw))
+        base = self.get_base_layer()
+        kw: dict[str, Any] = {"device": adapter_device(base), "dtype": adapter_dtype(base.weight)}
+        modules = self._modules
+        set_child(modules["lora_A"], adapter, empty_linear(self.in_features, spec.r, bias=False, **kw))
+        set_child(modules["lora_B"], adapter, empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw))
 
     def weight_update(self, adapter: str, sign: float) -> Callable[[torch.Tensor], Any]:
         """``W += sign * s * B @ A`` as one in-place GEMM (``W.addmm_``), with no full-size temporary.
