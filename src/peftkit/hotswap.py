@@ -48,7 +48,7 @@ from peftkit.hotswap_prepare import (
 )
 from peftkit.io.keys import strip_prefix
 from peftkit.io.load import read_weights, split_hub_kwargs
-from peftkit.io.state import adapter_tensors
+from peftkit.io.state import AdapterTensor, adapter_tensors
 from peftkit.locking import exclusive
 from peftkit.methods.lora.layer import LoraLayer
 from peftkit.methods.lora.param import ParamWrapper
@@ -79,10 +79,9 @@ def _rank_dim(key: str) -> int | None:
     return None
 
 
-def _check_fit(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Check that ``state`` fits the slot of ``adapter``: no key outside it, each tensor's shape equal to the
-    live one but for the rank. Returns the slot's keys that ``state`` lacks (zeroed by the swap)."""
-    expected = adapter_tensors(inner, adapter, old, embedding_layers=None)
+def _check_fit(adapter: str, expected: Mapping[str, AdapterTensor], state: Mapping[str, torch.Tensor]) -> None:
+    """Check that ``state`` fits the slot of ``adapter`` (its tensors: ``expected``): no key outside it, each
+    tensor's shape equal to the live one but for the rank."""
     unexpected = sorted(k for k in state if k not in expected)
     if unexpected:
         raise HotswapError(
@@ -102,7 +101,6 @@ def _check_fit(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[s
                 f"Cannot hot-swap {key}: new shape {tuple(value.shape)} vs {tuple(live.shape)} in the model; "
                 "the adapters were made for different base models."
             )
-    return sorted(k for k, v in expected.items() if v.required and k not in state)
 
 
 def _new_rank(name: str, layer: LoraLayer, adapter: str, state: Mapping[str, torch.Tensor]) -> int | None:
@@ -154,9 +152,9 @@ def _check_expert_ranks(inner: nn.Module, adapter: str, state: Mapping[str, torc
             )
 
 
-def _write_weights(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy ``state`` into the slot (a smaller rank into the leading block, zeros elsewhere); zero what it lacks."""
-    expected = adapter_tensors(inner, adapter, old, embedding_layers=None)
+def _write_weights(expected: Mapping[str, AdapterTensor], state: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``state`` into the slot's tensors ``expected`` (a smaller rank into the leading block, zeros
+    elsewhere); zero what it lacks."""
     with torch.no_grad():
         for key, value in state.items():
             live, dim = expected[key].tensor, _rank_dim(key)
@@ -209,16 +207,21 @@ def swap_adapter_weights(
     if any(adapter_name in layer.merged_adapters for _, layer in holders):
         raise HotswapError(f"Adapter {adapter_name!r} is merged into the base weights; unmerge it before swapping.")
     state = {strip_prefix(k): v for k, v in state.items()}
-    _check_fit(inner, adapter_name, old, state)
+    expected = adapter_tensors(inner, adapter_name, old, embedding_layers=None)
+    _check_fit(adapter_name, expected, state)
     layers = _new_layer_facts(holders, adapter_name, config, state)
     if not grow_ranks:
         _check_capacity(layers, adapter_name, state)
     _check_expert_ranks(inner, adapter_name, state)
+    grown = False
     for name, (layer, facts) in layers.items():  # grow the slots a larger rank needs (zero padding keeps B A)
         rank = _new_rank(name, layer, adapter_name, state)
         if rank is not None and rank > layer.r[adapter_name]:
             pad_rank(layer, adapter_name, rank, use_rslora=facts.use_rslora)
-    _write_weights(inner, adapter_name, old, state)
+            grown = True
+    if grown:  # the grown slots hold new tensors
+        expected = adapter_tensors(inner, adapter_name, old, embedding_layers=None)
+    _write_weights(expected, state)
     held = {}
     for name, (layer, facts) in layers.items():
         _apply_layer_settings(layer, adapter_name, facts)

@@ -26,6 +26,7 @@ from peftkit.io.load import attach_adapter, check_same_adapter_config, read_weig
 from peftkit.io.save import save_adapters
 from peftkit.io.state import adapter_state_dict
 from peftkit.layers.dtypes import cast_adapter_dtype
+from peftkit.layers.walk import switch_to_eval
 from peftkit.layers.parameter_count import count_parameters
 from peftkit.locking import exclusive
 from peftkit.methods.prompt import model as prompt
@@ -314,7 +315,7 @@ class PeftModel(nn.Module):
             self._attach(adapter_name, config, state, low_cpu_mem_usage)
         cast_adapter_dtype(self.get_base_model(), adapter_name, autocast_adapter_dtype)  # no-op for prompt methods
         if not is_trainable:
-            self.eval()
+            switch_to_eval(self)
         return _IncompatibleKeys(missing_keys=[], unexpected_keys=[])
 
     def _reload(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor], trainable: bool) -> None:

@@ -247,8 +247,11 @@ class AdapterLayer(AdapterState, nn.Module):
     def adapter_names(self) -> set[str]:
         """Names of the adapters this layer holds."""
         names: set[str] = set()
+        modules = self._modules
         for attr in self.adapter_layer_names:
-            names.update(getattr(self, attr).keys())
+            container: Any = modules[attr] if attr in modules else getattr(self, attr)
+            # a ModuleDict's keys are its children's names: read them without the Python-level ``keys()``
+            names.update(container._modules if isinstance(container, nn.ModuleDict) else container.keys())
         return names
 
     def _all_available_adapter_names(self) -> list[str]:

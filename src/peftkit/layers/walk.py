@@ -89,3 +89,31 @@ def all_parameters(model: nn.Module, *, skip_adapter_tensors: bool = False) -> l
                 seen.add(id(child))
                 stack.append(child)
     return list(params)
+
+
+def switch_to_eval(model: nn.Module) -> None:
+    """``model.eval()``, without re-setting the flag of every module when only new ones are in training mode.
+
+    A load for inference ends with the model in eval mode (PEFT calls ``eval()``); usually the model was in eval
+    mode already and only the adapter's new modules (created in training mode, as PEFT creates them) are not.
+    ``eval()`` would call ``train(False)`` on every module, through ``nn.Module.__setattr__``: over a large
+    model that is a visible share of a load. When every module in training mode uses ``nn.Module.train``
+    unchanged, only their flags are set (the same end state); otherwise (a module whose class overrides
+    ``train``, e.g. a transformers model switching modes) ``model.eval()`` runs as usual.
+    """
+    training: list[nn.Module] = []
+    seen = {id(model)}
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if module.training:
+            if type(module).train is not nn.Module.train:
+                model.eval()
+                return
+            training.append(module)
+        for child in module._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                stack.append(child)
+    for module in training:
+        module.__dict__["training"] = False
