@@ -213,13 +213,7 @@ def swap_adapter_weights(
     if not grow_ranks:
         _check_capacity(layers, adapter_name, state)
     _check_expert_ranks(inner, adapter_name, state)
-    grown = False
-    for name, (layer, facts) in layers.items():  # grow the slots a larger rank needs (zero padding keeps B A)
-        rank = _new_rank(name, layer, adapter_name, state)
-        if rank is not None and rank > layer.r[adapter_name]:
-            pad_rank(layer, adapter_name, rank, use_rslora=facts.use_rslora)
-            grown = True
-    if grown:  # the grown slots hold new tensors
+    if _grow_slots(layers, adapter_name, state):  # the grown slots hold new tensors
         expected = adapter_tensors(inner, adapter_name, old, embedding_layers=None)
     _write_weights(expected, state)
     held = {}
@@ -232,6 +226,17 @@ def swap_adapter_weights(
             setattr(new_config, field_name, getattr(old, field_name))
     new_config.inference_mode = old.inference_mode
     configs[adapter_name] = new_config
+
+
+def _grow_slots(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> bool:
+    """Grow the slots a larger rank needs (zero padding keeps ``B A``); returns whether any grew."""
+    grown = False
+    for name, (layer, facts) in layers.items():
+        rank = _new_rank(name, layer, adapter, state)
+        if rank is not None and rank > layer.r[adapter]:
+            pad_rank(layer, adapter, rank, use_rslora=facts.use_rslora)
+            grown = True
+    return grown
 
 
 def _apply_layer_settings(layer: LoraLayer, adapter: str, facts: Any) -> None:

@@ -26,8 +26,8 @@ from peftkit.io.load import attach_adapter, check_same_adapter_config, read_weig
 from peftkit.io.save import save_adapters
 from peftkit.io.state import adapter_state_dict
 from peftkit.layers.dtypes import cast_adapter_dtype
-from peftkit.layers.walk import switch_to_eval
 from peftkit.layers.parameter_count import count_parameters
+from peftkit.layers.walk import switch_to_eval
 from peftkit.locking import exclusive
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner

@@ -77,14 +77,8 @@ def adapter_tensors(
             continue
         modules = module._modules
         for attr in module.adapter_layer_names:
-            container: Any = modules[attr] if attr in modules else getattr(module, attr)
-            if isinstance(container, nn.ModuleDict):  # its children directly (no Python-level lookups)
-                item = container._modules.get(adapter)
-                if item is None:
-                    continue
-            elif adapter in container:
-                item = container[adapter]
-            else:
+            item = _entry(modules[attr] if attr in modules else getattr(module, attr), adapter)
+            if item is None:
                 continue
             items = module_tensors(item) if isinstance(item, nn.Module) else [("", item.data)]
             for key, tensor in items:
@@ -101,6 +95,14 @@ def adapter_tensors(
             if key.endswith("bias") and key not in out and not _is_adapter_internal(key):
                 out[key] = AdapterTensor(tensor, False, raw_key)
     return out
+
+
+def _entry(container: Any, adapter: str) -> Any:
+    """``container[adapter]`` of a per-adapter ``ModuleDict`` / ``ParameterDict``, or ``None`` when absent (a
+    ModuleDict's children read directly: this runs for every container of every layer of a load or a swap)."""
+    if isinstance(container, nn.ModuleDict):
+        return container._modules.get(adapter)
+    return container[adapter] if adapter in container else None
 
 
 def _model_tensors(model: nn.Module, adapter: str, config: PeftConfig) -> dict[str, AdapterTensor]:

@@ -121,6 +121,7 @@ class AdapterLayer(AdapterState, nn.Module):
     #: Attributes whose values are plain ``dict``s of per-adapter settings (ranks, scalings, ...).
     other_param_names: ClassVar[tuple[str, ...]] = ()
 
+    base_layer: nn.Module
     merged_adapters: list[str]
     #: A quantized base's packed weight from before the first merge (unmerge puts it back exactly).
     _base_snapshot: BaseSnapshot | None

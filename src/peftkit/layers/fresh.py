@@ -41,7 +41,9 @@ def _prototype(cls: type[nn.Module]) -> tuple[dict[str, Any], tuple[tuple[str, t
         containers = tuple((k, type(v)) for k, v in state.items() if isinstance(v, (dict, set, list)))
         kept = [k for k, _ in containers if state[k] and k not in _FILLED_BY_CALLER]
         if kept:  # a constructor that stores data we cannot rebuild empty: not a prototype class
-            raise UnsupportedError(f"{cls.__name__} keeps {kept} filled after construction; build it with its constructor.")
+            raise UnsupportedError(
+                f"{cls.__name__} keeps {kept} filled after construction; build it with its constructor."
+            )
         entry = _PROTOTYPES[cls] = (state, containers)
     return entry
 

@@ -129,7 +129,8 @@ class LoraLayer(AdapterLayer):
         self.scaling[adapter] = spec.scaling
         self.use_rslora[adapter] = spec.use_rslora
         self.use_dora[adapter] = spec.use_dora
-        set_child(self._modules["lora_dropout"], adapter, dropout_module(spec.dropout))
+        modules: Any = self._modules  # the registered containers directly (typed by the class annotations)
+        set_child(modules["lora_dropout"], adapter, dropout_module(spec.dropout))
         self.create_weights(adapter, spec)
         if init_weights:
             self.init_weights(adapter, spec)
@@ -151,7 +152,7 @@ class LoraLayer(AdapterLayer):
         A, B = self.factor_tensors(adapter)
         if not is_weight_decomposing(spec.init):
             init_linear_pair(A, B, spec.init, spec.r)
-            factor_b = self._modules["lora_B"]._modules.get(adapter)
+            factor_b = self.lora_B._modules.get(adapter)
             bias = getattr(factor_b, "bias", None) if factor_b is not None else None
             if bias is not None:
                 with torch.no_grad():
@@ -273,7 +274,7 @@ class Linear(LoraLayer):
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         base = self.get_base_layer()
         kw: dict[str, Any] = {"device": adapter_device(base), "dtype": adapter_dtype(base.weight)}
-        modules = self._modules
+        modules: Any = self._modules
         set_child(modules["lora_A"], adapter, empty_linear(self.in_features, spec.r, bias=False, **kw))
         set_child(modules["lora_B"], adapter, empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw))
 
