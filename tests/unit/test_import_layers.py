@@ -48,7 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("hotswap",),
     ("peft_model",),
     ("tasks", "status", "mixed_model"),
-    ("mapping", "auto"),
+    ("mapping", "auto", "helpers"),
     ("integrations",),
     # the package itself, the CLI (uses its API), PEFT's import paths (aliases, and names published from above)
     ("", "__main__", "cli", "utils", "tuners", "mapping_func", "peft_paths"),

@@ -74,6 +74,10 @@ def merge_layers(model: nn.Module, layers: Named, adapter_names: Sequence[str] |
     if layers and not pending:
         warnings.warn("All adapters are already merged; merge_adapter() has nothing to do.", stacklevel=4)
         return
+    for _, layer in layers:  # refuse before anything is written
+        for name in adapter_names if adapter_names is not None else layer.active_adapters:
+            if layer.holds(name):
+                layer.check_mergeable(name)
     untie_for_merge(model, layers)
     for _, layer in layers:
         layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)

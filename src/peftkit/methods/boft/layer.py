@@ -50,6 +50,7 @@ class BOFTLayerSpec:
 class BOFTLayer(AdapterLayer):
     """State shared by BOFT layers: ``boft_R``, ``boft_s`` (PEFT's names) and the per-adapter block split."""
 
+    repr_prefix = "boft."
     adapter_layer_names = ("boft_R", "boft_s")
     other_param_names = ("boft_block_size", "boft_block_num", "boft_spec")
 

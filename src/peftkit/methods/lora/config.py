@@ -180,6 +180,15 @@ class LoraConfig(PeftConfig):
                 raise ConfigError(f"LoraConfig.rank_pattern[{key!r}] must be a positive integer, got {rank!r}.")
             check_size(type(self).__name__, f"rank_pattern[{key!r}]", rank)
 
+    def _register_custom_module(self, mapping: dict[type, type]) -> None:
+        """PEFT's experimental dynamic dispatch: adapt modules of the types in ``mapping`` (searched along each
+        module's MRO, before the built-in table) with the given layer class, which takes peftkit's LoRA layer
+        constructor ``(base_layer, fan_in_fan_out=False)`` -- e.g. a subclass of ``peftkit.tuners.lora.Linear``.
+        Not saved with the config: register it again on the config used to load."""
+        custom: dict[type, type] = dict(getattr(self, "_custom_modules", None) or {})
+        custom.update(mapping)
+        self._custom_modules = custom
+
     def _validate_init(self) -> None:
         init = self.init_lora_weights
         if isinstance(init, bool) or init in _INIT_NAMES or (isinstance(init, str) and _PISSA_NITER.fullmatch(init)):

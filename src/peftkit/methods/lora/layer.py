@@ -10,6 +10,7 @@ compiled) live in ``fast_paths.py``, the scaling in ``scaling.py``, embedding an
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftkit.errors import MergeError, PeftWarning
 from peftkit.layers.base import AdapterLayer, BatchRouting
 from peftkit.layers.fresh import new_module, set_child
 from peftkit.layers.placement import adapter_device, onloaded
@@ -79,6 +81,8 @@ def dropout_module(p: float) -> nn.Module:
 class LoraLayer(AdapterLayer):
     """State shared by all LoRA layers; attribute names match PEFT's state-dict keys."""
 
+    repr_prefix: ClassVar[str] = "lora."
+
     adapter_layer_names: ClassVar[tuple[str, ...]] = (
         "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
     )  # fmt: skip
@@ -131,6 +135,13 @@ class LoraLayer(AdapterLayer):
         self.use_dora[adapter] = spec.use_dora
         modules: Any = self._modules  # the registered containers directly (typed by the class annotations)
         set_child(modules["lora_dropout"], adapter, dropout_module(spec.dropout))
+        if spec.lora_bias and getattr(self.get_base_layer(), "bias", None) is None:
+            warnings.warn(
+                f"lora_bias=True on a {type(self.get_base_layer()).__name__} without a bias: adapter {adapter!r} "
+                "trains and runs, but cannot be merged into this layer.",
+                PeftWarning,
+                stacklevel=2,
+            )
         self.create_weights(adapter, spec)
         if init_weights:
             self.init_weights(adapter, spec)
@@ -234,9 +245,19 @@ class LoraLayer(AdapterLayer):
         update_weight(self.get_base_layer(), unmerge_step(self, adapter))
         del self._dora_norms[adapter]
 
+    def check_mergeable(self, adapter: str) -> None:
+        """Raise :class:`MergeError` for an adapter with ``lora_bias`` on a base that has no bias to add it to."""
+        has_bias = adapter in self.lora_B and getattr(self.lora_B[adapter], "bias", None) is not None
+        if has_bias and getattr(self.get_base_layer(), "bias", None) is None:
+            raise MergeError(
+                f"Cannot merge adapter {adapter!r}: its lora_B has a bias (lora_bias=True) and the base "
+                f"{type(self.get_base_layer()).__name__} has none to add it to. Keep the adapter unmerged."
+            )
+
     def _add_delta(self, adapter: str, sign: float, safe: bool) -> None:
         bias = getattr(self.lora_B[adapter], "bias", None) if adapter in self.lora_B else None
         base_bias = getattr(self.get_base_layer(), "bias", None)  # nn.Embedding has no bias
+        self.check_mergeable(adapter)
         pair = (base_bias, bias.detach().to(base_bias.dtype)) if bias is not None and base_bias is not None else None
         require_finite_sum(pair, sign * self.scaling[adapter], safe, f"{adapter} (its lora_bias)")  # before any write
         update_weight(self.get_base_layer(), self.weight_update(adapter, sign), safe=safe, what=adapter)

@@ -98,6 +98,7 @@ class OFTLayer(AdapterLayer):
 
     adapter_layer_names = ("oft_R",)
     other_param_names = ("r", "oft_block_size")
+    repr_prefix = "oft."
     #: The merge writes ``W R^T`` (the rotation acts on the input of ``W (out, in)``); ``False``: ``W R``.
     merge_transposed = True
 

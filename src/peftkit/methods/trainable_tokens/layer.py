@@ -86,10 +86,12 @@ class TrainableTokensLayer(AdapterLayer):
         """Add ``adapter`` training rows ``facts.token_indices`` (``facts.init``: start from the original rows).
 
         Raises:
-            ConfigError: a token id is outside the table.
+            ConfigError: no token id, or one outside the table.
         """
         weight = self.get_base_layer().weight
         indices = list(facts.token_indices)
+        if not indices:
+            raise ConfigError("TrainableTokensConfig.token_indices is empty; list the token ids whose rows train.")
         if max(indices) >= weight.shape[0]:
             raise ConfigError(
                 f"token id {max(indices)} is outside the embedding table of {weight.shape[0]} rows; "

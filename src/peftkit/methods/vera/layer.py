@@ -46,6 +46,8 @@ class VeraLayerSpec:
 class Linear(AdapterLayer):
     """VeRA on a Linear-like base; ``vera_lambda_b`` / ``vera_lambda_d`` are PEFT's state-dict names."""
 
+    repr_prefix = "vera."
+
     adapter_layer_names = ("vera_lambda_b", "vera_lambda_d")
     other_param_names = ("r", "vera_dropout")
 
