@@ -28,7 +28,7 @@ from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.parameters import inject_config_parameters
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
 from peftkit.layers.state import AdapterStatus, status_after_add, status_after_set
-from peftkit.layers.walk import AdapterModule, is_nested, walk_model
+from peftkit.layers.walk import AdapterModule, all_parameters, is_nested, walk_model
 from peftkit.layers.walk import adapter_names_in as adapter_names_in
 from peftkit.layers.walk import iter_adapter_modules as iter_adapter_modules
 from peftkit.layers.wrap import remove_layer, replace_module
@@ -158,7 +158,7 @@ def inject_adapter(
     if spec.prepare_config is not None:
         config = spec.prepare_config(config, model)
     check_adapter_name(adapter_name, sorted(adapter_names_in(model)))
-    grads = {p: p.requires_grad for p in model.parameters()}
+    grads = {p: p.requires_grad for p in all_parameters(model)}
     record = Injection(adapter_name, grad_state=grads, status=model_status(model))
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
     for module in candidates.values():  # every quantized layer, adapted or not, feeds the adapters' gradients
@@ -290,8 +290,9 @@ def mark_trainable(
     Args:
         status: The model's adapter status before (its disabled flag is kept).
     """
-    for param in model.parameters():
-        param.requires_grad_(False)
+    for param in all_parameters(model, skip_adapter_tensors=True):  # apply_model_status sets the adapters'
+        if param.requires_grad:
+            param.requires_grad_(False)
     apply_model_status(model, status_after_set(status or AdapterStatus(), active, config.inference_mode))
     if config.inference_mode:
         return
@@ -384,8 +385,7 @@ def unload(
     """Replace every adapter layer by its base layer (merging first if ``merge``); modules_to_save wrappers
     become their active copy. Returns ``model``."""
     if merge:
-        layers = _layers(model)
-        prepare_merge(model, layers, adapter_names)
+        layers = prepare_merge(model, _layers(model), adapter_names)
         for _, layer in reversed(layers):  # innermost first (see peftkit.layers.model_merge)
             layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
     for name, module in list(iter_adapter_modules(model)):

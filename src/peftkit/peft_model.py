@@ -28,6 +28,7 @@ from peftkit.io.save import save_adapters
 from peftkit.io.state import adapter_state_dict
 from peftkit.layers.dtypes import cast_adapter_dtype
 from peftkit.layers.parameter_count import count_parameters
+from peftkit.layers.walk import switch_to_eval
 from peftkit.locking import exclusive
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
@@ -130,9 +131,8 @@ class PeftModel(nn.Module):
 
     def print_trainable_parameters(self) -> None:
         """Print ``trainable params: N || all params: M || trainable%: P`` as PEFT does."""
-        trainable, total = self.get_nb_trainable_parameters()
-        share = 100 * trainable / total
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
+        trained, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trained:,d} || all params: {total:,d} || trainable%: {100 * trained / total:.4f}")
 
     # -- adapters -----------------------------------------------------------------------------
     @exclusive
@@ -315,7 +315,7 @@ class PeftModel(nn.Module):
             self._attach(adapter_name, config, state, low_cpu_mem_usage)
         cast_adapter_dtype(self.get_base_model(), adapter_name, autocast_adapter_dtype)  # no-op for prompt methods
         if not is_trainable:
-            self.eval()
+            switch_to_eval(self)
         return _IncompatibleKeys(missing_keys=[], unexpected_keys=[])
 
     def _reload(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor], trainable: bool) -> None:

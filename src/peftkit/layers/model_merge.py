@@ -68,14 +68,16 @@ def untie_for_merge(model: nn.Module, layers: Sequence[tuple[str, AdapterLayer]]
     )
 
 
-def prepare_merge(model: nn.Module, layers: Named, adapter_names: Sequence[str] | None) -> None:
+def prepare_merge(model: nn.Module, layers: Named, adapter_names: Sequence[str] | None) -> Named:
     """Before a model-wide merge writes anything: every layer confirms it can merge ``adapter_names``
-    (:meth:`~peftkit.layers.base.AdapterLayer.check_mergeable` raises otherwise), then shared weights are untied."""
+    (:meth:`~peftkit.layers.base.AdapterLayer.check_mergeable` raises otherwise), then shared weights are untied.
+    Returns ``layers``."""
     for _, layer in layers:  # refuse before anything is written
         for name in adapter_names if adapter_names is not None else layer.active_adapters:
             if layer.holds(name):
                 layer.check_mergeable(name)
     untie_for_merge(model, layers)
+    return layers
 
 
 def merge_layers(model: nn.Module, layers: Named, adapter_names: Sequence[str] | None, safe_merge: bool) -> None:
