@@ -19,6 +19,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from peftkit import functional as F
 from peftkit.adapter_state import replace_existing_adapter, set_requires_grad
+from peftkit.compile_frames import eager_frame
 from peftkit.config import PeftConfig, PromptLearningConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
@@ -194,7 +195,7 @@ class PeftModel(nn.Module):
                 self._tuner.enable_adapter_layers()
 
     # -- forward ------------------------------------------------------------------------------
-    @torch.compiler.disable(recursive=False)
+    @eager_frame  # argument plumbing only; the model below it is what compiles
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """Run the model; ``adapter_names`` (one per sample, ``"__base__"`` for none) routes a mixed batch.
 
