@@ -23,6 +23,7 @@ from peftkit.adapter_state import set_trainable_adapters as set_trainable_adapte
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError, UsageError
 from peftkit.layers.base import BASE_ADAPTER, CALL_STATE, AdapterLayer, BatchRouting
+from peftkit.layers.compiled_call import prepared_call
 from peftkit.layers.model_merge import merge_layers, unmerge_layers, untie_for_merge
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.parameters import inject_config_parameters
@@ -355,7 +356,7 @@ def inference_call(
         UsageError: ``adapter_names`` while ``training`` (mixed batches are for inference).
     """
     if adapter_names is None:
-        with lock_of(model).shared():
+        with lock_of(model).shared(), prepared_call(model, training):  # compiled: refresh what the graphs read
             yield
         return
     if training:

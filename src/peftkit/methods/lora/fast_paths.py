@@ -19,6 +19,7 @@ Every path computes what :meth:`~peftkit.layers.base.AdapterLayer.adapted_forwar
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 from transformers.pytorch_utils import Conv1D
 
-from peftkit.layers.base import BatchRouting
+from peftkit.layers.base import CALL_STATE, BatchRouting
 from peftkit.methods.lora import segments, stacked
 from peftkit.methods.lora.autograd import lora_linear
 
@@ -115,12 +116,23 @@ def segment_plan(routing: BatchRouting, device: torch.device) -> segments.Segmen
 
 
 def compiled(layer: Any, x: torch.Tensor) -> torch.Tensor | None:
-    """The active adapters (summed) picked by the index tensor ``layer._active_slots`` (updated in place by
-    :func:`refresh_active_slots`) from factors stacked in the graph; ``None`` in training mode, for DoRA /
-    ``lora_bias`` and when adapter gradients are recorded."""
+    """The active adapters, summed; ``None`` in training mode, for DoRA / ``lora_bias`` and when adapter
+    gradients are recorded.
+
+    Where the call's entry point prepared the layer (``CALL_STATE.prepared``, see :func:`prepare_compiled`) the
+    graph reads the concatenated factors built outside it: two products, nothing rebuilt per call. Otherwise
+    (the inner model compiled on its own) the factors are stacked in the graph from the live weights and the
+    active ones picked by the index tensor ``layer._active_slots`` (updated in place by
+    :func:`refresh_active_slots`). Neither reads adapter names, so set_adapter and hot-swaps do not recompile.
+    """
     if layer.training or not stacked.stackable(layer) or stacked.needs_grad(layer):
         return None
     result = layer.base_layer(x)
+    factors = layer._compiled_factors if CALL_STATE.prepared else None
+    if factors is not None:
+        if not factors:  # no active adapter in this layer
+            return result
+        return result + ((x.to(factors[0].dtype) @ factors[0]) @ factors[1]).to(result.dtype)
     slots = layer._active_slots
     if slots.shape[0] == 0:
         return result
@@ -144,3 +156,39 @@ def refresh_active_slots(layer: Any) -> None:
         current.copy_(slots)
     else:
         layer._active_slots = slots.to(layer.get_base_layer().weight.device)
+
+
+def _factor_stamp(layer: Any) -> tuple[tuple[str, ...], list[Any], list[int]]:
+    """What the compiled factors are built from: the active adapters the layer holds, the very weight and
+    scaling objects, and the versions of those that are tensors (in-place edits bump them)."""
+    factors_a, factors_b = layer._modules["lora_A"]._modules, layer._modules["lora_B"]._modules
+    names = tuple(name for name in layer.__dict__["_active_names"] if name in factors_a)
+    objects: list[Any] = []
+    for name in names:
+        objects += (factors_a[name]._parameters.get("weight"), factors_b[name]._parameters.get("weight"))
+        objects.append(layer.scaling[name])
+    return names, objects, [t._version for t in objects if isinstance(t, torch.Tensor)]
+
+
+def prepare_compiled(layer: Any) -> None:
+    """Rebuild ``layer._compiled_factors`` (read by :func:`compiled`) unless nothing it depends on changed.
+
+    ``(A_cat (in, n R), B_cat (n R, out))`` of the ``n`` active adapters with their scalings folded in
+    (:func:`~peftkit.methods.lora.stacked.concatenated_factors`), ``R`` the largest rank the layer holds (so
+    switching to an adapter of another rank keeps the shapes, hence the graph); ``()`` with no active adapter.
+    Runs eagerly at the entry of every compiled call: a changed active set, a replaced weight or scaling, or a
+    weight edited in place (its version) triggers the rebuild. ``None`` (the graph stacks the live weights) for
+    a layer that does not fit the stacked form.
+    """
+    names, objects, versions = stamp = _factor_stamp(layer)
+    held = layer._compiled_stamp
+    if held is not None and held[0] == names and held[2] == versions and len(held[1]) == len(objects):
+        if all(map(operator.is_, held[1], objects)):
+            return
+    factors: tuple[torch.Tensor, ...] | None = ()
+    if any(obj is None for obj in objects) or not stacked.stackable(layer):
+        factors = None
+    elif names:
+        rank = max(module.weight.shape[0] for module in layer._modules["lora_A"]._modules.values())
+        factors = stacked.concatenated_factors(layer, names, rank)
+    layer.__dict__.update(_compiled_factors=factors, _compiled_stamp=stamp)

@@ -247,6 +247,8 @@ class Linear(LoraLayer):
     _stack_cache: tuple[Any, torch.Tensor, torch.Tensor] | None
     _active_slots: torch.Tensor
     _active_slot_list: list[int]
+    _compiled_factors: tuple[torch.Tensor, ...] | None
+    _compiled_stamp: tuple[tuple[str, ...], list[Any], list[int]] | None
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
@@ -259,6 +261,8 @@ class Linear(LoraLayer):
             _stack_cache=None,
             _active_slots=torch.zeros(0, dtype=torch.long, device=weight.device),
             _active_slot_list=[],
+            _compiled_factors=None,
+            _compiled_stamp=None,
         )
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
@@ -295,6 +299,9 @@ class Linear(LoraLayer):
 
     def refresh_active_slots(self) -> None:
         fast_paths.refresh_active_slots(self)
+
+    def prepare_compiled(self) -> None:
+        fast_paths.prepare_compiled(self)
 
     # -- the formula --------------------------------------------------------------------------------
     def lora_out(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
@@ -341,5 +348,5 @@ class Linear(LoraLayer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_stack_cache"] = None
+        state.update(_stack_cache=None, _compiled_factors=None, _compiled_stamp=None)
         return state
