@@ -69,3 +69,20 @@ def test_inner_model_compiled_alone_follows_in_place_edits() -> None:
                 param.add_(1.0)
     torch.testing.assert_close(logits(compiled, IDS), logits(model, IDS))
     assert all(layer._compiled_factors is None for layer in lora_layers(model))  # never prepared: live weights
+
+
+def test_compiled_call_that_records_adapter_gradients_uses_the_live_weights() -> None:
+    model = model_with_adapters()
+    model.set_adapter("default")  # trainable again, model still in eval mode
+    compiled = torch.compile(model, backend=CompileCounter())
+
+    def grads(m: nn.Module) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        m(input_ids=IDS).logits.square().sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    expected, got = grads(model), grads(compiled)
+    assert expected and expected.keys() == got.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad)
+    assert all(layer._compiled_factors is None for layer in lora_layers(model))
