@@ -146,6 +146,19 @@ class Timings(dict):  # type: ignore[type-arg]
         floor_samples = self.samples[floor] if isinstance(floor, str) else floor
         return {PEFTKIT: self.samples[kit], PEFT: self.samples[peft], FLOOR: floor_samples}
 
+    def row(
+        self,
+        figure: str,
+        agree: bool | None,
+        note: str,
+        cases: tuple[str, str, str] = (PEFTKIT, PEFT, FLOOR),
+        target: float | None = None,
+    ) -> Row:
+        """The milliseconds row of cases ``(peftkit, peft, floor)``, with their per-round samples."""
+        kit, peft, floor = cases
+        samples = self.triple(kit, peft, floor)
+        return Row(figure, "ms", self[kit], self[peft], self[floor], target, agree, note, samples=samples)
+
 
 def interleaved(settings: Settings, cases: dict[str, Case], reps: int | None = None) -> Timings:
     """Time in milliseconds of each case, over ``reps`` interleaved repetitions after one warm-up.

@@ -10,13 +10,12 @@ from __future__ import annotations
 import copy
 
 import peft
-import torch
 from torch import nn
 
 import peftkit
-from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, Settings, close, interleaved
+from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, Settings, interleaved
 from benchmarks.models import build_model
-from benchmarks.train_step import PRESETS, activation_mib, frozen_floor, step, zero_grads
+from benchmarks.train_step import activation_mib, frozen_floor, preset_batch, same_loss_and_grads, step, zero_grads
 
 METHODS = {"LoHa": "LoHaConfig", "LoKr": "LoKrConfig"}
 
@@ -30,26 +29,14 @@ def pair(base: nn.Module, config_class: str) -> tuple[nn.Module, nn.Module]:
     return kit.train(), ref.train()
 
 
-def agreement(kit: nn.Module, ref: nn.Module, ids: torch.Tensor) -> bool:
-    """Same loss and the same gradient for every adapter tensor."""
-    same = close(step(kit, ids), step(ref, ids))
-    theirs = {n: p for n, p in ref.named_parameters() if p.requires_grad}
-    mine = dict(kit.named_parameters())
-    same = same and all(close(mine[n].grad, p.grad, rtol=1e-3, atol=1e-6) for n, p in theirs.items())
-    zero_grads(kit), zero_grads(ref)
-    return same
-
-
 def run(settings: Settings) -> list[Row]:
-    shape = PRESETS[settings.preset]
+    shape, ids = preset_batch(settings)
     base = build_model(shape.model, device=settings.device)
-    ids = torch.randint(0, shape.model.vocab, (shape.batch, shape.seq), generator=torch.Generator().manual_seed(0))
-    ids = ids.to(settings.device)
     models: dict[str, nn.Module] = {FLOOR: frozen_floor(base).train()}
     agree = {}
     for method, config_class in METHODS.items():
         kit, ref = pair(base, config_class)
-        agree[method] = agreement(kit, ref, ids)
+        agree[method] = same_loss_and_grads(kit, ref, ids)
         models[f"{PEFTKIT} {method}"], models[f"{PEFT} {method}"] = kit, ref
     cases = {name: Case(run=lambda m=m: step(m, ids), prepare=lambda m=m: zero_grads(m)) for name, m in models.items()}
     times = interleaved(settings, cases)
@@ -58,20 +45,7 @@ def run(settings: Settings) -> list[Row]:
     rows = []
     for method in METHODS:
         kit, ref = f"{PEFTKIT} {method}", f"{PEFT} {method}"
-        samples = times.triple(kit, ref, FLOOR)
-        rows.append(
-            Row(
-                f"{method} train step",
-                "ms",
-                times[kit],
-                times[ref],
-                times[FLOOR],
-                None,
-                agree[method],
-                what,
-                samples=samples,
-            )
-        )
+        rows.append(times.row(f"{method} train step", agree[method], what, (kit, ref, FLOOR)))
         rows.append(
             Row(
                 f"{method} activation memory",

@@ -77,18 +77,7 @@ def train_step_row(settings: Settings) -> Row:
     times = interleaved(settings, {**cases, FLOOR: Case(run=lambda: step(base, ids))})
     hidden, inner, experts, layers, seq = PRESETS[settings.preset]
     what = f"Mixtral {layers}x{hidden} ({experts} experts of {inner}), seq {seq}, batch 2; r=8 per expert"
-    samples = times.triple(PEFTKIT, PEFT, FLOOR)
-    return Row(
-        "MoE expert LoRA train step",
-        "ms",
-        times[PEFTKIT],
-        times[PEFT],
-        times[FLOOR],
-        None,
-        agree,
-        what,
-        samples=samples,
-    )
+    return times.row("MoE expert LoRA train step", agree, what)
 
 
 def weighted_row(settings: Settings) -> Row:

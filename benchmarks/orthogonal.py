@@ -82,17 +82,6 @@ def run(settings: Settings) -> list[Row]:
                 m(x)
             memory[n] = recorder.mib
         what = f"{shape.layers} x Linear({shape.width}), {shape.tokens} tokens, all layers adapted"
-        rows.append(
-            Row(
-                f"{name}: train step",
-                "ms",
-                times[PEFTKIT],
-                times[PEFT],
-                times[FLOOR],
-                agree=agree,
-                note=what,
-                samples=times.triple(PEFTKIT, PEFT, FLOOR),
-            )
-        )
+        rows.append(times.row(f"{name}: train step", agree, what))
         rows.append(Row(f"{name}: saved activations", "MiB", memory[PEFTKIT], memory[PEFT], memory[FLOOR], note=what))
     return rows

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, Settings, interleaved
 from benchmarks.models import adapter_pair, build_model, lora_kwargs, lora_parameters
-from benchmarks.train_step import PRESETS, activation_mib, frozen_floor, step, zero_grads
+from benchmarks.train_step import PRESETS, activation_mib, frozen_floor, preset_batch, step, zero_grads
 
 #: Relative tolerance of the loss and gradient comparison per base precision (bfloat16 rounds at 2^-8, and the two
 #: libraries round at different points: measured 2.5% of the largest gradient entry on the quick shape).
@@ -78,9 +78,7 @@ def bases(settings: Settings, directory: str) -> dict[str, Callable[[], nn.Modul
 
 
 def run(settings: Settings) -> list[Row]:
-    shape = PRESETS[settings.preset]
-    ids = torch.randint(0, shape.model.vocab, (shape.batch, shape.seq), generator=torch.Generator().manual_seed(0))
-    ids = ids.to(settings.device)
+    shape, ids = preset_batch(settings)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as directory:
         for precision, build in bases(settings, directory).items():
@@ -95,19 +93,7 @@ def run(settings: Settings) -> list[Row]:
             times = interleaved(settings, cases, reps=settings.reps)
             memory = {n: step_memory(m, ids, settings.device) for n, m in models.items()}
             what = f"{shape.model.describe()}; batch {shape.batch} x {shape.seq}; r=16 all-linear; {precision} base"
-            rows.append(
-                Row(
-                    f"QLoRA train step, {precision} base",
-                    "ms",
-                    times[PEFTKIT],
-                    times[PEFT],
-                    times[FLOOR],
-                    None,
-                    agree,
-                    what,
-                    samples=times.triple(PEFTKIT, PEFT, FLOOR),
-                )
-            )
+            rows.append(times.row(f"QLoRA train step, {precision} base", agree, what))
             memory_note = "peak allocated" if settings.device.startswith("cuda") else "model bytes + saved activations"
             rows.append(
                 Row(

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, SavedActivations, Settings, close, interleaved
-from benchmarks.models import SMALL, TINY, Shape, adapter_pair, build_model, lora_kwargs, lora_parameters
+from benchmarks.models import SMALL, TINY, Shape, adapter_pair, build_model, lora_kwargs
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,24 @@ def zero_grads(model: nn.Module) -> None:
         param.grad = None
 
 
+def preset_batch(settings: Settings) -> tuple[TrainShape, torch.Tensor]:
+    """The preset's shape and its fixed batch of token ids ``(batch, seq)`` (seed 0) on the settings' device."""
+    shape = PRESETS[settings.preset]
+    gen = torch.Generator().manual_seed(0)
+    return shape, torch.randint(0, shape.model.vocab, (shape.batch, shape.seq), generator=gen).to(settings.device)
+
+
+def same_loss_and_grads(kit: nn.Module, ref: nn.Module, ids: torch.Tensor) -> bool:
+    """One step of each: the same loss and the same gradient for every trainable tensor of ``ref``; the
+    gradients are cleared afterwards."""
+    same = close(step(kit, ids), step(ref, ids))
+    mine = dict(kit.named_parameters())
+    theirs = {n: p for n, p in ref.named_parameters() if p.requires_grad}
+    same = same and all(close(mine[n].grad, p.grad, rtol=1e-3, atol=1e-6) for n, p in theirs.items())
+    zero_grads(kit), zero_grads(ref)
+    return same
+
+
 def activation_mib(model: nn.Module, ids: torch.Tensor) -> float:
     """MiB of distinct storages saved for backward by one forward (then backward frees them)."""
     recorder = SavedActivations(model)
@@ -69,26 +87,21 @@ def agreement(kit: nn.Module, ref: nn.Module, ids: torch.Tensor, dropout: float)
     """Dropout 0: same loss and same gradient for every LoRA tensor. Dropout > 0 (random masks differ):
     same eval-mode logits and a train-mode loss within 1%."""
     if dropout == 0:
-        same = close(step(kit, ids), step(ref, ids))
-        grads_kit, grads_ref = lora_parameters(kit), lora_parameters(ref)
-        same = same and all(close(grads_kit[n].grad, p.grad, rtol=1e-3, atol=1e-6) for n, p in grads_ref.items())
-    else:
-        torch.manual_seed(0)
-        loss_kit, loss_ref = step(kit, ids), step(ref, ids)
-        same = bool(abs(loss_kit - loss_ref) <= 0.01 * abs(loss_ref))
-        kit.eval(), ref.eval()
-        with torch.no_grad():
-            same = same and close(kit(input_ids=ids).logits, ref(input_ids=ids).logits)
-        kit.train(), ref.train()
+        return same_loss_and_grads(kit, ref, ids)
+    torch.manual_seed(0)
+    loss_kit, loss_ref = step(kit, ids), step(ref, ids)
+    same = bool(abs(loss_kit - loss_ref) <= 0.01 * abs(loss_ref))
+    kit.eval(), ref.eval()
+    with torch.no_grad():
+        same = same and close(kit(input_ids=ids).logits, ref(input_ids=ids).logits)
+    kit.train(), ref.train()
     zero_grads(kit), zero_grads(ref)
     return same
 
 
 def run(settings: Settings) -> list[Row]:
-    shape = PRESETS[settings.preset]
+    shape, ids = preset_batch(settings)
     base = build_model(shape.model, device=settings.device)
-    ids = torch.randint(0, shape.model.vocab, (shape.batch, shape.seq), generator=torch.Generator().manual_seed(0))
-    ids = ids.to(settings.device)
     floor = frozen_floor(base).train()
     what = f"{shape.model.describe()}; batch {shape.batch} x {shape.seq} tokens; r=16 all-linear"
     models: dict[str, nn.Module] = {FLOOR: floor}
@@ -104,19 +117,7 @@ def run(settings: Settings) -> list[Row]:
     rows: list[Row] = []
     for dropout in DROPOUTS:
         kit, ref = f"{PEFTKIT} {dropout}", f"{PEFT} {dropout}"
-        rows.append(
-            Row(
-                f"train step, dropout {dropout:g}",
-                "ms",
-                times[kit],
-                times[ref],
-                times[FLOOR],
-                1.05,
-                agree[dropout],
-                what,
-                samples=times.triple(kit, ref, FLOOR),
-            )
-        )
+        rows.append(times.row(f"train step, dropout {dropout:g}", agree[dropout], what, (kit, ref, FLOOR), 1.05))
         rows.append(
             Row(
                 f"activation memory, dropout {dropout:g}",

@@ -56,6 +56,21 @@ def _stand_in_for_diffusers() -> None:
 _stand_in_for_diffusers()
 
 
+def _no_hub_retry_waits() -> None:
+    """The machine is offline and the runner points ``HF_ENDPOINT`` at a port that refuses: hub requests fail at
+    once, but huggingface_hub's retry loop would still sleep 1+2+4+8+8 s per request. Skip the sleeps (only the
+    hub-only tests, out of scope, make such requests)."""
+    try:
+        from huggingface_hub.utils import _http
+    except ImportError:
+        return
+    _http.time = types.SimpleNamespace(sleep=lambda seconds: None)  # type: ignore[attr-defined]
+
+
+if os.environ.get("HF_ENDPOINT", "").startswith("http://127.0.0.1:"):
+    _no_hub_retry_waits()
+
+
 def _method_of(obj: Any) -> str | None:
     """The ``peft_type`` an object belongs to (a config class or instance, or a class of ``peft.tuners.<x>``)."""
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING

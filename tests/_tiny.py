@@ -38,13 +38,15 @@ VOCAB = 64
 
 
 # -- configs ------------------------------------------------------------------------------------------
-def llama_config(hidden: int = 16, heads: int = 2, kv_heads: int = 1, positions: int = 32, **extra: Any) -> LlamaConfig:
-    """Two layers, MLP width ``2 * hidden``, grouped-query attention (``kv_heads`` key-value heads)."""
+def llama_config(
+    hidden: int = 16, heads: int = 2, kv_heads: int = 1, positions: int = 32, layers: int = 2, **extra: Any
+) -> LlamaConfig:
+    """``layers`` layers, MLP width ``2 * hidden``, grouped-query attention (``kv_heads`` key-value heads)."""
     return LlamaConfig(
         vocab_size=VOCAB,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         max_position_embeddings=positions,

@@ -14,7 +14,8 @@ forward without recompiling, when the model was prepared (:mod:`peftkit.hotswap_
 As in PEFT, a swap also works without preparation: a new adapter of a larger rank grows the slot (new tensor
 shapes, so a compiled model recompiles), one of a smaller rank fills its leading block, and where the new adapter
 has no weights for a layer the old adapter's weights there are zeroed (that layer then adds nothing). A new
-adapter that targets a module the slot lacks is refused.
+adapter that targets a module the slot lacks is refused. LoRA on a fused expert parameter (``target_parameters``)
+swaps the same way, each expert's rank block padded and written on its own (see :mod:`peftkit.hotswap_prepare`).
 
 The adapter config registered on the model is rewritten to describe the adapter as held (rank ``R``, each
 layer's alpha scaled by ``R / r``, the slot's target modules), so that saving after a swap writes a file that
@@ -32,26 +33,28 @@ from torch import nn
 
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, HotswapError, UnsupportedError
-from peftkit.functional import iter_adapter_modules
 from peftkit.hotswap_prepare import (
     CheckCompiled,
     config_as_held,
+    expert_count,
     forget_cached_stacks,
     hold_scaling_as_tensor,
     is_plain_lora,
     lora_layers,
     pad_rank,
+    pattern_name,
     prepare_adapter,
     prepare_model_for_compiled_hotswap,
     resolve_adapter_model,
     set_scaling,
+    write_rank_block,
 )
 from peftkit.io.keys import strip_prefix
 from peftkit.io.load import read_weights, split_hub_kwargs
 from peftkit.io.state import adapter_tensors
 from peftkit.locking import exclusive
 from peftkit.methods.lora.layer import LoraLayer
-from peftkit.methods.lora.param import ParamWrapper
+from peftkit.methods.lora.param import ParamWrapper, check_parameter_spec
 from peftkit.methods.lora.scaling import alpha_for_scaling
 from peftkit.registry import method_of
 
@@ -66,17 +69,26 @@ __all__ = [
 ]
 
 #: Config fields that say which modules the adapter slot covers (kept from the slot's config after a swap).
-_TARGETING_FIELDS = ("target_modules", "exclude_modules", "layers_to_transform", "layers_pattern")
+_TARGETING_FIELDS = ("target_modules", "target_parameters", "exclude_modules", "layers_to_transform", "layers_pattern")
 
 
-def _rank_dim(key: str) -> int | None:
-    """Which dimension of an on-disk LoRA key is the rank (A: rows, B: columns), if any."""
+def _rank_factor(key: str) -> str | None:
+    """Which LoRA factor an on-disk key holds (``"A"``: rank on dim 0, ``"B"``: rank on dim 1), if any."""
     parts = key.split(".")
     if parts[-1] in ("lora_embedding_A", "lora_embedding_B"):
-        return 0 if parts[-1].endswith("A") else 1
+        return parts[-1][-1]
     if len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in ("lora_A", "lora_B"):
-        return 0 if parts[-2] == "lora_A" else 1
+        return parts[-2][-1]
     return None
+
+
+def _experts_by_layer(inner: nn.Module, adapter: str) -> dict[str, int]:
+    """``layer name -> experts sharing its rank dimension`` (1 but for LoRA on an expert parameter)."""
+    return {name: expert_count(layer) for name, layer in lora_layers(inner, adapter)}
+
+
+def _layer_name(key: str) -> str:
+    return key.rsplit(".lora_", 1)[0]
 
 
 def _check_fit(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -90,12 +102,16 @@ def _check_fit(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[s
             f"modules the loaded one does not adapt ({unexpected[:5]}). Load it as a separate adapter instead "
             "(another adapter_name)."
         )
+    experts = _experts_by_layer(inner, adapter)
     for key, value in state.items():
-        live, dim = expected[key].tensor, _rank_dim(key)
+        live, which = expected[key].tensor, _rank_factor(key)
         if live.is_floating_point() and not value.is_floating_point():
             raise HotswapError(f"Cannot hot-swap {key}: the file holds a {value.dtype} tensor where weights belong.")
-        same_but_rank = value.dim() == live.dim() and all(
-            a == b for i, (a, b) in enumerate(zip(value.shape, live.shape)) if i != dim
+        dim = None if which is None else "AB".index(which)
+        same_but_rank = (
+            value.dim() == live.dim()
+            and all(a == b for i, (a, b) in enumerate(zip(value.shape, live.shape)) if i != dim)
+            and (dim is None or value.shape[dim] % experts.get(_layer_name(key), 1) == 0)
         )
         if value.shape != live.shape and (dim is None or not same_but_rank):
             raise HotswapError(
@@ -106,8 +122,9 @@ def _check_fit(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[s
 
 
 def _new_rank(name: str, layer: LoraLayer, adapter: str, state: Mapping[str, torch.Tensor]) -> int | None:
+    """The new adapter's rank at layer ``name`` (per expert), ``None`` where the file has no factors for it."""
     a_key = f"{name}.lora_A.weight" if adapter in layer.lora_A else f"{name}.lora_embedding_A"
-    return state[a_key].shape[0] if a_key in state else None
+    return state[a_key].shape[0] // expert_count(layer) if a_key in state else None
 
 
 def _new_layer_facts(
@@ -117,7 +134,9 @@ def _new_layer_facts(
     facts_of = method_of(config).layer_facts
     out = {}
     for name, layer in layers:
-        facts = facts_of(config, name, layer.get_base_layer())  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
+        facts = facts_of(config, pattern_name(name, layer), layer.get_base_layer())  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
+        if isinstance(layer, ParamWrapper):
+            check_parameter_spec(facts, layer.parameter_name)
         rank = _new_rank(name, layer, adapter, state)
         if rank is not None and rank != facts.r:
             raise HotswapError(
@@ -139,33 +158,18 @@ def _check_capacity(layers: dict, adapter: str, state: Mapping[str, torch.Tensor
             )
 
 
-def _check_expert_ranks(inner: nn.Module, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
-    """LoRA on parameters (one LoRA per expert, rows interleaved by expert) swaps at its own rank only."""
-    for name, module in iter_adapter_modules(inner):
-        if not isinstance(module, ParamWrapper) or not module.holds(adapter):
-            continue
-        key, live = f"{name}.lora_A.weight", module.lora_A[adapter].weight
-        assert isinstance(live, torch.Tensor)
-        if key in state and state[key].shape != live.shape:
-            raise HotswapError(
-                f"Cannot hot-swap {key}: shape {tuple(state[key].shape)} in the file vs {tuple(live.shape)} in "
-                "the model; LoRA on a parameter (per expert) hot-swaps at the same rank only. Load the adapter "
-                "with load_adapter under another name instead."
-            )
-
-
 def _write_weights(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy ``state`` into the slot (a smaller rank into the leading block, zeros elsewhere); zero what it lacks."""
+    """Copy ``state`` into the slot (a smaller rank into the leading block of each expert, zeros elsewhere); zero
+    what it lacks."""
     expected = adapter_tensors(inner, adapter, old, embedding_layers=None)
+    experts = _experts_by_layer(inner, adapter)
     with torch.no_grad():
         for key, value in state.items():
-            live, dim = expected[key].tensor, _rank_dim(key)
-            new = value.to(device=live.device, dtype=live.dtype)
-            if dim is None or new.shape == live.shape:
-                live.copy_(new)
+            live, which = expected[key].tensor, _rank_factor(key)
+            if which is None or value.shape == live.shape:
+                live.copy_(value.to(device=live.device, dtype=live.dtype))
             else:
-                live.zero_()
-                live.narrow(dim, 0, new.shape[dim]).copy_(new)
+                write_rank_block(live, value, which, experts.get(_layer_name(key), 1))
         for key, tensor in expected.items():
             if tensor.required and key not in state:
                 tensor.tensor.zero_()
@@ -213,7 +217,6 @@ def swap_adapter_weights(
     layers = _new_layer_facts(holders, adapter_name, config, state)
     if not grow_ranks:
         _check_capacity(layers, adapter_name, state)
-    _check_expert_ranks(inner, adapter_name, state)
     for name, (layer, facts) in layers.items():  # grow the slots a larger rank needs (zero padding keeps B A)
         rank = _new_rank(name, layer, adapter_name, state)
         if rank is not None and rank > layer.r[adapter_name]:
@@ -222,7 +225,7 @@ def swap_adapter_weights(
     held = {}
     for name, (layer, facts) in layers.items():
         _apply_layer_settings(layer, adapter_name, facts)
-        held[name] = (layer.r[adapter_name], facts.scaling)
+        held[pattern_name(name, layer)] = (layer.r[adapter_name], facts.scaling)
     new_config = config_as_held(config, held)
     for field_name in _TARGETING_FIELDS:
         if hasattr(old, field_name):

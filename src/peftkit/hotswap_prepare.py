@@ -1,6 +1,12 @@
 """Preparing LoRA adapters for in-place hot-swaps (see :mod:`peftkit.hotswap`): where the adapters and their
 configs live, scalings held as 0-dim tensors, ranks zero-padded to a fixed maximum, and the config that describes
 an adapter as the model holds it.
+
+The rank dimension of a factor holds ``E`` blocks when one layer carries a LoRA per expert (LoRA on a fused
+expert parameter, :class:`~peftkit.methods.lora.param.ParamWrapper`; ``E = 1`` for every other layer):
+``A (r E, in)`` is expert-major (row ``e r + j``, viewed ``(E, r, in)``) and ``B (out, r E)`` rank-major
+(column ``j E + e``, viewed ``(out, r, E)``). Padding to rank ``R`` and writing a smaller rank act on the ``r``
+axis of those views, so every expert keeps ``B_e A_e``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from peftkit.locking import exclusive
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.layer import LoraLayer
 from peftkit.methods.lora.method import LORA
+from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.scaling import alpha_for_scaling
 from peftkit.registry import method_of
 
@@ -42,8 +49,8 @@ def resolve_adapter_model(model: Any) -> tuple[nn.Module, dict[str, PeftConfig] 
     return model, None
 
 
-#: Layer classes of LoRA proper (AdaLoRA's layers subclass LoraLayer but hold A, E, B).
-_LORA_LAYER_TYPES = frozenset(LORA.layer_table.values())
+#: Layer classes of LoRA proper (AdaLoRA's layers subclass LoraLayer but hold A, E, B), on modules and parameters.
+_LORA_LAYER_TYPES = frozenset({*LORA.layer_table.values(), ParamWrapper})
 
 
 def is_plain_lora(config: PeftConfig) -> bool:
@@ -58,6 +65,38 @@ def lora_layers(inner: nn.Module, adapter: str | None = None) -> list[tuple[str,
         for name, module in iter_adapter_modules(inner)
         if type(module) in _LORA_LAYER_TYPES and (adapter is None or module.holds(adapter))
     ]
+
+
+def expert_count(layer: LoraLayer) -> int:
+    """How many per-expert LoRAs share ``layer``'s rank dimension (``E`` for LoRA on an expert parameter, else 1)."""
+    return layer.num_experts if isinstance(layer, ParamWrapper) else 1
+
+
+def pattern_name(name: str, layer: LoraLayer) -> str:
+    """The name ``rank_pattern`` / ``alpha_pattern`` are matched against for the layer at ``name``: the module's
+    own; for LoRA on a parameter ``<module>.<parameter>`` (nested wrappers' ``.base_layer`` removed), as injected."""
+    if not isinstance(layer, ParamWrapper):
+        return name
+    while name.endswith(".base_layer"):
+        name = name.removesuffix(".base_layer")
+    return f"{name}.{layer.parameter_name}" if name else layer.parameter_name
+
+
+def rank_blocks(tensor: torch.Tensor, which: str, experts: int) -> torch.Tensor:
+    """A view of factor ``which`` (``"A"`` or ``"B"``) with the rank on axis 1: ``A (r E, in, ...) -> (E, r, in,
+    ...)``, ``B (out, r E, ...) -> (out, r, E, ...)`` (see the module docstring)."""
+    if which == "A":
+        return tensor.view(experts, tensor.shape[0] // experts, *tensor.shape[1:])
+    return tensor.view(tensor.shape[0], tensor.shape[1] // experts, experts, *tensor.shape[2:])
+
+
+def write_rank_block(dest: torch.Tensor, src: torch.Tensor, which: str, experts: int) -> None:
+    """Zero ``dest`` and copy factor ``src`` of a rank ``<=`` dest's into its leading rank block, per expert,
+    so that ``B_dest A_dest = B_src A_src`` for every expert once both factors are written."""
+    view, block = rank_blocks(dest, which, experts), rank_blocks(src, which, experts)
+    with torch.no_grad():
+        view.zero_()
+        view.narrow(1, 0, block.shape[1]).copy_(block.to(device=dest.device, dtype=dest.dtype))
 
 
 def _check_compiled(model: nn.Module, check_compiled: str) -> None:
@@ -108,24 +147,25 @@ def _set_factor(layer: LoraLayer, adapter: str, which: str, tensor: torch.Tensor
 
 
 def pad_rank(layer: LoraLayer, adapter: str, target_rank: int, use_rslora: bool = False) -> None:
-    """Zero-pad ``adapter``'s factors to rank ``target_rank`` (``A``: rows, ``B``: columns); output unchanged.
+    """Zero-pad ``adapter``'s factors to rank ``target_rank`` (``A``: rows, ``B``: columns, per expert for LoRA
+    on an expert parameter); output unchanged.
 
     ``layer.r`` becomes ``target_rank`` (it always equals the factors' rank dimension) and ``lora_alpha`` the
     value that gives the unchanged scaling at that rank.
     """
     A, B = layer.factor_tensors(adapter)
-    rank = A.shape[0]
+    experts = expert_count(layer)
+    rank = A.shape[0] // experts
     if rank > target_rank:
         raise HotswapError(
             f"Adapter {adapter!r} already has rank {rank} in a layer, above target_rank={target_rank}; "
             "pass a target_rank at least as large as every adapter's rank."
         )
     if rank < target_rank:
-        with torch.no_grad():
-            new_A = A.new_zeros((target_rank, *A.shape[1:]))
-            new_A[:rank] = A
-            new_B = B.new_zeros((B.shape[0], target_rank, *B.shape[2:]))
-            new_B[:, :rank] = B
+        new_A = A.new_zeros((target_rank * experts, *A.shape[1:]))
+        new_B = B.new_zeros((B.shape[0], target_rank * experts, *B.shape[2:]))
+        write_rank_block(new_A, A, "A", experts)
+        write_rank_block(new_B, B, "B", experts)
         _set_factor(layer, adapter, "A", new_A, A.requires_grad)
         _set_factor(layer, adapter, "B", new_B, B.requires_grad)
     scaling = float(layer.scaling[adapter])
@@ -148,7 +188,8 @@ def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) ->
     """A copy of LoRA ``config`` that describes the adapter as the model holds it.
 
     Args:
-        held: ``layer name -> (rank of the held factors, scaling)``.
+        held: ``layer name -> (rank of the held factors, scaling)``, names as the patterns match them
+            (:func:`pattern_name`).
 
     Returns:
         ``config`` itself (copied) when every layer holds the config's own rank; otherwise a config with
@@ -183,7 +224,7 @@ def prepare_adapter(
         if target_rank is not None:
             pad_rank(layer, adapter, target_rank, use_rslora=rslora)
     if config is not None and layers:
-        held = {name: (layer.r[adapter], float(layer.scaling[adapter])) for name, layer in layers}
+        held = {pattern_name(n, layer): (layer.r[adapter], float(layer.scaling[adapter])) for n, layer in layers}
         configs[adapter] = config_as_held(config, held)  # type: ignore[index]  # configs is a dict whenever adapters are held
     return bool(layers)
 

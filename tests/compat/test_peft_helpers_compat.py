@@ -20,6 +20,10 @@ def test_import_utils_facts_match_reference() -> None:
     import peftkit.import_utils
 
     assert peftkit.import_utils.is_transformers_ge_v5 == peft.import_utils.is_transformers_ge_v5
+    functions = [name for name in peftkit.import_utils.__all__ if name != "is_transformers_ge_v5"]
+    assert functions
+    for name in functions:  # same answers on this machine as the reference's checks
+        assert getattr(peftkit.import_utils, name)() == getattr(peft.import_utils, name)(), name
 
 
 def test_get_submodules_matches_reference() -> None:

@@ -8,21 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from transformers import BertConfig, LlamaConfig, T5Config
+from tests._tiny import llama_config
+from transformers import BertConfig, T5Config
 
 import peftkit
 
 BERT = BertConfig(
     vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=2
 )
-LLAMA = LlamaConfig(
-    vocab_size=50,
-    hidden_size=16,
-    intermediate_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-)
+LLAMA = llama_config(layers=1)
 T5 = T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0)
 
 CASES = [

@@ -1,5 +1,5 @@
-"""``peftkit train --method vera|ln_tuning|trainable_tokens`` (one optimiser step of the built-in job) writes an
-adapter that reloads with equal outputs, and ``peftkit inspect`` reads it."""
+"""``peftkit train --method vera|ln_tuning|trainable_tokens|loha`` and DoRA on an embedding (one optimiser step of the
+built-in job) write an adapter that reloads with equal outputs, and ``peftkit inspect`` reads it."""
 
 from __future__ import annotations
 
@@ -21,8 +21,14 @@ from tests.integration.test_cli import run_cli
             "TRAINABLE_TOKENS",
             "base_model.model.model.embed_tokens.trainable_tokens_delta",
         ),
+        (["--method", "loha", "--r", "4"], "LOHA", "base_model.model.model.layers.0.self_attn.q_proj.hada_w1_a"),
+        (
+            ["--target-modules", "embed_tokens", "--use-dora"],
+            "LORA",
+            "base_model.model.model.embed_tokens.lora_magnitude_vector",
+        ),
     ],
-    ids=["vera", "ln_tuning", "trainable_tokens"],
+    ids=["vera", "ln_tuning", "trainable_tokens", "loha", "dora_embedding"],
 )
 def test_train_and_inspect(options: list[str], peft_type: str, key: str, tmp_path, capsys) -> None:
     out = str(tmp_path / "run")
@@ -37,8 +43,8 @@ def test_train_and_inspect(options: list[str], peft_type: str, key: str, tmp_pat
     assert code == 0, err
     info = json.loads(raw)
     assert info["method"] == peft_type
-    if peft_type == "VERA":
-        assert info["ranks"] == [8]
+    if peft_type in ("VERA", "LOHA"):
+        assert info["ranks"] == [int(options[options.index("--r") + 1])]
 
 
 def test_bad_token_indices_give_one_clear_line(tmp_path, capsys) -> None:

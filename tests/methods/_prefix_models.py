@@ -14,16 +14,15 @@ from collections.abc import Callable
 
 import torch
 import transformers as T
+from tests._tiny import VOCAB, bert_config
 from torch import nn
 
-VOCAB = 64
 _SMALL = {"vocab_size": VOCAB, "hidden_size": 16, "num_attention_heads": 2}
 _GEMMA = {**_SMALL, "intermediate_size": 32, "num_hidden_layers": 2, "num_key_value_heads": 1, "head_dim": 8}
 
 
 def _bert() -> nn.Module:
-    config = T.BertConfig(**_SMALL, intermediate_size=32, num_hidden_layers=2, num_labels=3)
-    return T.BertForSequenceClassification(config)
+    return T.BertForSequenceClassification(bert_config(positions=512))  # BERT's default position table
 
 
 def _roberta() -> nn.Module:

@@ -8,8 +8,9 @@ import logging
 
 import pytest
 import torch
+from tests._tiny import llama_config
 from torch._dynamo.testing import CompileCounter
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import peftkit
 from peftkit.methods.lora.stacked import stack_factors
@@ -19,16 +20,7 @@ RANKS = {"default": 4, "b": 2, "c": 8}
 
 def model_with_adapters() -> peftkit.PeftModel:
     torch.manual_seed(0)
-    base = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=64,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    )
+    base = LlamaForCausalLM(llama_config(layers=1))
     model = None
     for name, r in RANKS.items():
         config = peftkit.LoraConfig(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.methods._training import adam_losses
 from torch import nn
 
 import peftkit as peft
@@ -46,6 +47,13 @@ def conv_weight_oracle(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, m: tor
     return factor.view(-1, *[1] * (W.dim() - 1)) * V
 
 
+def backward_both(out: torch.Tensor, expected: torch.Tensor) -> None:
+    """Back-propagate one random cotangent through the layer's output and through the oracle's."""
+    grad = torch.randn_like(out)
+    (out * grad).sum().backward()
+    (expected * grad).sum().backward()
+
+
 def test_embedding_magnitude_forward_gradients_and_merge() -> None:
     model, layer = build(nn.Embedding(10, 6))
     E = layer.get_base_layer().weight.detach().clone()
@@ -57,9 +65,7 @@ def test_embedding_magnitude_forward_gradients_and_merge() -> None:
     expected = embedding_oracle(ids, E, A, B, m)
     out = model(ids)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    grad = torch.randn_like(out)
-    (out * grad).sum().backward()
-    (expected * grad).sum().backward()
+    backward_both(out, expected)
     torch.testing.assert_close(layer.lora_magnitude_vector["default"].weight.grad, m.grad, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(layer.lora_embedding_A["default"].grad, A.grad, atol=1e-5, rtol=1e-4)
     model.merge_adapter()
@@ -89,9 +95,7 @@ def test_conv_forward_gradients_merge_and_magnitude_shape(kind: str) -> None:
     expected = base._conv_forward(x, conv_weight_oracle(W, A, B, m), b)
     out = model(x)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    grad = torch.randn_like(out)
-    (out * grad).sum().backward()
-    (expected * grad).sum().backward()
+    backward_both(out, expected)
     torch.testing.assert_close(layer.lora_magnitude_vector["default"].weight.grad, m.grad, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(layer.lora_B["default"].weight.grad, B.grad, atol=1e-5, rtol=1e-4)
     model.merge_adapter()
@@ -129,15 +133,12 @@ def test_dora_layers_train_with_the_base_bit_identical() -> None:
     base = {k: v.clone() for k, v in model.named_parameters() if "base_layer" in k}
     initial = dict(model.named_parameters())[MAGNITUDE].detach().clone()
     ids, target = torch.randint(0, 10, (4, 5)), torch.randn(4, 5, 6)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    losses = []
-    for _ in range(6):
-        h = model.base_model.model[0](ids).transpose(1, 2)
-        loss = (model.base_model.model[1](h).transpose(1, 2) - target).pow(2).mean()
-        losses.append(loss.item())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    embedding, conv = model.base_model.model
+
+    def loss() -> torch.Tensor:
+        return (conv(embedding(ids).transpose(1, 2)).transpose(1, 2) - target).pow(2).mean()
+
+    losses = adam_losses(model, loss, steps=6, lr=0.05)
     assert losses[-1] < losses[0]
     params = dict(model.named_parameters())
     assert all(torch.equal(v, params[k]) for k, v in base.items())

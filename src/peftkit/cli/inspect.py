@@ -86,6 +86,7 @@ def describe_adapter(adapter_dir: str) -> dict[str, Any]:
         "ranks": ranks,
         "alpha": config.get("lora_alpha", config.get("alpha")),  # LoHa / LoKr call it alpha
         "targets": config.get("target_modules"),
+        "target_parameters": config.get("target_parameters") or None,
         "modules_to_save": config.get("modules_to_save"),
         "num_virtual_tokens": config.get("num_virtual_tokens"),
         "parameters": sum(t.numel() for t in weights.values()),
@@ -103,8 +104,8 @@ def _kb(size: int) -> str:
 
 def _targets(targets: Any) -> str:
     """``q_proj, v_proj (8 modules)`` for a list of full module names; a regex or ``None`` as written."""
-    if not isinstance(targets, list):
-        return "-" if targets is None else str(targets)
+    if not isinstance(targets, list) or not targets:
+        return str(targets) if targets else "-"
     names = sorted({t.rsplit(".", 1)[-1] for t in targets})
     return ", ".join(names) + (f" ({len(targets)} modules)" if len(targets) > len(names) else "")
 
@@ -119,6 +120,7 @@ def print_report(info: dict[str, Any]) -> None:
         ("rank(s)", ", ".join(map(str, info["ranks"])) or "-"),
         ("alpha", str(info["alpha"]) if info["alpha"] is not None else "-"),
         ("targets", _targets(targets)),
+        ("parameters of", ", ".join(info["target_parameters"])) if info["target_parameters"] else None,
         ("virtual tokens", str(info["num_virtual_tokens"])) if info["num_virtual_tokens"] else None,
         ("parameters", f"{info['parameters']:,} in {info['tensors']} tensors ({', '.join(info['dtypes'])})"),
         ("files", ", ".join(f"{name} {_kb(size)}" for name, size in info["files"].items())),

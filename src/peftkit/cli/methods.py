@@ -92,9 +92,27 @@ def parse_modules(value: str | None) -> list[str] | str | None:
     return value
 
 
+def parse_parameters(value: str) -> list[str]:
+    """``"experts.gate_up_proj, experts.down_proj"`` -> the list of parameter names (``target_parameters``).
+
+    Raises:
+        CliError: an empty name or one that is not a dotted identifier.
+    """
+    names = [name.strip() for name in value.split(",")]
+    bad = [name for name in names if not re.fullmatch(r"[\w.]+", name) or name.startswith(".") or name.endswith(".")]
+    if bad:
+        raise CliError(
+            f"--target-parameters {value!r}: {bad[0]!r} is not a parameter name; pass comma-separated "
+            "<module>.<parameter> names such as experts.down_proj."
+        )
+    return names
+
+
 def _field_value(option: CliOption, value: Any) -> Any:
     if option.field in ("target_modules", "feedforward_modules"):
         return parse_modules(value)
+    if option.field == "target_parameters":
+        return parse_parameters(value)
     if isinstance(value, float) and value.is_integer() and option.field in ("lora_alpha", "alpha"):
         return int(value)
     return value
@@ -108,7 +126,12 @@ def method_fields(method: str, options: dict[str, Any]) -> dict[str, Any]:
     """
     spec = spec_for_method(method)
     accepted = {option.name: option for option in spec.cli_options}
-    fields: dict[str, Any] = {o.field: _field_value(o, o.default) for o in spec.cli_options if o.default is not None}
+    given = {name for name, value in options.items() if value is not None and value is not False}
+    fields: dict[str, Any] = {
+        o.field: _field_value(o, o.default)
+        for o in spec.cli_options
+        if o.default is not None and not given.intersection(o.default_unless)
+    }
     table = option_table()
     for name, value in options.items():
         if value is None or value is False:
@@ -154,4 +177,6 @@ def describe(config: PeftConfig) -> str:
     targets = getattr(config, "target_modules", None)
     if targets:
         parts.append("on " + (targets if isinstance(targets, str) else ",".join(sorted(targets))))
+    if getattr(config, "target_parameters", None):
+        parts.append("on parameters " + ",".join(config.target_parameters))  # type: ignore[attr-defined]  # checked just above
     return " ".join(parts)

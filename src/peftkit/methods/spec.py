@@ -74,6 +74,8 @@ class CliOption:
         type: ``int``, ``float``, ``str`` (``target_modules``-like lists are ``str``) or ``bool`` (a flag).
         help: One line for ``--help``.
         default: Used when the option is not given (``None``: the config class's own default).
+        default_unless: Options whose presence drops ``default`` (the config class's own default applies), e.g.
+            LoRA's ``all-linear`` targets and dropout when ``--target-parameters`` is given.
     """
 
     name: str
@@ -81,6 +83,7 @@ class CliOption:
     type: type = str
     help: str = ""
     default: Any = None
+    default_unless: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,22 @@ LORA_BIAS_MODES: dict[str, BiasRule] = {"none": "none", "all": "all", "lora_only
 #: ``peftkit train`` options shared by LoRA and AdaLoRA.
 LORA_CLI_OPTIONS = (
     CliOption("alpha", "lora_alpha", float, "Scaling numerator, scaling = alpha / r", 16),
-    CliOption("dropout", "lora_dropout", float, "Dropout on the adapter input", 0.05),
+    CliOption("dropout", "lora_dropout", float, "Dropout on the adapter input", 0.05, ("target_parameters",)),
     CliOption(
         "target_modules",
         "target_modules",
         str,
-        "Modules to adapt: comma-separated names, a regex, or all-linear",
+        "Modules to adapt: comma-separated names, a regex, or all-linear (none when --target-parameters is given)",
         "all-linear",
+        ("target_parameters",),
     ),
+)
+#: LoRA on parameters (one LoRA per expert of fused MoE weights); no dropout there, so its default is dropped.
+TARGET_PARAMETERS_OPTION = CliOption(
+    "target_parameters",
+    "target_parameters",
+    str,
+    "Parameters to adapt, comma-separated <module>.<parameter> (e.g. experts.gate_up_proj,experts.down_proj)",
 )
 
 
@@ -118,6 +126,7 @@ LORA = MethodSpec(
     cli_options=(
         CliOption("r", "r", int, "Rank", 8),
         *LORA_CLI_OPTIONS,
+        TARGET_PARAMETERS_OPTION,
         CliOption("use_dora", "use_dora", bool, "Weight-decomposed LoRA"),
     ),
     cli_learning_rate=2e-4,

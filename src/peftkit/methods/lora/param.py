@@ -72,8 +72,8 @@ class ParamWrapper(LoraLayer):
         return getattr(self.get_base_layer(), self.parameter_name)
 
     def update_layer(self, adapter: str, spec: LoraLayerSpec, init_weights: bool = True) -> None:
-        """Add ``adapter``; refuses what PEFT's parameter LoRA refuses (see :func:`_check_spec`)."""
-        _check_spec(spec, self.parameter_name)
+        """Add ``adapter``; refuses what PEFT's parameter LoRA refuses (see :func:`check_parameter_spec`)."""
+        check_parameter_spec(spec, self.parameter_name)
         super().update_layer(adapter, spec, init_weights)
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
@@ -106,8 +106,11 @@ class ParamWrapper(LoraLayer):
         weight = self.get_param()
         for adapter in adapters:
             lhs, rhs = self.low_rank_factors(adapter, weight.dtype)
+            scaling = self.scaling[adapter]
+            if torch.is_tensor(scaling):  # held as a tensor for hot-swaps (alpha takes Python numbers only)
+                lhs, scaling = lhs * scaling, 1.0
             fused = torch.baddbmm if weight.dim() == 3 else torch.addmm
-            weight = fused(weight, lhs, rhs, alpha=self.scaling[adapter])
+            weight = fused(weight, lhs, rhs, alpha=scaling)
         return weight
 
     def adapted_forward(self, x: torch.Tensor, adapters: Sequence[str], *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -155,7 +158,7 @@ class ParamWrapper(LoraLayer):
         return f"parameter_name={self.parameter_name!r}, experts={self.num_experts}, {super().extra_repr()}"
 
 
-def _check_spec(spec: LoraLayerSpec, parameter_name: str) -> None:
+def check_parameter_spec(spec: LoraLayerSpec, parameter_name: str) -> None:
     """Options that cannot apply to a bare parameter: no input to drop out, no bias, no DoRA, no decomposing init.
 
     Raises:
