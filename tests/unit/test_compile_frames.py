@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 import torch._dynamo
+from tests._tiny import VOCAB, llama_config
 from torch._dynamo.testing import CompileCounter
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import peftkit
 from peftkit.compile_frames import eager_frame
@@ -35,15 +36,12 @@ def test_the_decorated_frame_runs_eagerly_and_what_it_calls_compiles() -> None:
 def test_compiled_peft_model_compiles_the_model_once_and_matches_eager() -> None:
     torch._dynamo.reset()
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1,
-    )  # fmt: skip
+    config = llama_config(layers=1)
     lora = peftkit.LoraConfig(task_type="CAUSAL_LM", r=2, target_modules="all-linear", init_lora_weights=False)
     model = peftkit.get_peft_model(LlamaForCausalLM(config), lora).eval()
     counter = CompileCounter()
     compiled = torch.compile(model, backend=counter)
-    ids = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(input_ids=ids).logits
         for _ in range(3):
