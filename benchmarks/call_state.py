@@ -24,6 +24,7 @@ from benchmarks.models import SMALL, build_model, kit_config, lora_kwargs
 from peftkit.functional import iter_adapter_modules
 from peftkit.layers.base import CALL_STATE
 from peftkit.locking import ModelLock
+from peftkit.methods.prompt.cache import cache_argument
 
 ROUNDS, CALLS = 30, 10
 
@@ -40,7 +41,10 @@ def main() -> None:
     torch.set_num_threads(1)
     model = peftkit.get_peft_model(build_model(SMALL), kit_config(**lora_kwargs())).eval()
     ids = torch.randint(0, SMALL.vocab, (1, 128), generator=torch.Generator().manual_seed(0))
-    decoder = Decoder(model, ids)
+    cache_key = cache_argument(model.get_base_model().forward)
+    if cache_key is None:
+        raise RuntimeError("the base model's forward takes no key/value cache; this decode measure needs one.")
+    decoder = Decoder(model, ids, cache_key)
     real: dict[str, Any] = {n: getattr(ModelLock, n) for n in ("acquire_shared", "release_shared")}
     ratios, with_lock = [], []
     for _ in range(ROUNDS + 1):

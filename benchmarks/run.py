@@ -103,10 +103,26 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def device_problem(settings: Settings) -> str | None:
+    """Why ``settings`` cannot measure anything meaningful, or ``None``: a CUDA device that is not there, or CUDA
+    timed with the CPU clock (process CPU time leaves out the GPU's work, and kernel launches are asynchronous)."""
+    if not settings.device.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return f"--device {settings.device}: torch sees no CUDA device here; run on a machine with one."
+    if settings.clock != "wall":
+        return f"--device {settings.device} needs --clock wall: CPU time leaves out the GPU's work."
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     preset = args.preset or ("quick" if args.quick else "full")
     settings = Settings(preset=preset, clock=args.clock, device=args.device, reps=args.reps or REPS[preset])
+    refused = device_problem(settings)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.only.split(",") if args.only else list(FIGURES)

@@ -1,12 +1,14 @@
 """Run PEFT's own test suite on the reference ``peft`` and on peftkit; print per-file pass counts.
 
 Steps: download the reference's source distribution with pip (cached under ``--workdir``), unpack its
-``tests/``, collect the chosen test files on the reference and keep the tests that are in scope (every adapter
-method they touch is in peftkit's catalog, ``src/peftkit/catalog.py``; no GPU marker), run those tests on the
-reference, then on peftkit through ``peft_suite_shim`` (``import peft`` -> ``peftkit`` under the same relative
+``tests/``, collect the chosen test files on the reference and keep the tests that are in scope by method (every
+adapter method they touch is in peftkit's catalog, ``src/peftkit/catalog.py``; no GPU marker), run those tests on
+the reference, then on peftkit through ``peft_suite_shim`` (``import peft`` -> ``peftkit`` under the same relative
 paths, placeholders for what peftkit lacks), and print per file: selected, passed on the reference, passed on
 peftkit (of those), and tests that fail on the reference because they need the model hub (offline here:
-out of scope, counted apart).
+out of scope, counted apart). PEFT calls its LoRA variants (DoRA, VeLoRA, BD-LoRA, ...) and initialisations
+(PiSSA, EVA, ...) methods built on LoRA: the columns ``+v`` count again only the tests whose every variant is one
+peftkit declares (``LORA_VARIANTS`` in the catalog), the honest scope.
 
 Run it nice'd on the shared machine: ``nice -n 10 python scripts/peft_suite.py`` (everything in scope), or a
 subset: ``python scripts/peft_suite.py --files test_config.py test_mapping.py -k lora``.
@@ -17,6 +19,7 @@ Outputs under the workdir: ``selection.json``, ``results-reference.jsonl``, ``re
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -101,6 +104,24 @@ def in_scope_methods(peftkit_src: Path) -> list[str]:
     return re.findall(r'^\s*"([A-Z0-9_]+)":\s*"peftkit\.', text, flags=re.MULTILINE)
 
 
+def declared_variants(peftkit_src: Path) -> list[str]:
+    """The LoRA variants peftkit declares it implements (``LORA_VARIANTS`` of its catalog), read from the source
+    tree under test without importing it; none when the catalog declares none."""
+    tree = ast.parse((peftkit_src / "peftkit" / "catalog.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        target = (
+            node.target
+            if isinstance(node, ast.AnnAssign)
+            else (node.targets[0] if isinstance(node, ast.Assign) else None)
+        )
+        if isinstance(target, ast.Name) and target.id == "LORA_VARIANTS" and node.value is not None:
+            value = node.value
+            if isinstance(value, ast.Call) and value.args:  # frozenset({...})
+                value = value.args[0]
+            return sorted(ast.literal_eval(value))
+    return []
+
+
 def default_files(tests: Path, methods: list[str]) -> list[str]:
     """Every ``test_*.py`` except the excluded ones and those named after a method outside ``methods``."""
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING  # the reference: only to name the other methods
@@ -149,13 +170,15 @@ def pytest_command(tests: Path, extra: list[str], side: str, workers: int) -> li
     return command + extra
 
 
-def select(args: argparse.Namespace, tests: Path, methods: list[str]) -> list[dict]:
+def select(args: argparse.Namespace, tests: Path, methods: list[str], variants: list[str]) -> list[dict]:
     """Collect the chosen files on the reference and return the scope decision of each test."""
     files = args.files or default_files(tests, methods)
     target = args.workdir / "selection.json"
     target.unlink(missing_ok=True)
     env = pytest_env("reference", args.workdir, args.peftkit_src)
-    env.update(PEFT_SUITE_SELECT=str(target), PEFT_SUITE_METHODS=",".join(methods))
+    env.update(
+        PEFT_SUITE_SELECT=str(target), PEFT_SUITE_METHODS=",".join(methods), PEFT_SUITE_VARIANTS=",".join(variants)
+    )
     extra = ["--collect-only", *(["-k", args.keyword] if args.keyword else []), *[str(tests / f) for f in files]]
     done = subprocess.run(
         pytest_command(tests, extra, "reference", 0), env=env, cwd=tests.parent, capture_output=True, text=True
@@ -212,30 +235,52 @@ def read_results(path: Path) -> dict[str, tuple[str, str]]:
     return outcomes
 
 
-def tabulate(selected: list[str], reference: dict, peftkit: dict) -> dict[str, dict[str, int]]:
-    """Per file: selected, hub (reference fails for want of the hub), reference passes, peftkit passes of those."""
-    table: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(["selected", "hub", "ref", "kit"], 0))
+_COUNTS = ("selected", "hub", "ref", "kit")
+
+
+def tabulate(
+    selected: list[str], reference: dict, peftkit: dict, narrow: set[str] | None = None
+) -> dict[str, dict[str, int]]:
+    """Per file: selected, hub (reference fails for want of the hub), reference passes, peftkit passes of those;
+    with ``narrow`` (the tests in scope by method and LoRA variant too) the same four counts for those tests under
+    ``v_selected``, ``v_hub``, ``v_ref``, ``v_kit``."""
+    keys = [*_COUNTS, *(f"v_{k}" for k in _COUNTS)] if narrow is not None else list(_COUNTS)
+    table: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(keys, 0))
     for nodeid in selected:
         row = table[nodeid.split("::")[0].split("/")[-1]]
-        row["selected"] += 1
         outcome, message = reference.get(nodeid, ("not run", ""))
-        if outcome == "failed" and HUB_ERRORS.search(message):
-            row["hub"] += 1
-        elif outcome == "passed":
-            row["ref"] += 1
-            row["kit"] += peftkit.get(nodeid, ("not run", ""))[0] == "passed"
+        counts = {
+            "selected": 1,
+            "hub": outcome == "failed" and bool(HUB_ERRORS.search(message)),
+            "ref": outcome == "passed",
+            "kit": outcome == "passed" and peftkit.get(nodeid, ("not run", ""))[0] == "passed",
+        }
+        for key, add in counts.items():
+            row[key] += int(add)
+            if narrow is not None and nodeid in narrow:
+                row[f"v_{key}"] += int(add)
     return dict(sorted(table.items()))
 
 
+def _share(row: dict[str, int], prefix: str = "") -> str:
+    return f"{100 * row[prefix + 'kit'] / row[prefix + 'ref']:.1f}" if row[prefix + "ref"] else "-"
+
+
 def render(table: dict[str, dict[str, int]]) -> str:
-    lines = [f"{'file':40} {'selected':>8} {'hub':>6} {'ref':>6} {'peftkit':>8} {'%':>6}"]
-    total = dict.fromkeys(["selected", "hub", "ref", "kit"], 0)
+    """The per-file table and its total; with variant counts (see :func:`tabulate`) four more columns: the tests
+    in scope by method and LoRA variant (``sel+v``, ``ref+v``, ``kit+v``, ``%+v``)."""
+    narrow = any("v_selected" in row for row in table.values())
+    head = f"{'file':40} {'selected':>8} {'hub':>6} {'ref':>6} {'peftkit':>8} {'%':>6}"
+    lines = [head + (f" {'sel+v':>6} {'ref+v':>6} {'kit+v':>6} {'%+v':>6}" if narrow else "")]
+    total = dict.fromkeys(next(iter(table.values()), {}).keys() or _COUNTS, 0)
     for name, row in [*table.items(), ("TOTAL", total)]:
         if name != "TOTAL":
             for key in total:
                 total[key] += row[key]
-        share = f"{100 * row['kit'] / row['ref']:.1f}" if row["ref"] else "-"
-        lines.append(f"{name:40} {row['selected']:8} {row['hub']:6} {row['ref']:6} {row['kit']:8} {share:>6}")
+        line = f"{name:40} {row['selected']:8} {row['hub']:6} {row['ref']:6} {row['kit']:8} {_share(row):>6}"
+        if narrow:
+            line += f" {row['v_selected']:6} {row['v_ref']:6} {row['v_kit']:6} {_share(row, 'v_'):>6}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -262,17 +307,26 @@ def main(argv: list[str] | None = None) -> int:
     tests = fetch_tests(args.version, args.workdir)
     install_test_dependencies(args.workdir)
     methods = in_scope_methods(args.peftkit_src)
+    variants = declared_variants(args.peftkit_src)
     print("in-scope methods:", ", ".join(methods))
+    print("LoRA variants peftkit implements:", ", ".join(variants))
     saved = args.workdir / "selection.json"
     decisions = (
         json.loads(saved.read_text())
         if (args.side == "report" or args.reuse_selection) and saved.exists()
-        else select(args, tests, methods)
+        else select(args, tests, methods, variants)
     )
-    selected = [
-        row["nodeid"] for row in decisions if row["in_scope"] and zlib.crc32(row["nodeid"].encode()) % args.sample == 0
+    sampled = [
+        row
+        for row in decisions
+        if row.get("method_in_scope", row["in_scope"]) and zlib.crc32(row["nodeid"].encode()) % args.sample == 0
     ]
-    print(f"collected {len(decisions)}, in scope {len(selected)}")
+    selected = [row["nodeid"] for row in sampled]
+    narrow = {row["nodeid"] for row in sampled if row["in_scope"]}
+    print(
+        f"collected {len(decisions)}, in scope by method {len(selected)}, "
+        f"by method and LoRA variant {len(narrow)} (columns +v)"
+    )
     if not selected:
         return 1
     results = {side: {} for side in ("reference", "peftkit")}
@@ -283,10 +337,10 @@ def main(argv: list[str] | None = None) -> int:
             results[side] = read_results(args.workdir / f"results-{side}.jsonl")
     if args.rerun_failures:
         results["peftkit"] = rerun_failures(args, tests, selected, results["reference"], results["peftkit"])
-    table = tabulate(selected, results["reference"], results["peftkit"])
+    table = tabulate(selected, results["reference"], results["peftkit"], narrow)
     print(render(table))
-    print("\ncommonest peftkit failures among reference passes:")
-    for count, message in failure_groups(results["reference"], results["peftkit"], only=selected):
+    print("\ncommonest peftkit failures among reference passes (in scope by method and LoRA variant):")
+    for count, message in failure_groups(results["reference"], results["peftkit"], only=sorted(narrow)):
         print(f"{count:6}  {message}")
     (args.workdir / "summary.json").write_text(json.dumps(table, indent=1))
     return 0

@@ -95,6 +95,25 @@ class _Proxy(types.ModuleType):
             return importlib.import_module(sub)
         return missing(sub)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``monkeypatch.setattr(peft.config, "__version__", ...)`` must reach the module the code reads from
+        target = self.__dict__.get("_peftkit_module")
+        if target is not None and name not in _OWN_ATTRIBUTES and hasattr(target, name):
+            setattr(target, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        target = self.__dict__.get("_peftkit_module")
+        if target is not None and name not in self.__dict__ and hasattr(target, name):
+            delattr(target, name)
+        else:
+            super().__delattr__(name)
+
+
+#: The proxy's own module attributes (set by the import machinery), never forwarded to the peftkit module.
+_OWN_ATTRIBUTES = {"__path__", "__file__", "__doc__", "__spec__", "__loader__", "__name__", "__package__"}
+
 
 def _exists(module: str) -> bool:
     if module in sys.modules:  # also modules built at run time, whose __spec__ may be None

@@ -19,9 +19,11 @@ from peftkit.errors import (
     ConcurrencyError,
     ConfigError,
     HotswapError,
+    MergeError,
     NoMatchingPeftModuleError,
     PeftError,
     PeftkitError,
+    PeftWarning,
     TargetingError,
     UnsupportedError,
     UsageError,
@@ -39,6 +41,7 @@ from peftkit.integrations import (
     unpatch_transformers,
 )
 from peftkit.integrations.peft_alias import install_as_peft, install_if_reference_absent
+from peftkit.io.base_state import get_base_model_state_dict, set_base_model_state_dict
 from peftkit.io.load import load_peft_weights
 from peftkit.mapping import (
     gather_peft_model_state_dict,
@@ -102,6 +105,7 @@ __all__ = [
     "ConfigError",
     "HotswapError",
     "MODEL_TYPE_TO_PEFT_MODEL_MAPPING",
+    "MergeError",
     "NoMatchingPeftModuleError",
     "PEFT_TYPE_TO_CONFIG_MAPPING",
     "PEFT_TYPE_TO_TUNER_MAPPING",
@@ -115,6 +119,7 @@ __all__ = [
     "PeftModelForSeq2SeqLM",
     "PeftModelForSequenceClassification",
     "PeftModelForTokenClassification",
+    "PeftWarning",
     "PeftType",
     "PeftkitError",
     "PromptLearningConfig",
@@ -125,6 +130,7 @@ __all__ = [
     "cast_mixed_precision_params",
     "enable_adapter_methods",
     "gather_peft_model_state_dict",
+    "get_base_model_state_dict",
     "get_layer_status",
     "get_model_status",
     "get_peft_config",
@@ -137,6 +143,7 @@ __all__ = [
     "patch_transformers",
     "prepare_model_for_compiled_hotswap",
     "prepare_model_for_kbit_training",
+    "set_base_model_state_dict",
     "set_peft_model_state_dict",
     "unpatch_transformers",
     *sorted(_METHOD_NAMES),

@@ -24,3 +24,14 @@ METHOD_SPECS: dict[str, str] = {
     "OFT": "peftkit.methods.oft.method:OFT",
     "BOFT": "peftkit.methods.boft.method:BOFT",
 }
+
+#: The LoRA variants and initialisations peftkit implements, by PEFT's names for them. In PEFT's own terms these
+#: are separate methods built on LoRA, configured through ``LoraConfig`` (``use_dora=True``,
+#: ``init_lora_weights="pissa"`` or ``"pissa_niter_N"``, ...). PEFT's test-suite runner (``scripts/peft_suite.py``,
+#: whose plugin holds the whole vocabulary: PEFT's other variants are ``alora``, ``qalora``, ``velora``, ``bdlora``,
+#: ``monteclora``, ``arrow``, ``corda``, ``eva``, ``loftq``, ``lora_ga``, ...) counts a test in scope only when every
+#: variant it configures is listed here; ``tests/unit/test_peft_suite_script.py`` checks that ``LoraConfig``
+#: accepts exactly these.
+LORA_VARIANTS: frozenset[str] = frozenset(
+    ("dora", "gaussian", "pissa", "olora", "orthogonal", "mica", "target_parameters", "trainable_tokens")
+)

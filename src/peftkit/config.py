@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib.metadata
 import json
 import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from packaging.version import InvalidVersion, Version
+
 from peftkit.config_checks import check_field_types, check_nesting, check_size
-from peftkit.errors import ConfigError
+from peftkit.errors import ConfigError, ConfigKeysError
 from peftkit.types import PeftType, TaskType
 
 CONFIG_NAME = "adapter_config.json"
 #: The version written in ``peft_version``: the PEFT file-format release that peftkit mirrors.
 PEFT_FORMAT_VERSION = "0.21.2"
+#: What a new config stamps into ``peft_version`` (PEFT's module-level name; read at each construction).
+__version__ = PEFT_FORMAT_VERSION
 
 _C = TypeVar("_C", bound="PeftConfig")
 
@@ -54,6 +59,40 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     return value
+
+
+def _get_commit_hash(package: str) -> str | None:
+    """The git commit ``package`` was installed from (``pip install git+...@<hash>``), read from the
+    distribution's PEP 610 ``direct_url.json``; ``None`` when it was not installed from a VCS (or is absent)."""
+    try:
+        text = importlib.metadata.distribution(package).read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    vcs_info = json.loads(text).get("vcs_info") if text else None
+    return vcs_info.get("commit_id") if isinstance(vcs_info, dict) else None
+
+
+def current_peft_version() -> str:
+    """The ``peft_version`` a new config records: :data:`__version__`, plus ``@<commit>`` for a development
+    release (``0.15.0.dev7@abcdef0``, or ``@UNKNOWN`` when the commit cannot be found), as a dev version alone
+    does not say which code wrote a file."""
+    version = __version__
+    try:
+        is_dev = Version(version).is_devrelease
+    except InvalidVersion:
+        is_dev = False
+    if not is_dev:
+        return version
+    try:
+        commit = _get_commit_hash("peftkit")
+    except Exception as exc:  # a bookkeeping field must never stop a config from being built
+        warnings.warn(
+            f"Could not read the git commit of this development install ({exc!r}); peft_version is recorded as "
+            f"{version}@UNKNOWN.",
+            stacklevel=3,
+        )
+        commit = None
+    return f"{version}@{commit or 'UNKNOWN'}"
 
 
 @dataclass
@@ -90,7 +129,7 @@ class PeftConfig:
                 allowed = ", ".join(t.value for t in TaskType)
                 raise ConfigError(f"task_type={self.task_type!r} is not a known task; use one of: {allowed}.") from None
         if self.peft_version is None:
-            self.peft_version = PEFT_FORMAT_VERSION
+            self.peft_version = current_peft_version()
         self._check_unsupported()
 
     def _check_unsupported(self) -> None:
@@ -145,6 +184,11 @@ class PeftConfig:
         known = {f.name for f in dataclasses.fields(target) if f.init}
         check_nesting(target.__name__, {k: v for k, v in data.items() if k in known})
         unknown = sorted(set(data) - known)
+        if unknown and peft_type is None:
+            raise ConfigKeysError(
+                f"This is not a {target.__name__}: it has no 'peft_type' and holds keys no config has ("
+                f"{', '.join(unknown)}). Pass the adapter_config.json that save_pretrained wrote."
+            )
         if unknown:
             warnings.warn(
                 f"Unexpected keys in the {target.__name__} were dropped (written by a newer PEFT version?): "
@@ -173,6 +217,7 @@ class PeftConfig:
             raise ConfigError(f"{path_json_file!s} nests lists or objects too deeply to be a config.") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path_json_file!s} must hold a JSON object, not {type(data).__name__}.")
+        data.pop("runtime_config", None)  # PEFT's runtime-only LoRA options: never part of an adapter's config
         return data
 
     @classmethod

@@ -12,6 +12,11 @@ class ConfigError(PeftkitError, ValueError):
     """A config value is invalid, or a config file cannot be read."""
 
 
+class ConfigKeysError(ConfigError, TypeError):
+    """A config file lacks ``peft_type`` and holds keys no config has: not a PEFT config (a ``TypeError`` as in
+    PEFT, which builds the config from the keys as keyword arguments)."""
+
+
 class TargetingError(PeftkitError, ValueError):
     """The requested target modules do not exist in the model, or cannot be adapted."""
 
@@ -27,6 +32,11 @@ class CheckpointError(PeftkitError, ValueError):
 class UsageError(PeftkitError, ValueError):
     """A call does not fit its inputs or the model's state (a mixed batch while merged or training, prompt
     inputs without ``input_ids``, wrapping a model that already is a ``PeftModel``...)."""
+
+
+class MergeError(UsageError, RuntimeError):
+    """An adapter cannot be merged into its base layer (e.g. ``lora_bias=True`` on a base without a bias); a
+    ``RuntimeError`` as in PEFT. Nothing is written when it is raised."""
 
 
 class ArgumentTypeError(PeftkitError, TypeError):
@@ -47,6 +57,11 @@ class HotswapError(PeftkitError, ValueError, RuntimeError):
 class ConcurrencyError(PeftkitError, RuntimeError):
     """A change of a model's adapters was requested from inside a forward of that same model (see
     :mod:`peftkit.locking`)."""
+
+
+class PeftWarning(UserWarning):
+    """Category of the warnings PEFT marks as its own (``peft.PeftWarning``), e.g. an adapter that cannot be
+    merged, or a save of ungathered shards."""
 
 
 #: PEFT's names for the same classes (``peft.PeftError``, ``peft.utils.NoMatchingPeftModuleError``).

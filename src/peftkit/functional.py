@@ -123,7 +123,7 @@ def _candidates(model: nn.Module, spec: MethodSpec) -> Iterator[tuple[str, nn.Mo
     for name, module in walk_model(model):
         if not isinstance(module, AdapterLayer):
             yield name, module
-        elif not is_nested(name, module) and (mixed or type(module) in spec.layer_table.values()):
+        elif not is_nested(name, module) and (mixed or spec.owns(module)):
             yield name, module
 
 
@@ -189,7 +189,7 @@ def _module_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec, cand
     if not targets and getattr(config, "target_parameters", None):
         return []
     view = {n: m.get_base_layer() if isinstance(m, AdapterLayer) else m for n, m in candidates.items()}
-    return config_targets(view, targets, config, spec.adaptable_types, spec.pattern_fields)
+    return config_targets(view, targets, config, spec.adaptable_for(config), spec.pattern_fields)
 
 
 def _settle_status(
@@ -218,12 +218,12 @@ def _inject_one(
     module = modules[name] if name in modules else model.get_submodule(name)
     base = module.get_base_layer() if isinstance(module, AdapterLayer) else module
     facts = spec.layer_facts(config, name, base)  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
-    if type(module) in spec.layer_table.values():
+    if spec.owns(module):
         module.update_layer(adapter, facts, init)  # type: ignore[operator]  # an AdapterLayer (a layer_table value)
         record.updated.append(module)  # type: ignore[arg-type]  # an AdapterLayer (a layer_table value)
         return
     # a plain module, or another method's layer in a mixed-method model: the new layer wraps it
-    layer_class: Any = spec.layer_class_for(base)  # the layer contract: (base_layer, fan_in_fan_out=...)
+    layer_class: Any = spec.layer_class_for(base, config)  # the layer contract: (base_layer, fan_in_fan_out=...)
     layer = layer_class(module, fan_in_fan_out=getattr(facts, "fan_in_fan_out", False))
     layer.update_layer(adapter, facts, init)
     parent_name = name.rpartition(".")[0]
@@ -385,11 +385,12 @@ def unload(
     """Replace every adapter layer by its base layer (merging first if ``merge``); modules_to_save wrappers
     become their active copy. Returns ``model``."""
     if merge:
-        untie_for_merge(model, _layers(model))
+        layers = _layers(model)
+        untie_for_merge(model, layers)
+        for _, layer in reversed(layers):  # innermost first (see peftkit.layers.model_merge)
+            layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
     for name, module in list(iter_adapter_modules(model)):
         if isinstance(module, AdapterLayer):
-            if merge:
-                module.merge(safe_merge=safe_merge, adapter_names=adapter_names)
             if not is_nested(name, module):  # a nested layer goes with the layer holding it
                 replace_module(model, name, module.get_base_layer())
         else:

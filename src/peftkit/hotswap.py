@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError, HotswapError, UnsupportedError
+from peftkit.errors import AdapterNameError, HotswapError
 from peftkit.hotswap_prepare import (
     CheckCompiled,
     config_as_held,
@@ -70,6 +70,10 @@ __all__ = [
 
 #: Config fields that say which modules the adapter slot covers (kept from the slot's config after a swap).
 _TARGETING_FIELDS = ("target_modules", "target_parameters", "exclude_modules", "layers_to_transform", "layers_pattern")
+
+
+def _kind(config: PeftConfig) -> str:
+    return str(getattr(config.peft_type, "value", config.peft_type))
 
 
 def _rank_factor(key: str) -> str | None:
@@ -208,7 +212,8 @@ def swap_adapter_weights(
         )
     old = configs[adapter_name]
     if not is_plain_lora(config) or not is_plain_lora(old):
-        raise UnsupportedError("Hot-swapping is implemented for LoRA adapters only (not AdaLoRA, IA3 or prompts).")
+        kinds = f"{_kind(old)} -> {_kind(config)}"
+        raise HotswapError(f"Hot-swapping works for LoRA adapters only (not AdaLoRA, IA3 or prompts), got {kinds}.")
     holders = lora_layers(inner, adapter_name)
     if any(adapter_name in layer.merged_adapters for _, layer in holders):
         raise HotswapError(f"Adapter {adapter_name!r} is merged into the base weights; unmerge it before swapping.")

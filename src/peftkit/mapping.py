@@ -153,10 +153,11 @@ def set_peft_model_state_dict(
     Returns:
         ``(missing_keys, unexpected_keys)`` counted as PEFT counts them (``model.load_state_dict(...,
         strict=False)``): ``missing_keys`` are the keys of ``model.state_dict()`` the load left untouched (the base
-        model's and other adapters' tensors); ``unexpected_keys`` is empty, since an unexpected key raises.
+        model's and other adapters' tensors); ``unexpected_keys`` the keys that fit nothing (ignored, with a
+        warning). Base-model tensors in the state dict (``bias="all"``) are loaded, as PEFT loads them.
 
     Raises:
-        CheckpointError: an adapter key is missing or unexpected, or a shape differs (the model is untouched).
+        CheckpointError: an adapter key is missing, or a shape differs (the model is untouched).
     """
     model = unwrap_parallel(model)
     if isinstance(model, PeftModel) and model._is_prompt_learning:
@@ -168,13 +169,13 @@ def set_peft_model_state_dict(
     inner, prefix = _split_wrapper(model)
     config = _config_of(model, adapter_name)
     state = {strip_prefix(k): v for k, v in peft_model_state_dict.items()}
-    # check_and_load raises on any missing required key or unexpected key; what it returns are the optional base
-    # tensors (embedding layers, saved only for a resized vocabulary) that the checkpoint left out.
+    # check_and_load raises on any missing required key; it reports the optional base tensors (embedding layers,
+    # saved only for a resized vocabulary) the checkpoint left out, and the keys it ignored or loaded into the base.
     expected = adapter_tensors(inner, adapter_name, config, embedding_layers=None)
-    absent = set(check_and_load(inner, adapter_name, config, state, ignore_mismatched_sizes=ignore_mismatched_sizes))
-    loaded = {tensor.source for key, tensor in expected.items() if key not in absent}
+    report = check_and_load(inner, adapter_name, config, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    loaded = {tensor.source for key, tensor in expected.items() if key not in report.absent} | set(report.base)
     missing = [prefix + key for key in inner.state_dict() if key not in loaded]
-    return _IncompatibleKeys(missing_keys=missing, unexpected_keys=[])
+    return _IncompatibleKeys(missing_keys=missing, unexpected_keys=[prefix + key for key in report.unexpected])
 
 
 def _config_of(model: nn.Module, adapter_name: str) -> PeftConfig:

@@ -1,4 +1,4 @@
-"""``PeftMixedModel``: adapters of different methods (LoRA, LoHa, LoKr) on one model, active together.
+"""``PeftMixedModel``: adapters of different methods (LoRA, LoHa, LoKr, AdaLoRA, OFT) on one model, active together.
 
 PEFT's mixed models (``get_peft_model(model, config, mixed=True)``, ``PeftMixedModel.from_pretrained``). A module
 adapted by several methods holds one adapter layer per method, each wrapping the previous one
@@ -6,9 +6,11 @@ adapted by several methods holds one adapter layer per method, each wrapping the
 
     y = W x + sum over active adapters a of delta_a(x)
 
-each layer adding its own adapters' contribution through the template forward. Merging writes every layer's
-deltas into the one base weight. As in PEFT 0.21, a mixed model is for combining adapters that were trained and
-saved separately: it cannot save (save each adapter from its own ``PeftModel``) and has no mixed batches.
+each layer adding its own adapters' contribution through the template forward. OFT is multiplicative: its layer
+rotates its input before the layers it wraps, ``y = inner(x R)``, so there the order of adding matters, as in
+PEFT. Merging writes every layer's deltas into the one base weight, innermost layer first. As in PEFT 0.21, a
+mixed model is for combining adapters that were trained and saved separately: it cannot save (save each adapter
+from its own ``PeftModel``) and has no mixed batches.
 """
 
 from __future__ import annotations
@@ -20,20 +22,24 @@ from typing import Any, ClassVar
 from torch import nn
 
 from peftkit.config import PeftConfig
-from peftkit.errors import UnsupportedError
+from peftkit.errors import AdapterNameError, ConfigError, UnsupportedError
 from peftkit.functional import MIXED_METHODS
+from peftkit.layers.base import AdapterLayer
+from peftkit.layers.walk import iter_adapter_modules
 from peftkit.peft_model import PeftModel
 from peftkit.tuner import TunerModel
 
-#: Methods whose adapters a mixed model combines (PEFT also mixes AdaLoRA, OFT and SHiRA).
-MIXABLE_TYPES = ("LORA", "LOHA", "LOKR")
+#: Methods whose adapters a mixed model combines: PEFT's list less SHiRA, which peftkit lacks (BOFT is not mixable
+#: in PEFT either).
+MIXABLE_TYPES = ("LORA", "LOHA", "LOKR", "ADALORA", "OFT")
 
 
 def check_mixable(config: PeftConfig) -> None:
-    """Raise :class:`UnsupportedError` unless ``config``'s method is one of :data:`MIXABLE_TYPES`."""
+    """Raise :class:`ConfigError` (a ``ValueError``, as PEFT raises) unless ``config``'s method is one of
+    :data:`MIXABLE_TYPES`."""
     peft_type = getattr(config.peft_type, "value", config.peft_type)
     if peft_type not in MIXABLE_TYPES:
-        raise UnsupportedError(
+        raise ConfigError(
             f"A {peft_type} adapter cannot join a mixed model in peftkit; mixable methods: {', '.join(MIXABLE_TYPES)}."
         )
 
@@ -56,11 +62,11 @@ class PeftMixedModel(PeftModel):
 
     Args:
         model: The base model (adapters are injected into it in place).
-        peft_config: The first adapter's config (LoRA, LoHa or LoKr); ``None`` wraps without adapters.
+        peft_config: The first adapter's config (LoRA, LoHa, LoKr, AdaLoRA or OFT); ``None`` wraps without adapters.
         adapter_name: The first adapter's name.
 
     Raises:
-        UnsupportedError: a method that cannot be mixed.
+        ConfigError: a method that cannot be mixed.
     """
 
     def __init__(self, model: nn.Module, peft_config: PeftConfig | None, adapter_name: str = "default") -> None:
@@ -78,8 +84,21 @@ class PeftMixedModel(PeftModel):
         super().set_adapter(adapter_name, inference_mode=inference_mode)
 
     def delete_adapter(self, adapter_name: str | list[str]) -> None:
-        """Remove one adapter or a list of them."""
-        for name in [adapter_name] if isinstance(adapter_name, str) else list(adapter_name):
+        """Remove one adapter or a list of them: all, or (on an error) none.
+
+        Raises:
+            AdapterNameError: a name is unknown, or a named adapter is merged (unmerge it first); nothing is deleted.
+        """
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        self._tuner.check_names(names)
+        layers = (m for _, m in iter_adapter_modules(self.get_base_model()) if isinstance(m, AdapterLayer))
+        merged = sorted({name for layer in layers for name in layer.merged_adapters if name in names})
+        if merged:
+            raise AdapterNameError(
+                f"Adapter(s) {merged} are merged into the base weights; unmerge them before deleting (nothing was "
+                "deleted)."
+            )
+        for name in names:
             super().delete_adapter(name)
 
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:

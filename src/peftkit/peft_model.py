@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -179,6 +180,11 @@ class PeftModel(nn.Module):
     def _adapters_disabled(self) -> bool:
         return self._tuner.disabled
 
+    @property
+    def has_active_enabled_adapter(self) -> bool:
+        """Whether a forward runs an adapter: adapters not disabled (``disable_adapter``) and one active."""
+        return not self._tuner.disabled and bool(self.active_adapters)
+
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Context manager: inside it the model computes like its base model and nothing trains.
@@ -243,6 +249,7 @@ class PeftModel(nn.Module):
         save_embedding_layers: bool | str = "auto",
         is_main_process: bool = True,
         state_dict: dict[str, torch.Tensor] | None = None,
+        path_initial_model_for_weight_conversion: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
         """Write each adapter (``default`` in ``save_directory``, others in subfolders) and a README.md card.
@@ -251,9 +258,15 @@ class PeftModel(nn.Module):
             state_dict: A full state dict of this model gathered from shards (FSDP2, ZeRO-3): the adapter values
                 are taken from it, never from the live (sharded) parameters.
             is_main_process: ``False`` on the other ranks of a distributed run: nothing is written.
+            path_initial_model_for_weight_conversion: The directory of a PiSSA / OLoRA adapter saved before
+                training: the adapter is written as the equivalent plain LoRA (rank ``2r``) of the original base
+                model (:mod:`peftkit.io.weight_conversion`).
 
         Raises:
-            CheckpointError: a tensor to write is sharded, partitioned, empty or on ``meta``.
+            CheckpointError: a tensor to write is sharded, partitioned, empty or on ``meta``; the initial adapter
+                does not match.
+            UnsupportedError, ConfigError: the conversion cannot represent the adapter (not LoRA, DoRA, rsLoRA
+                with patterns).
         """
         if os.path.isfile(save_directory):
             raise CheckpointError(f"save_directory {save_directory!s} is a file; pass a directory.")
@@ -261,7 +274,15 @@ class PeftModel(nn.Module):
         self._tuner.check_names(names)
         if not is_main_process:
             return
-        save_adapters(self, save_directory, names, safe_serialization, save_embedding_layers, state_dict)
+        save_adapters(
+            self,
+            save_directory,
+            names,
+            safe_serialization,
+            save_embedding_layers,
+            state_dict,
+            path_initial_model_for_weight_conversion,
+        )
 
     def push_to_hub(
         self,
@@ -278,15 +299,9 @@ class PeftModel(nn.Module):
         from peftkit.io.hub import upload_adapter
 
         save_kwargs.pop("max_shard_size", None)
-        return upload_adapter(
-            lambda directory: self.save_pretrained(directory, **save_kwargs),
-            repo_id,
-            commit_message=commit_message,
-            private=private,
-            token=token,
-            revision=revision,
-            create_pr=create_pr,
-        )
+        options: dict[str, Any] = {"commit_message": commit_message, "private": private, "token": token}
+        save = partial(self.save_pretrained, **save_kwargs)
+        return upload_adapter(save, repo_id, revision=revision, create_pr=create_pr, **options)
 
     @exclusive
     def load_adapter(
@@ -342,7 +357,7 @@ class PeftModel(nn.Module):
         if first and type(self.base_model) is not tuner_class_for(config) and not self.base_model.mixed_methods:
             self.base_model = tuner_class_for(config)(self.get_base_model(), None, adapter_name)
         active = [adapter_name] if first else self.active_adapters
-        self.base_model.check_new_config(adapter_name, config)
+        self.base_model.check_new_adapter(adapter_name, config)
         names = attach_adapter(
             self.get_base_model(), adapter_name, config, state, active=active, low_cpu_mem_usage=low_cpu_mem_usage
         )

@@ -85,14 +85,15 @@ def unmatched_pattern_keys(pattern: dict[str, object], names: Collection[str]) -
 
 
 def warn_unmatched_patterns(config: object, fields: Collection[str], names: Sequence[str]) -> None:
-    """Warn about ``rank_pattern`` / ``alpha_pattern`` keys that match none of the adapted modules (a typo there
-    silently leaves the default rank or alpha)."""
+    """Warn (``RuntimeWarning``, as PEFT) about ``rank_pattern`` / ``alpha_pattern`` keys that match none of the
+    adapted modules (a typo there silently leaves the default rank or alpha)."""
     for field_name in fields:
         unmatched = unmatched_pattern_keys(getattr(config, field_name, None) or {}, names)
         if unmatched:
             warnings.warn(
                 f"{field_name} keys {unmatched} match none of the adapted modules, so they change nothing; adapted "
                 f"modules include {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}.",
+                RuntimeWarning,  # PEFT's category for this check
                 stacklevel=4,
             )
 

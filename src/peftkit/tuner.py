@@ -7,6 +7,7 @@ why checkpoint keys start with ``base_model.model.``. Every operation delegates 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -14,7 +15,8 @@ from torch import nn
 
 from peftkit import functional as F
 from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError
+from peftkit.errors import AdapterNameError, ConfigError
+from peftkit.layers.base import AdapterLayer
 from peftkit.layers.placement import adapters_on_meta
 from peftkit.layers.state import AdapterStatus
 from peftkit.methods.spec import method_of
@@ -59,12 +61,29 @@ class TunerModel(nn.Module):
         unless this is the first one. ``low_cpu_mem_usage`` creates its tensors on ``meta``, uninitialised (a
         load assigns them)."""
         config = copy.deepcopy(config)
-        self.check_new_config(adapter_name, config)
+        self.check_new_adapter(adapter_name, config)
         active = self.active_adapters if self.peft_config else [adapter_name]
         with adapters_on_meta(low_cpu_mem_usage):
             init = init_weights and not low_cpu_mem_usage
             record = F.inject_adapter(self.model, config, adapter_name, init_weights=init, active=active)
         self.register_config(adapter_name, record.config or config, record.target_names)
+
+    def check_new_adapter(self, adapter_name: str, config: PeftConfig) -> None:
+        """Refuse ``config`` before anything changes if it cannot join this tuner's adapters: a second adapter
+        that trains base biases (``bias`` other than ``"none"``: two adapters cannot own the same base tensors),
+        then the method's own :meth:`check_new_config`.
+
+        Raises:
+            ConfigError: naming the adapter that already trains biases.
+        """
+        biases = {name: getattr(c, "bias", "none") for name, c in self.peft_config.items() if name != adapter_name}
+        owner = next((name for name, bias in biases.items() if bias != "none"), None)
+        if owner is not None and getattr(config, "bias", "none") != "none":
+            raise ConfigError(
+                f"Adapter {owner!r} already trains base-model biases (bias={biases[owner]!r}); only one adapter per "
+                f"model can. Add {adapter_name!r} with bias='none'."
+            )
+        self.check_new_config(adapter_name, config)
 
     def check_new_config(self, adapter_name: str, config: PeftConfig) -> None:
         """Refuse ``config`` before anything changes if this tuner cannot hold it next to its adapters (a hook:
@@ -142,13 +161,27 @@ class TunerModel(nn.Module):
         F.enable_adapters(self.model, True)
 
     def disable_adapter_layers(self) -> None:
-        """Turn every adapter off: the model computes like its base and nothing trains."""
+        """Turn every adapter off: the model computes like its base and nothing trains.
+
+        Warns when some adapter layers were switched off one by one (``layer.enable_adapters(False)``) and others
+        not: that mix cannot come back, turning the adapters on again (or leaving ``disable_adapter()``) turns on
+        every layer."""
+        states = {m.disable_adapters for _, m in F.iter_adapter_modules(self.model) if isinstance(m, AdapterLayer)}
+        if len(states) > 1:
+            warnings.warn(
+                "Some adapter layers are switched off and others are on; after disabling all of them, enabling "
+                "(or leaving disable_adapter()) switches every layer on, not back to that mix.",
+                stacklevel=4,
+            )
         F.enable_adapters(self.model, False)
 
     @property
     def disabled(self) -> bool:
-        """Whether the adapters are switched off."""
-        return F.adapters_disabled(self.model)
+        """Whether the adapters are switched off: all of them (a mix of layers switched off one by one is not, so
+        leaving ``disable_adapter()`` switches every layer on, as in PEFT)."""
+        if not F.adapters_disabled(self.model):
+            return False
+        return all(m.disable_adapters for _, m in F.iter_adapter_modules(self.model) if isinstance(m, AdapterLayer))
 
     # -- merging ----------------------------------------------------------------------------------
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:

@@ -47,12 +47,8 @@ EXCLUDED: dict[str, str] = {
     "compose_cartridge_adapters": "the Cartridge method is not implemented",
     "shift_tokens_right": "a transformers helper PEFT re-exports; use transformers' own",
     "BasePromptEncoder": _INTERNAL,
-    # base-model state dicts, warnings, internals
-    "get_base_model_state_dict": "base-model state dicts of a PEFT model are not implemented",
-    "set_base_model_state_dict": "base-model state dicts of a PEFT model are not implemented",
-    "PeftWarning": "peftkit's warnings are UserWarning subclasses without a common base class",
+    # warnings, internals
     "AuxiliaryTrainingWrapper": "peftkit's modules_to_save wrapper has no separate base class",
-    "TrainableTokensWrapper": "trainable tokens are not implemented",
     "ALLOWED_COMPUTE_DTYPES": _INTERNAL,
     "UPCAST_DTYPES": _INTERNAL,
     "PeftConfigMixin": "peftkit's configs have one base class, PeftConfig",

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import peft
 import peft.tuners.boft.layer as reference_boft
 import pytest
 import torch
 from tests.compat._cross import Adapter, compat_tests
+
+import peftkit
 
 TARGETS = {"target_modules": ["q_proj", "v_proj", "down_proj"]}
 
@@ -44,9 +47,20 @@ CASES = [
 @pytest.fixture(autouse=True)
 def reference_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """The reference's CUDA extension: the stand-in for adapters with several factors, else "not available"."""
-    adapter: Any = request.node.callspec.params.get("adapter")
+    callspec = getattr(request.node, "callspec", None)  # absent on an unparametrized test
+    adapter: Any = callspec.params.get("adapter") if callspec is not None else None
     several = adapter is not None and adapter.fields.get("boft_n_butterfly_factor", 1) > 1
     monkeypatch.setattr(reference_boft, "get_fbd_cuda", lambda: BlockDiagonalStandIn if several else None)
 
 
 test_cross_load, test_saved_files_and_parameter_counts_match = compat_tests(CASES, CASES)
+
+
+def test_a_grouped_conv2d_is_refused_with_the_references_exception_type() -> None:
+    """BOFT on a Conv2d with ``groups > 1``: both libraries raise ``NotImplementedError`` (peftkit's
+    ``UnsupportedError``) at injection, and the model keeps its plain layer."""
+    for lib in (peft, peftkit):
+        model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, kernel_size=3, groups=2))
+        with pytest.raises(NotImplementedError):
+            lib.get_peft_model(model, lib.BOFTConfig(target_modules=["0"], boft_block_size=4))
+        assert type(model[0]) is torch.nn.Conv2d

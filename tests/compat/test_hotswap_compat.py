@@ -66,6 +66,20 @@ def test_hotswap_onto_other_targets_is_refused_by_both(tmp_path: Path) -> None:
     torch.testing.assert_close(_output(kit), before)
 
 
+@pytest.mark.parametrize(("first", "second"), [("lora", "ia3"), ("ia3", "ia3"), ("ia3", "lora")])
+def test_hotswap_of_other_methods_is_a_value_error_as_in_reference(first: str, second: str, tmp_path: Path) -> None:
+    configs = {"lora": {"target_modules": ["q_proj"]}, "ia3": {"target_modules": ["q_proj"], "feedforward_modules": []}}
+    for lib, swap in ((peft, peft_hotswap_adapter), (peftkit, peftkit.hotswap_adapter)):
+        for name in (first, second):
+            config = (lib.LoraConfig if name == "lora" else lib.IA3Config)(**configs[name])
+            lib.get_peft_model(build_model("llama"), config).save_pretrained(tmp_path / lib.__name__ / name)
+        model = lib.PeftModel.from_pretrained(build_model("llama"), tmp_path / lib.__name__ / first)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(ValueError):
+            swap(model, str(tmp_path / lib.__name__ / second), adapter_name="default", torch_device="cpu")
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 EXPERTS: dict[str, Any] = {"target_modules": [], "target_parameters": ["experts.gate_up_proj", "experts.down_proj"]}
 
 

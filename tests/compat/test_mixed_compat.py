@@ -50,6 +50,17 @@ def both() -> tuple[Any, Any]:
     return reference, ours
 
 
+def assert_same_output(reference: Any, ours: Any, subset: list[str], x: dict[str, Any], base: torch.Tensor) -> Any:
+    """Activate ``subset`` in both mixed models; peftkit's output equals the reference's, which differs from
+    ``base``. Returns the reference's output."""
+    reference.set_adapter(subset)
+    ours.set_adapter(subset)
+    expected = model_output(reference, x)
+    assert not torch.allclose(expected, base, atol=1e-3)
+    torch.testing.assert_close(model_output(ours, x), expected, atol=ATOL, rtol=0, msg=str(subset))
+    return expected
+
+
 def test_same_layers_trainable_tensors_and_counts(capsys: pytest.CaptureFixture[str]) -> None:
     reference, ours = mixed(peft), mixed(peftkit)
     theirs, mine = reference.state_dict(), ours.state_dict()
@@ -76,11 +87,7 @@ def test_outputs_for_every_subset_disabled_merged_and_deleted() -> None:
     x = model_inputs("llama")
     base = model_output(build_model("llama"), x)
     for subset in SUBSETS:
-        reference.set_adapter(subset)
-        ours.set_adapter(subset)
-        expected = model_output(reference, x)
-        assert not torch.allclose(expected, base, atol=1e-3)
-        torch.testing.assert_close(model_output(ours, x), expected, atol=ATOL, rtol=0, msg=str(subset))
+        expected = assert_same_output(reference, ours, subset, x, base)
     with ours.disable_adapter():
         torch.testing.assert_close(model_output(ours, x), base, atol=0, rtol=0)
     ours.base_model.merge_adapter()
@@ -104,23 +111,35 @@ def test_unload_gives_back_the_base() -> None:
     torch.testing.assert_close(model_output(plain, x), model_output(build_model("llama"), x), atol=0, rtol=0)
 
 
-def test_adapters_saved_separately_combine_in_both_libraries(tmp_path: Path) -> None:
-    for name in ("default", "loha", "lokr"):
+def assert_separate_files_combine_alike(
+    tmp_path: Path, configs: dict[str, Any], subsets: list[list[str]], merge: bool = True
+) -> None:
+    """Save one adapter per config of ``configs`` (file name -> reference config) with the reference; both
+    libraries combine them (the first as ``lora``, the others by file name) in a ``PeftMixedModel`` with the
+    same outputs for each of ``subsets`` (and merged, with ``merge``)."""
+    for name, adapter_config in configs.items():
         torch.manual_seed(0)
-        single = peft.get_peft_model(build_model("llama"), config(peft, name))
+        single = peft.get_peft_model(build_model("llama"), adapter_config)
         randomise_adapter(single)
         single.save_pretrained(tmp_path / name)
     x = model_inputs("llama")
+    first, *rest = configs
     outputs: dict[str, list[torch.Tensor]] = {}
     for lib_name, lib in LIBS.items():
-        model = lib.PeftMixedModel.from_pretrained(build_model("llama"), tmp_path / "default", adapter_name="lora")
-        model.load_adapter(tmp_path / "loha", "loha")
-        model.load_adapter(tmp_path / "lokr", "lokr")
+        model = lib.PeftMixedModel.from_pretrained(build_model("llama"), tmp_path / first, adapter_name="lora")
+        for name in rest:
+            model.load_adapter(tmp_path / name, name)
         runs = []
-        for subset in (["lora", "loha", "lokr"], ["loha", "lokr"], ["lora"]):
+        for subset in subsets:
             model.set_adapter(subset)
             runs.append(model_output(model, x))
-        runs.append(model_output(model.merge_and_unload(), x))
+        if merge:
+            runs.append(model_output(model.merge_and_unload(), x))
         outputs[lib_name] = runs
     for expected, actual in zip(outputs["peft"], outputs["peftkit"], strict=True):
         torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
+
+
+def test_adapters_saved_separately_combine_in_both_libraries(tmp_path: Path) -> None:
+    configs = {name: config(peft, name) for name in ("default", "loha", "lokr")}
+    assert_separate_files_combine_alike(tmp_path, configs, [["lora", "loha", "lokr"], ["loha", "lokr"], ["lora"]])

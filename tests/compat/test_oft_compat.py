@@ -6,6 +6,8 @@ peftkit matches the reference's merged model (see ``test_conv_kernel_3_matches_t
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
+from types import ModuleType
 
 import peft
 import pytest
@@ -49,3 +51,34 @@ def test_conv_kernel_3_matches_the_reference_merge() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         torch.testing.assert_close(model_output(ours.merge_and_unload(), inputs), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "adjusted"),
+    [({"oft_block_size": 5, "r": 0}, "oft_block_size=4"), ({"r": 3, "oft_block_size": 0}, "r=2")],
+    ids=["block_size", "count"],
+)
+@pytest.mark.parametrize(("source", "target"), [(peft, peftkit), (peftkit, peft)], ids=["to_peftkit", "to_peft"])
+def test_a_split_that_does_not_divide_moves_to_the_nearest_divisor_as_in_peft(
+    fields: dict[str, int], adjusted: str, source: ModuleType, target: ModuleType, tmp_path: Path
+) -> None:
+    """``oft_block_size`` / ``r`` not dividing a width: both libraries warn and use the same nearest divisor
+    (ties to the smaller), so that an adapter saved with such a config loads in the other with equal outputs."""
+    config = {"target_modules": ["q_proj", "down_proj"], **fields}
+    shapes = {}
+    for lib in (peft, peftkit):
+        with pytest.warns(UserWarning) as caught:
+            model = lib.get_peft_model(build_model("llama"), lib.OFTConfig(**config))
+        if lib is peftkit:
+            assert any(adjusted in str(w.message) for w in caught)
+        shapes[lib] = {k: v.shape for k, v in model.state_dict().items() if "oft_R" in k}
+        if lib is source:
+            randomise_adapter(model)
+            model.save_pretrained(tmp_path)
+            saved = model.eval()
+    assert shapes[peftkit] == shapes[peft]
+    with pytest.warns(UserWarning):
+        loaded = target.PeftModel.from_pretrained(build_model("llama"), tmp_path)
+    inputs = model_inputs("llama")
+    expected = model_output(saved, inputs)
+    torch.testing.assert_close(model_output(loaded, inputs), expected, atol=1e-5, rtol=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import peft
 import pytest
@@ -52,16 +53,56 @@ def test_projections_not_saved_are_redrawn_identically(source: str, target: str,
     torch.testing.assert_close(model_output(loaded, inputs), expected, atol=1e-5, rtol=0)
 
 
-def test_both_libraries_draw_the_same_projections_for_every_adapter() -> None:
-    """A further adapter uses the first one's projections (PEFT's rule), even over smaller targets."""
+def two_adapters() -> tuple[Any, Any]:
+    """The reference's and peftkit's Llama with VeRA adapters ``default`` and ``two`` (``two`` over fewer targets,
+    reusing ``default``'s projections)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = peft.get_peft_model(build_model("llama"), peft.VeraConfig(**LLAMA, projection_prng_key=5))
         ref.add_adapter("two", peft.VeraConfig(r=4, target_modules=["q_proj"], projection_prng_key=5))
     ours = peftkit.get_peft_model(build_model("llama"), peftkit.VeraConfig(**LLAMA, projection_prng_key=5))
     ours.add_adapter("two", peftkit.VeraConfig(r=4, target_modules=["q_proj"], projection_prng_key=5))
+    return ref, ours
+
+
+def test_both_libraries_draw_the_same_projections_for_every_adapter() -> None:
+    """A further adapter uses the first one's projections (PEFT's rule), even over smaller targets."""
+    ref, ours = two_adapters()
     held = shared_tensors(ours.base_model.model)
     for adapter in ("default", "two"):
         for name in ("vera_A", "vera_B"):
             assert torch.equal(held.get(adapter)[name], getattr(ref.base_model, name)[adapter]), (adapter, name)
             assert getattr(ours.base_model, name)[adapter] is held.get(adapter)[name]  # PEFT's attribute
+
+
+def test_each_layer_exposes_the_models_one_projection_tensors_as_the_reference() -> None:
+    """``layer.vera_A[adapter]`` / ``vera_B``: the whole shared projection, the very tensor the model holds (one
+    object in every layer, also for a second adapter reusing the first one's), equal to the reference's."""
+    ref, ours = two_adapters()
+    theirs = dict(ref.named_modules())
+    layers = [(n, m) for n, m in ours.named_modules() if type(m).__name__ == "Linear" and hasattr(m, "vera_lambda_b")]
+    assert layers
+    for name, layer in layers:
+        reference_layer = theirs[name]
+        assert set(layer.vera_A) == set(reference_layer.vera_A) and set(layer.vera_B) == set(reference_layer.vera_B)
+        for adapter in layer.vera_A:
+            assert layer.vera_A[adapter] is ours.base_model.vera_A[adapter]
+            assert layer.vera_B[adapter] is ours.base_model.vera_B[adapter]
+            torch.testing.assert_close(layer.vera_A[adapter], reference_layer.vera_A[adapter], atol=0, rtol=0)
+            torch.testing.assert_close(layer.vera_B[adapter], reference_layer.vera_B[adapter], atol=0, rtol=0)
+
+
+def test_a_second_adapter_shares_the_first_ones_projection_tensors_as_in_the_reference() -> None:
+    """Not a copy: ``vera_A["two"] is vera_A["default"]`` in every layer, in both libraries (one tensor per model),
+    and deleting the first adapter leaves the second one's projections intact."""
+    ref, ours = two_adapters()
+    for model in (ref, ours):
+        for name in ("vera_A", "vera_B"):
+            assert getattr(model.base_model, name)["two"] is getattr(model.base_model, name)["default"]
+    layer = ours.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.vera_A["two"] is layer.vera_A["default"]
+    x = model_inputs("llama")
+    ours.set_adapter("two")
+    before = model_output(ours, x)
+    ours.delete_adapter("default")
+    torch.testing.assert_close(model_output(ours, x), before, atol=0, rtol=0)

@@ -43,3 +43,12 @@ def test_every_figure_runs_and_agrees(tmp_path, capsys) -> None:
     both = [row for row in data["rows"] if not row["figure"].startswith("compiled decode")]
     assert all(row["peftkit"] is not None and row["peft"] is not None for row in both)
     assert data["machine"]["peft"] == "0.21.2" and data["machine"]["preset"] == "tiny"
+
+
+def test_cuda_without_a_device_or_with_the_cpu_clock_is_refused(capsys) -> None:
+    """``--device cuda`` needs a CUDA device and the wall clock (CPU time misses the GPU's work)."""
+    assert bench.main(["--preset", "tiny", "--device", "cuda", "--clock", "cpu", "--only", "forward"]) == 2
+    reason = capsys.readouterr().err
+    assert "--device cuda" in reason and ("no CUDA device" in reason or "--clock wall" in reason)
+    settings = bench.Settings(preset="tiny", clock="wall", device="cpu")
+    assert bench.device_problem(settings) is None

@@ -141,3 +141,28 @@ def test_mixed_batch_on_cuda_equals_cpu_model() -> None:
         want = cpu_model(input_ids=ids, adapter_names=names).logits
         got = cuda_model(input_ids=ids.cuda(), adapter_names=names).logits
     torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_cached_stacks_follow_an_adapter_edited_while_no_batch_read_it() -> None:
+    """The stacks are checked for in-place edits only in the slots a call reads: an adapter edited between two
+    calls that do not read it, then read, must be rebuilt; so must a factor deleted and put back."""
+    model = model_with_adapters()
+    ids = torch.randint(0, 64, (3, 1), generator=torch.Generator().manual_seed(5))
+    without_c, with_c = ["default", "b", "b"], ["c", "default", "c"]
+    with torch.no_grad():
+        model(input_ids=ids, adapter_names=without_c)  # builds the stacks; "c" is not read
+        layers = [m for m in model.modules() if hasattr(m, "lora_B") and "c" in m.lora_B]
+        for layer in layers:
+            layer.lora_B["c"].weight.mul_(-3)
+        model(input_ids=ids, adapter_names=without_c)
+        edited = model(input_ids=ids, adapter_names=with_c).logits
+        for layer in layers:
+            fresh = torch.nn.Linear(layer.lora_A["b"].in_features, layer.lora_A["b"].out_features, bias=False)
+            del layer.lora_A["b"]
+            layer.lora_A["b"] = fresh.requires_grad_(False)
+        replaced = model(input_ids=ids, adapter_names=without_c).logits
+    for mixed, names in ((edited, with_c), (replaced, without_c)):
+        for i, name in enumerate(names):
+            model.set_adapter(name, inference_mode=True)
+            with torch.no_grad():
+                torch.testing.assert_close(mixed[i : i + 1], model(input_ids=ids[i : i + 1]).logits)

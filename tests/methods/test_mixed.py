@@ -83,7 +83,7 @@ def test_training_reaches_every_active_adapter_and_keeps_the_base() -> None:
 
 def test_refusals(tmp_path: Path) -> None:
     _, model = stacked(["lora", "loha"])
-    with pytest.raises(peft.UnsupportedError, match="IA3 adapter cannot join a mixed model"):
+    with pytest.raises(peft.ConfigError, match="IA3 adapter cannot join a mixed model"):
         model.add_adapter("ia3", peft.IA3Config(target_modules=["0"], feedforward_modules=[]))
     assert set(model.peft_config) == {"lora", "loha"}
     with pytest.raises(peft.UnsupportedError, match="cannot be saved"):

@@ -49,10 +49,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("hotswap",),
     ("peft_model",),
     ("tasks", "status", "mixed_model"),
-    ("mapping", "auto"),
+    ("mapping", "auto", "helpers"),
     ("integrations",),
     # the package itself, the CLI (uses its API), PEFT's import paths (aliases, and names published from above)
-    ("", "__main__", "cli", "utils", "tuners", "mapping_func", "peft_paths"),
+    ("", "__main__", "cli", "utils", "tuners", "mapping_func", "peft_paths", "optimizers"),
 ]
 
 #: Edges that break the layering on purpose, each with its reason. Keep it empty unless truly needed.

@@ -14,7 +14,7 @@ from torch import nn
 from peftkit.config import CONFIG_NAME, PeftConfig
 from peftkit.io.commit import commit_files
 from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, tensor_writer
-from peftkit.io.sharded import check_writable
+from peftkit.io.sharded import check_writable, warn_flattened
 
 
 def adapter_directory(root: str | os.PathLike, adapter_name: str) -> str:
@@ -80,17 +80,26 @@ def save_adapters(
     safe_serialization: bool = True,
     save_embedding_layers: bool | str = "auto",
     state_dict: dict[str, torch.Tensor] | None = None,
+    initial_adapter: str | os.PathLike | None = None,
 ) -> None:
     """Write the adapters ``names`` of ``peft_model`` (a ``PeftModel``) under ``root`` (:func:`adapter_directory`),
     one at a time, and ``root``'s ``README.md`` model card (:mod:`peftkit.io.model_card`), committed together with
     the ``default`` adapter's files (alone when that adapter is not saved). The other arguments are
-    ``PeftModel.save_pretrained``'s."""
+    ``PeftModel.save_pretrained``'s (``initial_adapter``: its ``path_initial_model_for_weight_conversion``,
+    :mod:`peftkit.io.weight_conversion`)."""
     from peftkit.io.model_card import card_writes
+    from peftkit.io.weight_conversion import convert_to_lora
 
     card = card_writes(peft_model, root)
-    for name in names:
+    prepared = []
+    for name in names:  # every conversion is checked before the first file is written
         config = config_for_saving(peft_model.peft_config[name], peft_model.get_base_model())
         tensors = peft_model.get_adapter_state_dict(name, save_embedding_layers, state_dict)
+        warn_flattened(tensors, name)
+        if initial_adapter is not None:
+            config, tensors = convert_to_lora(config, tensors, initial_adapter)
+        prepared.append((name, config, tensors))
+    for name, config, tensors in prepared:
         write_adapter(
             adapter_directory(root, name), config, tensors, safe_serialization, card if name == "default" else None
         )

@@ -13,6 +13,7 @@ either directly gives no adapter. Two correct ways exist:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from peftkit.errors import CheckpointError
+from peftkit.errors import CheckpointError, PeftWarning
 from peftkit.io.keys import match_keys, strip_wrapper_segments
 
 if TYPE_CHECKING:
@@ -85,6 +86,25 @@ def check_writable(tensors: Mapping[str, torch.Tensor]) -> None:
     shown = "; ".join(f"{key}: {reason}" for key, reason in bad[:_SHOWN])
     more = f" (and {len(bad) - _SHOWN} more)" if len(bad) > _SHOWN else ""
     raise CheckpointError(f"Refusing to save adapter tensors that are not full values: {shown}{more}. {_HOW_TO_GATHER}")
+
+
+def warn_flattened(tensors: Mapping[str, torch.Tensor], adapter: str) -> None:
+    """Warn (:class:`~peftkit.errors.PeftWarning`) when a LoRA factor (``lora_A`` / ``lora_B`` weight, a matrix
+    or a kernel) has fewer than 2 dimensions: a flat shard of FSDP1 or DeepSpeed ZeRO-3 saved without being
+    gathered. The file is written all the same, as PEFT writes it (a caller may save shards on purpose)."""
+    flat = [
+        f"{key}: {tuple(t.shape)}"
+        for key, t in tensors.items()
+        if (".lora_A." in key or ".lora_B." in key) and key.endswith("weight") and t.dim() < 2
+    ]
+    if flat:
+        more = f" (and {len(flat) - _SHOWN} more)" if len(flat) > _SHOWN else ""
+        warnings.warn(
+            f"Adapter {adapter!r} is saved with flattened LoRA factors ({'; '.join(flat[:_SHOWN])}{more}): these "
+            "are DeepSpeed ZeRO-3 / FSDP shards that were not gathered, and the file will not load. " + _HOW_TO_GATHER,
+            PeftWarning,
+            stacklevel=4,
+        )
 
 
 def select_state(

@@ -5,9 +5,10 @@ Keys here are relative to the inner model (no ``base_model.model.`` prefix) and 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -181,6 +182,51 @@ def adapter_state_dict(
     return finalize(config, state) if finalize is not None else state
 
 
+class LoadReport(NamedTuple):
+    """What :func:`check_and_load` did besides filling the adapter (keys as on disk, without the model prefix)."""
+
+    absent: list[str]  #: optional adapter keys the checkpoint left out (e.g. base embedding weights)
+    unexpected: list[str]  #: checkpoint keys that fit no tensor of the adapter or the base model: ignored
+    base: list[str]  #: base-model tensors the config does not declare, loaded into the base (PEFT loads them)
+
+
+def _extra_keys(
+    model: nn.Module, expected: Mapping[str, AdapterTensor], state: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str]]:
+    """The keys of ``state`` outside ``expected``, split into base-model tensors of ``model`` (e.g. the biases of a
+    ``bias="all"`` checkpoint loaded with another ``bias``) and keys that fit nothing.
+
+    Raises:
+        CheckpointError: a base-model tensor of another shape than the model's.
+    """
+    extra = sorted(k for k in state if k not in expected)
+    if not extra:
+        return [], []
+    live = model.state_dict(keep_vars=True)
+    base = [k for k in extra if k in live and not _is_adapter_internal(k)]
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(live[k].shape)}" for k in base
+             if live[k].shape != state[k].shape]  # fmt: skip
+    if wrong:
+        raise CheckpointError(f"The checkpoint's base-model tensors do not fit this model: {_some(wrong)}.")
+    return base, [k for k in extra if k not in base]
+
+
+def _warn_extra(adapter: str, report: LoadReport) -> None:
+    if report.base:
+        warnings.warn(
+            f"The checkpoint of adapter {adapter!r} holds base-model tensors that its config does not save (another "
+            f"`bias` setting?): {_some(report.base)}. They were loaded into the base model, as peft does.",
+            stacklevel=4,
+        )
+    if report.unexpected:
+        warnings.warn(
+            f"Ignored checkpoint keys of adapter {adapter!r} that match no tensor of the adapter or of the model: "
+            f"{_some(report.unexpected)}. Check that the adapter_config.json and the base model are the ones the "
+            "adapter was trained with.",
+            stacklevel=4,
+        )
+
+
 def _check_fit(
     adapter: str,
     expected: Mapping[str, AdapterTensor],
@@ -188,15 +234,13 @@ def _check_fit(
     allow_missing: Collection[str],
     ignore_mismatched_sizes: bool,
 ) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
-    """Raise :class:`CheckpointError` naming every key of ``state`` that does not fit ``expected``; returns the
-    shape mismatches that ``ignore_mismatched_sizes`` lets through (``(key, checkpoint shape, model shape)``)."""
+    """Raise :class:`CheckpointError` naming every key of ``expected`` that ``state`` lacks and every tensor that
+    does not fit; returns the shape mismatches that ``ignore_mismatched_sizes`` lets through (``(key, checkpoint
+    shape, model shape)``). Keys of ``state`` outside ``expected`` are not checked here (see :func:`_extra_keys`)."""
     missing = sorted(k for k, v in expected.items() if v.required and k not in state and k not in allow_missing)
-    unexpected = sorted(k for k in state if k not in expected)
     problems: list[str] = []
     if missing:
         problems.append(f"missing keys: {_some(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_some(unexpected)}")
     mismatched = [
         (k, tuple(v.shape), tuple(expected[k].tensor.shape))
         for k, v in state.items()
@@ -232,33 +276,40 @@ def check_and_load(
     ignore_mismatched_sizes: bool = False,
     allow_missing: Collection[str] = (),
     dry_run: bool = False,
-) -> list[str]:
+) -> LoadReport:
     """Copy ``state`` (disk keys, prefix removed) into ``adapter``'s tensors after checking all of it
     (``dry_run``: only check).
 
-    Returns:
-        The optional keys that were absent from ``state`` (e.g. base embedding weights).
+    As peft does, a checkpoint key that names a base-model tensor of the same shape (the biases of a
+    ``bias="all"`` checkpoint loaded with ``bias="none"``) is loaded into the base model, and a key that fits
+    nothing is ignored; both are named in a warning and in the returned report.
 
     Raises:
-        CheckpointError: required keys missing, unexpected keys, or shape mismatches (named with both
-            shapes); the model is not touched in that case.
+        CheckpointError: required keys missing, or shape mismatches (named with both shapes); the model is not
+            touched in that case.
     """
     expected = adapter_tensors(model, adapter, config, embedding_layers=None)
     state = _without_wrapper_prefixes(state, expected)
     mismatched = _check_fit(adapter, expected, state, allow_missing, ignore_mismatched_sizes)
-    skip = {k for k, _, _ in mismatched}
+    base, unexpected = _extra_keys(model, expected, state)
+    report = LoadReport(sorted(k for k in expected if k not in state), unexpected, base)
     if dry_run:
-        return sorted(k for k in expected if k not in state)
+        return report
+    _warn_extra(adapter, report)
+    skip = {k for k, _, _ in mismatched}
+    live = model.state_dict(keep_vars=True) if base else {}
     with torch.no_grad():
+        for key in base:
+            live[key].copy_(state[key].to(live[key].dtype))
         for key, value in state.items():
-            target = expected[key].tensor
-            if key in skip:
+            if key in skip or key not in expected:
                 continue
+            target = expected[key].tensor
             if target.is_meta and expected[key].source:  # low_cpu_mem_usage / meta base: a copy keeps no value
                 assign_parameter(model, expected[key].source, value.to(_home(model, expected[key].source, value)))
             else:
                 target.copy_(value.to(target.dtype))
-    return sorted(k for k in expected if k not in state)
+    return report
 
 
 def _without_wrapper_prefixes(

@@ -117,6 +117,8 @@ class AdapterLayer(AdapterState, nn.Module):
     adapter_layer_names: ClassVar[tuple[str, ...]] = ()
     #: Attributes whose values are plain ``dict``s of per-adapter settings (ranks, scalings, ...).
     other_param_names: ClassVar[tuple[str, ...]] = ()
+    #: The method in the layer's printed name, as PEFT prints it (``lora.`` gives ``lora.Linear(...)``).
+    repr_prefix: ClassVar[str] = ""
 
     merged_adapters: list[str]
     #: A quantized base's packed weight from before the first merge (unmerge puts it back exactly).
@@ -341,6 +343,18 @@ class AdapterLayer(AdapterState, nn.Module):
                 return
             while self.merged_adapters:
                 self.unmerge_one(self.merged_adapters.pop())
+
+    def check_mergeable(self, adapter: str) -> None:
+        """Raise (a :class:`~peftkit.errors.MergeError`) when ``adapter`` cannot be merged into this layer; called
+        for every layer before a model-wide merge writes anything. Every adapter can, unless a method says not."""
+
+    def _get_name(self) -> str:
+        """The name ``repr`` prints: PEFT's ``<method>.<layer>``, with the base's class for a layer class that
+        serves several (``Conv`` on an ``nn.Conv2d`` prints ``lora.Conv2d``, ``LoHaLayer`` on a Linear
+        ``loha.Linear``)."""
+        name, base = type(self).__name__, type(self.get_base_layer()).__name__
+        generic = name.endswith("Layer") or (base.startswith(name) and base[len(name) :].endswith("d"))
+        return self.repr_prefix + (base if generic else name)
 
     def extra_repr(self) -> str:
         return f"adapters={sorted(self.adapter_names())}, active={self._active_adapter}"

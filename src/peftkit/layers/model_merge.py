@@ -6,6 +6,11 @@ A weight tied to another module (``lm_head.weight is embed_tokens.weight`` with 
 shared embedding) must not receive one layer's merged delta: the other module would silently change with it
 (the logits of a tied Llama moved by 6 when only ``lm_head`` carried LoRA). Before merging, such a layer gets
 its own copy of the weight, so the merged model computes exactly what the unmerged one did.
+
+Order: in a mixed-method model a layer wraps other methods' layers, and the walk yields it before them. Merging
+goes innermost first and unmerging outermost first, so that a multiplicative method (OFT, ``W <- W R^T``) wrapping
+an additive one rotates the merged sum ``(W + dW) R^T``, which is what its forward computes. (PEFT 0.21.2 merges a
+stack of three or more layers in another order, whose merged model can differ from its unmerged one.)
 """
 
 from __future__ import annotations
@@ -74,8 +79,12 @@ def merge_layers(model: nn.Module, layers: Named, adapter_names: Sequence[str] |
     if layers and not pending:
         warnings.warn("All adapters are already merged; merge_adapter() has nothing to do.", stacklevel=4)
         return
+    for _, layer in layers:  # refuse before anything is written
+        for name in adapter_names if adapter_names is not None else layer.active_adapters:
+            if layer.holds(name):
+                layer.check_mergeable(name)
     untie_for_merge(model, layers)
-    for _, layer in layers:
+    for _, layer in reversed(layers):  # innermost first (module docstring)
         layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
 
 

@@ -78,8 +78,9 @@ def apply_status(modules: Iterable[StateRecorder], status: AdapterStatus) -> Non
             check(status)
     for module in modules:
         module.record_status(status)
+        frozen: set[int] = getattr(module, "frozen_adapter_tensors", set)()  # never trained (MiCA's B)
         for name, param in module.all_adapter_parameters():
-            wanted = trains(name, status)
+            wanted = trains(name, status) and id(param) not in frozen
             if param.requires_grad != wanted:
                 param.requires_grad_(wanted)
 

@@ -8,6 +8,7 @@ a method, and a method may build on the core.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -180,13 +181,30 @@ class MethodSpec:
         """The base module types this method can wrap."""
         return tuple(self.layer_table)
 
-    def layer_class_for(self, module: nn.Module) -> type[AdapterLayer]:
-        """The adapter layer class for ``module``, found along its type's MRO.
+    def adaptable_for(self, config: PeftConfig) -> tuple[type, ...]:
+        """The base module types ``config`` can wrap: :attr:`adaptable_types` and its registered custom types."""
+        return self.adaptable_types + tuple(custom_layers(config))
+
+    def owns(self, module: nn.Module) -> bool:
+        """Whether ``module`` is one of this method's layers (a registered custom layer subclasses one)."""
+        return isinstance(module, tuple(self.layer_table.values()))
+
+    def layer_class_for(self, module: nn.Module, config: PeftConfig | None = None) -> type[AdapterLayer]:
+        """The adapter layer class for ``module``, found along its type's MRO, in ``config``'s custom layers
+        (:func:`custom_layers`) first, then in :attr:`layer_table`.
 
         Raises:
             TargetingError: the method has no layer for this module type.
         """
+        custom = custom_layers(config)
         for cls in type(module).__mro__:
+            if cls in custom:
+                warnings.warn(
+                    f"{type(module).__name__} is adapted by the custom layer {custom[cls].__name__} registered with "
+                    "_register_custom_module; peftkit does not check it, its results are the custom layer's own.",
+                    stacklevel=5,
+                )
+                return custom[cls]
             if cls in self.layer_table:
                 return self.layer_table[cls]
         kinds = ", ".join(sorted(t.__name__ for t in self.layer_table))
@@ -205,6 +223,12 @@ class MethodSpec:
                 f"use one of: {', '.join(self.bias_modes)}."
             )
         return self.bias_modes[mode]
+
+
+def custom_layers(config: PeftConfig | None) -> dict[type, type[AdapterLayer]]:
+    """Base module type -> adapter layer class registered on ``config`` with PEFT's experimental
+    ``LoraConfig._register_custom_module`` (dynamic dispatch); empty for every other config."""
+    return dict(getattr(config, "_custom_modules", None) or {})
 
 
 #: ``PeftType`` -> spec of every registered method (filled by :mod:`peftkit.registry`).

@@ -11,6 +11,9 @@ catalog appears here without an edit. ``tuners.<method>`` (the ``peft_type`` in 
   adapts ``nn.Conv2d``);
 * the base class they share under PEFT's name for it, the tuner model's name with ``Layer`` for ``Model``
   (``LoraLayer``, ``IA3Layer``, ``AdaLoraLayer``): ``isinstance`` against it is true for every layer of the method.
+
+PEFT's files in a method's folder (``tuners.<method>.layer``, ``.config``, ``.model``) are the same module under
+those names, so ``from peft.tuners.lora.layer import LoraLayer`` works too.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
     return module
 
 
+#: PEFT's files inside ``tuners/<method>/`` that users import from; each is an alias of the method's module.
+SUBMODULES = ("layer", "config", "model")
+
+
 def _install_method_modules() -> list[str]:
     """Register every method's module in ``sys.modules`` and as an attribute of this package."""
     installed = []
@@ -59,6 +66,9 @@ def _install_method_modules() -> list[str]:
         module = method_module(spec)
         short = module.__name__.rpartition(".")[2]
         sys.modules.setdefault(module.__name__, module)
+        for part in SUBMODULES:  # ``from peft.tuners.lora.layer import LoraLayer``: the same names
+            sys.modules.setdefault(f"{module.__name__}.{part}", module)
+            setattr(module, part, module)
         globals()[short] = sys.modules[module.__name__]
         installed.append(short)
     return installed

@@ -48,6 +48,8 @@ class AdaLoraLayerSpec(LoraLayerSpec):
 class SVDLayer(LoraLayer):
     """State shared by AdaLoRA layers; attribute names match PEFT's state-dict keys."""
 
+    repr_prefix: ClassVar[str] = "adalora."
+
     adapter_layer_names: ClassVar[tuple[str, ...]] = ("lora_A", "lora_B", "lora_E")
     other_param_names: ClassVar[tuple[str, ...]] = ("r", "lora_alpha", "scaling", "lora_dropout", "use_dora", "ranknum")
 

@@ -21,18 +21,22 @@ from peftkit.methods.oft.orthogonal import rotate_blocks
 def butterfly_permutation(width: int, block_size: int, level: int) -> torch.Tensor:
     """The index permutation ``p (width,)`` of butterfly level ``level`` (level 0 is the identity).
 
+    Cached, so built outside inference mode even when first asked for inside it (an inference tensor kept here
+    would break later training forwards).
+
     Args:
         width: The rotated width (a multiple of ``block_size * 2^level``).
         block_size: ``b`` (even when ``level > 0``).
     """
-    if level == 0:
-        return torch.arange(width)
-    half = block_size // 2
-    chunk = block_size * 2**level
-    pieces = chunk // half
-    order = [*range(0, pieces, 2), *range(1, pieces, 2)]
-    within = torch.cat([torch.arange(p * half, (p + 1) * half) for p in order])
-    return torch.cat([start + within for start in range(0, width, chunk)])
+    with torch.inference_mode(False):
+        if level == 0:
+            return torch.arange(width)
+        half = block_size // 2
+        chunk = block_size * 2**level
+        pieces = chunk // half
+        order = [*range(0, pieces, 2), *range(1, pieces, 2)]
+        within = torch.cat([torch.arange(p * half, (p + 1) * half) for p in order])
+        return torch.cat([start + within for start in range(0, width, chunk)])
 
 
 def check_butterfly(width: int, block_size: int, block_num: int, factors: int, where: str) -> None:

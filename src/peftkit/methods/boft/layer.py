@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from peftkit.layers.base import AdapterLayer
+from peftkit.layers.features import in_out_features
 from peftkit.layers.placement import adapter_device
 from peftkit.merging.merge import update_weight
 from peftkit.methods.boft.butterfly import apply_butterfly, butterfly_matrix
@@ -50,11 +51,13 @@ class BOFTLayerSpec:
 class BOFTLayer(AdapterLayer):
     """State shared by BOFT layers: ``boft_R``, ``boft_s`` (PEFT's names) and the per-adapter block split."""
 
+    repr_prefix = "boft."
     adapter_layer_names = ("boft_R", "boft_s")
     other_param_names = ("boft_block_size", "boft_block_num", "boft_spec")
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
+        self.in_features, self.out_features = in_out_features(self.get_base_layer())
         self.boft_R = nn.ParameterDict()
         self.boft_s = nn.ParameterDict()
         self.boft_block_size: dict[str, int] = {}

@@ -19,6 +19,7 @@ from torch import nn
 
 from peftkit.errors import UsageError
 from peftkit.layers.base import AdapterLayer
+from peftkit.layers.features import in_out_features
 
 
 class LNTuningLayer(AdapterLayer):
@@ -28,6 +29,7 @@ class LNTuningLayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
+        self.in_features, self.out_features = in_out_features(self.get_base_layer())
         self.ln_tuning_layers = nn.ModuleDict()
 
     def update_layer(self, adapter: str, facts: Any = None, init_weights: bool = True) -> None:

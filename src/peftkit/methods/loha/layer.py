@@ -68,6 +68,8 @@ def hadamard_delta(factors: Mapping[str, torch.Tensor], scaling: float) -> torch
 class LoHaLayer(LycorisLayer):
     """LoHa on ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (state-dict names are PEFT's)."""
 
+    repr_prefix: ClassVar[str] = "loha."
+
     adapter_layer_names: ClassVar[tuple[str, ...]] = (
         "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
     )  # fmt: skip

@@ -62,6 +62,8 @@ def kronecker_delta(factors: Mapping[str, torch.Tensor], scaling: float) -> torc
 class LoKrLayer(LycorisLayer):
     """LoKr on ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (state-dict names are PEFT's)."""
 
+    repr_prefix: ClassVar[str] = "lokr."
+
     adapter_layer_names: ClassVar[tuple[str, ...]] = (
         "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
     )  # fmt: skip

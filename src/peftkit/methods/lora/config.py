@@ -18,7 +18,7 @@ from peftkit.errors import ConfigError, UnsupportedError
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
-_INIT_NAMES = ("gaussian", "pissa", "olora")
+_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica")
 _PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
 #: How ``rank_pattern`` / ``alpha_pattern`` keys are matched against module names (see ``targeting``).
 _PATTERN_TEMPLATE = r"(.*\.)?({})$"
@@ -42,7 +42,9 @@ class LoraConfig(PeftConfig):
         use_rslora: Rank-stabilised scaling ``lora_alpha / sqrt(r)`` (Kalajdzievski, 2023).
         modules_to_save: Modules trained in full and saved with the adapter (e.g. a classifier head).
         init_lora_weights: ``True`` (A Kaiming-uniform, B zero), ``False`` (both random), ``"gaussian"``,
-            ``"pissa"`` / ``"pissa_niter_N"`` (Meng et al., 2024) or ``"olora"`` (Büyükakyüz, 2024).
+            ``"pissa"`` / ``"pissa_niter_N"`` (Meng et al., 2024), ``"olora"`` (Büyükakyüz, 2024) or
+            ``"orthogonal"`` (even ``r``; see :mod:`peftkit.methods.lora.orthogonal`) or ``"mica"`` (``B`` from the
+            base weight's minor singular vectors, frozen; see :mod:`peftkit.methods.lora.mica`).
         layers_to_transform: Only adapt layers with these indices.
         layers_pattern: Name of the layer list (``"layers"``, ``"h"``, ...) used with ``layers_to_transform``.
         rank_pattern: ``{regex: r}`` overriding ``r`` for matching module names.
@@ -180,14 +182,25 @@ class LoraConfig(PeftConfig):
                 raise ConfigError(f"LoraConfig.rank_pattern[{key!r}] must be a positive integer, got {rank!r}.")
             check_size(type(self).__name__, f"rank_pattern[{key!r}]", rank)
 
+    def _register_custom_module(self, mapping: dict[type, type]) -> None:
+        """PEFT's experimental dynamic dispatch: adapt modules of the types in ``mapping`` (searched along each
+        module's MRO, before the built-in table) with the given layer class, which takes peftkit's LoRA layer
+        constructor ``(base_layer, fan_in_fan_out=False)`` -- e.g. a subclass of ``peftkit.tuners.lora.Linear``.
+        Not saved with the config: register it again on the config used to load."""
+        custom: dict[type, type] = dict(getattr(self, "_custom_modules", None) or {})
+        custom.update(mapping)
+        self._custom_modules = custom
+
     def _validate_init(self) -> None:
         init = self.init_lora_weights
+        if init == "mica" and self.use_dora:
+            raise ConfigError("init_lora_weights='mica' and use_dora=True are two LoRA variants that do not combine.")
         if isinstance(init, bool) or init in _INIT_NAMES or (isinstance(init, str) and _PISSA_NITER.fullmatch(init)):
             return
-        known = ("eva", "corda", "loftq", "orthogonal")
+        known = ("eva", "corda", "loftq", "lora_ga")
         if init in known:
             raise UnsupportedError(f"init_lora_weights={init!r} is not implemented in peftkit; use True or 'pissa'.")
         raise ConfigError(
             f"LoraConfig.init_lora_weights={init!r} is not valid; use True, False, 'gaussian', 'pissa', "
-            "'pissa_niter_N' or 'olora'."
+            "'pissa_niter_N', 'olora', 'orthogonal' or 'mica'."
         )

@@ -21,6 +21,7 @@ from peftkit.errors import UnsupportedError
 from peftkit.layers.placement import adapter_device
 from peftkit.methods.lora.dora import dora_combine, row_norm
 from peftkit.methods.lora.layer import LoraLayer, LoraLayerSpec, adapter_dtype
+from peftkit.methods.lora.mica import init_mica_
 from peftkit.quant.base import dense_weight
 
 
@@ -48,6 +49,8 @@ class Embedding(LoraLayer):
             elif spec.init == "gaussian" or spec.init is True:
                 A.zero_()
                 B.normal_()
+            elif spec.init == "mica":  # the projection is the table's transpose (dim, num)
+                init_mica_(A, B, dense_weight(self.get_base_layer()).T, spec.r)
             else:
                 raise UnsupportedError(f"init_lora_weights={spec.init!r} is not supported on embedding layers.")
 

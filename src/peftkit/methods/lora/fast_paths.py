@@ -7,8 +7,9 @@ Every path computes what :meth:`~peftkit.layers.base.AdapterLayer.adapted_forwar
 * :func:`single_adapter`: one active adapter, no extra arguments: base and adapter in one fused autograd
   function (:mod:`~peftkit.methods.lora.autograd`) that keeps no dropped copy of the input;
 * :func:`stacked_mixed`: a mixed batch (one adapter per sample) as one base forward plus a segmented
-  gather-matmul over stacked factors (:mod:`~peftkit.methods.lora.segments`, :mod:`~peftkit.methods.lora.stacked`),
-  the same ``torch`` operations on the CPU and on CUDA;
+  gather-matmul over stacked factors (:mod:`~peftkit.methods.lora.segments`, :mod:`~peftkit.methods.lora.stacked`):
+  ``torch`` operations, or on CUDA with ``triton`` installed the SGMV kernels of
+  :mod:`~peftkit.methods.lora.sgmv_triton`;
 * :func:`compiled`: under ``torch.compile`` in eval mode, the active adapters picked by an index tensor from
   stacked factors, so switching adapters changes data, never the traced code.
 
@@ -19,6 +20,8 @@ Every path computes what :meth:`~peftkit.layers.base.AdapterLayer.adapted_forwar
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import operator
 from typing import Any
 
@@ -87,9 +90,11 @@ def stacked_mixed(layer: Any, x: torch.Tensor, routing: BatchRouting) -> torch.T
     routing (the generic path reports it).
 
     One base forward plus two batched matmuls whatever the number of distinct adapters, over one segment of
-    samples per adapter (:mod:`~peftkit.methods.lora.segments`; planned once per call); the stacks are built
-    once and reused until a weight changes. Under ``torch.compile`` the stacks are traced afresh and each
-    sample gathers its own factors (no host-side plan, so a new mix does not recompile).
+    samples per adapter (:mod:`~peftkit.methods.lora.segments`; planned once per call), or on CUDA with
+    ``triton`` installed one shrink and one expand kernel over those segments
+    (:mod:`~peftkit.methods.lora.sgmv_triton`); the stacks are built once and reused until a weight changes.
+    Under ``torch.compile`` the stacks are traced afresh and each sample gathers its own factors (no host-side
+    plan, so a new mix does not recompile).
     """
     if x.shape[0] != len(routing) or stacked.needs_grad(layer):
         return None
@@ -98,16 +103,41 @@ def stacked_mixed(layer: Any, x: torch.Tensor, routing: BatchRouting) -> torch.T
             return None
         A_t, B_t = stacked.stack_factors(layer, routing.adapters)
         return stacked.add_routed(layer.base_layer(x), x, A_t, B_t, routing.slots.to(x.device))
-    stacks = stacked.cached_stacks(layer, routing.adapters)
+    stacks = stacked.cached_stacks(
+        layer, routing.adapters, routing.derived("lora-slots-read", lambda: slots_read(routing))
+    )
     if stacks is None:
         return None
     A_t, B_t = stacks
     result = layer.base_layer(x)
+    if x.is_cuda and triton_available():
+        from peftkit.methods.lora import sgmv_triton  # imports triton: only here, and only on CUDA
+
+        sgmv = routing.derived(("lora-sgmv", x.device), lambda: sgmv_plan(routing, x.device))
+        return sgmv_triton.add_sgmv(result, x, A_t, B_t, sgmv)
     plan = routing.derived(("lora-segments", x.device), lambda: segment_plan(routing, x.device))
-    tokens = x[0].numel() // x.shape[-1] if x.shape[0] else 0
+    tokens = x.numel() // (x.shape[0] * x.shape[-1]) if x.shape[0] else 0
     if segments.worth_it(plan, x.shape[0], tokens, A_t.shape[-1]):
         return segments.add_segmented(result, x, A_t, B_t, plan)
     return stacked.add_routed(result, x, A_t, B_t, routing.slots_on(x.device))
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether ``triton`` can be imported (then mixed batches on CUDA run the Triton SGMV kernels)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def sgmv_plan(routing: BatchRouting, device: torch.device) -> Any:
+    """The routing's :func:`~peftkit.methods.lora.sgmv_triton.plan` on ``device`` (slot ``len(adapters)``: base)."""
+    from peftkit.methods.lora import sgmv_triton
+
+    return sgmv_triton.plan(routing.slots.tolist(), len(routing.adapters)).to(device)
+
+
+def slots_read(routing: BatchRouting) -> list[int]:
+    """The stack slots a mixed batch reads: each adapter that some sample uses (not the base model's slot)."""
+    return sorted(set(routing.slots.tolist()) - {len(routing.adapters)})
 
 
 def segment_plan(routing: BatchRouting, device: torch.device) -> segments.SegmentPlan:

@@ -17,6 +17,8 @@ import re
 import torch
 from torch import nn
 
+from peftkit.errors import UnsupportedError
+
 _PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
 
 
@@ -72,3 +74,29 @@ def decompose_weight(weight: torch.Tensor, mode: str, r: int, scaling: float) ->
         B = (u[:, :r] * root[None, :]).contiguous()
     residual = w - scaling * (B @ A)
     return A, B, residual
+
+
+def require_matrix_factors(A: torch.Tensor, r: int, init: str, layers: str) -> None:
+    """Refuse ``init_lora_weights=init`` unless ``A`` is a plain ``(r, in)`` matrix (a Linear / Conv1D /
+    Embedding layer's, not a convolution's nor per-expert parameters').
+
+    Raises:
+        UnsupportedError: naming the layers ``init`` supports.
+    """
+    if A.dim() != 2 or A.shape[0] != r:
+        raise UnsupportedError(
+            f"init_lora_weights={init!r} is implemented for LoRA on {layers} layers only (as in PEFT); leave "
+            "convolutions and target_parameters out of target_modules, or use another initialisation."
+        )
+
+
+def write_factors_(
+    A: torch.Tensor, B: torch.Tensor, new_A: torch.Tensor, new_B: torch.Tensor, base_dtype: torch.dtype
+) -> None:
+    """Copy ``new_A`` / ``new_B`` into ``A`` / ``B``, rounded through the base weight's dtype as the reference
+    stores an initialisation's factors (before any adapter autocast); a quantized base's storage dtype is not a
+    rounding, so nothing is rounded there."""
+    rounding = base_dtype if base_dtype.is_floating_point else new_A.dtype
+    with torch.no_grad():
+        A.copy_(new_A.to(rounding))
+        B.copy_(new_B.to(rounding))

@@ -10,6 +10,7 @@ compiled) live in ``fast_paths.py``, the scaling in ``scaling.py``, embedding an
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftkit.errors import MergeError, PeftWarning
 from peftkit.layers.base import AdapterLayer, BatchRouting
 from peftkit.layers.placement import adapter_device, onloaded
 from peftkit.layers.state import AdapterStatus
@@ -25,6 +27,8 @@ from peftkit.merging.merge import require_finite_sum, update_weight
 from peftkit.methods.lora import fast_paths
 from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, merge_update, row_norm, unmerge_step, unmerged_weight
 from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
+from peftkit.methods.lora.mica import init_mica_
+from peftkit.methods.lora.orthogonal import init_orthogonal_
 from peftkit.methods.lora.scaling import lora_scaling
 from peftkit.quant.base import dense_weight, weight_shape
 
@@ -73,11 +77,14 @@ def empty_linear(
 class LoraLayer(AdapterLayer):
     """State shared by all LoRA layers; attribute names match PEFT's state-dict keys."""
 
+    repr_prefix: ClassVar[str] = "lora."
+
     adapter_layer_names: ClassVar[tuple[str, ...]] = (
         "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
     )  # fmt: skip
     other_param_names: ClassVar[tuple[str, ...]] = (
         "r", "lora_alpha", "scaling", "lora_dropout", "use_dora", "use_rslora",
+        "frozen_peft_weight_names",
     )  # fmt: skip
 
     in_features: int
@@ -88,6 +95,9 @@ class LoraLayer(AdapterLayer):
     scaling: dict[str, float]
     use_rslora: dict[str, bool]
     use_dora: dict[str, bool]
+    #: Per adapter, the names of its tensors that never train (MiCA's ``lora_B`` / ``lora_embedding_B``; PEFT's
+    #: attribute): :meth:`frozen_adapter_tensors` keeps them out of ``requires_grad``.
+    frozen_peft_weight_names: dict[str, tuple[str, ...]]
     _dora_norms: dict[str, torch.Tensor]
     lora_dropout: nn.ModuleDict
     lora_A: nn.ModuleDict
@@ -101,7 +111,14 @@ class LoraLayer(AdapterLayer):
         # Registered in bulk (what plain assignment does, minus ``nn.Module.__setattr__``'s checks, which cost
         # more than the rest of building a layer: a 1B model has hundreds of them).
         self.__dict__.update(
-            fan_in_fan_out=fan_in_fan_out, r={}, lora_alpha={}, scaling={}, use_rslora={}, use_dora={}, _dora_norms={}
+            fan_in_fan_out=fan_in_fan_out,
+            r={},
+            lora_alpha={},
+            scaling={},
+            use_rslora={},
+            use_dora={},
+            _dora_norms={},
+            frozen_peft_weight_names={},
         )
         self._modules.update(
             lora_dropout=nn.ModuleDict(),
@@ -124,7 +141,17 @@ class LoraLayer(AdapterLayer):
         self.use_rslora[adapter] = spec.use_rslora
         self.use_dora[adapter] = spec.use_dora
         self.lora_dropout[adapter] = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        if spec.lora_bias and getattr(self.get_base_layer(), "bias", None) is None:
+            warnings.warn(
+                f"lora_bias=True on a {type(self.get_base_layer()).__name__} without a bias: adapter {adapter!r} "
+                "trains and runs, but cannot be merged into this layer.",
+                PeftWarning,
+                stacklevel=2,
+            )
         self.create_weights(adapter, spec)
+        if spec.init == "mica":  # B keeps the minor directions; only A trains
+            B_name = "lora_B" if adapter in self.lora_B else "lora_embedding_B"
+            self.frozen_peft_weight_names[adapter] = (B_name,)
         if init_weights:
             self.init_weights(adapter, spec)
         if spec.use_dora:
@@ -144,7 +171,13 @@ class LoraLayer(AdapterLayer):
         """Initialise ``A``/``B`` per ``spec.init``; PiSSA/OLoRA also rewrite the base weight."""
         A, B = self.factor_tensors(adapter)
         if not is_weight_decomposing(spec.init):
-            init_linear_pair(A, B, spec.init, spec.r)
+            if spec.init == "orthogonal":
+                init_orthogonal_(A, B, spec.r, self.get_base_layer().weight.dtype)
+            elif spec.init == "mica":
+                weight = dense_weight(self.get_base_layer())
+                init_mica_(A, B, weight.T if self.fan_in_fan_out else weight, spec.r)
+            else:
+                init_linear_pair(A, B, spec.init, spec.r)
             bias = getattr(self.lora_B[adapter], "bias", None) if adapter in self.lora_B else None
             if bias is not None:
                 with torch.no_grad():
@@ -170,6 +203,17 @@ class LoraLayer(AdapterLayer):
         with torch.no_grad():
             A.copy_(loaded[0])
             B.copy_(loaded[1])
+
+    def frozen_adapter_tensors(self) -> set[int]:
+        """Ids of adapter tensors that stay frozen whatever the adapter state (MiCA's ``B``)."""
+        found: set[int] = set()
+        for adapter, names in self.frozen_peft_weight_names.items():
+            for name in names:
+                container = getattr(self, name)
+                item = container[adapter] if adapter in container else None
+                tensors = item.parameters() if isinstance(item, nn.Module) else [item] if item is not None else []
+                found.update(id(t) for t in tensors)
+        return found
 
     def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
@@ -225,9 +269,19 @@ class LoraLayer(AdapterLayer):
         update_weight(self.get_base_layer(), unmerge_step(self, adapter))
         del self._dora_norms[adapter]
 
+    def check_mergeable(self, adapter: str) -> None:
+        """Raise :class:`MergeError` for an adapter with ``lora_bias`` on a base that has no bias to add it to."""
+        has_bias = adapter in self.lora_B and getattr(self.lora_B[adapter], "bias", None) is not None
+        if has_bias and getattr(self.get_base_layer(), "bias", None) is None:
+            raise MergeError(
+                f"Cannot merge adapter {adapter!r}: its lora_B has a bias (lora_bias=True) and the base "
+                f"{type(self.get_base_layer()).__name__} has none to add it to. Keep the adapter unmerged."
+            )
+
     def _add_delta(self, adapter: str, sign: float, safe: bool) -> None:
         bias = getattr(self.lora_B[adapter], "bias", None) if adapter in self.lora_B else None
         base_bias = getattr(self.get_base_layer(), "bias", None)  # nn.Embedding has no bias
+        self.check_mergeable(adapter)
         pair = (base_bias, bias.detach().to(base_bias.dtype)) if bias is not None and base_bias is not None else None
         require_finite_sum(pair, sign * self.scaling[adapter], safe, f"{adapter} (its lora_bias)")  # before any write
         update_weight(self.get_base_layer(), self.weight_update(adapter, sign), safe=safe, what=adapter)

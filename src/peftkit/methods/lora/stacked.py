@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules import module as module_hooks
 
 
 def _scaled_factors(layer: Any, name: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,59 +59,110 @@ def stack_factors(layer: Any, adapters: Sequence[str]) -> tuple[torch.Tensor, to
     return torch.stack([a for a, _ in parts]), torch.stack([b for _, b in parts])
 
 
+class _Registrations:
+    """A process-wide count of module and parameter registrations (``nn.Module.__setattr__``,
+    ``register_parameter``, ``add_module``, ``ModuleDict.__setitem__``) on *watched* modules: the LoRA layers
+    whose stacks are cached, their ``lora_A`` / ``lora_B`` dictionaries and factor modules. Counted by torch's
+    global registration hooks, installed the first time a stack is built (other modules pay one attribute read
+    per registration). A cached stack whose count is unchanged knows that none of its modules or weights was
+    replaced since, without walking them."""
+
+    count = 0
+    installed = False
+
+    @classmethod
+    def watch(cls, modules: list[Any]) -> None:
+        if not cls.installed:
+            module_hooks.register_module_parameter_registration_hook(cls._registered)
+            module_hooks.register_module_module_registration_hook(cls._registered)
+            cls.installed = True
+        for module in modules:
+            module.__dict__["_peftkit_watched"] = True
+
+    @classmethod
+    def _registered(cls, module: Any, _name: str, _value: Any) -> None:
+        if module.__dict__.get("_peftkit_watched"):
+            cls.count += 1
+
+
+_VERSION = operator.attrgetter("_version")
+
+
 @dataclass(frozen=True)
 class _Built:
-    """What a cached stack was built from: the layer's ``lora_A`` / ``lora_B`` modules, their weights and the
-    scalings (the very objects), and each weight's version at build time.
+    """What a cached stack was built from: the adapters, the registration count, the number of factor modules,
+    the scalings (the very objects), and per slot the versions of that adapter's weights (and tensor scaling)
+    at build time, read through aliases (``detach()``: same version counter).
 
-    :meth:`fresh` runs per layer and call, so it reads the module dictionaries directly and compares with
-    C-level loops (``nn.Module.__getattr__`` over 32 adapters and 28 layers costs milliseconds per decode).
+    :meth:`fresh` runs per layer and call; walking 64 modules and their weights per layer (32 adapters), cold in
+    the cache after a decode step streamed the model's weights, cost milliseconds per step. A replaced module or
+    weight is caught by the registration count instead, a deleted one by the counts, an in-place edit by the
+    versions of the slots the call reads (a stale slot that the call does not read cannot change its output; a
+    later call that reads it finds it stale).
     """
 
     adapters: tuple[str, ...]
-    modules: list[Any]
-    weights: list[torch.Tensor]
+    registrations: int
+    factors: tuple[int, int]
+    scaling: dict[str, Any]
     scalings: list[Any]
-    scale_tensors: list[torch.Tensor]
-    versions: list[int]
+    aliases: list[tuple[torch.Tensor, ...]]
+    versions: list[tuple[int, ...]]
 
     @staticmethod
-    def _modules(layer: Any) -> list[Any]:
-        return [*layer._modules["lora_A"]._modules.values(), *layer._modules["lora_B"]._modules.values()]
+    def _factors(layer: Any) -> tuple[int, int]:
+        return len(layer._modules["lora_A"]._modules), len(layer._modules["lora_B"]._modules)
 
     @classmethod
     def record(cls, layer: Any, adapters: tuple[str, ...]) -> _Built:
-        modules = cls._modules(layer)
-        weights = [m._parameters["weight"] for m in modules]
-        scalings = list(layer.scaling.values())
-        scale_tensors = [s for s in scalings if isinstance(s, torch.Tensor)]
-        versions = [t._version for t in [*weights, *scale_tensors]]
-        return cls(adapters, modules, weights, scalings, scale_tensors, versions)
+        containers = layer._modules["lora_A"], layer._modules["lora_B"]
+        factors = containers[0]._modules, containers[1]._modules
+        _Registrations.watch([layer, *containers, *factors[0].values(), *factors[1].values()])
+        aliases = []
+        for name in adapters:
+            tensors = [f[name]._parameters["weight"] for f in factors if name in f]
+            tensors += [s for s in [layer.scaling.get(name)] if isinstance(s, torch.Tensor)]
+            aliases.append(tuple(t.detach() for t in tensors))
+        versions = [tuple(map(_VERSION, slot)) for slot in aliases]
+        return cls(
+            adapters,
+            _Registrations.count,
+            cls._factors(layer),
+            layer.scaling,
+            list(layer.scaling.values()),
+            aliases,
+            versions,
+        )
 
-    def fresh(self, layer: Any, adapters: tuple[str, ...]) -> bool:
-        """Whether ``layer`` still holds the same objects, none changed in place since (tensor versions)."""
-        if adapters != self.adapters:
+    def fresh(self, layer: Any, adapters: tuple[str, ...], slots: Sequence[int]) -> bool:
+        """Whether ``layer`` still holds the same modules, weights and scalings, and the adapters in ``slots``
+        were not changed in place since."""
+        if adapters != self.adapters or _Registrations.count != self.registrations:
             return False
-        modules, scalings = self._modules(layer), list(layer.scaling.values())
-        if len(modules) != len(self.modules) or len(scalings) != len(self.scalings):
+        scaling = layer.scaling
+        if scaling is not self.scaling or len(scaling) != len(self.scalings) or self._factors(layer) != self.factors:
             return False
-        if not (all(map(operator.is_, modules, self.modules)) and all(map(operator.is_, scalings, self.scalings))):
+        if not all(map(operator.is_, scaling.values(), self.scalings)):
             return False
-        weights = [m._parameters["weight"] for m in modules]
-        versions = [t._version for t in [*weights, *self.scale_tensors]]
-        return all(map(operator.is_, weights, self.weights)) and versions == self.versions
+        return all(tuple(map(_VERSION, self.aliases[k])) == self.versions[k] for k in slots)
 
 
-def cached_stacks(layer: Any, adapters: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+def cached_stacks(
+    layer: Any, adapters: tuple[str, ...], slots: Sequence[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """:func:`stack_factors`, built once and reused until an adapter's weights or scaling change; ``None``
     when the layer is not :func:`stackable` (checked when building, since a fresh cache implies the same
     adapter modules).
 
+    Args:
+        slots: The slots (positions in ``adapters``) the caller will read; only their in-place edits are looked
+            for (default: all). Replaced modules, weights and scalings are caught whatever the slots.
+
     The cache lives in ``layer._stack_cache``; anything that replaces factors or scalings outside
-    in-place tensor updates (which bump versions) must set it to ``None``.
+    in-place tensor updates (which bump versions) or module registration must set it to ``None``.
     """
     cache = layer._stack_cache
-    if cache is not None and cache[0].fresh(layer, adapters):
+    if cache is not None and cache[0].fresh(layer, adapters, range(len(adapters)) if slots is None else slots):
         return cache[1], cache[2]
     if not stackable(layer):
         return None

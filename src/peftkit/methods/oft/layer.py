@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftkit.errors import UnsupportedError
 from peftkit.layers.base import AdapterLayer, BatchRouting
+from peftkit.layers.features import in_out_features
 from peftkit.layers.placement import adapter_device
 from peftkit.merging.merge import update_weight
 from peftkit.methods.lora.layer import adapter_dtype
@@ -98,11 +100,13 @@ class OFTLayer(AdapterLayer):
 
     adapter_layer_names = ("oft_R",)
     other_param_names = ("r", "oft_block_size")
+    repr_prefix = "oft."
     #: The merge writes ``W R^T`` (the rotation acts on the input of ``W (out, in)``); ``False``: ``W R``.
     merge_transposed = True
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
+        self.in_features, self.out_features = in_out_features(self.get_base_layer())
         for name in self.adapter_layer_names:
             setattr(self, name, nn.ModuleDict())
         self.r: dict[str, int] = {}
@@ -187,7 +191,26 @@ class Conv2d(OFTLayer):
     """OFT on a square-kernel ``nn.Conv2d``; ``x (N, C_in, H, W) -> (N, C_out, H', W')`` convolved with the
     rotated filter ``W' = W R^T`` (``W`` flattened to ``(C_out, C_in k k)``), bias unchanged."""
 
+    def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
+        super().__init__(base_layer, fan_in_fan_out)
+        kernel = self.get_base_layer().kernel_size
+        if isinstance(base_layer, AdapterLayer) and tuple(kernel) != (1, 1):
+            raise UnsupportedError(
+                f"OFT cannot wrap another method's adapter layer on a {kernel[0]}x{kernel[1]} Conv2d in a mixed model: "
+                "its rotation acts on the filter, which the inner layer does not expose as an input transform; "
+                "give OFT and the other method different Conv2d targets (1x1 kernels stack)."
+            )
+
     def adapted_forward(self, x: torch.Tensor, adapters: Sequence[str], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base filter rotated, ``W R_1^T ... R_n^T``; wrapping another method's layer (a mixed model, 1x1
+        kernels only) the input channels of every pixel are rotated instead (``x R_n ... R_1``, the same
+        function) and the inner layer runs on them, as in PEFT."""
+        if isinstance(self.base_layer, AdapterLayer):
+            for name in reversed(adapters):
+                blocks = self.rotation(name).blocks(dropout=self.training)
+                x = rotate_blocks(x.movedim(1, -1).to(blocks.dtype), blocks).movedim(-1, 1).to(x.dtype)
+            wrapped: torch.Tensor = self.base_layer(x, *args, **kwargs)
+            return wrapped
         base = self.get_base_layer()
         weight = base.weight
         flat = weight.flatten(1)
@@ -204,6 +227,11 @@ class Embedding(OFTLayer):
 
     adapter_layer_names = ("oft_embedding_R",)
     merge_transposed = False
+
+    def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
+        super().__init__(base_layer, fan_in_fan_out)
+        # PEFT's OFT reports the rotated width as in_features: (embedding_dim, num_embeddings)
+        self.in_features, self.out_features = self.out_features, self.in_features
 
     def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
         blocks = self.rotation(adapter).blocks(dropout=self.training)

@@ -29,13 +29,16 @@ class OFTModel(TunerModel):
 def oft_layer_facts(config: OFTConfig, name: str, module: nn.Module) -> OFTLayerSpec:
     """The block split of module ``name`` (``r * oft_block_size`` = its rotated width) and the config's settings.
 
+    A configured ``r`` / ``oft_block_size`` that does not divide the module's width is replaced by the nearest
+    divisor with a ``UserWarning``, as PEFT does (:func:`split_width`).
+
     Raises:
-        ConfigError: the configured ``r`` / ``oft_block_size`` does not divide the module's width.
         TargetingError: a Conv2d this method cannot describe (see :func:`rotated_width`).
     """
     width = rotated_width(module, "OFT", name)
     where = f"module {name!r} ({type(module).__name__})"
-    size, count = split_width(width, config.oft_block_size, config.r, ("oft_block_size", "r"), where, "OFTConfig")
+    fields = ("oft_block_size", "r")
+    size, count = split_width(width, config.oft_block_size, config.r, fields, where, "OFTConfig", adjust=True)
     if isinstance(module, nn.Conv2d) and module.kernel_size[0] > 1:
         warnings.warn(
             f"OFT on the {module.kernel_size[0]}x{module.kernel_size[0]} Conv2d {name!r}: peftkit convolves with the "

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 from torch import nn
 
-from peftkit.errors import ConfigError, TargetingError
+from peftkit.errors import ConfigError, TargetingError, UnsupportedError
 from peftkit.quant.base import weight_shape
 
 
 @functools.lru_cache(maxsize=64)
 def _upper_indices(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column indices of the strict upper triangle of a ``size x size`` matrix, row-major."""
-    rows, cols = torch.triu_indices(size, size, 1, device=device)
+    """Row and column indices of the strict upper triangle of a ``size x size`` matrix, row-major.
+
+    Cached, so built outside inference mode even when first asked for inside it: an inference tensor kept here
+    would break every later training forward (autograd cannot save it for backward)."""
+    with torch.inference_mode(False):
+        rows, cols = torch.triu_indices(size, size, 1, device=device)
     return rows, cols
 
 
@@ -141,7 +146,9 @@ def nearest_divisors(dim: int, value: int) -> list[int]:
     return sorted(sorted(divisors, key=lambda d: (abs(d - value), d))[:2])
 
 
-def split_width(dim: int, size: int, count: int, fields: tuple[str, str], where: str, owner: str) -> tuple[int, int]:
+def split_width(
+    dim: int, size: int, count: int, fields: tuple[str, str], where: str, owner: str, adjust: bool = False
+) -> tuple[int, int]:
     """``(block size, number of blocks)`` for a layer of input width ``dim`` from the one that is set.
 
     Args:
@@ -151,18 +158,29 @@ def split_width(dim: int, size: int, count: int, fields: tuple[str, str], where:
         fields: The config field names of ``size`` and ``count`` (for messages).
         where: The module, e.g. ``"module 'q_proj' (in_features 16)"``.
         owner: The config class name.
+        adjust: A value that does not divide ``dim`` becomes the divisor of ``dim`` nearest to it (the smaller one
+            on a tie), with a ``UserWarning``: OFT's rule in PEFT, which applies it again at load time, so that
+            its adapters saved with such a config load with the same shapes. ``False`` (BOFT): raise.
 
     Raises:
-        ConfigError: the value that is set does not divide ``dim``. PEFT silently moves OFT's value to a
-            nearby divisor instead (with a warning), which changes the stored shapes; peftkit asks for one.
+        ConfigError: the value that is set does not divide ``dim`` (and ``adjust`` is off).
     """
     value, field = (size, fields[0]) if size else (count, fields[1])
     if value > dim or dim % value:
-        near = " or ".join(str(d) for d in nearest_divisors(dim, value))
-        raise ConfigError(
-            f"{owner}.{field}={value} does not divide the width {dim} of {where}; set {field} to a divisor of "
-            f"{dim} (nearest: {near}) or leave this module out of target_modules."
+        if not adjust:
+            near = " or ".join(str(d) for d in nearest_divisors(dim, value))
+            raise ConfigError(
+                f"{owner}.{field}={value} does not divide the width {dim} of {where}; set {field} to a divisor of "
+                f"{dim} (nearest: {near}) or leave this module out of target_modules."
+            )
+        adjusted = min((d for d in range(1, dim + 1) if dim % d == 0), key=lambda d: (abs(d - value), d))
+        warnings.warn(
+            f"{owner}.{field}={value} does not divide the width {dim} of {where}; this module uses {field}="
+            f"{adjusted}, the nearest divisor (PEFT's rule, so that the stored shapes agree).",
+            UserWarning,
+            stacklevel=5,
         )
+        size, count = (adjusted, 0) if size else (0, adjusted)
     return (size, dim // size) if size else (dim // count, count)
 
 
@@ -171,16 +189,22 @@ def rotated_width(module: nn.Module, owner: str, name: str) -> int:
     Embedding, ``C_in * k * k`` of a square ``k x k`` Conv2d (the flattened filter, channel-major).
 
     Raises:
-        TargetingError: a Conv2d with a non-square kernel, ``groups > 1`` or ``dilation > 1`` (PEFT's layers do
-            not handle them: they read ``kernel_size[0]`` only, fail on groups, and ignore or refuse dilation).
+        UnsupportedError: a Conv2d with ``groups > 1`` (a ``NotImplementedError``, as PEFT's BOFT raises: the
+            rotation would span all input channels while each group's filter sees only its own).
+        TargetingError: a Conv2d with a non-square kernel or ``dilation > 1`` (PEFT's layers do not handle them:
+            they read ``kernel_size[0]`` only, and ignore or refuse dilation).
     """
     if not isinstance(module, nn.Conv2d):
         return int(weight_shape(module)[1])
+    if module.groups != 1:
+        raise UnsupportedError(
+            f"{owner} cannot adapt the grouped Conv2d {name!r} (groups={module.groups}): its rotation would span "
+            f"all {module.in_channels} input channels, a group's filter sees {module.in_channels // module.groups}; "
+            "leave it out of target_modules (or add it to exclude_modules)."
+        )
     problems = []
     if module.kernel_size[0] != module.kernel_size[1]:
         problems.append(f"a non-square kernel {tuple(module.kernel_size)}")
-    if module.groups != 1:
-        problems.append(f"groups={module.groups}")
     if tuple(module.dilation) != (1, 1):
         problems.append(f"dilation={tuple(module.dilation)}")
     if problems:

@@ -15,13 +15,13 @@ from peftkit.errors import ConfigError
 from peftkit.types import PeftType
 
 
-def check_token_indices(owner: str, indices: Any) -> list[int]:
-    """``indices`` as a list of distinct non-negative integers.
+def check_token_indices(owner: str, indices: Any, allow_empty: bool = False) -> list[int]:
+    """``indices`` as a list of distinct non-negative integers (``allow_empty``: possibly none yet).
 
     Raises:
         ConfigError: not a non-empty list of distinct non-negative integers (naming ``owner``).
     """
-    ok = isinstance(indices, Sequence) and not isinstance(indices, str) and len(indices) > 0
+    ok = isinstance(indices, Sequence) and not isinstance(indices, str) and (allow_empty or len(indices) > 0)
     ok = ok and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices)
     if not ok:
         raise ConfigError(f"{owner} must be a non-empty list of token ids (integers >= 0), got {indices!r}.")
@@ -55,5 +55,6 @@ class TrainableTokensConfig(PeftConfig):
         self.peft_type = PeftType("TRAINABLE_TOKENS")
         self.target_modules = name_set(self.target_modules)
         super().__post_init__()
-        check_token_indices("TrainableTokensConfig.token_indices", self.token_indices)
+        # empty is a valid config (PEFT's default; fields may be filled in later), refused when injected
+        check_token_indices("TrainableTokensConfig.token_indices", self.token_indices, allow_empty=True)
         check_regex("TrainableTokensConfig", "target_modules", self.target_modules)

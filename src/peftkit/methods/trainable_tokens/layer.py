@@ -23,6 +23,7 @@ from torch import nn
 
 from peftkit.errors import ConfigError, UsageError
 from peftkit.layers.base import AdapterLayer
+from peftkit.layers.features import in_out_features
 from peftkit.layers.placement import adapter_device
 from peftkit.merging.merge import update_weight
 
@@ -69,6 +70,7 @@ class TrainableTokensLayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
+        self.in_features, self.out_features = in_out_features(self.get_base_layer())
         self.trainable_tokens_delta = nn.ParameterDict()
         self.trainable_tokens_original = RowStore()
         self.token_indices: dict[str, list[int]] = {}
@@ -86,10 +88,12 @@ class TrainableTokensLayer(AdapterLayer):
         """Add ``adapter`` training rows ``facts.token_indices`` (``facts.init``: start from the original rows).
 
         Raises:
-            ConfigError: a token id is outside the table.
+            ConfigError: no token id, or one outside the table.
         """
         weight = self.get_base_layer().weight
         indices = list(facts.token_indices)
+        if not indices:
+            raise ConfigError("TrainableTokensConfig.token_indices is empty; list the token ids whose rows train.")
         if max(indices) >= weight.shape[0]:
             raise ConfigError(
                 f"token id {max(indices)} is outside the embedding table of {weight.shape[0]} rows; "

@@ -36,6 +36,7 @@ class TrainableTokensWrapper(AdapterLayer):
         # ``base_layer`` as a plain attribute (no second state-dict path): the template's disabled / merged forward
         # and unwrapping use it; the child keeps it registered, so ``.to()`` still moves it.
         self.__dict__.update(base_layer=base_layer, _disable_adapters=False, merged_adapters=[], _base_snapshot=None)
+        self.in_features, self.out_features = self.token_adapter.in_features, self.token_adapter.out_features
         self._active_adapter: list[str] = []
 
     def __getattr__(self, name: str) -> Any:

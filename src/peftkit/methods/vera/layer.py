@@ -46,6 +46,8 @@ class VeraLayerSpec:
 class Linear(AdapterLayer):
     """VeRA on a Linear-like base; ``vera_lambda_b`` / ``vera_lambda_d`` are PEFT's state-dict names."""
 
+    repr_prefix = "vera."
+
     adapter_layer_names = ("vera_lambda_b", "vera_lambda_d")
     other_param_names = ("r", "vera_dropout")
 
@@ -82,6 +84,23 @@ class Linear(AdapterLayer):
         self.r[adapter] = facts.r
         if not self._active_adapter:
             self._active_adapter = [adapter]
+
+    @property
+    def vera_A(self) -> dict[str, torch.Tensor]:
+        """Adapter name -> the whole shared projection ``A (r, max_in)`` this layer reads a block of, for every
+        adapter of the model (PEFT's layer attribute): the model's one tensor, the same object in every layer."""
+        return self._shared("vera_A")
+
+    @property
+    def vera_B(self) -> dict[str, torch.Tensor]:
+        """Adapter name -> the whole shared projection ``B (max_out, r)`` (see :attr:`vera_A`)."""
+        return self._shared("vera_B")
+
+    def _shared(self, name: str) -> dict[str, torch.Tensor]:
+        holder: Any = self._modules.get(HOLDER_NAME)
+        if holder is None:
+            return {}
+        return {adapter: getattr(held, name) for adapter, held in holder.adapters.items()}
 
     def projections(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A_s (r, in), B_s (out, r))``: this layer's blocks of ``adapter``'s shared projections."""

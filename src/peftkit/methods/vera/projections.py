@@ -75,8 +75,8 @@ class VeraProjections:
         """Projections large enough for every target (the largest ``in`` and ``out`` among them), on the
         first target's device (drawn on the CPU, so that every device gets the same values).
 
-        As in PEFT, only a model's first VeRA adapter draws its projections; a further adapter gets a copy of
-        those already held (the first adapter's), which must fit its targets and its rank.
+        As in PEFT, only a model's first VeRA adapter draws its projections; a further adapter shares those
+        already held (the first adapter's: the same tensors, not a copy), which must fit its targets and its rank.
 
         Raises:
             TargetingError: ``targets`` is empty.
@@ -90,7 +90,7 @@ class VeraProjections:
         if held:
             first, tensors = next(iter(held.items()))
             _check_fit(first, tensors, config.r, max_in, max_out)
-            return {name: tensor.clone() for name, tensor in tensors.items()}
+            return dict(tensors)
         tensors = draw_projections(config.r, max_in, max_out, config.projection_prng_key)
         device = adapter_device(next(iter(targets.values())), allow_meta=False)
         return {name: tensor.to(device) for name, tensor in tensors.items()}
