@@ -29,7 +29,7 @@ from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.parameters import inject_config_parameters
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
 from peftkit.layers.state import AdapterStatus, status_after_add, status_after_set
-from peftkit.layers.walk import AdapterModule, is_nested, walk_model
+from peftkit.layers.walk import AdapterModule, all_parameters, is_nested, walk_model
 from peftkit.layers.walk import adapter_names_in as adapter_names_in
 from peftkit.layers.walk import iter_adapter_modules as iter_adapter_modules
 from peftkit.layers.wrap import replace_module
@@ -159,7 +159,7 @@ def inject_adapter(
     if spec.prepare_config is not None:
         config = spec.prepare_config(config, model)
     check_adapter_name(adapter_name, sorted(adapter_names_in(model)))
-    grads = {p: p.requires_grad for p in model.parameters()}
+    grads = {p: p.requires_grad for p in all_parameters(model)}
     record = Injection(adapter_name, grad_state=grads, status=model_status(model))
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
     for module in candidates.values():  # every quantized layer, adapted or not, feeds the adapters' gradients
@@ -291,8 +291,9 @@ def mark_trainable(
     Args:
         status: The model's adapter status before (its disabled flag is kept).
     """
-    for param in model.parameters():
-        param.requires_grad_(False)
+    for param in all_parameters(model, skip_adapter_tensors=True):  # apply_model_status sets the adapters'
+        if param.requires_grad:
+            param.requires_grad_(False)
     apply_model_status(model, status_after_set(status or AdapterStatus(), active, config.inference_mode))
     if config.inference_mode:
         return
@@ -349,12 +350,9 @@ def _layers(model: nn.Module) -> list[tuple[str, AdapterLayer]]:
 def inference_call(
     model: nn.Module, adapter_names: Sequence[str] | None, expand: bool = False, training: bool = False
 ) -> Iterator[None]:
-    """One inference call of ``model``: holds its lock shared (:mod:`peftkit.locking`) and, with ``adapter_names``,
-    routes the call as a mixed batch (:func:`mixed_batch`).
-
-    Raises:
-        UsageError: ``adapter_names`` while ``training`` (mixed batches are for inference).
-    """
+    """One inference call of ``model``: its lock held shared (:mod:`peftkit.locking`), its layers prepared when
+    compiled (:mod:`peftkit.layers.compiled_call`) and, with ``adapter_names``, routed as a mixed batch
+    (:func:`mixed_batch`); ``UsageError`` for ``adapter_names`` while ``training`` (mixed batches are for inference)."""
     if adapter_names is None:
         with lock_of(model).shared(), prepared_call(model, training):  # compiled: refresh what the graphs read
             yield

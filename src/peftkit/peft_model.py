@@ -29,6 +29,7 @@ from peftkit.io.save import save_adapters
 from peftkit.io.state import adapter_state_dict
 from peftkit.layers.dtypes import cast_adapter_dtype
 from peftkit.layers.parameter_count import count_parameters
+from peftkit.layers.walk import switch_to_eval
 from peftkit.locking import exclusive
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
@@ -131,9 +132,8 @@ class PeftModel(nn.Module):
 
     def print_trainable_parameters(self) -> None:
         """Print ``trainable params: N || all params: M || trainable%: P`` as PEFT does."""
-        trainable, total = self.get_nb_trainable_parameters()
-        share = 100 * trainable / total
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
+        trained, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trained:,d} || all params: {total:,d} || trainable%: {100 * trained / total:.4f}")
 
     # -- adapters -----------------------------------------------------------------------------
     @exclusive
@@ -177,10 +177,6 @@ class PeftModel(nn.Module):
         self._tuner.set_requires_grad(adapter_names, requires_grad)
 
     @property
-    def _adapters_disabled(self) -> bool:
-        return self._tuner.disabled
-
-    @property
     def has_active_enabled_adapter(self) -> bool:
         """Whether a forward runs an adapter: adapters not disabled (``disable_adapter``) and one active."""
         return not self._tuner.disabled and bool(self.active_adapters)
@@ -205,8 +201,7 @@ class PeftModel(nn.Module):
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """Run the model; ``adapter_names`` (one per sample, ``"__base__"`` for none) routes a mixed batch.
 
-        ``torch.compile`` skips this frame (not what it calls): turning the per-sample names into index tensors
-        happens outside the compiled graph, so a new mix of adapters does not recompile.
+        ``torch.compile`` runs this frame eagerly, not what it calls: a new mix of adapters does not recompile.
         """
         if self._is_prompt_learning:
             with F.inference_call(self.get_base_model(), None):
@@ -258,15 +253,12 @@ class PeftModel(nn.Module):
             state_dict: A full state dict of this model gathered from shards (FSDP2, ZeRO-3): the adapter values
                 are taken from it, never from the live (sharded) parameters.
             is_main_process: ``False`` on the other ranks of a distributed run: nothing is written.
-            path_initial_model_for_weight_conversion: The directory of a PiSSA / OLoRA adapter saved before
-                training: the adapter is written as the equivalent plain LoRA (rank ``2r``) of the original base
-                model (:mod:`peftkit.io.weight_conversion`).
+            path_initial_model_for_weight_conversion: A PiSSA / OLoRA adapter's directory saved before training:
+                write the equivalent rank-``2r`` LoRA of the original base (:mod:`peftkit.io.weight_conversion`).
 
         Raises:
             CheckpointError: a tensor to write is sharded, partitioned, empty or on ``meta``; the initial adapter
-                does not match.
-            UnsupportedError, ConfigError: the conversion cannot represent the adapter (not LoRA, DoRA, rsLoRA
-                with patterns).
+                does not match. UnsupportedError, ConfigError: the conversion cannot represent the adapter.
         """
         if os.path.isfile(save_directory):
             raise CheckpointError(f"save_directory {save_directory!s} is a file; pass a directory.")
@@ -274,15 +266,8 @@ class PeftModel(nn.Module):
         self._tuner.check_names(names)
         if not is_main_process:
             return
-        save_adapters(
-            self,
-            save_directory,
-            names,
-            safe_serialization,
-            save_embedding_layers,
-            state_dict,
-            path_initial_model_for_weight_conversion,
-        )
+        args = (safe_serialization, save_embedding_layers, state_dict, path_initial_model_for_weight_conversion)
+        save_adapters(self, save_directory, names, *args)
 
     def push_to_hub(
         self,
@@ -330,7 +315,7 @@ class PeftModel(nn.Module):
             self._attach(adapter_name, config, state, low_cpu_mem_usage)
         cast_adapter_dtype(self.get_base_model(), adapter_name, autocast_adapter_dtype)  # no-op for prompt methods
         if not is_trainable:
-            self.eval()
+            switch_to_eval(self)
         return _IncompatibleKeys(missing_keys=[], unexpected_keys=[])
 
     def _reload(self, adapter_name: str, config: PeftConfig, state: dict[str, torch.Tensor], trainable: bool) -> None:

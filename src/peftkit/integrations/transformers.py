@@ -32,6 +32,7 @@ from peftkit.io.keys import MODEL_PREFIX, add_prefix
 from peftkit.io.load import attach_adapter, read_weights
 from peftkit.io.save import config_for_saving, write_adapter
 from peftkit.io.state import adapter_state_dict
+from peftkit.layers.walk import switch_to_eval
 from peftkit.targeting import ALL_LINEAR
 
 #: Keyword arguments of transformers' ``load_adapter`` (``LoadStateDictConfig`` fields) that peftkit accepts
@@ -152,7 +153,7 @@ class AdapterModelMixin(InferenceMixin):
         mismatched = bool(kwargs.get("ignore_mismatched_sizes"))
         self._attach(name, config, state, ignore_mismatched_sizes=mismatched, low_cpu_mem_usage=low_cpu_mem_usage)
         if not is_trainable:
-            self.eval()  # type: ignore[attr-defined]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
+            switch_to_eval(self)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         return _loading_report()
 
     def _read_adapter(

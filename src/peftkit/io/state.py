@@ -67,6 +67,7 @@ def adapter_tensors(
     renames = spec.file_key_renames
     out: dict[str, AdapterTensor] = {}
     adapted_embedding = False
+    base_bias = spec.bias_rule(config) == "adapter_layers"
     for raw, module in iter_adapter_modules(model):
         if not module.holds(adapter):
             continue
@@ -77,16 +78,15 @@ def adapter_tensors(
             continue
         modules = module._modules
         for attr in module.adapter_layer_names:
-            container: Any = modules[attr] if attr in modules else getattr(module, attr)
-            if adapter not in container:
+            item = _entry(modules[attr] if attr in modules else getattr(module, attr), adapter)
+            if item is None:
                 continue
-            item = container[adapter]
             items = module_tensors(item) if isinstance(item, nn.Module) else [("", item.data)]
             for key, tensor in items:
                 tail = f".{attr}.{adapter}" + (f".{key}" if key else "")
                 disk = rename_suffix(remove_adapter_name(name + tail, adapter), renames)
                 out[disk] = AdapterTensor(tensor, True, raw + tail)
-        adapted_embedding |= _add_base_tensors(out, name, raw, module, config, embedding_layers)
+        adapted_embedding |= _add_base_tensors(out, name, raw, module, base_bias, embedding_layers)
     out.update(_model_tensors(model, adapter, config))
     if embedding_layers is None or (embedding_layers and not adapted_embedding):
         _add_plain_embeddings(out, model)
@@ -96,6 +96,14 @@ def adapter_tensors(
             if key.endswith("bias") and key not in out and not _is_adapter_internal(key):
                 out[key] = AdapterTensor(tensor, False, raw_key)
     return out
+
+
+def _entry(container: Any, adapter: str) -> Any:
+    """``container[adapter]`` of a per-adapter ``ModuleDict`` / ``ParameterDict``, or ``None`` when absent (a
+    ModuleDict's children read directly: this runs for every container of every layer of a load or a swap)."""
+    if isinstance(container, nn.ModuleDict):
+        return container._modules.get(adapter)
+    return container[adapter] if adapter in container else None
 
 
 def _model_tensors(model: nn.Module, adapter: str, config: PeftConfig) -> dict[str, AdapterTensor]:
@@ -140,12 +148,13 @@ def _add_base_tensors(
     name: str,
     raw: str,
     layer: AdapterLayer,
-    config: PeftConfig,
+    base_bias: bool,
     embedding_layers: bool | None,
 ) -> bool:
-    """Add the base tensors saved with ``layer``; returns whether ``layer`` adapts an embedding layer."""
+    """Add the base tensors saved with ``layer`` (``base_bias``: its base layer's bias, ``bias="lora_only"``);
+    returns whether ``layer`` adapts an embedding layer."""
     base = layer.get_base_layer()
-    if method_of(config).bias_rule(config) == "adapter_layers" and getattr(base, "bias", None) is not None:
+    if base_bias and getattr(base, "bias", None) is not None:
         out[f"{name}.base_layer.bias"] = AdapterTensor(base.bias.data, False, f"{raw}.base_layer.bias")
     is_embedding = isinstance(base, nn.Embedding) or name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES
     if is_embedding and (embedding_layers is None or embedding_layers):

@@ -33,6 +33,7 @@ from torch import nn
 
 from peftkit.errors import AdapterNameError, UsageError
 from peftkit.layers.call_args import input_from_kwargs
+from peftkit.layers.fresh import init_module_state
 from peftkit.layers.placement import onloaded
 
 # Re-exported: the routing lives in its own module, the layers and wrappers read it from here.
@@ -76,7 +77,9 @@ class AdapterState:
 
     def record_status(self, status: AdapterStatus) -> None:
         """Record the model's adapter state (no ``requires_grad`` here: :func:`~peftkit.layers.state.apply_status`)."""
-        self._active_adapter = list(status.active)
+        # ``object.__setattr__``: a plain list (or a subclass's property), never a parameter or submodule, so
+        # ``nn.Module.__setattr__``'s registration checks would only cost time (this runs for every layer).
+        object.__setattr__(self, "_active_adapter", list(status.active))
         self.__dict__["_trainable_adapters"] = status.trainable
         self.__dict__["_disable_adapters"] = status.disabled
 
@@ -120,16 +123,17 @@ class AdapterLayer(AdapterState, nn.Module):
     #: The method in the layer's printed name, as PEFT prints it (``lora.`` gives ``lora.Linear(...)``).
     repr_prefix: ClassVar[str] = ""
 
+    base_layer: nn.Module
     merged_adapters: list[str]
     #: A quantized base's packed weight from before the first merge (unmerge puts it back exactly).
     _base_snapshot: BaseSnapshot | None
 
     def __init__(self, base_layer: nn.Module) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+        init_module_state(self)  # ``super().__init__()``, minus its per-attribute cost (see layers/fresh.py)
+        self._modules["base_layer"] = base_layer
         # Plain attributes in one go: ``nn.Module.__setattr__`` is slow, and this runs for every adapted layer.
         self.__dict__.update(_disable_adapters=False, merged_adapters=[], _base_snapshot=None)
-        self._active_adapter: list[str] = []
+        object.__setattr__(self, "_active_adapter", [])  # a plain list (or a subclass's property)
 
     # -- method hooks -----------------------------------------------------------------------------
     def update_layer(self, adapter: str, facts: Any, init_weights: bool = True) -> None:
@@ -251,8 +255,11 @@ class AdapterLayer(AdapterState, nn.Module):
     def adapter_names(self) -> set[str]:
         """Names of the adapters this layer holds."""
         names: set[str] = set()
+        modules = self._modules
         for attr in self.adapter_layer_names:
-            names.update(getattr(self, attr).keys())
+            container: Any = modules[attr] if attr in modules else getattr(self, attr)
+            # a ModuleDict's keys are its children's names: read them without the Python-level ``keys()``
+            names.update(container._modules if isinstance(container, nn.ModuleDict) else container.keys())
         return names
 
     def _all_available_adapter_names(self) -> list[str]:

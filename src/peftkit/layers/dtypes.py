@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from peftkit.layers.base import AdapterLayer
+from peftkit.layers.walk import iter_adapter_modules
 
 #: Floating dtypes upcast to float32 under ``autocast_adapter_dtype=True`` (float8 kinds where torch has them).
 UPCAST_DTYPES: frozenset[torch.dtype] = frozenset(
@@ -39,6 +40,29 @@ def _base_dtype(layer: AdapterLayer) -> torch.dtype | None:
     return None
 
 
+def _adapter_tensors(layer: AdapterLayer, adapter_name: str) -> list[torch.Tensor]:
+    """The parameters and buffers that ``layer`` holds for ``adapter_name`` (in its per-adapter containers)."""
+    tensors: list[torch.Tensor] = []
+    modules = layer._modules
+    for attr in layer.adapter_layer_names + layer.other_param_names:
+        container = modules[attr] if attr in modules else getattr(layer, attr, None)
+        if isinstance(container, nn.ModuleDict):  # its entries are its registered children
+            item = container._modules.get(adapter_name)
+        elif isinstance(container, nn.ParameterDict) and adapter_name in container:
+            item = container[adapter_name]
+        else:
+            continue
+        if item is None:
+            continue
+        if not isinstance(item, nn.Module):
+            tensors.append(item)
+        elif item._modules:  # nested: the generic walk
+            tensors += [*item.parameters(), *item.buffers()]
+        else:  # a leaf module (the usual ``nn.Linear`` factor): its own dictionaries
+            tensors += [t for t in (*item._parameters.values(), *item._buffers.values()) if t is not None]
+    return tensors
+
+
 def cast_adapter_dtype(model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
     """Set the dtype of adapter ``adapter_name``'s tensors in every adapter layer of ``model``, in place.
 
@@ -47,17 +71,11 @@ def cast_adapter_dtype(model: nn.Module, adapter_name: str, autocast_adapter_dty
     base keeps float32 adapters). Parameters keep their identity (``param.data`` is replaced), so an optimizer
     built before the call still holds them. Prompt-learning adapters are not touched (they have no layers).
     """
-    for layer in model.modules():
+    for _, layer in iter_adapter_modules(model):
         if not isinstance(layer, AdapterLayer):
             continue
         base = _base_dtype(layer)
-        for attr in layer.adapter_layer_names + layer.other_param_names:
-            container = getattr(layer, attr, None)
-            if not isinstance(container, (nn.ModuleDict, nn.ParameterDict)) or adapter_name not in container:
-                continue
-            item = container[adapter_name]
-            tensors = list(item.parameters()) + list(item.buffers()) if isinstance(item, nn.Module) else [item]
-            for tensor in tensors:
-                dtype = _target_dtype(tensor.dtype, base, autocast_adapter_dtype)
-                if dtype is not None:
-                    tensor.data = tensor.data.to(dtype)
+        for tensor in _adapter_tensors(layer, adapter_name):
+            dtype = _target_dtype(tensor.dtype, base, autocast_adapter_dtype)
+            if dtype is not None:
+                tensor.data = tensor.data.to(dtype)

@@ -40,7 +40,7 @@ def infer_device() -> str:
 
 def offload_hook(module: nn.Module) -> Any | None:
     """Accelerate's ``AlignDevicesHook`` with ``offload=True`` on ``module`` (inside a ``SequentialHook`` too)."""
-    hook = getattr(module, "_hf_hook", None)
+    hook = module.__dict__.get("_hf_hook")  # accelerate sets a plain attribute (no ``__getattr__`` miss)
     for candidate in [hook, *getattr(hook, "hooks", ())]:
         if candidate is not None and getattr(candidate, "offload", False) and hasattr(candidate, "weights_map"):
             return candidate
@@ -49,7 +49,7 @@ def offload_hook(module: nn.Module) -> Any | None:
 
 def execution_device(module: nn.Module) -> torch.device | None:
     """The device an accelerate hook on ``module`` computes on, if it has one."""
-    hook = getattr(module, "_hf_hook", None)
+    hook = module.__dict__.get("_hf_hook")  # accelerate sets a plain attribute (no ``__getattr__`` miss)
     for candidate in [hook, *getattr(hook, "hooks", ())]:
         device = getattr(candidate, "execution_device", None)
         if device is not None:

@@ -73,9 +73,9 @@ def apply_status(modules: Iterable[StateRecorder], status: AdapterStatus) -> Non
     """
     modules = list(modules)
     for module in modules:
-        check = getattr(module, "check_status", None)
+        check = getattr(type(module), "check_status", None)  # on the class: no ``nn.Module.__getattr__`` miss
         if check is not None:
-            check(status)
+            check(module, status)
     for module in modules:
         module.record_status(status)
         frozen: set[int] = getattr(module, "frozen_adapter_tensors", set)()  # never trained (MiCA's B)

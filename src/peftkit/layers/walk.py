@@ -58,3 +58,62 @@ def adapter_names_in(model: nn.Module) -> set[str]:
     for _, module in iter_adapter_modules(model):
         names |= module.adapter_names()
     return names
+
+
+def all_parameters(model: nn.Module, *, skip_adapter_tensors: bool = False) -> list[nn.Parameter]:
+    """Every parameter of ``model`` once (what ``model.parameters()`` yields, in no particular order), from one
+    iterative walk.
+
+    ``nn.Module.parameters()`` nests one generator per level of the module tree, and a model with adapters is
+    deep (``layers.0.self_attn.q_proj.lora_A.default``): injection and loading walk it more than once.
+
+    Args:
+        skip_adapter_tensors: Leave out the containers of adapter tensors (an adapter layer's
+            ``adapter_layer_names``, a modules_to_save wrapper's copies): what
+            :func:`~peftkit.layers.state.apply_status` sets anyway, so freezing "the rest" need not visit them.
+    """
+    params: dict[nn.Parameter, None] = {}
+    seen = {id(model)}
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        for param in module._parameters.values():
+            if param is not None:
+                params[param] = None
+        children = module._modules
+        if skip_adapter_tensors and isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
+            skipped = module.adapter_layer_names if isinstance(module, AdapterLayer) else ("modules_to_save",)
+            children = {k: c for k, c in children.items() if k not in skipped}
+        for child in children.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                stack.append(child)
+    return list(params)
+
+
+def switch_to_eval(model: nn.Module) -> None:
+    """``model.eval()``, without re-setting the flag of every module when only new ones are in training mode.
+
+    A load for inference ends with the model in eval mode (PEFT calls ``eval()``); usually the model was in eval
+    mode already and only the adapter's new modules (created in training mode, as PEFT creates them) are not.
+    ``eval()`` would call ``train(False)`` on every module, through ``nn.Module.__setattr__``: over a large
+    model that is a visible share of a load. When every module in training mode uses ``nn.Module.train``
+    unchanged, only their flags are set (the same end state); otherwise (a module whose class overrides
+    ``train``, e.g. a transformers model switching modes) ``model.eval()`` runs as usual.
+    """
+    training: list[nn.Module] = []
+    seen = {id(model)}
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if module.training:
+            if type(module).train is not nn.Module.train:
+                model.eval()
+                return
+            training.append(module)
+        for child in module._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                stack.append(child)
+    for module in training:
+        module.__dict__["training"] = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.modules import module as module_impl
 
 
 def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -26,6 +27,12 @@ def replace_module(model: nn.Module, name: str, new: nn.Module, parent: nn.Modul
     child = name.rpartition(".")[2]
     if parent is None:
         parent, child = get_submodule_parent(model, name)
+    registered = parent._modules
+    if child in registered and not module_impl._global_module_registration_hooks:
+        # what ``setattr`` does for a module already registered under ``child``, without its generic checks
+        old = registered[child]
+        registered[child] = new
+        return old  # type: ignore[return-value]  # a registered child (``None`` only if the model holds one so)
     old = getattr(parent, child)
     setattr(parent, child, new)
     return old

@@ -90,13 +90,22 @@ def _backends() -> list[QuantBackend]:
     return found
 
 
+def _weight_of(module: nn.Module) -> Any:
+    """``getattr(module, "weight", None)``, without the cost of ``nn.Module.__getattr__``'s miss (an exception)
+    for the many modules that have no weight (this runs for every module a targeting walk visits)."""
+    for registry in (module._parameters, module._buffers, module._modules, module.__dict__):
+        if "weight" in registry:
+            return registry["weight"]
+    return getattr(module, "weight", None) if hasattr(type(module), "weight") else None
+
+
 def backend_for(module: nn.Module) -> QuantBackend | None:
     """The backend of ``module`` if it is a quantized layer peftkit knows, else ``None``.
 
     Cheap for ordinary layers: a plain ``nn.Parameter`` weight is never quantized (bitsandbytes and torchao
     weights are tensor subclasses).
     """
-    weight = module._parameters.get("weight") if "weight" in module._parameters else getattr(module, "weight", None)
+    weight = _weight_of(module)
     if weight is None or type(weight) in (nn.Parameter, torch.Tensor):
         return None
     for backend in _backends():

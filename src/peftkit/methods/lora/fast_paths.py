@@ -177,17 +177,39 @@ def refresh_active_slots(layer: Any) -> None:
     when its size is unchanged so that a compiled graph keeps reading the same tensor."""
     if "lora_A" not in layer._modules or "_active_names" not in layer.__dict__:
         return
-    position = {name: i for i, name in enumerate(sorted(layer.lora_A.keys()))}
-    wanted = [position[name] for name in layer.__dict__["_active_names"] if name in position]
+    held = layer._modules["lora_A"]._modules
+    active = layer.__dict__["_active_names"]
+    if len(held) == 1:  # the common case (one adapter per layer) without sorting
+        wanted = [0 for name in active if name in held]
+    else:
+        position = {name: i for i, name in enumerate(sorted(held))}
+        wanted = [position[name] for name in active if name in position]
     if wanted == layer.__dict__.get("_active_slot_list"):
         return
-    layer._active_slot_list = wanted
-    current = layer.__dict__.get("_active_slots")
-    slots = torch.tensor(wanted, dtype=torch.long)
-    if current is not None and current.shape == slots.shape:
-        current.copy_(slots)
+    fields = layer.__dict__  # plain attributes (never parameters or buffers): no ``nn.Module.__setattr__``
+    fields["_active_slot_list"] = wanted
+    current = fields.get("_active_slots")
+    if current is not None and current.shape[0] == len(wanted):
+        current.copy_(torch.tensor(wanted, dtype=torch.long))
     else:
-        layer._active_slots = slots.to(layer.get_base_layer().weight.device)
+        fields["_active_slots"] = slot_tensor(wanted, layer.get_base_layer().weight.device)
+
+
+#: ``(device, slots) -> tensor`` templates: cloning one is several times cheaper than ``torch.tensor`` (or
+#: ``torch.zeros`` on ``meta``), and every adapted layer of an injection asks for the same few.
+_SLOT_TEMPLATES: dict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = {}
+
+
+def slot_tensor(slots: list[int], device: torch.device) -> torch.Tensor:
+    """A new ``int64`` tensor holding ``slots`` on ``device`` (its own storage: it is updated in place), or for
+    no slots a shared empty one (:func:`refresh_active_slots` writes in place only into a tensor of the new size)."""
+    key = (device, tuple(slots))
+    template = _SLOT_TEMPLATES.get(key)
+    if template is None:
+        template = torch.tensor(slots, dtype=torch.long, device=device)
+        if len(_SLOT_TEMPLATES) < 64:
+            _SLOT_TEMPLATES[key] = template
+    return template.clone() if slots else template
 
 
 def _factor_stamp(layer: Any) -> tuple[tuple[str, ...], list[Any], list[int]] | None:

@@ -21,14 +21,14 @@ from torch import nn
 
 from peftkit.errors import MergeError, PeftWarning
 from peftkit.layers.base import AdapterLayer, BatchRouting
+from peftkit.layers.fresh import new_module, set_child
 from peftkit.layers.placement import adapter_device, onloaded
 from peftkit.layers.state import AdapterStatus
 from peftkit.merging.merge import require_finite_sum, update_weight
 from peftkit.methods.lora import fast_paths
 from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, merge_update, row_norm, unmerge_step, unmerged_weight
-from peftkit.methods.lora.init import decompose_weight, init_linear_pair, is_weight_decomposing
-from peftkit.methods.lora.mica import init_mica_
-from peftkit.methods.lora.orthogonal import init_orthogonal_
+from peftkit.methods.lora.init import decompose_weight, is_weight_decomposing
+from peftkit.methods.lora.named_init import frozen_tensor_ids, init_factors
 from peftkit.methods.lora.scaling import lora_scaling
 from peftkit.quant.base import dense_weight, weight_shape
 
@@ -66,12 +66,17 @@ def empty_linear(
     two of these per adapted layer, and the generic ``nn.Module.__setattr__`` path is a visible share of a
     load's time.
     """
-    layer = nn.Linear.__new__(nn.Linear)
-    nn.Module.__init__(layer)
-    layer.__dict__.update(in_features=in_features, out_features=out_features)
+    layer = new_module(nn.Linear, in_features=in_features, out_features=out_features)
     layer._parameters["weight"] = nn.Parameter(torch.empty((out_features, in_features), device=device, dtype=dtype))
     layer._parameters["bias"] = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
     return layer
+
+
+def dropout_module(p: float) -> nn.Module:
+    """``nn.Dropout(p)`` for ``p > 0``, else ``nn.Identity()`` (PEFT's ``lora_dropout`` entries), built cheaply."""
+    if p > 1:
+        return nn.Dropout(p)  # torch's own error for an invalid probability
+    return new_module(nn.Dropout, p=p, inplace=False) if p > 0 else new_module(nn.Identity)
 
 
 class LoraLayer(AdapterLayer):
@@ -121,12 +126,12 @@ class LoraLayer(AdapterLayer):
             frozen_peft_weight_names={},
         )
         self._modules.update(
-            lora_dropout=nn.ModuleDict(),
-            lora_A=nn.ModuleDict(),
-            lora_B=nn.ModuleDict(),
-            lora_embedding_A=nn.ParameterDict(),
-            lora_embedding_B=nn.ParameterDict(),
-            lora_magnitude_vector=nn.ModuleDict(),
+            lora_dropout=new_module(nn.ModuleDict),
+            lora_A=new_module(nn.ModuleDict),
+            lora_B=new_module(nn.ModuleDict),
+            lora_embedding_A=new_module(nn.ParameterDict),
+            lora_embedding_B=new_module(nn.ParameterDict),
+            lora_magnitude_vector=new_module(nn.ModuleDict),
         )
 
     def update_layer(self, adapter: str, spec: LoraLayerSpec, init_weights: bool = True) -> None:
@@ -140,7 +145,8 @@ class LoraLayer(AdapterLayer):
         self.scaling[adapter] = spec.scaling
         self.use_rslora[adapter] = spec.use_rslora
         self.use_dora[adapter] = spec.use_dora
-        self.lora_dropout[adapter] = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        modules: Any = self._modules  # the registered containers directly (typed by the class annotations)
+        set_child(modules["lora_dropout"], adapter, dropout_module(spec.dropout))
         if spec.lora_bias and getattr(self.get_base_layer(), "bias", None) is None:
             warnings.warn(
                 f"lora_bias=True on a {type(self.get_base_layer()).__name__} without a bias: adapter {adapter!r} "
@@ -161,7 +167,7 @@ class LoraLayer(AdapterLayer):
             dtype = self.factor_tensors(adapter)[0].dtype
             self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(dtype).view(self.magnitude_shape()))
         if not self._active_adapter:
-            self._active_adapter = [adapter]
+            object.__setattr__(self, "_active_adapter", [adapter])  # a plain list or a subclass's property
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         """Allocate the adapter's ``A`` and ``B`` (uninitialised)."""
@@ -171,14 +177,9 @@ class LoraLayer(AdapterLayer):
         """Initialise ``A``/``B`` per ``spec.init``; PiSSA/OLoRA also rewrite the base weight."""
         A, B = self.factor_tensors(adapter)
         if not is_weight_decomposing(spec.init):
-            if spec.init == "orthogonal":
-                init_orthogonal_(A, B, spec.r, self.get_base_layer().weight.dtype)
-            elif spec.init == "mica":
-                weight = dense_weight(self.get_base_layer())
-                init_mica_(A, B, weight.T if self.fan_in_fan_out else weight, spec.r)
-            else:
-                init_linear_pair(A, B, spec.init, spec.r)
-            bias = getattr(self.lora_B[adapter], "bias", None) if adapter in self.lora_B else None
+            init_factors(A, B, spec.init, spec.r, self.get_base_layer(), self.fan_in_fan_out)
+            factor_b = self.lora_B._modules.get(adapter)
+            bias = getattr(factor_b, "bias", None) if factor_b is not None else None
             if bias is not None:
                 with torch.no_grad():
                     bias.zero_()
@@ -206,18 +207,12 @@ class LoraLayer(AdapterLayer):
 
     def frozen_adapter_tensors(self) -> set[int]:
         """Ids of adapter tensors that stay frozen whatever the adapter state (MiCA's ``B``)."""
-        found: set[int] = set()
-        for adapter, names in self.frozen_peft_weight_names.items():
-            for name in names:
-                container = getattr(self, name)
-                item = container[adapter] if adapter in container else None
-                tensors = item.parameters() if isinstance(item, nn.Module) else [item] if item is not None else []
-                found.update(id(t) for t in tensors)
-        return found
+        return frozen_tensor_ids(self, self.frozen_peft_weight_names)
 
     def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
-        return self.lora_A[adapter].weight, self.lora_B[adapter].weight  # type: ignore[return-value]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
+        modules = self._modules  # the per-adapter dicts directly: this runs for every layer of a load
+        return modules["lora_A"]._modules[adapter].weight, modules["lora_B"]._modules[adapter].weight  # type: ignore[union-attr, return-value]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
 
     def delta_weight(self, adapter: str) -> torch.Tensor:
         """``s * B @ A`` shaped like the base weight (transposed for ``fan_in_fan_out``)."""
@@ -301,29 +296,29 @@ class Linear(LoraLayer):
     _stack_cache: tuple[Any, torch.Tensor, torch.Tensor] | None
     _active_slots: torch.Tensor
     _active_slot_list: list[int]
-    _compiled_factors: tuple[torch.Tensor, ...] | None
-    _compiled_stamp: tuple[tuple[str, ...], list[Any], list[int]] | None
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
-        weight = self.get_base_layer().weight
-        shape = weight_shape(self.get_base_layer())
+        base = self.get_base_layer()
+        weight = base.weight
+        shape = weight_shape(base)
         out_features, in_features = shape[::-1] if fan_in_fan_out else shape
         self.__dict__.update(
             out_features=out_features,
             in_features=in_features,
             _stack_cache=None,
-            _active_slots=torch.zeros(0, dtype=torch.long, device=weight.device),
+            _active_slots=fast_paths.slot_tensor([], weight.device),
             _active_slot_list=[],
             _compiled_factors=None,
             _compiled_stamp=None,
         )
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
-        weight = self.get_base_layer().weight
-        kw: dict[str, Any] = {"device": adapter_device(self.get_base_layer()), "dtype": adapter_dtype(weight)}
-        self.lora_A[adapter] = empty_linear(self.in_features, spec.r, bias=False, **kw)
-        self.lora_B[adapter] = empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw)
+        base = self.get_base_layer()
+        kw: dict[str, Any] = {"device": adapter_device(base), "dtype": adapter_dtype(base.weight)}
+        modules: Any = self._modules
+        set_child(modules["lora_A"], adapter, empty_linear(self.in_features, spec.r, bias=False, **kw))
+        set_child(modules["lora_B"], adapter, empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw))
 
     def weight_update(self, adapter: str, sign: float) -> Callable[[torch.Tensor], Any]:
         """``W += sign * s * B @ A`` as one in-place GEMM (``W.addmm_``), with no full-size temporary.
@@ -354,8 +349,7 @@ class Linear(LoraLayer):
     def refresh_active_slots(self) -> None:
         fast_paths.refresh_active_slots(self)
 
-    def prepare_compiled(self) -> None:
-        fast_paths.prepare_compiled(self)
+    prepare_compiled = fast_paths.prepare_compiled  # _compiled_factors (in __init__), read by compiled_forward
 
     # -- the formula --------------------------------------------------------------------------------
     def lora_out(self, x: torch.Tensor, adapter: str) -> torch.Tensor:

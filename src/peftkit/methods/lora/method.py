@@ -9,6 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 from peftkit.defaults import default_lora_targets
 from peftkit.layers.base import AdapterLayer
+from peftkit.layers.walk import walk_model
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.conv import Conv
 from peftkit.methods.lora.describe import describe_lora_module
@@ -68,8 +69,9 @@ def settle_lora_config(config: LoraConfig, model: nn.Module, target_names: Seque
     GPT-2's ``Conv1D`` stores its weight ``(in, out)``, so it sets the flag; ``nn.Linear`` (``(out, in)``)
     clears it. When the targets mix both, the last one in module order wins (PEFT's behaviour).
     """
+    modules = dict(walk_model(model))  # one walk, not a path lookup per target
     for name in target_names:
-        module = model.get_submodule(name)
+        module = modules[name] if name in modules else model.get_submodule(name)
         base = module.get_base_layer() if isinstance(module, AdapterLayer) else module
         if isinstance(base, Conv1D):
             config.fan_in_fan_out = True
