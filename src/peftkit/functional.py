@@ -287,10 +287,7 @@ def mark_trainable(
     status: AdapterStatus | None = None,
 ) -> None:
     """Freeze the base, then let the active adapters (and the biases ``config.bias`` asks for) train.
-
-    Args:
-        status: The model's adapter status before (its disabled flag is kept).
-    """
+    ``status``: the model's adapter status before (its disabled flag is kept)."""
     for param in all_parameters(model, skip_adapter_tensors=True):  # apply_model_status sets the adapters'
         if param.requires_grad:
             param.requires_grad_(False)
