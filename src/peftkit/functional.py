@@ -23,6 +23,7 @@ from peftkit.adapter_state import set_trainable_adapters as set_trainable_adapte
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError, UsageError
 from peftkit.layers.base import BASE_ADAPTER, CALL_STATE, AdapterLayer, BatchRouting
+from peftkit.layers.compiled_call import prepared_call
 from peftkit.layers.model_merge import merge_layers, prepare_merge, unmerge_layers
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.parameters import inject_config_parameters
@@ -346,14 +347,11 @@ def _layers(model: nn.Module) -> list[tuple[str, AdapterLayer]]:
 def inference_call(
     model: nn.Module, adapter_names: Sequence[str] | None, expand: bool = False, training: bool = False
 ) -> Iterator[None]:
-    """One inference call of ``model``: holds its lock shared (:mod:`peftkit.locking`) and, with ``adapter_names``,
-    routes the call as a mixed batch (:func:`mixed_batch`).
-
-    Raises:
-        UsageError: ``adapter_names`` while ``training`` (mixed batches are for inference).
-    """
+    """One inference call of ``model``: its lock held shared (:mod:`peftkit.locking`), its layers prepared when
+    compiled (:mod:`peftkit.layers.compiled_call`) and, with ``adapter_names``, routed as a mixed batch
+    (:func:`mixed_batch`); ``UsageError`` for ``adapter_names`` while ``training`` (mixed batches are for inference)."""
     if adapter_names is None:
-        with lock_of(model).shared():
+        with lock_of(model).shared(), prepared_call(model, training):  # compiled: refresh what the graphs read
             yield
         return
     if training:

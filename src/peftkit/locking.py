@@ -43,6 +43,8 @@ class ModelLock:
         self._writer_depth = 0
         self._writers_waiting = 0
         self._local = threading.local()
+        #: Bumped when a change of the adapter state ends (what caches derived from that state compare).
+        self.generation = 0
 
     def __reduce__(self) -> tuple[type, tuple[()]]:
         return ModelLock, ()
@@ -103,6 +105,7 @@ class ModelLock:
         self._writer_depth -= 1
         if not self._writer_depth:
             with self._state:
+                self.generation += 1
                 self._writer = None
                 self._state.notify_all()
 

@@ -20,6 +20,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from peftkit import functional as F
 from peftkit.adapter_state import replace_existing_adapter, set_requires_grad
+from peftkit.compile_frames import eager_frame
 from peftkit.config import PeftConfig, PromptLearningConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
@@ -196,12 +197,11 @@ class PeftModel(nn.Module):
                 self._tuner.enable_adapter_layers()
 
     # -- forward ------------------------------------------------------------------------------
-    @torch.compiler.disable(recursive=False)
+    @eager_frame  # argument plumbing only; the model below it is what compiles
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """Run the model; ``adapter_names`` (one per sample, ``"__base__"`` for none) routes a mixed batch.
 
-        ``torch.compile`` skips this frame (not what it calls): turning the per-sample names into index tensors
-        happens outside the compiled graph, so a new mix of adapters does not recompile.
+        ``torch.compile`` runs this frame eagerly, not what it calls: a new mix of adapters does not recompile.
         """
         if self._is_prompt_learning:
             with F.inference_call(self.get_base_model(), None):

@@ -14,9 +14,9 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
+from peftkit.compile_frames import eager_frame
 from peftkit.config import PeftConfig
 from peftkit.errors import ArgumentTypeError
 from peftkit.methods.prompt.model import prepare_causal_lm_inputs
@@ -34,7 +34,7 @@ def explicit_forward(*names: str, dropped: tuple[str, ...] = ()) -> Callable[...
     the rest go to :meth:`PeftModel.forward` unchanged.
     """
 
-    @torch.compiler.disable(recursive=False)  # argument plumbing only; the model below it is what compiles
+    @eager_frame  # argument plumbing only; the model below it is what compiles
     def forward(self: PeftModel, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         if len(args) > len(names):
             raise ArgumentTypeError(
@@ -46,7 +46,7 @@ def explicit_forward(*names: str, dropped: tuple[str, ...] = ()) -> Callable[...
         return PeftModel.forward(self, adapter_names=adapter_names, **inputs)
 
     keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    forward.__signature__ = inspect.Signature(
+    forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]  # read by inspect.signature (Trainer)
         [
             inspect.Parameter("self", keyword),
             *(inspect.Parameter(n, keyword, default=None) for n in (*names, *dropped)),

@@ -13,16 +13,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import torch
-
 from peftkit import functional as F
+from peftkit.compile_frames import eager_frame
 from peftkit.errors import UsageError
 
 
 class InferenceMixin:
     """``__call__`` and ``generate`` with per-sample ``adapter_names`` and the model's shared lock."""
 
-    @torch.compiler.disable(recursive=False)  # argument plumbing only; the model below it is what compiles
+    @eager_frame  # argument plumbing only; the model below it is what compiles
     def __call__(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """Call the model; ``adapter_names`` (one per sample, ``"__base__"`` for none) routes a mixed batch."""
         with self._peftkit_call(adapter_names, expand=False):

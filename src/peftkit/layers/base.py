@@ -208,6 +208,11 @@ class AdapterLayer(AdapterState, nn.Module):
             return self.base_layer(x, *args, **kwargs)
         return self.adapted_forward(x, active, *args, **kwargs)
 
+    def prepare_compiled(self) -> None:
+        """Optional: refresh, outside the graph, what :meth:`compiled_forward` reads while ``CALL_STATE.prepared``
+        (the entry point of a compiled call runs this for every layer first). It must notice any change since
+        the last call (weights edited in place, other active adapters, new scalings)."""
+
     def compiled_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | None:
         """Optional path while ``torch.compile`` traces: one that reads no adapter names (so switching adapters
         does not recompile), or ``None`` for the general path."""

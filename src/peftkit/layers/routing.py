@@ -109,13 +109,16 @@ class BatchRouting:
 
 class CallState(threading.local):
     """What the forward running in this thread needs beyond its inputs: ``routing``, the mixed batch's routing
-    (``None`` outside one), set by the outer call (``PeftModel``, :func:`peftkit.functional.mixed_batch`) and
-    read by every adapter layer. Per thread, so concurrent calls on one model do not see each other's routing;
-    traceable by ``torch.compile``, unlike a ``ContextVar``."""
+    (``None`` outside one), and ``prepared``; set by the outer call (``PeftModel``,
+    :func:`peftkit.functional.mixed_batch`) and read by every adapter layer. Per thread, so concurrent calls on
+    one model do not see each other's routing; traceable by ``torch.compile``, unlike a ``ContextVar``."""
 
     def __init__(self) -> None:
         # Once per thread. An instance attribute: torch.compile guards on it, but reads a class default as a constant.
         self.routing: BatchRouting | None = None
+        #: ``True`` inside a compiled call whose entry point refreshed the layers' precomputed factors
+        #: (:meth:`~peftkit.layers.base.AdapterLayer.prepare_compiled`), so the graph may read them.
+        self.prepared: bool = False
 
 
 #: The per-thread call state of every model.

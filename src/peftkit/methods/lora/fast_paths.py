@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import operator
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 from transformers.pytorch_utils import Conv1D
 
-from peftkit.layers.base import BatchRouting
+from peftkit.layers.base import CALL_STATE, BatchRouting
 from peftkit.methods.lora import segments, stacked
 from peftkit.methods.lora.autograd import lora_linear
 
@@ -145,9 +146,22 @@ def segment_plan(routing: BatchRouting, device: torch.device) -> segments.Segmen
 
 
 def compiled(layer: Any, x: torch.Tensor) -> torch.Tensor | None:
-    """The active adapters (summed) picked by the index tensor ``layer._active_slots`` (updated in place by
-    :func:`refresh_active_slots`) from factors stacked in the graph; ``None`` in training mode, for DoRA /
-    ``lora_bias`` and when adapter gradients are recorded."""
+    """The active adapters, summed; ``None`` in training mode, for DoRA / ``lora_bias`` and when adapter
+    gradients are recorded.
+
+    Where the call's entry point prepared the layer (``CALL_STATE.prepared``, see :func:`prepare_compiled`) the
+    graph reads the concatenated factors built outside it: two products, nothing rebuilt per call, and no
+    adapter tensor or setting for dynamo to guard on. Otherwise (the inner model compiled on its own) the
+    factors are stacked in the graph from the live weights and the active ones picked by the index tensor
+    ``layer._active_slots`` (updated in place by :func:`refresh_active_slots`). Neither reads adapter names, so
+    set_adapter and hot-swaps do not recompile.
+    """
+    factors = layer._compiled_factors if CALL_STATE.prepared else None
+    if factors is not None:
+        result = layer.base_layer(x)
+        if not factors:  # no active adapter in this layer
+            return result
+        return result + ((x.to(factors[0].dtype) @ factors[0]) @ factors[1]).to(result.dtype)
     if layer.training or not stacked.stackable(layer) or stacked.needs_grad(layer):
         return None
     result = layer.base_layer(x)
@@ -196,3 +210,52 @@ def slot_tensor(slots: list[int], device: torch.device) -> torch.Tensor:
         if len(_SLOT_TEMPLATES) < 64:
             _SLOT_TEMPLATES[key] = template
     return template.clone() if slots else template
+
+
+def _factor_stamp(layer: Any) -> tuple[tuple[str, ...], list[Any], list[int]] | None:
+    """What the compiled factors are built from: the active adapters the layer holds, the very weight and
+    scaling objects, and the versions of those that are tensors (in-place edits bump them); ``None`` where the
+    factors do not apply: training mode, an active adapter with DoRA, a ``lora_B`` bias or a weight that is not
+    a plain parameter, or one that records gradients now."""
+    if layer.training:
+        return None
+    factors_a, factors_b = layer._modules["lora_A"]._modules, layer._modules["lora_B"]._modules
+    names = tuple(name for name in layer.__dict__["_active_names"] if name in factors_a)
+    objects: list[Any] = []
+    for name in names:
+        weight_a, module_b = factors_a[name]._parameters.get("weight"), factors_b[name]
+        weight_b = module_b._parameters.get("weight")
+        if weight_a is None or weight_b is None or module_b._parameters.get("bias") is not None:
+            return None
+        if layer.use_dora.get(name):
+            return None
+        objects += (weight_a, weight_b, layer.scaling[name])
+    if torch.is_grad_enabled() and any(obj.requires_grad for obj in objects if isinstance(obj, torch.Tensor)):
+        return None
+    return names, objects, [t._version for t in objects if isinstance(t, torch.Tensor)]
+
+
+def prepare_compiled(layer: Any) -> None:
+    """Rebuild ``layer._compiled_factors`` (read by :func:`compiled`) unless nothing it depends on changed.
+
+    ``(A_cat (in, n R), B_cat (n R, out))`` of the ``n`` active adapters with their scalings folded in
+    (:func:`~peftkit.methods.lora.stacked.concatenated_factors`), ``R`` the largest rank the layer holds (so
+    switching to an adapter of another rank keeps the shapes, hence the graph); ``()`` with no active adapter;
+    ``None`` where they do not apply (see :func:`_factor_stamp`: the graph then takes the general path). Runs
+    eagerly at the entry of every compiled call: a changed active set, a replaced weight or scaling, or a
+    weight edited in place (its version) triggers the rebuild.
+    """
+    stamp = _factor_stamp(layer)
+    if stamp is None:
+        layer.__dict__.update(_compiled_factors=None, _compiled_stamp=None)
+        return
+    names, objects, versions = stamp
+    held = layer._compiled_stamp
+    if held is not None and held[0] == names and held[2] == versions and len(held[1]) == len(objects):
+        if all(map(operator.is_, held[1], objects)):
+            return
+    factors: tuple[torch.Tensor, ...] = ()
+    if names:
+        rank = max(module.weight.shape[0] for module in layer._modules["lora_A"]._modules.values())
+        factors = stacked.concatenated_factors(layer, names, rank)
+    layer.__dict__.update(_compiled_factors=factors, _compiled_stamp=stamp)

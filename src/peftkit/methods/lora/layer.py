@@ -310,6 +310,8 @@ class Linear(LoraLayer):
             _stack_cache=None,
             _active_slots=fast_paths.slot_tensor([], weight.device),
             _active_slot_list=[],
+            _compiled_factors=None,  # read by fast_paths.compiled_forward, built by prepare_compiled
+            _compiled_stamp=None,
         )
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
@@ -345,8 +347,8 @@ class Linear(LoraLayer):
     def compiled_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | None:
         return None if args or kwargs else fast_paths.compiled(self, x)
 
-    def refresh_active_slots(self) -> None:
-        fast_paths.refresh_active_slots(self)
+    refresh_active_slots = fast_paths.refresh_active_slots
+    prepare_compiled = fast_paths.prepare_compiled
 
     # -- the formula --------------------------------------------------------------------------------
     def lora_out(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
@@ -393,5 +395,5 @@ class Linear(LoraLayer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_stack_cache"] = None
+        state.update(_stack_cache=None, _compiled_factors=None, _compiled_stamp=None)
         return state

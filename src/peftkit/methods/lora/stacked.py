@@ -36,6 +36,14 @@ def _scaled_factors(layer: Any, name: str, rank: int) -> tuple[torch.Tensor, tor
     return a_t, b_t
 
 
+def concatenated_factors(layer: Any, adapters: Sequence[str], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A_cat (in, n R), B_cat (n R, out))``: the ``n`` adapters summed as one LoRA of concatenated rank,
+    ``x A_cat B_cat = sum_k s_k x A_k^T B_k^T``, each zero-padded to rank ``R`` (no autograd)."""
+    with torch.no_grad():
+        parts = [_scaled_factors(layer, name, rank) for name in adapters]
+        return torch.cat([a for a, _ in parts], dim=1), torch.cat([b for _, b in parts])
+
+
 def stack_factors(layer: Any, adapters: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A_t, B_t)`` of ``layer`` over ``adapters`` (slots the layer does not hold, and the last, are zero).
 
