@@ -1,8 +1,8 @@
 """``LoraConfig(trainable_token_indices=...)``: trainable token rows next to a LoRA adapter (PEFT's feature).
 
 A list trains those rows of the input embedding; a dict ``{module name: token ids}`` names each embedding (a module
-whose name equals the key or ends with ``.key``). With tied word embeddings, the output head computes with the
-input embedding's trained rows (when it is not listed with other ids), as in PEFT.
+whose name equals the key or ends with ``.key``). With tied embeddings, every module sharing a trained table (the output
+head, an encoder-decoder's other input embeddings) computes with its trained rows (unless listed itself), as in PEFT.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from torch import nn
 from peftkit.errors import ConfigError
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.wrap import replace_module
-from peftkit.methods.lora.tying import tied_embedding_names
 from peftkit.methods.trainable_tokens.method import TokenFacts, input_embedding_name
+from peftkit.methods.trainable_tokens.tying import tied_modules
 from peftkit.methods.trainable_tokens.wrapper import TiedTokensWrapper, TrainableTokensWrapper
 
 
@@ -77,15 +77,16 @@ def inject_token_adapters(config: object, model: nn.Module, adapter: str) -> Non
 
 
 def _tie_head(model: nn.Module, adapter: str, targeted: set[str]) -> None:
-    tied = tied_embedding_names(model)
-    if tied is None or tied[1] in targeted:
-        return
-    source, head = (model.get_submodule(name) for name in tied)
-    if not isinstance(source, TrainableTokensWrapper) or not source.holds(adapter):
-        return
-    if isinstance(head, AdapterLayer) and not isinstance(head, TiedTokensWrapper):
-        return  # LoRA adapts the head itself
-    if not isinstance(head, TiedTokensWrapper):
-        head = TiedTokensWrapper(head)
-        replace_module(model, tied[1], head)
-    head.tie_to(source, adapter)
+    """Every module tied to a targeted table (the output head, an encoder-decoder's other input embeddings)
+    computes with its rows, unless it is listed itself or adapted by LoRA."""
+    for source_name in sorted(targeted):
+        source = model.get_submodule(source_name)
+        if not isinstance(source, TrainableTokensWrapper) or not source.holds(adapter):
+            continue
+        for name, module in list(tied_modules(model, source)):
+            if name in targeted or (isinstance(module, AdapterLayer) and not isinstance(module, TiedTokensWrapper)):
+                continue  # its own rows, or LoRA adapts it
+            if not isinstance(module, TiedTokensWrapper):
+                module = TiedTokensWrapper(module)
+                replace_module(model, name, module)
+            module.tie_to(source, adapter)
