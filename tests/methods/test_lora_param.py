@@ -248,3 +248,21 @@ def test_hotswap_of_an_expert_adapter_same_and_larger_rank(tmp_path) -> None:  #
         hotswap_adapter(model, str(tmp_path / name), adapter_name="default")
         with torch.no_grad():
             torch.testing.assert_close(model(input_ids=ids).logits, expected(input_ids=ids).logits)
+
+
+def test_parametrized_parameter_is_refused_before_anything_changes() -> None:
+    """A weight computed by ``torch.nn.utils.parametrize`` (PEFT stacks its LoRA on it) is refused with the reason;
+    the model keeps computing as before."""
+    model = nn.Sequential(nn.Linear(4, 3))
+    nn.utils.parametrize.register_parametrization(model[0], "weight", _PlusOne())
+    x = torch.randn(2, 4)
+    before = model(x)
+    with pytest.raises(UnsupportedError, match=r"0\.weight is computed by a torch parametrization"):
+        peft.get_peft_model(model, peft.LoraConfig(r=2, target_parameters=["0.weight"]))
+    assert not any("lora" in name for name, _ in model.named_modules())
+    torch.testing.assert_close(model(x), before)
+
+
+class _PlusOne(nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + 1

@@ -49,11 +49,13 @@ def parameter_targets(model: nn.Module, target_parameters: Sequence[str]) -> lis
     Raises:
         TargetingError: nothing matches (the message lists the model's parameter names), or a targeted parameter
             sits on the top-level model itself.
+        UnsupportedError: a targeted parameter is computed by a torch parametrization.
     """
     wanted = set(target_parameters)
     found: list[tuple[str, str]] = []
     seen: set[str] = set()
     for plain, module in _plain_modules(model):
+        _refuse_parametrized(plain, module, wanted)
         for param_name, _ in module.named_parameters(recurse=False):
             key = f"{plain}.{param_name}" if plain else param_name
             if key in seen or not (key in wanted or any(key.endswith("." + w) for w in wanted)):
@@ -74,6 +76,18 @@ def parameter_targets(model: nn.Module, target_parameters: Sequence[str]) -> lis
     if unmatched:
         warnings.warn(f"target_parameters {unmatched} matched no parameter of the model.", UserWarning, stacklevel=4)
     return found
+
+
+def _refuse_parametrized(plain: str, module: nn.Module, wanted: set[str]) -> None:
+    """A targeted parameter that a ``torch.nn.utils.parametrize`` parametrization computes is not supported."""
+    for name in getattr(getattr(module, "parametrizations", None), "_modules", {}):
+        key = f"{plain}.{name}" if plain else name
+        if key in wanted or any(key.endswith("." + w) for w in wanted):
+            raise UnsupportedError(
+                f"target_parameters: {key} is computed by a torch parametrization (parametrize."
+                "register_parametrization), which peftkit's parameter LoRA does not support; remove the "
+                "parametrization or target another parameter."
+            )
 
 
 def _existing_wrapper(module: nn.Module, parameter_name: str) -> AdapterLayer | None:
