@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from peftkit.adapter_state import replace_existing_adapter, set_requires_grad
 from peftkit.compile_frames import eager_frame
 from peftkit.config import PeftConfig, PromptLearningConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
+from peftkit.io.hub import push_adapter_to_hub
 from peftkit.io.keys import MODEL_PREFIX, add_prefix
 from peftkit.io.load import attach_adapter, check_same_adapter_config, read_weights, reload_adapter, split_hub_kwargs
 from peftkit.io.save import save_adapters
@@ -33,6 +33,7 @@ from peftkit.layers.walk import switch_to_eval
 from peftkit.locking import exclusive
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
+from peftkit.status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
 from peftkit.tuner import tuner_class_for
 from peftkit.types import TaskType
 
@@ -269,24 +270,15 @@ class PeftModel(nn.Module):
         args = (safe_serialization, save_embedding_layers, state_dict, path_initial_model_for_weight_conversion)
         save_adapters(self, save_directory, names, *args)
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | bool | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-        **save_kwargs: Any,
-    ) -> Any:
-        """Upload exactly the files of :meth:`save_pretrained` (``save_kwargs``) to hub repo ``repo_id``, one commit."""
-        from peftkit.io.hub import upload_adapter
+    push_to_hub = push_adapter_to_hub
 
-        save_kwargs.pop("max_shard_size", None)
-        options: dict[str, Any] = {"commit_message": commit_message, "private": private, "token": token}
-        save = partial(self.save_pretrained, **save_kwargs)
-        return upload_adapter(save, repo_id, revision=revision, create_pr=create_pr, **options)
+    def get_layer_status(self) -> list[TunerLayerStatus]:
+        """PEFT's method: :func:`peftkit.status.get_layer_status` of this model."""
+        return get_layer_status(self)
+
+    def get_model_status(self) -> TunerModelStatus:
+        """PEFT's method: :func:`peftkit.status.get_model_status` of this model."""
+        return get_model_status(self)
 
     @exclusive
     def load_adapter(

@@ -13,13 +13,13 @@ import collections
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
 from peftkit.errors import ArgumentTypeError, TargetingError
 from peftkit.layers.base import AdapterLayer, AdapterState
-from peftkit.peft_model import PeftModel, count_parameters
+from peftkit.layers.parameter_count import count_parameters
 
 Irregular = Literal["irregular"]
 
@@ -127,8 +127,14 @@ def _layer_status(name: str, module: AdapterState) -> TunerLayerStatus:
     )
 
 
-def _tuner_of(model: nn.Module, caller: str) -> nn.Module:
-    if not isinstance(model, PeftModel):
+def _is_peft_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a :class:`peftkit.PeftModel` (by class identity along its MRO: ``PeftModel`` builds on
+    this module for its ``get_layer_status`` / ``get_model_status`` methods, so it cannot be imported here)."""
+    return any(c.__name__ == "PeftModel" and c.__module__ == "peftkit.peft_model" for c in type(model).__mro__)
+
+
+def _tuner_of(model: Any, caller: str) -> nn.Module:
+    if not _is_peft_model(model):
         return model
     if model._is_prompt_learning:
         raise ArgumentTypeError(f"{caller}() reports adapter layers; prompt-learning adapters have none.")
@@ -172,7 +178,7 @@ def _single(values: set) -> object:
     return values.pop() if len(values) == 1 else "irregular"
 
 
-def get_model_status(model: nn.Module) -> TunerModelStatus:
+def get_model_status(model: Any) -> TunerModelStatus:
     """The adapter state of the whole model (see :class:`TunerModelStatus`).
 
     Raises:
@@ -181,7 +187,7 @@ def get_model_status(model: nn.Module) -> TunerModelStatus:
     """
     records = get_layer_status(model)
     trainable, total = count_parameters(model)
-    if isinstance(model, PeftModel):
+    if _is_peft_model(model):
         base_type, adapter_type = type(model.get_base_model()).__name__, type(model.base_model).__name__
         peft_types = {name: _peft_type_name(config) for name, config in model.peft_config.items()}
     else:

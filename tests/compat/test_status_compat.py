@@ -79,3 +79,22 @@ def test_status_errors_where_the_reference_errors() -> None:
     )
     with pytest.raises(TypeError):
         peftkit.get_model_status(prompt)
+
+
+def test_peft_model_status_methods_match_the_reference() -> None:
+    """``PeftModel.get_layer_status()`` / ``get_model_status()`` (PEFT's methods) equal the reference's."""
+    import peft as reference
+    import torch
+    from torch import nn
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    ours = peftkit.get_peft_model(build(), peftkit.LoraConfig(target_modules=["0", "2"]))
+    theirs = reference.get_peft_model(build(), reference.LoraConfig(target_modules=["0", "2"]))
+    for model in (ours, theirs):
+        model.disable_adapter_layers()
+    mine, reference_layers = ours.get_layer_status(), theirs.get_layer_status()
+    assert [dataclasses.asdict(s) for s in mine] == [dataclasses.asdict(s) for s in reference_layers]
+    assert dataclasses.asdict(ours.get_model_status()) == dataclasses.asdict(theirs.get_model_status())

@@ -47,8 +47,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("registry",),
     ("hotswap_prepare", "merging"),
     ("hotswap",),
+    ("status",),  # adapter status reports (PEFT's get_layer_status / get_model_status), methods of PeftModel
     ("peft_model",),
-    ("tasks", "status", "mixed_model"),
+    ("tasks", "mixed_model"),
     ("mapping", "auto", "helpers"),
     ("integrations",),
     # the package itself, the CLI (uses its API), PEFT's import paths (aliases, and names published from above)

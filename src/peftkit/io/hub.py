@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from peftkit.errors import CheckpointError
@@ -99,3 +100,22 @@ def upload_adapter(
             revision=revision,
             create_pr=create_pr,
         )
+
+
+def push_adapter_to_hub(
+    peft_model: Any,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    **save_kwargs: Any,
+) -> Any:
+    """``PeftModel.push_to_hub``: upload exactly the files of ``peft_model.save_pretrained(**save_kwargs)`` to hub
+    repo ``repo_id``, one commit (:func:`upload_adapter`)."""
+    save_kwargs.pop("max_shard_size", None)
+    options: dict[str, Any] = {"commit_message": commit_message, "private": private, "token": token}
+    save = partial(peft_model.save_pretrained, **save_kwargs)
+    return upload_adapter(save, repo_id, revision=revision, create_pr=create_pr, **options)
