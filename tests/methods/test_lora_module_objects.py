@@ -154,3 +154,21 @@ def test_switch_to_eval_runs_train_overrides_of_modules_in_training_mode() -> No
     model[1].training = True
     switch_to_eval(model)  # the override is in training mode: the real eval() runs it
     assert not any(m.training for m in model.modules()) and model[1].calls == 2
+
+
+def test_building_prototypes_draws_no_random_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same seed gives the same adapter whether or not this process has built prototypes yet (building one
+    runs a constructor that draws, e.g. ``nn.Linear``'s initialisation)."""
+    from peftkit.layers import fresh
+
+    def adapter_after_seed() -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = peftkit.get_peft_model(nn.Sequential(nn.Linear(6, 5)), peftkit.LoraConfig(r=2, target_modules=["0"]))
+        return {k: v.clone() for k, v in peftkit.get_peft_model_state_dict(model).items()}
+
+    monkeypatch.setattr(fresh, "_PROTOTYPES", {})  # as in a fresh process: no prototype built yet
+    first = adapter_after_seed()
+    again = adapter_after_seed()  # prototypes built now
+    assert first.keys() == again.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], again[key], rtol=0, atol=0)

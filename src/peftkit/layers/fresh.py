@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 from torch.nn.modules import module as _module_impl
 
@@ -37,7 +38,8 @@ _CHECKED_KEYS: set[tuple[type, str]] = set()
 def _prototype(cls: type[nn.Module]) -> tuple[dict[str, Any], tuple[tuple[str, type], ...]]:
     entry = _PROTOTYPES.get(cls)
     if entry is None:
-        state = dict(cls(*_PROTOTYPE_ARGS.get(cls, ())).__dict__)
+        with torch.random.fork_rng(devices=[]):  # a constructor may draw (nn.Linear): leave the user's stream alone
+            state = dict(cls(*_PROTOTYPE_ARGS.get(cls, ())).__dict__)
         containers = tuple((k, type(v)) for k, v in state.items() if isinstance(v, (dict, set, list)))
         kept = [k for k, _ in containers if state[k] and k not in _FILLED_BY_CALLER]
         if kept:  # a constructor that stores data we cannot rebuild empty: not a prototype class
