@@ -5,7 +5,7 @@ Matching rules (PEFT's):
 * a list of names matches a module whose full name equals a name or ends with ``"." + name``;
 * a string is a regex that must match the whole module name;
 * ``layers_to_transform`` keeps only modules inside the listed layer indices, found through
-  ``layers_pattern`` (default: ``layers``, ``h``, ``block``, ``blocks``, ``layer``);
+  ``layers_pattern`` (:func:`layer_index`);
 * ``exclude_modules`` uses the same rules and wins over ``target_modules``.
 """
 
@@ -24,7 +24,6 @@ from peftkit.errors import TargetingError
 _V = TypeVar("_V")
 
 ALL_LINEAR = "all-linear"
-DEFAULT_LAYER_PATTERNS = ("layers", "h", "block", "blocks", "layer")
 _MAX_NAMES_IN_ERROR = 40
 
 #: Heads that the task classes add to every config's ``modules_to_save`` (PEFT's ``classifier`` / ``score`` for
@@ -51,10 +50,20 @@ def name_matches(name: str, targets: str | Collection[str] | None) -> bool:
 
 
 def layer_index(name: str, layers_pattern: str | Collection[str] | None = None) -> int | None:
-    """The layer index in ``name`` (``model.layers.3.mlp`` -> 3), or ``None`` if it has none."""
-    patterns = [layers_pattern] if isinstance(layers_pattern, str) else list(layers_pattern or DEFAULT_LAYER_PATTERNS)
+    r"""The index of the layer that module ``name`` sits inside, or ``None`` (PEFT's rule, first occurrence).
+
+    Without ``layers_pattern`` (``None``, ``""``, ``[]``): the first number that follows a named container after at
+    least one name (``model.layers.3.mlp`` -> 3, ``foo.whatever.1.baz`` -> 1; ``layers.3.mlp`` -> ``None``).
+    With it: the number after the first ``<pattern>.`` (each a regex, tried in order), e.g. ``layers`` in
+    ``model.layers.1.layers.0.up_proj`` -> 1, ``\d+\.layers`` -> 0. The module must lie inside the layer (a
+    name ending in the index is the layer itself: ``None``).
+    """
+    if not layers_pattern:
+        match = re.match(r".*?\.[^.]*\.(\d+)\.", name)
+        return int(match.group(1)) if match else None
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) else list(layers_pattern)
     for pattern in patterns:
-        match = re.match(rf"(?:.*\.)?{re.escape(pattern)}\.(\d+)(?:\.|$)", name)
+        match = re.match(rf"(?:^|.*?\.){pattern}\.(\d+)\.", name)
         if match:
             return int(match.group(1))
     return None
@@ -63,8 +72,8 @@ def layer_index(name: str, layers_pattern: str | Collection[str] | None = None) 
 def in_selected_layers(
     name: str, layers_to_transform: int | Collection[int] | None, layers_pattern: str | Collection[str] | None
 ) -> bool:
-    """Whether ``name`` lies in one of ``layers_to_transform`` (always ``True`` when that is ``None``)."""
-    if layers_to_transform is None:
+    """Whether ``name`` lies in one of ``layers_to_transform`` (always ``True`` when that is ``None`` or empty)."""
+    if layers_to_transform is None or (not isinstance(layers_to_transform, int) and not layers_to_transform):
         return True
     wanted = {layers_to_transform} if isinstance(layers_to_transform, int) else set(layers_to_transform)
     index = layer_index(name, layers_pattern)

@@ -101,14 +101,22 @@ def test_all_linear_without_linear_layers_raises() -> None:
 @pytest.mark.parametrize(
     ("layers", "pattern", "expected"),
     [
-        ([0, 2], None, ["layers.0.q", "layers.2.q"]),
-        (1, None, ["layers.1.q"]),
+        ([0, 2], "layers", ["layers.0.q", "layers.2.q"]),
+        (1, ["layers"], ["layers.1.q"]),
+        ([], None, ["layers.0.q", "layers.1.q", "layers.2.q"]),  # an empty list selects no layer subset (PEFT)
         ([2], "layers", ["layers.2.q"]),
         ([2], ["blocks", "layers"], ["layers.2.q"]),
     ],
 )
 def test_layers_to_transform(layers, pattern, expected) -> None:
     assert select(Toy(), ["q"], layers_to_transform=layers, layers_pattern=pattern) == expected
+
+
+def test_layers_to_transform_without_pattern_needs_a_named_container_first() -> None:
+    """PEFT's rule without ``layers_pattern``: the first number after ``<something>.<container>.``; a top-level
+    ``layers.0.q`` has none, so nothing is selected (and the selection says so)."""
+    with pytest.raises(TargetingError):
+        select(Toy(), ["q"], layers_to_transform=[0], layers_pattern=None)
 
 
 def test_layers_to_transform_with_custom_layer_name() -> None:

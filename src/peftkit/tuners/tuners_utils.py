@@ -39,8 +39,8 @@ def check_target_module_exists(config: PeftConfig, key: str) -> bool:
 
     It is when ``target_modules`` selects it (a regex matching the whole name, or a name equal to ``key`` or to
     its last dotted components), neither ``exclude_modules`` nor ``modules_to_save`` covers it, and it lies in
-    ``layers_to_transform`` (the layer index read after ``layers_pattern``, by default ``layers`` / ``h`` /
-    ``block`` / ``blocks`` / ``layer``). Unlike the reference, a bare name equal to a target (no layer index in
+    ``layers_to_transform`` (the layer index read as the reference reads it: :func:`peftkit.targeting.layer_index`).
+    Unlike the reference, a bare name equal to a target (no layer index in
     it) is not selected when ``layers_to_transform`` is set: peftkit's injection does not adapt it either.
     """
     if name_matches(key, getattr(config, "exclude_modules", None)):
