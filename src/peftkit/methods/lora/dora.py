@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from peftkit.layers.placement import onloaded
 from peftkit.quant.base import dense_weight
 
 
@@ -89,3 +91,24 @@ def unmerged_weight(layer: Any) -> torch.Tensor:
     taken out, last merged first (what a DoRA norm is computed from, as the unmerged forward does)."""
     undo = [unmerge_step(layer, name) for name in reversed(layer.merged_adapters)]
     return replayed(dense_weight(layer.get_base_layer()).detach(), undo)
+
+
+def dora_output(layer: Any, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
+    """A LoRA ``Linear`` layer's output with DoRA adapter ``adapter``: ``result`` is ``base(x)`` (plus the
+    adapters applied before), ``x (..., in)``; with dropout active in training the base product is recomputed on
+    the dropped input, as the formula at the top of this module needs ``W dropout(x)``."""
+    dropout = layer.lora_dropout[adapter]
+    base = layer.get_base_layer()
+    with onloaded(base, write_back=False):  # an offloaded base's weight and bias are on meta until onloaded
+        if isinstance(dropout, nn.Identity) or not layer.training:
+            dropped, base_no_bias = x, result if base.bias is None else result - base.bias
+        else:
+            dropped = dropout(x)
+            base_weight = dense_weight(base)
+            weight = base_weight.T if layer.fan_in_fan_out else base_weight
+            base_no_bias = F.linear(dropped.to(weight.dtype), weight)
+        norm = layer.dora_norm(adapter)
+    magnitude = layer.lora_magnitude_vector[adapter].weight
+    lora = layer.lora_out(dropped, adapter)
+    out = dora_combine(result.to(lora.dtype), base_no_bias.to(lora.dtype), lora, magnitude, norm)
+    return out.to(result.dtype)

@@ -67,6 +67,8 @@ def single_adapter(layer: Any, x: torch.Tensor, adapter: str) -> torch.Tensor | 
     base = modules["base_layer"]
     if factor_a is None or type(base) not in FUSABLE_BASES or layer.use_dora.get(adapter) or has_hooks(base):
         return None
+    if adapter in layer.lora_variant:  # a LoRA variant's own forward (variant.py)
+        return None
     factor_b = modules["lora_B"]._modules[adapter]
     if "weight" not in factor_a._parameters or "weight" not in factor_b._parameters:  # e.g. wrapped by FSDP1
         return None
@@ -227,7 +229,7 @@ def _factor_stamp(layer: Any) -> tuple[tuple[str, ...], list[Any], list[int]] | 
         weight_b = module_b._parameters.get("weight")
         if weight_a is None or weight_b is None or module_b._parameters.get("bias") is not None:
             return None
-        if layer.use_dora.get(name):
+        if layer.use_dora.get(name) or name in layer.lora_variant:
             return None
         objects += (weight_a, weight_b, layer.scaling[name])
     if torch.is_grad_enabled() and any(obj.requires_grad for obj in objects if isinstance(obj, torch.Tensor)):

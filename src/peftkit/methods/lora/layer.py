@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from peftkit.errors import MergeError, PeftWarning
@@ -26,29 +24,13 @@ from peftkit.layers.placement import adapter_device, onloaded
 from peftkit.layers.state import AdapterStatus
 from peftkit.merging.merge import require_finite_sum, update_weight
 from peftkit.methods.lora import fast_paths
-from peftkit.methods.lora.dora import DoraMagnitude, dora_combine, merge_update, row_norm, unmerge_step, unmerged_weight
+from peftkit.methods.lora.dora import DoraMagnitude, dora_output, merge_update, row_norm, unmerge_step, unmerged_weight
 from peftkit.methods.lora.init import decompose_weight, is_weight_decomposing
+from peftkit.methods.lora.layer_spec import LoraLayerSpec
 from peftkit.methods.lora.named_init import frozen_tensor_ids, init_factors
 from peftkit.methods.lora.scaling import lora_scaling
+from peftkit.methods.lora.variant import LoraVariant
 from peftkit.quant.base import dense_weight, weight_shape
-
-
-@dataclass(frozen=True)
-class LoraLayerSpec:
-    """Per-layer facts derived from a :class:`LoraConfig` and the module name (the config is never mutated)."""
-
-    r: int
-    alpha: float
-    dropout: float = 0.0
-    init: bool | str = True
-    use_rslora: bool = False
-    use_dora: bool = False
-    fan_in_fan_out: bool = False
-    lora_bias: bool = False
-
-    @property
-    def scaling(self) -> float:
-        return lora_scaling(self.alpha, self.r, self.use_rslora)
 
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -89,7 +71,7 @@ class LoraLayer(AdapterLayer):
     )  # fmt: skip
     other_param_names: ClassVar[tuple[str, ...]] = (
         "r", "lora_alpha", "scaling", "lora_dropout", "use_dora", "use_rslora",
-        "frozen_peft_weight_names",
+        "frozen_peft_weight_names", "lora_variant",
     )  # fmt: skip
 
     in_features: int
@@ -104,6 +86,7 @@ class LoraLayer(AdapterLayer):
     #: Per adapter, the names of its tensors that never train (MiCA's ``lora_B`` / ``lora_embedding_B``; PEFT's
     #: attribute): :meth:`frozen_adapter_tensors` keeps them out of ``requires_grad``.
     frozen_peft_weight_names: dict[str, tuple[str, ...]]
+    lora_variant: dict[str, LoraVariant]  # adapters of a LoRA variant (variant.py); PEFT's attribute
     _dora_norms: dict[str, torch.Tensor]
     lora_dropout: nn.ModuleDict
     lora_A: nn.ModuleDict
@@ -125,6 +108,7 @@ class LoraLayer(AdapterLayer):
             use_dora={},
             _dora_norms={},
             frozen_peft_weight_names={},
+            lora_variant={},
         )
         self._modules.update(
             lora_dropout=new_module(nn.ModuleDict),
@@ -167,6 +151,11 @@ class LoraLayer(AdapterLayer):
                 magnitude = self.dora_norm(adapter) if init_weights else empty
             dtype = self.factor_tensors(adapter)[0].dtype
             self.lora_magnitude_vector[adapter] = DoraMagnitude(magnitude.to(dtype).view(self.magnitude_shape()))
+        if spec.variant is not None:
+            self.lora_variant[adapter] = spec.variant
+            spec.variant.init(self, adapter, spec)
+        else:
+            self.lora_variant.pop(adapter, None)
         if not self._active_adapter:
             object.__setattr__(self, "_active_adapter", [adapter])  # a plain list or a subclass's property
 
@@ -216,7 +205,12 @@ class LoraLayer(AdapterLayer):
         return modules["lora_A"]._modules[adapter].weight, modules["lora_B"]._modules[adapter].weight  # type: ignore[union-attr, return-value]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
 
     def delta_weight(self, adapter: str) -> torch.Tensor:
-        """``s * B @ A`` shaped like the base weight (transposed for ``fan_in_fan_out``)."""
+        """``s * B @ A`` shaped like the base weight (transposed for ``fan_in_fan_out``), or a variant's."""
+        variant = self.lora_variant.get(adapter)
+        delta = None if variant is None else variant.delta_weight(self, adapter)
+        return self.plain_delta_weight(adapter) if delta is None else delta
+
+    def plain_delta_weight(self, adapter: str) -> torch.Tensor:
         A, B = self.factor_tensors(adapter)
         delta = (B.flatten(1) @ A.flatten(1)).view(B.shape[0], *A.shape[1:]) * self.scaling[adapter]
         return delta.T if self.fan_in_fan_out else delta
@@ -267,6 +261,9 @@ class LoraLayer(AdapterLayer):
 
     def check_mergeable(self, adapter: str) -> None:
         """Raise :class:`MergeError` for an adapter with ``lora_bias`` on a base that has no bias to add it to."""
+        variant = self.lora_variant.get(adapter)
+        if variant is not None and not variant.mergeable:
+            raise MergeError(f"Adapter {adapter!r} is a {variant.name} adapter, which cannot be merged; keep it apart.")
         has_bias = adapter in self.lora_B and getattr(self.lora_B[adapter], "bias", None) is not None
         if has_bias and getattr(self.get_base_layer(), "bias", None) is None:
             raise MergeError(
@@ -327,7 +324,7 @@ class Linear(LoraLayer):
         Half-precision bases with float32 adapters keep the float32 product (the parent's path), as PEFT does.
         """
         A, B = (t.detach() for t in self.factor_tensors(adapter))
-        if A.dtype != self.get_base_layer().weight.dtype:
+        if A.dtype != self.get_base_layer().weight.dtype or adapter in self.lora_variant:
             return super().weight_update(adapter, sign)
         alpha = sign * float(self.scaling[adapter])
         if self.fan_in_fan_out:
@@ -357,23 +354,16 @@ class Linear(LoraLayer):
         return B(A(x.to(A.weight.dtype))) * self.scaling[adapter]  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
 
     def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
-        dropout = self.lora_dropout[adapter]
+        variant = self.lora_variant.get(adapter)
+        if variant is not None:
+            return variant.adapt_output(self, result, x, adapter)
+        return self.plain_adapt_output(result, x, adapter)
+
+    def plain_adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        """``result + s B A dropout(x)``, or DoRA's output (:func:`~peftkit.methods.lora.dora.dora_output`)."""
         if not self.use_dora.get(adapter):
-            return result + self.lora_out(dropout(x), adapter).to(result.dtype)
-        base = self.get_base_layer()
-        with onloaded(base, write_back=False):  # an offloaded base's weight and bias are on meta until onloaded
-            if isinstance(dropout, nn.Identity) or not self.training:
-                dropped, base_no_bias = x, result if base.bias is None else result - base.bias
-            else:
-                dropped = dropout(x)
-                base_weight = dense_weight(base)
-                weight = base_weight.T if self.fan_in_fan_out else base_weight
-                base_no_bias = F.linear(dropped.to(weight.dtype), weight)
-            norm = self.dora_norm(adapter)
-        magnitude = self.lora_magnitude_vector[adapter].weight
-        lora = self.lora_out(dropped, adapter)
-        out = dora_combine(result.to(lora.dtype), base_no_bias.to(lora.dtype), lora, magnitude, norm)  # type: ignore[arg-type]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
-        return out.to(result.dtype)
+            return result + self.lora_out(self.lora_dropout[adapter](x), adapter).to(result.dtype)
+        return dora_output(self, result, x, adapter)
 
     @property
     def _active_adapter(self) -> list[str]:

@@ -20,6 +20,7 @@ from peftkit.methods.lora.model import LoraModel
 from peftkit.methods.lora.multihead import MultiheadAttention, warn_unused_out_proj
 from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
+from peftkit.methods.lora.variants import build_variant
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.methods.trainable_tokens.lora_tokens import inject_token_adapters
 from peftkit.targeting import pattern_value
@@ -61,6 +62,7 @@ def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLa
         use_dora=config.use_dora,
         fan_in_fan_out=isinstance(module, Conv1D) or (config.fan_in_fan_out and not isinstance(module, nn.Linear)),
         lora_bias=config.lora_bias,
+        variant=build_variant(config, name, module),
     )
 
 

@@ -207,7 +207,9 @@ def slots_of(adapters: Sequence[str], wanted: Sequence[str], device: torch.devic
 
 def stackable(layer: Any) -> bool:
     """Whether every adapter of ``layer`` fits the stacked form (plain LoRA: no DoRA, no ``lora_B`` bias)."""
-    return not any(layer.use_dora.get(n) or layer.lora_B[n].bias is not None for n in layer.lora_A)
+    return not any(
+        layer.use_dora.get(n) or n in layer.lora_variant or layer.lora_B[n].bias is not None for n in layer.lora_A
+    )
 
 
 def needs_grad(layer: Any) -> bool:

@@ -1,0 +1,50 @@
+"""PEFT's LoRA variants that peftkit implements, one module each, found by the ``LoraConfig`` field that switches
+each on (see :mod:`peftkit.methods.lora.variant` for the hook they implement).
+
+:data:`VARIANT_BUILDERS` maps a config field to ``"module:function"``; the function,
+``build(config, module_name, module) -> LoraVariant | None``, is imported only when a config sets that field.
+A new variant adds one line here, its name to ``LORA_VARIANTS`` of :mod:`peftkit.catalog`, and removes its field
+from ``LoraConfig.unsupported_fields``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from peftkit.errors import UnsupportedError
+from peftkit.methods.lora.variant import LoraVariant
+
+#: ``LoraConfig`` field -> ``"module:function"`` building that variant's :class:`LoraVariant` for one layer.
+VARIANT_BUILDERS: dict[str, str] = {}
+
+VariantBuilder = Callable[[Any, str, nn.Module], LoraVariant | None]
+
+
+def _is_set(value: Any) -> bool:
+    return value not in (None, False, {}, [], "")
+
+
+def build_variant(config: Any, module_name: str, module: nn.Module) -> LoraVariant | None:
+    """The variant of layer ``module_name`` (``module`` its base layer) under ``config``, or ``None`` for plain
+    LoRA.
+
+    Raises:
+        UnsupportedError: two variants are switched on together.
+    """
+    found: list[tuple[str, LoraVariant]] = []
+    for field_name, location in VARIANT_BUILDERS.items():
+        if not _is_set(getattr(config, field_name, None)):
+            continue
+        module_path, attr = location.split(":")
+        builder: VariantBuilder = getattr(importlib.import_module(module_path), attr)
+        variant = builder(config, module_name, module)
+        if variant is not None:
+            found.append((field_name, variant))
+    if len(found) > 1:
+        names = " and ".join(name for name, _ in found)
+        raise UnsupportedError(f"LoraConfig sets {names}: these LoRA variants do not combine; choose one.")
+    return found[0][1] if found else None
