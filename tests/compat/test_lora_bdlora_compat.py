@@ -10,8 +10,8 @@ from typing import Any
 
 import peft
 import pytest
-from peft.tuners.lora.variants import BdLoraLinearVariant
 import torch
+from peft.tuners.lora.variants import BdLoraLinearVariant
 from tests._tiny import build_model, model_inputs, model_output
 from tests.compat._cross import Adapter, compat_tests
 
@@ -28,7 +28,11 @@ SHARDED: dict[str, Any] = {
 LLAMA: dict[str, Any] = {"r": 4, "target_modules": ATTENTION_AND_MLP, "use_bdlora": SHARDED}
 CROSS = [
     Adapter("llama_sharded", "LoraConfig", LLAMA),
-    Adapter("four_blocks_rslora", "LoraConfig", {**LLAMA, "r": 8, "use_rslora": True, "use_bdlora": {**SHARDED, "nblocks": 4}}),
+    Adapter(
+        "four_blocks_rslora",
+        "LoraConfig",
+        {**LLAMA, "r": 8, "use_rslora": True, "use_bdlora": {**SHARDED, "nblocks": 4}},
+    ),
     Adapter(
         "not_strict_rank_pattern",
         "LoraConfig",

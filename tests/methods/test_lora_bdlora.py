@@ -18,7 +18,7 @@ import peftkit
 from peftkit import BdLoraConfig
 from peftkit.errors import ArgumentTypeError, ConfigError
 from peftkit.layers.base import AdapterLayer
-from peftkit.tuners.lora.variants import BlockDiagonalLinear
+from peftkit.methods.lora.variants.block_diagonal import BlockDiagonalLinear
 
 
 class MLP(nn.Module):
@@ -59,6 +59,15 @@ def bd_model(conv1d: bool = False, **bd: Any) -> peftkit.PeftModel:
     model = peftkit.get_peft_model(MLP(conv1d), config)
     randomise(model)
     return model
+
+
+def test_public_at_peft_paths() -> None:
+    import peftkit.tuners.lora.config as lora_config
+    import peftkit.tuners.lora.variants as lora_variants
+
+    assert lora_variants.BlockDiagonalLinear is BlockDiagonalLinear
+    assert lora_config.BdLoraConfig is peftkit.tuners.BdLoraConfig is BdLoraConfig
+    assert "BdLoraConfig" in peftkit.__all__
 
 
 @pytest.mark.parametrize(("nblocks", "shape"), [(2, (3, 8)), (2, (2, 5, 8)), (4, (3, 8)), (4, (2, 1, 3, 8))])
@@ -133,7 +142,8 @@ def test_new_adapter_starts_at_zero_update_and_nblocks_one_is_plain_lora() -> No
 def test_unmatched_layer_runs_plain_lora_without_match_strict() -> None:
     torch.manual_seed(0)
     config = peftkit.LoraConfig(
-        target_modules=["lin0", "lin1"], use_bdlora={"target_modules_bd_b": ["lin1"], "nblocks": 2, "match_strict": False}
+        target_modules=["lin0", "lin1"],
+        use_bdlora={"target_modules_bd_b": ["lin1"], "nblocks": 2, "match_strict": False},
     )
     model = peftkit.get_peft_model(MLP(), config)
     lin0, lin1 = model.base_model.model.lin0, model.base_model.model.lin1

@@ -80,6 +80,7 @@ class BlockDiagonalLinear(nn.Module):
         return torch.block_diag(*self.weight.chunk(self.nblocks, dim=0))
 
     def extra_repr(self) -> str:
+        """Sizes and block count, shown in the module's repr."""
         return f"in_features={self.in_features}, out_features={self.out_features}, nblocks={self.nblocks}"
 
 
