@@ -16,9 +16,10 @@ from transformers.pytorch_utils import Conv1D
 
 import peftkit
 from peftkit import BdLoraConfig
-from peftkit.errors import ArgumentTypeError, ConfigError
+from peftkit.errors import ArgumentTypeError, ConfigError, HotswapError, UnsupportedError
 from peftkit.layers.base import AdapterLayer
 from peftkit.methods.lora.variants.block_diagonal import BlockDiagonalLinear
+from peftkit.utils.hotswap import hotswap_adapter, prepare_model_for_compiled_hotswap
 
 
 class MLP(nn.Module):
@@ -253,3 +254,36 @@ def test_layer_types_other_than_linear_are_refused() -> None:
     config = peftkit.LoraConfig(target_modules=["emb", "lin0"], use_bdlora={"target_modules_bd_b": ["emb", "lin0"]})
     with pytest.raises(ConfigError, match="Embedding"):
         peftkit.get_peft_model(WithEmbedding(), config)
+
+
+def test_weighted_adapter_svd_is_a_plain_lora_of_the_dense_deltas_and_factor_types_are_refused() -> None:
+    model = bd_model()
+    model.add_adapter("second", copy.deepcopy(model.peft_config["default"]))
+    randomise(model)
+    lin0 = model.base_model.model.lin0
+    expected = 0.5 * lin0.get_delta_weight("default") - 0.25 * lin0.get_delta_weight("second")
+    model.add_weighted_adapter(["default", "second"], [0.5, -0.25], "svd", combination_type="svd", svd_rank=8)
+    assert model.peft_config["svd"].use_bdlora is None and "svd" not in lin0.lora_variant
+    torch.testing.assert_close(lin0.get_delta_weight("svd"), expected, atol=1e-5, rtol=1e-4)
+    for kind in ("cat", "linear"):
+        with pytest.raises(UnsupportedError, match="BD-LoRA"):
+            model.add_weighted_adapter(["default", "second"], [0.5, 0.5], kind, combination_type=kind)
+        assert kind not in model.peft_config and kind not in lin0.lora_A
+
+
+def test_hotswap_takes_the_same_layout_and_rank_only(tmp_path: Any) -> None:
+    first, second = bd_model(), bd_model()
+    randomise(second)
+    second.save_pretrained(tmp_path / "second")
+    x = torch.randn(3, 12)
+    hotswap_adapter(first, str(tmp_path / "second"), adapter_name="default")
+    torch.testing.assert_close(first(x), second(x))
+    plain = peftkit.get_peft_model(MLP(), peftkit.LoraConfig(r=4, target_modules=["lin0", "lin1"]))
+    plain.save_pretrained(tmp_path / "plain")
+    with pytest.raises(HotswapError):
+        hotswap_adapter(first, str(tmp_path / "plain"), adapter_name="default")
+    torch.testing.assert_close(first(x), second(x))
+    with pytest.raises(HotswapError, match="cannot be padded"):
+        prepare_model_for_compiled_hotswap(first, target_rank=8)
+    assert first.base_model.model.lin0.lora_A["default"].weight.shape == (4, 6)
+    torch.testing.assert_close(first(x), second(x))

@@ -71,6 +71,12 @@ class BdLoraLinearVariant(LoraVariant):
         delta = (B @ A) * layer.scaling[adapter]
         return (delta.T if layer.fan_in_fan_out else delta).to(dtype)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BdLoraLinearVariant) and (self.factor, self.nblocks) == (other.factor, other.nblocks)
+
+    def __hash__(self) -> int:
+        return hash((self.factor, self.nblocks))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(factor={self.factor!r}, nblocks={self.nblocks})"
 
