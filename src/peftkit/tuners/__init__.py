@@ -18,6 +18,7 @@ those names, so ``from peft.tuners.lora.layer import LoraLayer`` works too.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -57,6 +58,8 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 
 #: PEFT's files inside ``tuners/<method>/`` that users import from; each is an alias of the method's module.
 SUBMODULES = ("layer", "config", "model")
+#: The module behind PEFT's ``peft.tuners.lora.variants``.
+VARIANTS_MODULE = "peftkit.methods.lora.variants"
 
 
 def _install_method_modules() -> list[str]:
@@ -70,6 +73,10 @@ def _install_method_modules() -> list[str]:
             sys.modules.setdefault(f"{module.__name__}.{part}", module)
             setattr(module, part, module)
         globals()[short] = sys.modules[module.__name__]
+        if short == "lora":  # ``peft.tuners.lora.variants``: PEFT's variant classes (KasaLinearVariant...)
+            module.variants = sys.modules.setdefault(  # type: ignore[attr-defined]  # a module built at run time
+                f"{module.__name__}.variants", importlib.import_module(VARIANTS_MODULE)
+            )
         installed.append(short)
     return installed
 

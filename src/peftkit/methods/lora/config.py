@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.methods.lora.variants.kasa_config import KasaConfig, as_kasa_config
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
@@ -55,6 +56,9 @@ class LoraConfig(PeftConfig):
         lora_bias: Give ``lora_B`` a trainable bias.
         trainable_token_indices: Token ids whose embedding rows train with the adapter: a list (the input
             embedding) or ``{module name: ids}`` (see :mod:`peftkit.methods.trainable_tokens.lora_tokens`).
+        kasa_config: KaSA (a :class:`KasaConfig` or a dict of its fields): truncate each adapted base weight's ``r``
+            smallest singular components and learn a diagonal between ``B`` and ``A``
+            (:mod:`peftkit.methods.lora.variants.kasa`).
     """
 
     r: int = 8
@@ -79,7 +83,7 @@ class LoraConfig(PeftConfig):
     corda_config: dict | None = None
     ensure_weight_tying: bool = False
     eva_config: dict | None = None
-    kasa_config: dict | None = None
+    kasa_config: KasaConfig | None = None
     layer_replication: list | None = None
     loftq_config: dict = field(default_factory=dict)
     lora_ga_config: dict | None = None
@@ -101,7 +105,6 @@ class LoraConfig(PeftConfig):
         "arrow_config",
         "corda_config",
         "eva_config",
-        "kasa_config",
         "layer_replication",
         "loftq_config",
         "lora_ga_config",
@@ -116,6 +119,7 @@ class LoraConfig(PeftConfig):
         self.peft_type = PeftType("LORA")
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
+        self.kasa_config = as_kasa_config(self.kasa_config)
         super().__post_init__()
         self._validate()
 

@@ -19,7 +19,13 @@ from peftkit.errors import UnsupportedError
 from peftkit.methods.lora.variant import LoraVariant
 
 #: ``LoraConfig`` field -> ``"module:function"`` building that variant's :class:`LoraVariant` for one layer.
-VARIANT_BUILDERS: dict[str, str] = {}
+VARIANT_BUILDERS: dict[str, str] = {
+    "kasa_config": "peftkit.methods.lora.variants.kasa:build",
+}
+#: PEFT's variant classes at PEFT's path ``peft.tuners.lora.variants`` (imported when first asked for).
+PEFT_VARIANT_CLASSES: dict[str, str] = {
+    "KasaLinearVariant": "peftkit.methods.lora.variants.kasa:KasaLinearVariant",
+}
 
 VariantBuilder = Callable[[Any, str, nn.Module], LoraVariant | None]
 
@@ -48,3 +54,11 @@ def build_variant(config: Any, module_name: str, module: nn.Module) -> LoraVaria
         names = " and ".join(name for name, _ in found)
         raise UnsupportedError(f"LoraConfig sets {names}: these LoRA variants do not combine; choose one.")
     return found[0][1] if found else None
+
+
+def __getattr__(name: str) -> Any:
+    """PEFT's variant classes by their names (:data:`PEFT_VARIANT_CLASSES`)."""
+    if name not in PEFT_VARIANT_CLASSES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_path, attr = PEFT_VARIANT_CLASSES[name].split(":")
+    return getattr(importlib.import_module(module_path), attr)
