@@ -58,8 +58,11 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 
 #: PEFT's files inside ``tuners/<method>/`` that users import from; each is an alias of the method's module.
 SUBMODULES = ("layer", "config", "model")
-#: The module behind PEFT's ``peft.tuners.lora.variants``.
-VARIANTS_MODULE = "peftkit.methods.lora.variants"
+#: The modules behind PEFT's ``peft.tuners.lora.<name>`` files of LoRA variants.
+LORA_VARIANT_MODULES = {
+    "variants": "peftkit.methods.lora.variants",
+    "monteclora": "peftkit.methods.lora.variants.monteclora",
+}
 
 
 def _install_method_modules() -> list[str]:
@@ -73,10 +76,8 @@ def _install_method_modules() -> list[str]:
             sys.modules.setdefault(f"{module.__name__}.{part}", module)
             setattr(module, part, module)
         globals()[short] = sys.modules[module.__name__]
-        if short == "lora":  # ``peft.tuners.lora.variants``: PEFT's variant classes (KasaLinearVariant...)
-            module.variants = sys.modules.setdefault(  # type: ignore[attr-defined]  # a module built at run time
-                f"{module.__name__}.variants", importlib.import_module(VARIANTS_MODULE)
-            )
+        for part, path in LORA_VARIANT_MODULES.items() if short == "lora" else ():  # PEFT's variant classes
+            setattr(module, part, sys.modules.setdefault(f"{module.__name__}.{part}", importlib.import_module(path)))
         installed.append(short)
     return installed
 

@@ -15,7 +15,9 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
-from peftkit.methods.lora.variants.kasa_config import KasaConfig, as_kasa_config
+from peftkit.methods.lora.variants.kasa_config import KasaConfig
+from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
+from peftkit.methods.lora.variants.subconfig import as_subconfig
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
@@ -59,6 +61,8 @@ class LoraConfig(PeftConfig):
         kasa_config: KaSA (a :class:`KasaConfig` or a dict of its fields): truncate each adapted base weight's ``r``
             smallest singular components and learn a diagonal between ``B`` and ``A``
             (:mod:`peftkit.methods.lora.variants.kasa`).
+        monteclora_config: MonteCLoRA (a :class:`MontecloraConfig` or a dict of its fields): Monte Carlo perturbed
+            ``A`` in training, plain LoRA in eval (:mod:`peftkit.methods.lora.variants.monteclora`).
     """
 
     r: int = 8
@@ -89,7 +93,7 @@ class LoraConfig(PeftConfig):
     lora_ga_config: dict | None = None
     megatron_config: dict | None = None
     megatron_core: str | None = "megatron.core"
-    monteclora_config: dict | None = None
+    monteclora_config: MontecloraConfig | None = None
     qalora_group_size: int = 16
     target_parameters: list[str] | None = None
     trainable_token_indices: list | dict | None = None
@@ -109,7 +113,6 @@ class LoraConfig(PeftConfig):
         "loftq_config",
         "lora_ga_config",
         "megatron_config",
-        "monteclora_config",
         "use_bdlora",
         "use_qalora",
         "velora_config",
@@ -119,7 +122,8 @@ class LoraConfig(PeftConfig):
         self.peft_type = PeftType("LORA")
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
-        self.kasa_config = as_kasa_config(self.kasa_config)
+        self.kasa_config = as_subconfig(KasaConfig, "kasa_config", self.kasa_config)
+        self.monteclora_config = as_subconfig(MontecloraConfig, "monteclora_config", self.monteclora_config)
         super().__post_init__()
         self._validate()
 

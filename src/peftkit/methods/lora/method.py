@@ -22,6 +22,7 @@ from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.lora.variants import build_variant
 from peftkit.methods.lora.variants.kasa_config import KasaConfig
+from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.methods.trainable_tokens.lora_tokens import inject_token_adapters
 from peftkit.targeting import pattern_value
@@ -133,7 +134,12 @@ LORA = MethodSpec(
     after_load=redo_decomposing_init,
     tuner_class=LoraModel,
     parameter_layer=ParamWrapper,
-    public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel, "KasaConfig": KasaConfig},
+    public_names={
+        "LoraConfig": LoraConfig,
+        "LoraModel": LoraModel,
+        "KasaConfig": KasaConfig,
+        "MontecloraConfig": MontecloraConfig,
+    },
     cli_name="lora",
     cli_options=(
         CliOption("r", "r", int, "Rank", 8),

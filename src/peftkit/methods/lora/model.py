@@ -18,6 +18,7 @@ from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import LoraLayer
 from peftkit.methods.lora.variants.kasa import kasa_loss
+from peftkit.methods.lora.variants.monteclora import monteclora_loss
 from peftkit.methods.lora.weighted import combine_layer, plan_combination
 from peftkit.tuner import TunerModel
 
@@ -62,6 +63,15 @@ class LoraModel(TunerModel):
         names = [names] if isinstance(names, str) else list(names)
         configs = {name: getattr(c, "kasa_config", None) for name, c in self.peft_config.items()}
         return kasa_loss((layer for _, layer in iter_adapter_modules(self.model)), configs, names)
+
+    def _get_monteclora_loss(self, adapter_names: str | Sequence[str] | None = None) -> torch.Tensor | float:
+        """MonteCLoRA's variational loss for ``adapter_names`` (default: the active adapters), to add to the task
+        loss: the mean over their samplers of ``KL + entropy``
+        (:func:`~peftkit.methods.lora.variants.monteclora.monteclora_loss`), ``0.0`` in eval or without MonteCLoRA
+        layers (PEFT's name)."""
+        names = self.active_adapters if adapter_names is None else adapter_names
+        names = [names] if isinstance(names, str) else list(names)
+        return monteclora_loss((layer for _, layer in iter_adapter_modules(self.model)), names)
 
     def add_weighted_adapter(
         self,

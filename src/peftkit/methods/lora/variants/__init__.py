@@ -21,10 +21,12 @@ from peftkit.methods.lora.variant import LoraVariant
 #: ``LoraConfig`` field -> ``"module:function"`` building that variant's :class:`LoraVariant` for one layer.
 VARIANT_BUILDERS: dict[str, str] = {
     "kasa_config": "peftkit.methods.lora.variants.kasa:build",
+    "monteclora_config": "peftkit.methods.lora.variants.monteclora:build",
 }
 #: PEFT's variant classes at PEFT's path ``peft.tuners.lora.variants`` (imported when first asked for).
 PEFT_VARIANT_CLASSES: dict[str, str] = {
     "KasaLinearVariant": "peftkit.methods.lora.variants.kasa:KasaLinearVariant",
+    "MontecloraLinearVariant": "peftkit.methods.lora.variants.monteclora:MontecloraLinearVariant",
 }
 
 VariantBuilder = Callable[[Any, str, nn.Module], LoraVariant | None]

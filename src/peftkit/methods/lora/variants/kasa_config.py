@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
-from peftkit.errors import ArgumentTypeError, ConfigError
+from peftkit.errors import ConfigError
 
 
 @dataclass
@@ -33,22 +32,3 @@ class KasaConfig:
                 raise ConfigError(f"KasaConfig.{name} must be a finite number, got {value!r}.")
             if value < 0:
                 raise ConfigError(f"KasaConfig.{name} is a loss weight and must be non-negative, got {value!r}.")
-
-
-def as_kasa_config(value: Any) -> KasaConfig | None:
-    """``LoraConfig.kasa_config`` as a :class:`KasaConfig`: kept, built from a dict (a saved config), or ``None``.
-
-    Raises:
-        ArgumentTypeError: ``value`` is neither a ``KasaConfig``, a dict nor ``None``.
-        ConfigError: the dict holds keys ``KasaConfig`` does not have, or invalid values.
-    """
-    if value is None or isinstance(value, KasaConfig):
-        return value
-    if not isinstance(value, dict):
-        raise ArgumentTypeError(
-            f"LoraConfig.kasa_config takes a KasaConfig, a dict of its fields or None; got {type(value).__name__}."
-        )
-    unknown = sorted(set(value) - {"beta", "gamma"})
-    if unknown:
-        raise ConfigError(f"LoraConfig.kasa_config has unknown keys {unknown}; KasaConfig has beta and gamma.")
-    return KasaConfig(**value)
