@@ -31,13 +31,15 @@ def _build(lib: Any, **monteclora: Any) -> Any:
     return lib.get_peft_model(build_model("llama"), config)
 
 
-@pytest.mark.parametrize("use_entropy", [False, True])
-def test_same_variational_loss_as_the_reference(tmp_path: Path, use_entropy: bool) -> None:
+@pytest.mark.parametrize(("use_entropy", "low_cpu_mem_usage"), [(False, False), (True, True)])
+def test_same_variational_loss_as_the_reference(tmp_path: Path, use_entropy: bool, low_cpu_mem_usage: bool) -> None:
     saved = _build(peft, use_entropy=use_entropy, kl_loss_weight=0.1).train()
     randomise_adapter(saved)
     saved(**model_inputs("llama"))  # a training draw: the buffers hold it
     saved.save_pretrained(tmp_path)
-    loaded = peftkit.PeftModel.from_pretrained(build_model("llama"), tmp_path, is_trainable=True).train()
+    loaded = peftkit.PeftModel.from_pretrained(
+        build_model("llama"), tmp_path, is_trainable=True, low_cpu_mem_usage=low_cpu_mem_usage
+    ).train()
     expected = saved._get_monteclora_loss()
     torch.testing.assert_close(loaded._get_monteclora_loss(), expected.detach(), atol=1e-6, rtol=1e-5)
     assert loaded._get_monteclora_loss("missing") == saved._get_monteclora_loss("missing") == 0.0

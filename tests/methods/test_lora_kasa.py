@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import peftkit
-from peftkit.errors import ConfigError
+from peftkit.errors import ConfigError, UnsupportedError
 
 
 class MLP(nn.Module):
@@ -119,3 +119,37 @@ def test_use_dora_is_refused() -> None:
     config = peftkit.LoraConfig(target_modules=["lin1"], r=2, use_dora=True, kasa_config=peftkit.KasaConfig())
     with pytest.raises(ConfigError, match="do not combine"):
         peftkit.get_peft_model(MLP(), config)
+
+
+def test_add_weighted_adapter_refuses_kasa_adapters() -> None:
+    _, model = kasa_model()
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(UnsupportedError, match="KaSA"):
+        model.add_weighted_adapter(["default"], [1.0], "combined", combination_type="linear")
+    assert "combined" not in model.peft_config
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+
+
+def test_base_on_meta_is_truncated_when_first_run() -> None:
+    torch.manual_seed(0)
+    real = MLP()
+    with torch.device("meta"):
+        base = MLP()
+    config = peftkit.LoraConfig(target_modules=["lin0", "lin1"], r=4, lora_alpha=6, kasa_config=peftkit.KasaConfig())
+    model = peftkit.get_peft_model(base, config).to_empty(device="cpu")
+    lin0, lin1 = model.base_model.model.lin0, model.base_model.model.lin1
+    with torch.no_grad():
+        for layer, source in ((lin0, real.lin0), (lin1, real.lin1)):
+            layer.base_layer.load_state_dict(source.state_dict())
+            for tensor in factors(layer):  # A, B, lora_diag: non-zero, so the adapter changes the output
+                tensor.normal_()
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        first = model(x)
+        assert lin0._kasa_pending == set()
+        truncated = {n: getattr(model.base_model.model, n).base_layer.weight.clone() for n in ("lin0", "lin1")}
+        torch.testing.assert_close(model(x), first, atol=1e-5, rtol=1e-5)  # the first run already saw W'
+    for name in ("lin0", "lin1"):
+        kept = torch.linalg.svdvals(truncated[name])
+        torch.testing.assert_close(kept[:-4], torch.linalg.svdvals(getattr(real, name).weight.detach())[:-4])
+        torch.testing.assert_close(kept[-4:], torch.zeros(4), atol=1e-5, rtol=0)

@@ -137,6 +137,11 @@ def _combinable(name: str, config: object) -> LoraConfig:
         )
     if config.target_parameters:
         raise UnsupportedError(f"add_weighted_adapter cannot combine adapters that target parameters ({name!r} does).")
+    if config.kasa_config is not None:
+        raise UnsupportedError(
+            f"Adapter {name!r} is a KaSA adapter: its lora_diag has no place in a combined LoRA adapter, and adding "
+            "one would truncate the base weights again."
+        )
     if is_weight_decomposing(config.init_lora_weights):
         raise UnsupportedError(
             f"Adapter {name!r} was initialised with {config.init_lora_weights!r}, which rewrites the base weights; "
