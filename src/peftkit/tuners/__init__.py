@@ -58,10 +58,9 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 
 #: PEFT's files inside ``tuners/<method>/`` that users import from; each is an alias of the method's module.
 SUBMODULES = ("layer", "config", "model")
-#: The modules behind PEFT's ``peft.tuners.lora.<name>`` files of LoRA variants.
-LORA_VARIANT_MODULES = {
-    "variants": "peftkit.methods.lora.variants",
-    "monteclora": "peftkit.methods.lora.variants.monteclora",
+#: PEFT's files inside ``tuners/<method>/`` that peftkit holds as a module of their own (method -> file -> module).
+OWN_SUBMODULES: dict[str, dict[str, str]] = {
+    "lora": {"variants": "peftkit.methods.lora.variants", "monteclora": "peftkit.methods.lora.variants.monteclora"}
 }
 
 
@@ -75,9 +74,10 @@ def _install_method_modules() -> list[str]:
         for part in SUBMODULES:  # ``from peft.tuners.lora.layer import LoraLayer``: the same names
             sys.modules.setdefault(f"{module.__name__}.{part}", module)
             setattr(module, part, module)
+        for part, path in OWN_SUBMODULES.get(short, {}).items():  # ``peft.tuners.lora.variants``
+            sys.modules.setdefault(f"{module.__name__}.{part}", importlib.import_module(path))
+            setattr(module, part, sys.modules[f"{module.__name__}.{part}"])
         globals()[short] = sys.modules[module.__name__]
-        for part, path in LORA_VARIANT_MODULES.items() if short == "lora" else ():  # PEFT's variant classes
-            setattr(module, part, sys.modules.setdefault(f"{module.__name__}.{part}", importlib.import_module(path)))
         installed.append(short)
     return installed
 

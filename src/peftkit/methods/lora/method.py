@@ -21,6 +21,7 @@ from peftkit.methods.lora.multihead import MultiheadAttention, warn_unused_out_p
 from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.lora.variants import build_variant
+from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
 from peftkit.methods.lora.variants.kasa_config import KasaConfig
 from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
@@ -137,6 +138,7 @@ LORA = MethodSpec(
     public_names={
         "LoraConfig": LoraConfig,
         "LoraModel": LoraModel,
+        "BdLoraConfig": BdLoraConfig,
         "KasaConfig": KasaConfig,
         "MontecloraConfig": MontecloraConfig,
     },

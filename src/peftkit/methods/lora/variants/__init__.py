@@ -20,11 +20,16 @@ from peftkit.methods.lora.variant import LoraVariant
 
 #: ``LoraConfig`` field -> ``"module:function"`` building that variant's :class:`LoraVariant` for one layer.
 VARIANT_BUILDERS: dict[str, str] = {
+    "use_bdlora": "peftkit.methods.lora.variants.bdlora:build",
     "kasa_config": "peftkit.methods.lora.variants.kasa:build",
     "monteclora_config": "peftkit.methods.lora.variants.monteclora:build",
 }
-#: PEFT's variant classes at PEFT's path ``peft.tuners.lora.variants`` (imported when first asked for).
-PEFT_VARIANT_CLASSES: dict[str, str] = {
+
+#: PEFT's public names of ``peft.tuners.lora.variants`` that peftkit has (``peftkit.tuners.lora.variants`` is this
+#: module): name -> ``"module:attribute"``, imported on first use.
+PEFT_NAMES: dict[str, str] = {
+    "BdLoraLinearVariant": "peftkit.methods.lora.variants.bdlora:BdLoraLinearVariant",
+    "BlockDiagonalLinear": "peftkit.methods.lora.variants.block_diagonal:BlockDiagonalLinear",
     "KasaLinearVariant": "peftkit.methods.lora.variants.kasa:KasaLinearVariant",
     "MontecloraLinearVariant": "peftkit.methods.lora.variants.monteclora:MontecloraLinearVariant",
 }
@@ -59,8 +64,8 @@ def build_variant(config: Any, module_name: str, module: nn.Module) -> LoraVaria
 
 
 def __getattr__(name: str) -> Any:
-    """PEFT's variant classes by their names (:data:`PEFT_VARIANT_CLASSES`)."""
-    if name not in PEFT_VARIANT_CLASSES:
+    """PEFT's names of ``peft.tuners.lora.variants`` (:data:`PEFT_NAMES`), imported on first use."""
+    if name not in PEFT_NAMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module_path, attr = PEFT_VARIANT_CLASSES[name].split(":")
+    module_path, attr = PEFT_NAMES[name].split(":")
     return getattr(importlib.import_module(module_path), attr)
