@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
-from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig, as_bdlora_config
+from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
 from peftkit.methods.lora.variants.kasa_config import KasaConfig
 from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
 from peftkit.methods.lora.variants.subconfig import as_subconfig
@@ -124,7 +124,7 @@ class LoraConfig(PeftConfig):
         self.peft_type = PeftType("LORA")
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
-        self.use_bdlora = as_bdlora_config(self.use_bdlora)
+        self.use_bdlora = as_subconfig(BdLoraConfig, "use_bdlora", self.use_bdlora)
         self.kasa_config = as_subconfig(KasaConfig, "kasa_config", self.kasa_config)
         self.monteclora_config = as_subconfig(MontecloraConfig, "monteclora_config", self.monteclora_config)
         super().__post_init__()

@@ -4,9 +4,10 @@ its fields (as read from ``adapter_config.json``), or ``None``."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, TypeVar
 
-from peftkit.errors import ArgumentTypeError, ConfigError
+from peftkit.errors import ArgumentTypeError
 
 _C = TypeVar("_C")
 
@@ -14,9 +15,12 @@ _C = TypeVar("_C")
 def as_subconfig(cls: type[_C], field_name: str, value: Any) -> _C | None:
     """``value`` of ``LoraConfig.<field_name>`` as a ``cls``: kept, built from a dict, or ``None``.
 
+    A dict is what ``adapter_config.json`` holds: fields the dataclass computes itself (``init=False``) are left
+    out, as PEFT does, and keys ``cls`` does not know (written by a newer version) are dropped with a warning.
+
     Raises:
         ArgumentTypeError: ``value`` is neither a ``cls``, a dict nor ``None``.
-        ConfigError: the dict holds keys ``cls`` does not have (or ``cls`` refuses its values).
+        ConfigError: ``cls`` refuses one of the values.
     """
     if value is None or isinstance(value, cls):
         return value
@@ -24,8 +28,8 @@ def as_subconfig(cls: type[_C], field_name: str, value: Any) -> _C | None:
         raise ArgumentTypeError(
             f"LoraConfig.{field_name} takes a {cls.__name__}, a dict of its fields or None; got {type(value).__name__}."
         )
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # every sub-config is a dataclass
-    unknown = sorted(set(value) - known)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]  # every sub-config is a dataclass
+    unknown = sorted(set(value) - {f.name for f in fields})
     if unknown:
-        raise ConfigError(f"LoraConfig.{field_name} has unknown keys {unknown}; {cls.__name__} has {sorted(known)}.")
-    return cls(**value)
+        warnings.warn(f"LoraConfig.{field_name}: unknown keys {unknown} were dropped.", stacklevel=4)
+    return cls(**{f.name: value[f.name] for f in fields if f.init and f.name in value})
