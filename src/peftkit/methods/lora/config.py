@@ -15,10 +15,11 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.methods.lora.loraga_config import LoraGAConfig, as_lora_ga_config
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
-_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica")
+_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica", "lora_ga")
 _PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
 #: How ``rank_pattern`` / ``alpha_pattern`` keys are matched against module names (see ``targeting``).
 _PATTERN_TEMPLATE = r"(.*\.)?({})$"
@@ -44,7 +45,9 @@ class LoraConfig(PeftConfig):
         init_lora_weights: ``True`` (A Kaiming-uniform, B zero), ``False`` (both random), ``"gaussian"``,
             ``"pissa"`` / ``"pissa_niter_N"`` (Meng et al., 2024), ``"olora"`` (Büyükakyüz, 2024) or
             ``"orthogonal"`` (even ``r``; see :mod:`peftkit.methods.lora.orthogonal`) or ``"mica"`` (``B`` from the
-            base weight's minor singular vectors, frozen; see :mod:`peftkit.methods.lora.mica`).
+            base weight's minor singular vectors, frozen; see :mod:`peftkit.methods.lora.mica`) or ``"lora_ga"``
+            (from gradients that :func:`~peftkit.methods.lora.loraga.preprocess_loraga` estimated; see
+            :mod:`peftkit.methods.lora.loraga_init`).
         layers_to_transform: Only adapt layers with these indices.
         layers_pattern: Name of the layer list (``"layers"``, ``"h"``, ...) used with ``layers_to_transform``.
         rank_pattern: ``{regex: r}`` overriding ``r`` for matching module names.
@@ -55,6 +58,8 @@ class LoraConfig(PeftConfig):
         lora_bias: Give ``lora_B`` a trainable bias.
         trainable_token_indices: Token ids whose embedding rows train with the adapter: a list (the input
             embedding) or ``{module name: ids}`` (see :mod:`peftkit.methods.trainable_tokens.lora_tokens`).
+        lora_ga_config: LoRA-GA's options (a :class:`~peftkit.methods.lora.loraga_config.LoraGAConfig` or its dict),
+            read when ``init_lora_weights="lora_ga"``.
     """
 
     r: int = 8
@@ -82,7 +87,7 @@ class LoraConfig(PeftConfig):
     kasa_config: dict | None = None
     layer_replication: list | None = None
     loftq_config: dict = field(default_factory=dict)
-    lora_ga_config: dict | None = None
+    lora_ga_config: LoraGAConfig | dict | None = None
     megatron_config: dict | None = None
     megatron_core: str | None = "megatron.core"
     monteclora_config: dict | None = None
@@ -104,7 +109,6 @@ class LoraConfig(PeftConfig):
         "kasa_config",
         "layer_replication",
         "loftq_config",
-        "lora_ga_config",
         "megatron_config",
         "monteclora_config",
         "use_bdlora",
@@ -116,6 +120,7 @@ class LoraConfig(PeftConfig):
         self.peft_type = PeftType("LORA")
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
+        self.lora_ga_config = as_lora_ga_config(self.lora_ga_config)
         super().__post_init__()
         self._validate()
 
@@ -197,10 +202,10 @@ class LoraConfig(PeftConfig):
             raise ConfigError("init_lora_weights='mica' and use_dora=True are two LoRA variants that do not combine.")
         if isinstance(init, bool) or init in _INIT_NAMES or (isinstance(init, str) and _PISSA_NITER.fullmatch(init)):
             return
-        known = ("eva", "corda", "loftq", "lora_ga")
+        known = ("eva", "corda", "loftq")
         if init in known:
             raise UnsupportedError(f"init_lora_weights={init!r} is not implemented in peftkit; use True or 'pissa'.")
         raise ConfigError(
             f"LoraConfig.init_lora_weights={init!r} is not valid; use True, False, 'gaussian', 'pissa', "
-            "'pissa_niter_N', 'olora', 'orthogonal' or 'mica'."
+            "'pissa_niter_N', 'olora', 'orthogonal', 'mica' or 'lora_ga'."
         )
