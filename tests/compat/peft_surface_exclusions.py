@@ -13,7 +13,6 @@ _PREFIX_LAYOUT = "prefix-cache layouts are derived per model by peftkit's prompt
 
 EXCLUDED: dict[str, str] = {
     # LoRA variants, initialisations and conversions
-    "ArrowConfig": _LORA_VARIANT,
     "BdLoraConfig": _LORA_VARIANT,
     "EvaConfig": _LORA_VARIANT,
     "KasaConfig": _LORA_VARIANT,
@@ -23,7 +22,6 @@ EXCLUDED: dict[str, str] = {
     "LoraRuntimeConfig": "runtime options (ephemeral GPU offload) are not implemented",
     "convert_to_lora": "converting other adapter types to LoRA is not implemented",
     "save_as_lora": "converting other adapter types to LoRA is not implemented",
-    "create_arrow_model": _LORA_VARIANT,
     "get_eva_state_dict": _LORA_VARIANT,
     "initialize_lora_eva_weights": _LORA_VARIANT,
     "replace_lora_weights_loftq": _LORA_VARIANT,

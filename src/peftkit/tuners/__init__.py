@@ -18,6 +18,7 @@ those names, so ``from peft.tuners.lora.layer import LoraLayer`` works too.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -57,6 +58,12 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 
 #: PEFT's files inside ``tuners/<method>/`` that users import from; each is an alias of the method's module.
 SUBMODULES = ("layer", "config", "model")
+#: PEFT's files inside ``tuners/<method>/`` that hold a feature's functions: ``tuners.<method>.<file>`` is the
+#: peftkit module named here (``from peft.tuners.lora.arrow import create_arrow_model``), and its ``__all__`` is
+#: exported by ``tuners.<method>`` and ``tuners`` too.
+FEATURE_MODULES = {
+    "lora": {"arrow": "peftkit.arrow", "loraga": "peftkit.methods.lora.loraga"},
+}
 
 
 def _install_method_modules() -> list[str]:
@@ -69,6 +76,13 @@ def _install_method_modules() -> list[str]:
         for part in SUBMODULES:  # ``from peft.tuners.lora.layer import LoraLayer``: the same names
             sys.modules.setdefault(f"{module.__name__}.{part}", module)
             setattr(module, part, module)
+        for part, target in FEATURE_MODULES.get(short, {}).items():
+            feature = importlib.import_module(target)
+            sys.modules.setdefault(f"{module.__name__}.{part}", feature)
+            names = {name: getattr(feature, name) for name in feature.__all__}
+            vars(module).update(names, **{part: feature}, __all__=sorted({*module.__all__, *names}))
+            globals().update(names)
+            _NAMES.update(names)
         globals()[short] = sys.modules[module.__name__]
         installed.append(short)
     return installed

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.methods.lora.arrow_config import ArrowConfig, as_arrow_config
 from peftkit.methods.lora.loraga_config import LoraGAConfig, as_lora_ga_config
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
@@ -60,6 +61,9 @@ class LoraConfig(PeftConfig):
             embedding) or ``{module name: ids}`` (see :mod:`peftkit.methods.trainable_tokens.lora_tokens`).
         lora_ga_config: LoRA-GA's options (a :class:`~peftkit.methods.lora.loraga_config.LoraGAConfig` or its dict),
             read when ``init_lora_weights="lora_ga"``.
+        arrow_config: Makes the adapter an Arrow router over the layer's other LoRA adapters (an
+            :class:`~peftkit.methods.lora.arrow_config.ArrowConfig` or its dict; see
+            :func:`~peftkit.methods.lora.arrow.create_arrow_model`).
     """
 
     r: int = 8
@@ -80,7 +84,7 @@ class LoraConfig(PeftConfig):
     lora_bias: bool = False
     # PEFT fields that peftkit writes with PEFT's defaults and refuses to honour otherwise.
     alora_invocation_tokens: list[int] | None = None
-    arrow_config: dict | None = None
+    arrow_config: ArrowConfig | dict | None = None
     corda_config: dict | None = None
     ensure_weight_tying: bool = False
     eva_config: dict | None = None
@@ -103,7 +107,6 @@ class LoraConfig(PeftConfig):
 
     unsupported_fields: ClassVar[tuple[str, ...]] = (
         "alora_invocation_tokens",
-        "arrow_config",
         "corda_config",
         "eva_config",
         "kasa_config",
@@ -121,6 +124,7 @@ class LoraConfig(PeftConfig):
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
         self.lora_ga_config = as_lora_ga_config(self.lora_ga_config)
+        self.arrow_config = as_arrow_config(self.arrow_config)
         super().__post_init__()
         self._validate()
 

@@ -35,6 +35,8 @@ from peftkit.methods.lora.loraga_init import GRAD_ATTR
 from peftkit.quant.base import backend_for
 from peftkit.targeting import all_linear_names, in_selected_layers, name_matches
 
+__all__ = ["preprocess_loraga"]
+
 #: The layers LoRA-GA initialises from a gradient (others get ``init_lora_weights=True``'s factors).
 GRADIENT_LAYERS = (nn.Linear, Conv1D)
 

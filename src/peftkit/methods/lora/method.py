@@ -10,6 +10,7 @@ from transformers.pytorch_utils import Conv1D
 from peftkit.defaults import default_lora_targets
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.walk import walk_model
+from peftkit.methods.lora.arrow_config import ArrowConfig
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.conv import Conv
 from peftkit.methods.lora.describe import describe_lora_module
@@ -145,6 +146,7 @@ LORA = MethodSpec(
         "LoraModel": LoraModel,
         "LoraGAConfig": LoraGAConfig,
         "preprocess_loraga": preprocess_loraga,
+        "ArrowConfig": ArrowConfig,
     },
     cli_name="lora",
     cli_options=(
