@@ -91,3 +91,23 @@ def test_router_config_matches_the_reference(tmp_path: Path) -> None:
         config = json.loads((tmp_path / name / "arrow_router" / "adapter_config.json").read_text())
         written[name] = (config["arrow_config"], sorted(config["target_modules"]), config["r"])
     assert written["peftkit"] == written["peft"]
+
+
+def test_float16_base_without_adapter_autocast(tmp_path: Path) -> None:
+    """Experts kept in float16 (``autocast_adapter_dtype=False`` passed through to the loads): same logits, and the
+    router refuses to merge in both."""
+    paths = save_experts(peft, "gpt2", tmp_path, 3)
+    outputs = []
+    for lib in LIBS.values():
+        model = lib.create_arrow_model(
+            build_model("gpt2").to(torch.float16),
+            paths,
+            lib.ArrowConfig(top_k=2, rng_seed=0),
+            autocast_adapter_dtype=False,
+        ).eval()
+        assert model.base_model.model.transformer.h[0].attn.c_attn.lora_A["task_0"].weight.dtype == torch.float16
+        outputs.append(model_output(model, model_inputs("gpt2")))
+        with pytest.raises(RuntimeError):
+            model.merge_adapter()
+    assert outputs[1].dtype == outputs[0].dtype == torch.float16
+    torch.testing.assert_close(outputs[1], outputs[0], atol=2e-3, rtol=2e-3)
