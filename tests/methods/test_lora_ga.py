@@ -232,6 +232,8 @@ def test_refusals_name_what_is_wrong() -> None:
     )
     with pytest.raises(ConfigError, match="r <= 4"):
         _inject_with_grad(too_large)
+    with pytest.raises(ConfigError, match="lora_bias"):  # as in PEFT: B's bias would stay undefined
+        peftkit.LoraConfig(init_lora_weights="lora_ga", lora_bias=True)
 
 
 def _inject_with_grad(config: peftkit.LoraConfig) -> None:

@@ -202,6 +202,11 @@ class LoraConfig(PeftConfig):
 
     def _validate_init(self) -> None:
         init = self.init_lora_weights
+        if self.lora_bias and not isinstance(init, bool):
+            raise ConfigError(
+                f"lora_bias=True works with init_lora_weights=True or False only (as in PEFT), got {init!r}: the "
+                "named initialisations set A and B alone and would leave the bias of B undefined."
+            )
         if init == "mica" and self.use_dora:
             raise ConfigError("init_lora_weights='mica' and use_dora=True are two LoRA variants that do not combine.")
         if isinstance(init, bool) or init in _INIT_NAMES or (isinstance(init, str) and _PISSA_NITER.fullmatch(init)):

@@ -126,13 +126,11 @@ def lora_ga_factors(
     return A.contiguous(), B.contiguous()
 
 
-def replay_factor_draws(in_features: int, out_features: int, r: int, lora_bias: bool) -> None:
-    """Draw what the reference's ``nn.Linear(in, r)`` and ``nn.Linear(r, out, bias=lora_bias)`` constructors draw
-    (uniform ``A``, ``B`` and ``B``'s bias, default dtype, CPU), so the random state matches at the SVD."""
+def replay_factor_draws(in_features: int, out_features: int, r: int) -> None:
+    """Draw what the reference's ``nn.Linear(in, r)`` and ``nn.Linear(r, out)`` constructors draw (uniform ``A`` and
+    ``B``, default dtype, CPU), so the random state matches at the SVD (``lora_bias`` is refused with LoRA-GA)."""
     torch.empty(r, in_features).uniform_()
     torch.empty(out_features, r).uniform_()
-    if lora_bias:
-        torch.empty(out_features).uniform_()
 
 
 def init_lora_ga_(layer: Any, adapter: str, spec: LoraLayerSpec) -> bool:
@@ -155,7 +153,7 @@ def init_lora_ga_(layer: Any, adapter: str, spec: LoraLayerSpec) -> bool:
         raise _missing_options()
     A, B = layer.factor_tensors(adapter)
     require_matrix_factors(A, spec.r, "lora_ga", "Linear and Conv1D")
-    replay_factor_draws(layer.in_features, layer.out_features, spec.r, spec.lora_bias)
+    replay_factor_draws(layer.in_features, layer.out_features, spec.r)
     stored = base.weight
     to_matrix = (lambda t: t.T) if layer.fan_in_fan_out else (lambda t: t)
     new_A, new_B = lora_ga_factors(
@@ -164,10 +162,6 @@ def init_lora_ga_(layer: Any, adapter: str, spec: LoraLayerSpec) -> bool:
     dtype = stored.dtype
     new_A, new_B = new_A.to(dtype), new_B.to(dtype)
     write_factors_(A, B, new_A, new_B, dtype)
-    bias = getattr(layer.lora_B[adapter], "bias", None)
-    if bias is not None:  # zero, so the adapted model starts as the base (the reference keeps B's random bias)
-        with torch.no_grad():
-            bias.zero_()
     offset = to_matrix(spec.scaling * (new_B.float() @ new_A.float()))
     update_weight(base, lambda w: w.copy_((w.float() - offset).to(w.dtype)))
     delattr(base, GRAD_ATTR)
