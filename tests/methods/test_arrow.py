@@ -121,11 +121,11 @@ def test_prototypes_are_cached_until_the_experts_change(experts: list[str]) -> N
         assert router.prototypes is first and first.shape == (2, 8)
         model.load_adapter(experts[2], adapter_name="task_2")
         model(x)
-    assert router.prototypes.shape == (3, 8) and router.experts == ["task_0", "task_1", "task_2"]
+    assert router.prototypes.shape == (3, 8) and router.task_adapter_names == ["task_0", "task_1", "task_2"]
     model.delete_adapter("task_2")
     with torch.no_grad():
         model(x)
-    assert router.experts == ["task_0", "task_1"]
+    assert router.task_adapter_names == ["task_0", "task_1"]
 
 
 def test_router_cannot_be_merged_but_an_expert_can_train(experts: list[str]) -> None:

@@ -68,7 +68,7 @@ class ArrowRouter(nn.Module):
         self.temperature = float(config.router_temperature)
         self.rng_seed = config.rng_seed
         self.use_gks = config.use_gks
-        self.experts: list[str] = []  # the task experts the prototypes describe, in the layer's adapter order
+        self.task_adapter_names: list[str] = []  # the experts the prototypes describe (PEFT's name), layer order
         self.purified: set[str] = set()
         self.general: list[str] = list(config.gks_adapter_names or [])
         self.prototypes: torch.Tensor | None
@@ -87,13 +87,17 @@ class ArrowRouter(nn.Module):
             raise UnsupportedError("The Arrow router found no task expert (LoRA adapter) on this layer to route to.")
         if self.use_gks:
             self._subtract_general_knowledge(layer, [n for n in experts if n not in self.purified])
-        if experts != self.experts or self.prototypes is None:
+        if experts != self.task_adapter_names or self.prototypes is None:
             protos = []
             for name in experts:
                 A, B = layer.lora_A[name].weight, layer.lora_B[name].weight
-                protos.append(top_right_singular_vector(A, B, self.rng_seed).to(dtype=A.dtype, device=A.device))
+                protos.append(self.top_right_singular_vec_from_BA(A, B).to(dtype=A.dtype, device=A.device))
             self.prototypes = torch.stack(protos)
-            self.experts = experts
+            self.task_adapter_names = experts
+
+    def top_right_singular_vec_from_BA(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        """PEFT's name for :func:`top_right_singular_vector` with this router's seed (one call per prototype)."""
+        return top_right_singular_vector(A, B, self.rng_seed)
 
     def _subtract_general_knowledge(self, layer: Any, names: list[str]) -> None:
         if not names:
@@ -117,15 +121,16 @@ class ArrowRouter(nn.Module):
         dtype, shaped ``(..., out)``."""
         prototypes = self.prototypes
         assert prototypes is not None  # refresh() ran
-        if self.top_k > len(self.experts):
+        experts = self.task_adapter_names
+        if self.top_k > len(experts):
             raise ConfigError(
-                f"ArrowConfig.top_k={self.top_k} but this layer has {len(self.experts)} task experts; use top_k <= "
-                f"{len(self.experts)}."
+                f"ArrowConfig.top_k={self.top_k} but this layer has {len(experts)} task experts; use top_k <= "
+                f"{len(experts)}."
             )
-        A = torch.stack([layer.lora_A[n].weight for n in self.experts])  # (E, r, in)
-        B = torch.stack([layer.lora_B[n].weight for n in self.experts])  # (E, out, r)
+        A = torch.stack([layer.lora_A[n].weight for n in experts])  # (E, r, in)
+        B = torch.stack([layer.lora_B[n].weight for n in experts])  # (E, out, r)
         tokens = x.to(A.dtype).reshape(-1, x.shape[-1])  # (t, in)
-        scales = torch.tensor([layer.scaling[n] for n in self.experts], device=tokens.device, dtype=tokens.dtype)
+        scales = torch.tensor([layer.scaling[n] for n in experts], device=tokens.device, dtype=tokens.dtype)
         similarity = (tokens @ prototypes.T).abs()  # (t, E)
         top, index = torch.topk(similarity, self.top_k, dim=1)
         scores = torch.full_like(similarity, float("-inf")).scatter_(1, index, top)
