@@ -126,6 +126,10 @@ def test_prototypes_are_cached_until_the_experts_change(experts: list[str]) -> N
     with torch.no_grad():
         model(x)
     assert router.task_adapter_names == ["task_0", "task_1"]
+    model.set_adapter("task_0")
+    model.delete_adapter("arrow_router")
+    assert "arrow_router" not in model.base_model.model[0].lora_arrow
+    assert all("arrow_router" not in key for key in model.state_dict())
 
 
 def test_router_cannot_be_merged_but_an_expert_can_train(experts: list[str]) -> None:

@@ -150,9 +150,11 @@ class ArrowVariant(LoraVariant):
         self.config = config
 
     def init(self, layer: Any, adapter: str, spec: Any) -> None:
-        """Register ``layer.lora_arrow`` (PEFT's container) and this adapter's :class:`ArrowRouter` in it."""
+        """Register ``layer.lora_arrow`` (PEFT's container; listed in the layer's ``adapter_layer_names`` so that
+        deleting the adapter drops its router) and this adapter's :class:`ArrowRouter` in it."""
         if "lora_arrow" not in layer._modules:
             layer.add_module("lora_arrow", nn.ModuleDict())
+            layer.adapter_layer_names = (*layer.adapter_layer_names, "lora_arrow")
         layer.lora_arrow[adapter] = ArrowRouter(self.config)
 
     def adapt_output(self, layer: Any, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
