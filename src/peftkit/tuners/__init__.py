@@ -58,11 +58,15 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 
 #: PEFT's files inside ``tuners/<method>/`` that users import from; each is an alias of the method's module.
 SUBMODULES = ("layer", "config", "model")
-#: PEFT's files inside ``tuners/<method>/`` that hold a feature's functions: ``tuners.<method>.<file>`` is the
-#: peftkit module named here (``from peft.tuners.lora.arrow import create_arrow_model``), and its ``__all__`` is
-#: exported by ``tuners.<method>`` and ``tuners`` too.
-FEATURE_MODULES = {
-    "lora": {"arrow": "peftkit.arrow", "loraga": "peftkit.methods.lora.loraga"},
+#: PEFT's files inside ``tuners/<method>/`` that peftkit holds as a module of their own (method -> file -> module);
+#: the ``__all__`` of such a module (``create_arrow_model``, ``preprocess_loraga``) is exported by ``tuners.<method>``
+#: and ``tuners`` too, as PEFT exports them.
+OWN_SUBMODULES: dict[str, dict[str, str]] = {
+    "lora": {
+        "variants": "peftkit.methods.lora.variants",
+        "arrow": "peftkit.arrow",
+        "loraga": "peftkit.methods.lora.loraga",
+    }
 }
 
 
@@ -76,13 +80,12 @@ def _install_method_modules() -> list[str]:
         for part in SUBMODULES:  # ``from peft.tuners.lora.layer import LoraLayer``: the same names
             sys.modules.setdefault(f"{module.__name__}.{part}", module)
             setattr(module, part, module)
-        for part, target in FEATURE_MODULES.get(short, {}).items():
-            feature = importlib.import_module(target)
-            sys.modules.setdefault(f"{module.__name__}.{part}", feature)
-            names = {name: getattr(feature, name) for name in feature.__all__}
-            vars(module).update(names, **{part: feature}, __all__=sorted({*module.__all__, *names}))
-            globals().update(names)
-            _NAMES.update(names)
+        for part, path in OWN_SUBMODULES.get(short, {}).items():  # ``peft.tuners.lora.variants``
+            own = sys.modules.setdefault(f"{module.__name__}.{part}", importlib.import_module(path))
+            exported = {name: getattr(own, name) for name in getattr(own, "__all__", ())}
+            vars(module).update(exported, **{part: own}, __all__=sorted({*module.__all__, *exported}))
+            globals().update(exported)
+            _NAMES.update(exported)
         globals()[short] = sys.modules[module.__name__]
         installed.append(short)
     return installed

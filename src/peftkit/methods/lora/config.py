@@ -17,6 +17,7 @@ from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
 from peftkit.methods.lora.arrow_config import ArrowConfig, as_arrow_config
 from peftkit.methods.lora.loraga_config import LoraGAConfig, as_lora_ga_config
+from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig, as_bdlora_config
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
@@ -64,6 +65,8 @@ class LoraConfig(PeftConfig):
         arrow_config: Makes the adapter an Arrow router over the layer's other LoRA adapters (an
             :class:`~peftkit.methods.lora.arrow_config.ArrowConfig` or its dict; see
             :func:`~peftkit.methods.lora.arrow.create_arrow_model`).
+        use_bdlora: BD-LoRA, block-diagonal ``A`` or ``B`` per layer (a :class:`BdLoraConfig` or a dict of its
+            fields; see :mod:`peftkit.methods.lora.variants.bdlora`).
     """
 
     r: int = 8
@@ -98,7 +101,7 @@ class LoraConfig(PeftConfig):
     qalora_group_size: int = 16
     target_parameters: list[str] | None = None
     trainable_token_indices: list | dict | None = None
-    use_bdlora: dict | None = None
+    use_bdlora: BdLoraConfig | None = None
     use_qalora: bool = False
     velora_config: dict | None = None
 
@@ -114,7 +117,6 @@ class LoraConfig(PeftConfig):
         "loftq_config",
         "megatron_config",
         "monteclora_config",
-        "use_bdlora",
         "use_qalora",
         "velora_config",
     )
@@ -125,6 +127,7 @@ class LoraConfig(PeftConfig):
         self.exclude_modules = name_set(self.exclude_modules)
         self.lora_ga_config = as_lora_ga_config(self.lora_ga_config)
         self.arrow_config = as_arrow_config(self.arrow_config)
+        self.use_bdlora = as_bdlora_config(self.use_bdlora)
         super().__post_init__()
         self._validate()
 
