@@ -45,5 +45,7 @@ LORA_VARIANTS: frozenset[str] = frozenset(
         "arrow",
         "target_parameters",
         "trainable_tokens",
+        "kasa",
+        "monteclora",
     )
 )

@@ -49,11 +49,10 @@ def config_class_for(peft_type: str) -> type[PeftConfig]:
 
 
 def _jsonable(value: Any) -> Any:
-    """Turn a config value into what PEFT writes: sets become (sorted) lists, enums their string, nested
-    dataclasses dicts."""
+    """Turn a config value into what PEFT writes: sets become (sorted) lists, enums their string, sub-configs dicts."""
     if isinstance(value, enum.Enum):
         return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a nested sub-config (BdLoraConfig)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a nested sub-config (BdLoraConfig...)
         return _jsonable(dataclasses.asdict(value))
     if isinstance(value, (set, frozenset)):
         return sorted(value)
@@ -61,8 +60,6 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a nested sub-config (LoraGAConfig...)
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return value
 
 
