@@ -18,6 +18,7 @@ those names, so ``from peft.tuners.lora.layer import LoraLayer`` works too.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -57,6 +58,10 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 
 #: PEFT's files inside ``tuners/<method>/`` that users import from; each is an alias of the method's module.
 SUBMODULES = ("layer", "config", "model")
+#: PEFT's files inside ``tuners/<method>/`` that hold a feature's functions: peftkit's module of that feature.
+FEATURE_MODULES: dict[str, dict[str, str]] = {
+    "lora": {"corda": "peftkit.methods.lora.corda"},
+}
 
 
 def _install_method_modules() -> list[str]:
@@ -69,6 +74,10 @@ def _install_method_modules() -> list[str]:
         for part in SUBMODULES:  # ``from peft.tuners.lora.layer import LoraLayer``: the same names
             sys.modules.setdefault(f"{module.__name__}.{part}", module)
             setattr(module, part, module)
+        for part, location in FEATURE_MODULES.get(short, {}).items():
+            feature = importlib.import_module(location)
+            sys.modules.setdefault(f"{module.__name__}.{part}", feature)
+            setattr(module, part, feature)
         globals()[short] = sys.modules[module.__name__]
         installed.append(short)
     return installed

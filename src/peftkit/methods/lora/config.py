@@ -6,6 +6,7 @@ PEFT unchanged. Fields of PEFT features peftkit does not implement keep PEFT's d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -15,10 +16,11 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.methods.lora.init_configs import CordaConfig, EvaConfig, LoftQConfig, as_subconfig
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
-_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica")
+_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica", "corda")
 _PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
 #: How ``rank_pattern`` / ``alpha_pattern`` keys are matched against module names (see ``targeting``).
 _PATTERN_TEMPLATE = r"(.*\.)?({})$"
@@ -44,7 +46,10 @@ class LoraConfig(PeftConfig):
         init_lora_weights: ``True`` (A Kaiming-uniform, B zero), ``False`` (both random), ``"gaussian"``,
             ``"pissa"`` / ``"pissa_niter_N"`` (Meng et al., 2024), ``"olora"`` (Büyükakyüz, 2024) or
             ``"orthogonal"`` (even ``r``; see :mod:`peftkit.methods.lora.orthogonal`) or ``"mica"`` (``B`` from the
-            base weight's minor singular vectors, frozen; see :mod:`peftkit.methods.lora.mica`).
+            base weight's minor singular vectors, frozen; see :mod:`peftkit.methods.lora.mica`), or the data-driven
+            ``"corda"`` / ``"eva"`` / ``"loftq"`` (see ``corda.py``, ``eva.py``, ``loftq.py``).
+        corda_config, eva_config, loftq_config: Settings of those three (``init_configs.py``); a missing
+            ``corda_config`` / ``eva_config`` takes the defaults, with a warning, as in PEFT.
         layers_to_transform: Only adapt layers with these indices.
         layers_pattern: Name of the layer list (``"layers"``, ``"h"``, ...) used with ``layers_to_transform``.
         rank_pattern: ``{regex: r}`` overriding ``r`` for matching module names.
@@ -76,12 +81,12 @@ class LoraConfig(PeftConfig):
     # PEFT fields that peftkit writes with PEFT's defaults and refuses to honour otherwise.
     alora_invocation_tokens: list[int] | None = None
     arrow_config: dict | None = None
-    corda_config: dict | None = None
+    corda_config: CordaConfig | dict | None = None
     ensure_weight_tying: bool = False
-    eva_config: dict | None = None
+    eva_config: EvaConfig | dict | None = None
     kasa_config: dict | None = None
     layer_replication: list | None = None
-    loftq_config: dict = field(default_factory=dict)
+    loftq_config: LoftQConfig | dict = field(default_factory=dict)
     lora_ga_config: dict | None = None
     megatron_config: dict | None = None
     megatron_core: str | None = "megatron.core"
@@ -99,7 +104,6 @@ class LoraConfig(PeftConfig):
     unsupported_fields: ClassVar[tuple[str, ...]] = (
         "alora_invocation_tokens",
         "arrow_config",
-        "corda_config",
         "eva_config",
         "kasa_config",
         "layer_replication",
@@ -191,16 +195,57 @@ class LoraConfig(PeftConfig):
         custom.update(mapping)
         self._custom_modules = custom
 
+    def _settle_init_configs(self) -> None:
+        """Sub-configs as dataclasses (``loftq_config`` as a dict, PEFT's form); the one the init does not use is
+        warned about, a missing one for the init chosen is defaulted (PEFT's rules and order)."""
+        init = self.init_lora_weights
+        self.corda_config = as_subconfig(self.corda_config, CordaConfig, "corda_config")
+        self.eva_config = as_subconfig(self.eva_config, EvaConfig, "eva_config")
+        if isinstance(self.loftq_config, LoftQConfig):
+            self.loftq_config = dataclasses.asdict(self.loftq_config)
+        if init == "loftq":
+            if not self.loftq_config:
+                raise ConfigError("init_lora_weights='loftq' needs loftq_config=LoftQConfig(...); pass one.")
+        elif self.loftq_config:
+            self.loftq_config = {}
+            warnings.warn(
+                f"LoraConfig: loftq_config is only read by init_lora_weights='loftq', not {init!r}; it was cleared.",
+                stacklevel=5,
+            )
+        elif init == "eva" and self.eva_config is None:
+            warnings.warn(
+                "LoraConfig: init_lora_weights='eva' without an eva_config; EvaConfig() with its defaults is used.",
+                stacklevel=5,
+            )
+            self.eva_config = EvaConfig()
+        elif init != "eva" and self.eva_config is not None:
+            warnings.warn(
+                f"LoraConfig: eva_config is only read by init_lora_weights='eva', not {init!r}; it has no effect.",
+                stacklevel=5,
+            )
+        elif init == "corda" and self.corda_config is None:
+            warnings.warn(
+                "LoraConfig: init_lora_weights='corda' without a corda_config; CordaConfig() with its defaults is "
+                "used.",
+                stacklevel=5,
+            )
+            self.corda_config = CordaConfig()
+        elif init != "corda" and self.corda_config is not None:
+            warnings.warn(
+                f"LoraConfig: corda_config is only read by init_lora_weights='corda', not {init!r}; it has no effect.",
+                stacklevel=5,
+            )
+
     def _validate_init(self) -> None:
+        self._settle_init_configs()
         init = self.init_lora_weights
         if init == "mica" and self.use_dora:
             raise ConfigError("init_lora_weights='mica' and use_dora=True are two LoRA variants that do not combine.")
         if isinstance(init, bool) or init in _INIT_NAMES or (isinstance(init, str) and _PISSA_NITER.fullmatch(init)):
             return
-        known = ("eva", "corda", "loftq", "lora_ga")
-        if init in known:
+        if init in ("eva", "loftq", "lora_ga"):
             raise UnsupportedError(f"init_lora_weights={init!r} is not implemented in peftkit; use True or 'pissa'.")
         raise ConfigError(
             f"LoraConfig.init_lora_weights={init!r} is not valid; use True, False, 'gaussian', 'pissa', "
-            "'pissa_niter_N', 'olora', 'orthogonal' or 'mica'."
+            "'pissa_niter_N', 'olora', 'orthogonal', 'mica', 'corda', 'eva' or 'loftq'."
         )

@@ -49,15 +49,22 @@ def init_linear_pair(A: torch.Tensor, B: torch.Tensor, mode: bool | str, r: int)
 
 def is_weight_decomposing(mode: bool | str) -> bool:
     """Whether ``mode`` derives ``A`` and ``B`` from the base weight (and rewrites it)."""
-    return isinstance(mode, str) and (mode in ("pissa", "olora") or _PISSA_NITER.fullmatch(mode) is not None)
+    return isinstance(mode, str) and (mode in ("pissa", "olora", "corda") or _PISSA_NITER.fullmatch(mode) is not None)
 
 
-def decompose_weight(weight: torch.Tensor, mode: str, r: int, scaling: float) -> tuple[torch.Tensor, ...]:
-    """PiSSA / OLoRA factors of ``weight (out, in)``.
+def decompose_weight(
+    weight: torch.Tensor, mode: str, r: int, scaling: float, base: nn.Module | None = None
+) -> tuple[torch.Tensor, ...]:
+    """PiSSA / OLoRA / CorDA factors of ``weight (out, in)`` (CorDA's from the decomposition that
+    :func:`~peftkit.methods.lora.corda.preprocess_corda` left on ``base``).
 
     Returns:
         ``(A (r, in), B (out, r), residual (out, in))`` in float32, with ``residual + scaling * B @ A == weight``.
     """
+    if mode == "corda":
+        from peftkit.methods.lora.corda import corda_decomposition  # corda.py imports init.py's users
+
+        return corda_decomposition(base, weight, r, scaling)
     w = weight.detach().float()
     if mode == "olora":
         q, rr = torch.linalg.qr(w)

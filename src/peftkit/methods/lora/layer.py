@@ -177,7 +177,7 @@ class LoraLayer(AdapterLayer):
         base = self.get_base_layer()
         base_weight = dense_weight(base)
         weight = base_weight.T if self.fan_in_fan_out else base_weight
-        new_A, new_B, residual = decompose_weight(weight, str(spec.init), spec.r, spec.scaling)
+        new_A, new_B, residual = decompose_weight(weight, str(spec.init), spec.r, spec.scaling, base)
         residual = residual.T if self.fan_in_fan_out else residual
         with torch.no_grad():
             A.copy_(new_A.view_as(A))

@@ -15,6 +15,7 @@ from peftkit.methods.lora.conv import Conv
 from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.embedding import Embedding
 from peftkit.methods.lora.init import is_weight_decomposing
+from peftkit.methods.lora.init_configs import CordaConfig, EvaConfig, LoftQConfig
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec
 from peftkit.methods.lora.model import LoraModel
 from peftkit.methods.lora.multihead import MultiheadAttention, warn_unused_out_proj
@@ -129,7 +130,13 @@ LORA = MethodSpec(
     after_load=redo_decomposing_init,
     tuner_class=LoraModel,
     parameter_layer=ParamWrapper,
-    public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel},
+    public_names={
+        "LoraConfig": LoraConfig,
+        "LoraModel": LoraModel,
+        "CordaConfig": CordaConfig,
+        "EvaConfig": EvaConfig,
+        "LoftQConfig": LoftQConfig,
+    },
     cli_name="lora",
     cli_options=(
         CliOption("r", "r", int, "Rank", 8),
