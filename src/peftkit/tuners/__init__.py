@@ -60,7 +60,7 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 SUBMODULES = ("layer", "config", "model")
 #: PEFT's files inside ``tuners/<method>/`` that hold a feature's functions: peftkit's module of that feature.
 FEATURE_MODULES: dict[str, dict[str, str]] = {
-    "lora": {"corda": "peftkit.methods.lora.corda"},
+    "lora": {"corda": "peftkit.methods.lora.corda", "eva": "peftkit.methods.lora.eva"},
 }
 
 

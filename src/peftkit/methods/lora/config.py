@@ -20,7 +20,7 @@ from peftkit.methods.lora.init_configs import CordaConfig, EvaConfig, LoftQConfi
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
-_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica", "corda")
+_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica", "corda", "eva")
 _PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
 #: How ``rank_pattern`` / ``alpha_pattern`` keys are matched against module names (see ``targeting``).
 _PATTERN_TEMPLATE = r"(.*\.)?({})$"
@@ -104,7 +104,6 @@ class LoraConfig(PeftConfig):
     unsupported_fields: ClassVar[tuple[str, ...]] = (
         "alora_invocation_tokens",
         "arrow_config",
-        "eva_config",
         "kasa_config",
         "layer_replication",
         "loftq_config",
@@ -243,7 +242,7 @@ class LoraConfig(PeftConfig):
             raise ConfigError("init_lora_weights='mica' and use_dora=True are two LoRA variants that do not combine.")
         if isinstance(init, bool) or init in _INIT_NAMES or (isinstance(init, str) and _PISSA_NITER.fullmatch(init)):
             return
-        if init in ("eva", "loftq", "lora_ga"):
+        if init in ("loftq", "lora_ga"):
             raise UnsupportedError(f"init_lora_weights={init!r} is not implemented in peftkit; use True or 'pissa'.")
         raise ConfigError(
             f"LoraConfig.init_lora_weights={init!r} is not valid; use True, False, 'gaussian', 'pissa', "

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type
 from transformers.pytorch_utils import Conv1D
 
 from peftkit.errors import ArgumentTypeError, ConfigError, UsageError
-from peftkit.targeting import in_selected_layers, name_matches, pattern_value
+from peftkit.methods.lora.calibration import linear_targets, model_device
+from peftkit.targeting import pattern_value
 
 __all__ = ["CordaEigens", "corda_factors", "preprocess_corda"]
 
@@ -48,27 +49,18 @@ class CordaEigens:
 
 
 def corda_targets(model: nn.Module, config: Any) -> Iterator[tuple[str, Any]]:
-    """``(name, module)`` of the Linear / Conv1D modules of ``model`` that ``config`` adapts (typed ``Any``: they
-    carry CorDA's temporary attributes, ``covariance_matrix``, ``eigens``...).
+    """The Linear / Conv1D modules ``config`` adapts (:func:`~peftkit.methods.lora.calibration.linear_targets`).
 
     Raises:
         ConfigError: ``config.target_modules`` is unset or ``"all-linear"`` (name the layers to decompose).
     """
-    targets = config.target_modules
-    if targets is None or targets == "all-linear":
+    if config.target_modules is None or config.target_modules == "all-linear":
         raise ConfigError("preprocess_corda needs target_modules naming the layers (not None or 'all-linear').")
-    for name, module in model.named_modules():
-        if not name or not isinstance(module, (nn.Linear, Conv1D)) or not name_matches(name, targets):
-            continue
-        if name_matches(name, config.exclude_modules):
-            continue
-        if in_selected_layers(name, config.layers_to_transform, config.layers_pattern):
-            yield name, module
+    return linear_targets(model, config)
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    inner = getattr(model, "module", model)  # DataParallel / DeepSpeed wrappers
-    return next(iter(inner.parameters())).device
+    return model_device(model) or next(iter(model.parameters())).device
 
 
 @torch.no_grad()

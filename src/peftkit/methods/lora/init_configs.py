@@ -65,11 +65,9 @@ class EvaConfig:
 
     def __post_init__(self) -> None:
         if self.rho < 1.0:
-            raise ConfigError(
-                f"EvaConfig.rho is the largest rank as a multiple of r and cannot be below 1.0, got {self.rho}."
-            )
+            raise ConfigError(f"EvaConfig: `rho` must be >= 1.0 (a layer's largest rank is rho * r), got {self.rho}.")
         if not 0.0 <= self.tau <= 1.0:
-            raise ConfigError(f"EvaConfig.tau is a cosine-similarity threshold in [0.0, 1.0], got {self.tau}.")
+            raise ConfigError(f"EvaConfig: `tau` must be between 0.0 and 1.0 (a cosine similarity), got {self.tau}.")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.conv import Conv
 from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.embedding import Embedding
+from peftkit.methods.lora.eva import get_eva_state_dict, initialize_lora_eva_weights
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.init_configs import CordaConfig, EvaConfig, LoftQConfig
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec
@@ -135,6 +136,8 @@ LORA = MethodSpec(
         "LoraModel": LoraModel,
         "CordaConfig": CordaConfig,
         "EvaConfig": EvaConfig,
+        "get_eva_state_dict": get_eva_state_dict,
+        "initialize_lora_eva_weights": initialize_lora_eva_weights,
         "LoftQConfig": LoftQConfig,
     },
     cli_name="lora",
