@@ -44,5 +44,6 @@ LORA_VARIANTS: frozenset[str] = frozenset(
         "trainable_tokens",
         "corda",
         "eva",
+        "loftq",
     )
 )

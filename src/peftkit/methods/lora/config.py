@@ -20,7 +20,7 @@ from peftkit.methods.lora.init_configs import CordaConfig, EvaConfig, LoftQConfi
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
-_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica", "corda", "eva")
+_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica", "corda", "eva", "loftq")
 _PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
 #: How ``rank_pattern`` / ``alpha_pattern`` keys are matched against module names (see ``targeting``).
 _PATTERN_TEMPLATE = r"(.*\.)?({})$"
@@ -106,7 +106,6 @@ class LoraConfig(PeftConfig):
         "arrow_config",
         "kasa_config",
         "layer_replication",
-        "loftq_config",
         "lora_ga_config",
         "megatron_config",
         "monteclora_config",
@@ -238,11 +237,15 @@ class LoraConfig(PeftConfig):
     def _validate_init(self) -> None:
         self._settle_init_configs()
         init = self.init_lora_weights
+        if self.lora_bias and not isinstance(init, bool):  # PEFT's rule: the named inits set no bias
+            raise ConfigError(
+                f"LoraConfig: lora_bias=True works with init_lora_weights=True or False only, not {init!r}."
+            )
         if init == "mica" and self.use_dora:
             raise ConfigError("init_lora_weights='mica' and use_dora=True are two LoRA variants that do not combine.")
         if isinstance(init, bool) or init in _INIT_NAMES or (isinstance(init, str) and _PISSA_NITER.fullmatch(init)):
             return
-        if init in ("loftq", "lora_ga"):
+        if init == "lora_ga":
             raise UnsupportedError(f"init_lora_weights={init!r} is not implemented in peftkit; use True or 'pissa'.")
         raise ConfigError(
             f"LoraConfig.init_lora_weights={init!r} is not valid; use True, False, 'gaussian', 'pissa', "

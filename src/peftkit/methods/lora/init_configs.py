@@ -75,7 +75,7 @@ class LoftQConfig:
     """LoftQ (Li et al., 2023, "LoftQ: LoRA-Fine-Tuning-Aware Quantization for Large Language Models").
 
     Attributes:
-        loftq_bits: Bits of the quantized base (2, 4 or 8).
+        loftq_bits: Bits of the quantized base: 4 (NF4) or 8 (int8).
         loftq_iter: Alternating quantize / low-rank steps.
     """
 

@@ -22,6 +22,7 @@ class LoraLayerSpec:
     fan_in_fan_out: bool = False
     lora_bias: bool = False
     variant: LoraVariant | None = None  # a LoRA variant's behaviour (variant.py); None: plain LoRA
+    loftq: dict[str, int] | None = None  # the config's loftq_config, for init="loftq" (loftq.py)
 
     @property
     def scaling(self) -> float:

@@ -18,6 +18,7 @@ from peftkit.methods.lora.eva import get_eva_state_dict, initialize_lora_eva_wei
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.init_configs import CordaConfig, EvaConfig, LoftQConfig
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec
+from peftkit.methods.lora.loftq import replace_lora_weights_loftq
 from peftkit.methods.lora.model import LoraModel
 from peftkit.methods.lora.multihead import MultiheadAttention, warn_unused_out_proj
 from peftkit.methods.lora.param import ParamWrapper
@@ -65,6 +66,9 @@ def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLa
         fan_in_fan_out=isinstance(module, Conv1D) or (config.fan_in_fan_out and not isinstance(module, nn.Linear)),
         lora_bias=config.lora_bias,
         variant=build_variant(config, name, module),
+        loftq=dict(config.loftq_config)
+        if config.init_lora_weights == "loftq" and isinstance(config.loftq_config, dict)
+        else None,
     )
 
 
@@ -102,7 +106,7 @@ def redo_decomposing_init(model: nn.Module, config: LoraConfig, adapter_name: st
         return
     for module in model.modules():
         if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
-            module.redo_base_rewrite(adapter_name, str(init))
+            module.redo_base_rewrite(adapter_name, str(init), getattr(config, "loftq_config", None) or None)
 
 
 LORA = MethodSpec(
@@ -139,6 +143,7 @@ LORA = MethodSpec(
         "get_eva_state_dict": get_eva_state_dict,
         "initialize_lora_eva_weights": initialize_lora_eva_weights,
         "LoftQConfig": LoftQConfig,
+        "replace_lora_weights_loftq": replace_lora_weights_loftq,
     },
     cli_name="lora",
     cli_options=(
