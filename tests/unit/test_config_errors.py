@@ -33,7 +33,7 @@ def test_bad_init_lora_weights(init) -> None:
 
 def test_unimplemented_init_is_reported_as_unsupported() -> None:
     with pytest.raises(UnsupportedError, match="not implemented in peftkit"):
-        peft.LoraConfig(init_lora_weights="eva")
+        peft.LoraConfig(init_lora_weights="lora_ga")
 
 
 def test_layers_pattern_needs_layers_to_transform() -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from peftkit.errors import UsageError
+
 
 class IncrementalPCA:
     """Streaming PCA of row vectors (PEFT's ``peft.utils.incremental_pca.IncrementalPCA`` for EVA's use).
@@ -33,7 +35,7 @@ class IncrementalPCA:
             iterations, seeded with ``lowrank_seed``.
 
     Raises:
-        ValueError: ``k`` larger than ``d`` or than a batch's rows; a batch with another ``d``; an empty batch.
+        UsageError: ``k`` larger than ``d`` or than a batch's rows; a batch with another ``d``; an empty batch.
     """
 
     components_: torch.Tensor
@@ -55,10 +57,10 @@ class IncrementalPCA:
         self.lowrank = lowrank
         if lowrank and lowrank_q is None:
             if n_components is None:
-                raise ValueError("IncrementalPCA(lowrank=True) needs n_components or lowrank_q.")
+                raise UsageError("IncrementalPCA(lowrank=True) needs n_components or lowrank_q.")
             lowrank_q = 2 * n_components
         if lowrank and n_components is not None and lowrank_q is not None and lowrank_q < n_components:
-            raise ValueError(f"IncrementalPCA: lowrank_q={lowrank_q} must be at least n_components={n_components}.")
+            raise UsageError(f"IncrementalPCA: lowrank_q={lowrank_q} must be at least n_components={n_components}.")
         self.lowrank_q = lowrank_q
         self.lowrank_niter = lowrank_niter
         self.lowrank_seed = lowrank_seed
@@ -71,9 +73,9 @@ class IncrementalPCA:
         X = X.clone() if self.copy else X
         n, d = X.shape
         if self.n_components is not None and self.n_components > d:
-            raise ValueError(f"IncrementalPCA: n_components={self.n_components} exceeds the {d} features.")
+            raise UsageError(f"IncrementalPCA: n_components={self.n_components} exceeds the {d} features.")
         if self.n_components is not None and self.n_components > n:
-            raise ValueError(f"IncrementalPCA: n_components={self.n_components} exceeds the batch's {n} rows.")
+            raise UsageError(f"IncrementalPCA: n_components={self.n_components} exceeds the batch's {n} rows.")
         return X if X.dtype in (torch.float32, torch.float64) else X.to(torch.float32)
 
     @staticmethod
@@ -120,14 +122,14 @@ class IncrementalPCA:
         X = self._checked(X)
         n, d = X.shape
         if n == 0:
-            raise ValueError("IncrementalPCA: an empty batch has nothing to fold in.")
+            raise UsageError("IncrementalPCA: an empty batch has nothing to fold in.")
         if first:
             self.mean_, self.var_ = None, None
             self.n_samples_seen_ = torch.tensor([0], device=X.device)
             self.n_features_ = d
             self.n_components = self.n_components or min(n, d)
         if d != self.n_features_:
-            raise ValueError(f"IncrementalPCA: this batch has {d} features, the first one had {self.n_features_}.")
+            raise UsageError(f"IncrementalPCA: this batch has {d} features, the first one had {self.n_features_}.")
         mean, var, total = self.running_moments(X, self.mean_, self.var_, self.n_samples_seen_)
         if first:
             X -= mean
