@@ -58,9 +58,13 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 
 #: PEFT's files inside ``tuners/<method>/`` that users import from; each is an alias of the method's module.
 SUBMODULES = ("layer", "config", "model")
-#: PEFT's files inside ``tuners/<method>/`` that hold a feature's functions: peftkit's module of that feature.
-FEATURE_MODULES: dict[str, dict[str, str]] = {
-    "lora": {"corda": "peftkit.methods.lora.corda", "eva": "peftkit.methods.lora.eva"},
+#: PEFT's files inside ``tuners/<method>/`` that peftkit holds as a module of their own (method -> file -> module).
+OWN_SUBMODULES: dict[str, dict[str, str]] = {
+    "lora": {
+        "variants": "peftkit.methods.lora.variants",
+        "corda": "peftkit.methods.lora.corda",
+        "eva": "peftkit.methods.lora.eva",
+    }
 }
 
 
@@ -74,10 +78,9 @@ def _install_method_modules() -> list[str]:
         for part in SUBMODULES:  # ``from peft.tuners.lora.layer import LoraLayer``: the same names
             sys.modules.setdefault(f"{module.__name__}.{part}", module)
             setattr(module, part, module)
-        for part, location in FEATURE_MODULES.get(short, {}).items():
-            feature = importlib.import_module(location)
-            sys.modules.setdefault(f"{module.__name__}.{part}", feature)
-            setattr(module, part, feature)
+        for part, path in OWN_SUBMODULES.get(short, {}).items():  # ``peft.tuners.lora.variants``
+            sys.modules.setdefault(f"{module.__name__}.{part}", importlib.import_module(path))
+            setattr(module, part, sys.modules[f"{module.__name__}.{part}"])
         globals()[short] = sys.modules[module.__name__]
         installed.append(short)
     return installed

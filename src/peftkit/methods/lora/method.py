@@ -24,6 +24,7 @@ from peftkit.methods.lora.multihead import MultiheadAttention, warn_unused_out_p
 from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.lora.variants import build_variant
+from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.methods.trainable_tokens.lora_tokens import inject_token_adapters
 from peftkit.targeting import pattern_value
@@ -138,6 +139,7 @@ LORA = MethodSpec(
     public_names={
         "LoraConfig": LoraConfig,
         "LoraModel": LoraModel,
+        "BdLoraConfig": BdLoraConfig,
         "CordaConfig": CordaConfig,
         "EvaConfig": EvaConfig,
         "get_eva_state_dict": get_eva_state_dict,
