@@ -130,7 +130,7 @@ def test_config_checks_and_warnings() -> None:
     for tau in (-0.1, 1.1):
         with pytest.raises(ConfigError, match="tau"):
             EvaConfig(tau=tau)
-    with pytest.warns(UserWarning, match="without an eva_config"):
+    with pytest.warns(UserWarning, match="without a eva_config"):
         assert LoraConfig(init_lora_weights="eva").eva_config == EvaConfig()
     with pytest.warns(UserWarning, match="eva_config is only read"):
         LoraConfig(eva_config=EvaConfig())

@@ -211,31 +211,31 @@ class LoraConfig(PeftConfig):
             self.loftq_config = {}
             warnings.warn(
                 f"LoraConfig: loftq_config is only read by init_lora_weights='loftq', not {init!r}; it was cleared.",
-                stacklevel=5,
+                stacklevel=6,
             )
-        elif init == "eva" and self.eva_config is None:
-            warnings.warn(
-                "LoraConfig: init_lora_weights='eva' without an eva_config; EvaConfig() with its defaults is used.",
-                stacklevel=5,
-            )
-            self.eva_config = EvaConfig()
-        elif init != "eva" and self.eva_config is not None:
-            warnings.warn(
-                f"LoraConfig: eva_config is only read by init_lora_weights='eva', not {init!r}; it has no effect.",
-                stacklevel=5,
-            )
-        elif init == "corda" and self.corda_config is None:
-            warnings.warn(
-                "LoraConfig: init_lora_weights='corda' without a corda_config; CordaConfig() with its defaults is "
-                "used.",
-                stacklevel=5,
-            )
-            self.corda_config = CordaConfig()
-        elif init != "corda" and self.corda_config is not None:
-            warnings.warn(
-                f"LoraConfig: corda_config is only read by init_lora_weights='corda', not {init!r}; it has no effect.",
-                stacklevel=5,
-            )
+        else:
+            self._default_or_ignore_subconfig(init)
+
+    def _default_or_ignore_subconfig(self, init: bool | str) -> None:
+        """EVA's and CorDA's sub-config: defaulted (with a warning) when their init is chosen without one, warned
+        about when set for another init; at most one warning, in PEFT's order (EVA first)."""
+        for name, cls in (("eva", EvaConfig), ("corda", CordaConfig)):
+            field_name = f"{name}_config"
+            if init == name and getattr(self, field_name) is None:
+                warnings.warn(
+                    f"LoraConfig: init_lora_weights={name!r} without a {field_name}; {cls.__name__}() with its "
+                    "defaults is used.",
+                    stacklevel=7,
+                )
+                setattr(self, field_name, cls())
+                return
+            if init != name and getattr(self, field_name) is not None:
+                warnings.warn(
+                    f"LoraConfig: {field_name} is only read by init_lora_weights={name!r}, not {init!r}; it has no "
+                    "effect.",
+                    stacklevel=7,
+                )
+                return
 
     def _validate_init(self) -> None:
         self._settle_init_configs()
