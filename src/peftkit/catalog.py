@@ -46,5 +46,7 @@ LORA_VARIANTS: frozenset[str] = frozenset(
         "corda",
         "eva",
         "loftq",
+        "kasa",
+        "monteclora",
     )
 )

@@ -62,6 +62,7 @@ SUBMODULES = ("layer", "config", "model")
 OWN_SUBMODULES: dict[str, dict[str, str]] = {
     "lora": {
         "variants": "peftkit.methods.lora.variants",
+        "monteclora": "peftkit.methods.lora.variants.monteclora",
         "corda": "peftkit.methods.lora.corda",
         "eva": "peftkit.methods.lora.eva",
     }

@@ -16,8 +16,11 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
-from peftkit.methods.lora.init_configs import CordaConfig, EvaConfig, LoftQConfig, as_subconfig
-from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig, as_bdlora_config
+from peftkit.methods.lora.init_configs import CordaConfig, EvaConfig, LoftQConfig
+from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
+from peftkit.methods.lora.variants.kasa_config import KasaConfig
+from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
+from peftkit.methods.lora.variants.subconfig import as_subconfig
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
@@ -63,6 +66,11 @@ class LoraConfig(PeftConfig):
             embedding) or ``{module name: ids}`` (see :mod:`peftkit.methods.trainable_tokens.lora_tokens`).
         use_bdlora: BD-LoRA, block-diagonal ``A`` or ``B`` per layer (a :class:`BdLoraConfig` or a dict of its
             fields; see :mod:`peftkit.methods.lora.variants.bdlora`).
+        kasa_config: KaSA (a :class:`KasaConfig` or a dict of its fields): truncate each adapted base weight's ``r``
+            smallest singular components and learn a diagonal between ``B`` and ``A``
+            (:mod:`peftkit.methods.lora.variants.kasa`).
+        monteclora_config: MonteCLoRA (a :class:`MontecloraConfig` or a dict of its fields): Monte Carlo perturbed
+            ``A`` in training, plain LoRA in eval (:mod:`peftkit.methods.lora.variants.monteclora`).
     """
 
     r: int = 8
@@ -87,13 +95,13 @@ class LoraConfig(PeftConfig):
     corda_config: CordaConfig | dict | None = None
     ensure_weight_tying: bool = False
     eva_config: EvaConfig | dict | None = None
-    kasa_config: dict | None = None
+    kasa_config: KasaConfig | None = None
     layer_replication: list | None = None
     loftq_config: LoftQConfig | dict = field(default_factory=dict)
     lora_ga_config: dict | None = None
     megatron_config: dict | None = None
     megatron_core: str | None = "megatron.core"
-    monteclora_config: dict | None = None
+    monteclora_config: MontecloraConfig | None = None
     qalora_group_size: int = 16
     target_parameters: list[str] | None = None
     trainable_token_indices: list | dict | None = None
@@ -107,11 +115,9 @@ class LoraConfig(PeftConfig):
     unsupported_fields: ClassVar[tuple[str, ...]] = (
         "alora_invocation_tokens",
         "arrow_config",
-        "kasa_config",
         "layer_replication",
         "lora_ga_config",
         "megatron_config",
-        "monteclora_config",
         "use_qalora",
         "velora_config",
     )
@@ -120,7 +126,9 @@ class LoraConfig(PeftConfig):
         self.peft_type = PeftType("LORA")
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
-        self.use_bdlora = as_bdlora_config(self.use_bdlora)
+        self.use_bdlora = as_subconfig(BdLoraConfig, "use_bdlora", self.use_bdlora)
+        self.kasa_config = as_subconfig(KasaConfig, "kasa_config", self.kasa_config)
+        self.monteclora_config = as_subconfig(MontecloraConfig, "monteclora_config", self.monteclora_config)
         super().__post_init__()
         self._validate()
 
@@ -200,8 +208,8 @@ class LoraConfig(PeftConfig):
         """Sub-configs as dataclasses (``loftq_config`` as a dict, PEFT's form); the one the init does not use is
         warned about, a missing one for the init chosen is defaulted (PEFT's rules and order)."""
         init = self.init_lora_weights
-        self.corda_config = as_subconfig(self.corda_config, CordaConfig, "corda_config")
-        self.eva_config = as_subconfig(self.eva_config, EvaConfig, "eva_config")
+        self.corda_config = as_subconfig(CordaConfig, "corda_config", self.corda_config)
+        self.eva_config = as_subconfig(EvaConfig, "eva_config", self.eva_config)
         if isinstance(self.loftq_config, LoftQConfig):
             self.loftq_config = dataclasses.asdict(self.loftq_config)
         if init == "loftq":

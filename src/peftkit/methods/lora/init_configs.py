@@ -1,14 +1,14 @@
 """Sub-configurations of the data-driven LoRA initialisations (``LoraConfig.corda_config``, ``eva_config``,
 ``loftq_config``), with PEFT's field names and defaults so that ``adapter_config.json`` files move unchanged.
 
-A sub-config read back from JSON arrives as a plain dict; :func:`as_subconfig` turns it into the dataclass.
+A sub-config read back from JSON arrives as a plain dict; :func:`~peftkit.methods.lora.variants.subconfig.as_subconfig`
+turns it into the dataclass.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from peftkit.errors import ConfigError
 
@@ -81,20 +81,3 @@ class LoftQConfig:
 
     loftq_bits: int = 4
     loftq_iter: int = 1
-
-
-def as_subconfig(value: Any, cls: type[_S], field_name: str) -> _S | None:
-    """``value`` as a ``cls`` (a dict from JSON is unpacked; ``None`` stays ``None``).
-
-    Raises:
-        ConfigError: ``value`` is another type, or a dict with keys ``cls`` does not have.
-    """
-    if value is None or isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # cls is a dataclass
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ConfigError(f"LoraConfig.{field_name} has keys {cls.__name__} does not know: {', '.join(unknown)}.")
-        return cls(**value)
-    raise ConfigError(f"LoraConfig.{field_name} must be a {cls.__name__}, a dict or None, got {type(value).__name__}.")
