@@ -45,6 +45,9 @@ LORA_VARIANTS: frozenset[str] = frozenset(
         "arrow",
         "target_parameters",
         "trainable_tokens",
+        "corda",
+        "eva",
+        "loftq",
         "kasa",
         "monteclora",
     )

@@ -65,6 +65,8 @@ OWN_SUBMODULES: dict[str, dict[str, str]] = {
         "monteclora": "peftkit.methods.lora.variants.monteclora",
         "arrow": "peftkit.arrow",
         "loraga": "peftkit.methods.lora.loraga",
+        "corda": "peftkit.methods.lora.corda",
+        "eva": "peftkit.methods.lora.eva",
     }
 }
 

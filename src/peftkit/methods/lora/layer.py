@@ -181,19 +181,20 @@ class LoraLayer(AdapterLayer):
         base = self.get_base_layer()
         base_weight = dense_weight(base)
         weight = base_weight.T if self.fan_in_fan_out else base_weight
-        new_A, new_B, residual = decompose_weight(weight, str(spec.init), spec.r, spec.scaling)
+        new_A, new_B, residual = decompose_weight(weight, str(spec.init), spec.r, spec.scaling, base, spec.init_options)
         residual = residual.T if self.fan_in_fan_out else residual
         with torch.no_grad():
             A.copy_(new_A.view_as(A))
             B.copy_(new_B.view_as(B))
         update_weight(base, lambda w: w.copy_(residual.to(w.dtype)))  # requantized on a quantized base
 
-    def redo_base_rewrite(self, adapter: str, init: str) -> None:
+    def redo_base_rewrite(self, adapter: str, init: str, init_options: Any = None) -> None:
         """Rewrite the base weight as the PiSSA / OLoRA initialisation ``init`` would, keeping the adapter's
         current (loaded) ``A`` and ``B``; see :func:`~peftkit.methods.lora.method.redo_decomposing_init`."""
         A, B = self.factor_tensors(adapter)
         loaded = A.detach().clone(), B.detach().clone()
-        spec = LoraLayerSpec(self.r[adapter], self.lora_alpha[adapter], init=init, use_rslora=self.use_rslora[adapter])
+        spec = LoraLayerSpec(self.r[adapter], self.lora_alpha[adapter], init=init, use_rslora=self.use_rslora[adapter],
+                             init_options=init_options)  # fmt: skip
         self.init_weights(adapter, spec)
         with torch.no_grad():
             A.copy_(loaded[0])

@@ -23,7 +23,8 @@ class LoraLayerSpec:
     fan_in_fan_out: bool = False
     lora_bias: bool = False
     variant: LoraVariant | None = None  # a LoRA variant's behaviour (variant.py); None: plain LoRA
-    init_options: Any = None  # the sub-config of the initialisation ``init`` names (LoRA-GA's LoraGAConfig)
+    #: the sub-config of the named initialisation ``init``: LoRA-GA's LoraGAConfig, LoftQ's loftq_config dict
+    init_options: Any = None
 
     @property
     def scaling(self) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -15,8 +16,11 @@ from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.conv import Conv
 from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.embedding import Embedding
+from peftkit.methods.lora.eva import get_eva_state_dict, initialize_lora_eva_weights
 from peftkit.methods.lora.init import is_weight_decomposing
+from peftkit.methods.lora.init_configs import CordaConfig, EvaConfig, LoftQConfig
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec
+from peftkit.methods.lora.loftq import replace_lora_weights_loftq
 from peftkit.methods.lora.loraga import preprocess_loraga
 from peftkit.methods.lora.loraga_config import LoraGAConfig
 from peftkit.methods.lora.loraga_init import check_lora_ga
@@ -58,6 +62,16 @@ TARGET_PARAMETERS_OPTION = CliOption(
 )
 
 
+def init_options(config: LoraConfig) -> Any:
+    """The sub-config of the named initialisation ``config.init_lora_weights``: LoRA-GA's ``lora_ga_config``,
+    LoftQ's ``loftq_config`` (a dict), else ``None``."""
+    if config.init_lora_weights == "lora_ga":
+        return config.lora_ga_config
+    if config.init_lora_weights == "loftq" and isinstance(config.loftq_config, dict):
+        return dict(config.loftq_config)
+    return None
+
+
 def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLayerSpec:
     """Rank and alpha after ``rank_pattern`` / ``alpha_pattern``; ``fan_in_fan_out`` forced on for Conv1D."""
     return LoraLayerSpec(
@@ -70,7 +84,7 @@ def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLa
         fan_in_fan_out=isinstance(module, Conv1D) or (config.fan_in_fan_out and not isinstance(module, nn.Linear)),
         lora_bias=config.lora_bias,
         variant=build_variant(config, name, module),
-        init_options=config.lora_ga_config if config.init_lora_weights == "lora_ga" else None,
+        init_options=init_options(config),
     )
 
 
@@ -118,7 +132,7 @@ def redo_decomposing_init(model: nn.Module, config: LoraConfig, adapter_name: st
         return
     for module in model.modules():
         if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
-            module.redo_base_rewrite(adapter_name, str(init))
+            module.redo_base_rewrite(adapter_name, str(init), init_options(config))
 
 
 LORA = MethodSpec(
@@ -154,6 +168,12 @@ LORA = MethodSpec(
         "LoraGAConfig": LoraGAConfig,
         "preprocess_loraga": preprocess_loraga,
         "ArrowConfig": ArrowConfig,
+        "CordaConfig": CordaConfig,
+        "EvaConfig": EvaConfig,
+        "get_eva_state_dict": get_eva_state_dict,
+        "initialize_lora_eva_weights": initialize_lora_eva_weights,
+        "LoftQConfig": LoftQConfig,
+        "replace_lora_weights_loftq": replace_lora_weights_loftq,
         "KasaConfig": KasaConfig,
         "MontecloraConfig": MontecloraConfig,
     },
