@@ -49,7 +49,10 @@ def config_class_for(peft_type: str) -> type[PeftConfig]:
 
 
 def _jsonable(value: Any) -> Any:
-    """Turn a config value into what PEFT writes: sets become (sorted) lists, enums their string."""
+    """Turn a config value into what PEFT writes: sets become (sorted) lists, enums their string, nested configs
+    (dataclasses such as ``VeloraConfig``) objects of their fields."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (set, frozenset)):

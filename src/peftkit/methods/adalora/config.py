@@ -56,8 +56,12 @@ class AdaLoraConfig(LoraConfig):
     rank_pattern: dict | None = None  # type: ignore[assignment]  # AdaLoRA fills it during training; None until then (PEFT's default)
 
     zero_alpha_disables: ClassVar[bool] = False  # lora_alpha <= 0 scales by the rank
-    # LoRA's trainable_token_indices are not wired into AdaLoRA's injection: refused rather than ignored.
-    unsupported_fields: ClassVar[tuple[str, ...]] = (*LoraConfig.unsupported_fields, "trainable_token_indices")
+    # LoRA's trainable_token_indices and variants are not wired into AdaLoRA's injection: refused rather than ignored.
+    unsupported_fields: ClassVar[tuple[str, ...]] = (
+        *LoraConfig.unsupported_fields,
+        "trainable_token_indices",
+        "velora_config",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.methods.lora.variants.velora_config import VeloraConfig, as_velora_config
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
@@ -55,6 +56,9 @@ class LoraConfig(PeftConfig):
         lora_bias: Give ``lora_B`` a trainable bias.
         trainable_token_indices: Token ids whose embedding rows train with the adapter: a list (the input
             embedding) or ``{module name: ids}`` (see :mod:`peftkit.methods.trainable_tokens.lora_tokens`).
+        velora_config: VeLoRA's settings (a :class:`VeloraConfig`; a dict is converted): training keeps each
+            adapted layer's input compressed for ``lora_A``'s gradient (see
+            :mod:`peftkit.methods.lora.variants.velora`).
     """
 
     r: int = 8
@@ -91,7 +95,7 @@ class LoraConfig(PeftConfig):
     trainable_token_indices: list | dict | None = None
     use_bdlora: dict | None = None
     use_qalora: bool = False
-    velora_config: dict | None = None
+    velora_config: VeloraConfig | dict | None = None
 
     #: ``lora_alpha == 0`` makes the scaling 0 (AdaLoRA then scales by the rank instead).
     zero_alpha_disables: ClassVar[bool] = True
@@ -109,13 +113,13 @@ class LoraConfig(PeftConfig):
         "monteclora_config",
         "use_bdlora",
         "use_qalora",
-        "velora_config",
     )
 
     def __post_init__(self) -> None:
         self.peft_type = PeftType("LORA")
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
+        self.velora_config = as_velora_config(self.velora_config)
         super().__post_init__()
         self._validate()
 

@@ -1,0 +1,119 @@
+"""VeLoRA's compression of a layer input into rank-1 sub-token projections, and the autograd function that keeps
+only the compressed input for the weight gradient (Miles et al., 2024, "VeLoRA: Memory Efficient Training using
+Rank-1 Sub-Token Projections", arXiv:2405.17991, eq. 1 and 2).
+
+For an input ``x (..., in)`` flattened to ``T`` tokens, ``num_groups = G`` and ``D = ceil(in / G)``:
+
+* grouping: ``x`` is zero-padded to ``G * D`` features and viewed as ``(T, G, D)`` sub-tokens;
+* compression (eq. 1): ``c[t, g] = <x[t, g, :], v>`` with a unit vector ``v (D,)``, so ``c`` is ``(T, G)``:
+  ``G`` numbers per token instead of ``in``;
+* reconstruction (eq. 2): ``x_hat[t, g, :] = scale * c[t, g] * v``, cut back to ``in`` features.
+
+:class:`VeloraFunction` computes ``y = x W^T + b`` exactly and saves ``c`` (not ``x``); its backward gives the
+exact input gradient ``dL/dx = dL/dy W`` and the approximate weight gradient ``dL/dW = dL/dy^T x_hat``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def group_dim(in_features: int, num_groups: int) -> int:
+    """``D = ceil(in_features / num_groups)``, the features per sub-token."""
+    return -(-in_features // num_groups)
+
+
+def grouped_subtokens(x: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """``x (..., in)`` zero-padded to ``G * D`` features, as ``(T, G, D)`` sub-tokens (``T``: all leading dims)."""
+    dim = group_dim(x.shape[-1], num_groups)
+    padding = num_groups * dim - x.shape[-1]
+    if padding:
+        x = F.pad(x, (0, padding))
+    return x.reshape(-1, num_groups, dim)
+
+
+def compress_activations(x: torch.Tensor, embed: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """``c (T, G)``: each sub-token of ``x (..., in)`` projected on ``embed (D,)`` (eq. 1)."""
+    return torch.einsum("tgd,d->tg", grouped_subtokens(x, num_groups), embed)
+
+
+def reconstruct_activations(
+    compressed: torch.Tensor, embed: torch.Tensor, in_features: int, velora_scale: float
+) -> torch.Tensor:
+    """``x_hat (T, in)``: ``velora_scale * c[t, g] * embed`` per sub-token, padding cut off (eq. 2)."""
+    tokens, groups = compressed.shape
+    rebuilt = (compressed.unsqueeze(-1) * embed.view(1, 1, -1)).reshape(tokens, groups * embed.numel())
+    return rebuilt[:, :in_features] * velora_scale
+
+
+def normalize_projection(embed: torch.Tensor) -> torch.Tensor:
+    """``embed / ||embed||`` in float32; an all-zero vector becomes the normalised all-ones vector."""
+    embed = embed.float()
+    norm = torch.linalg.vector_norm(embed)
+    if norm == 0:
+        embed = torch.ones_like(embed)
+        norm = torch.linalg.vector_norm(embed)
+    return embed / norm
+
+
+def batch_projection(x: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """The ``batch_average`` projection: the normalised mean of all sub-tokens of ``x``, float32 ``(D,)``."""
+    with torch.no_grad():
+        subtokens = grouped_subtokens(x.detach(), num_groups)
+        return normalize_projection(subtokens.reshape(-1, subtokens.shape[-1]).mean(dim=0))
+
+
+class VeloraFunction(torch.autograd.Function):
+    """``F.linear(input, weight, bias)`` that saves ``input`` compressed to ``(T, G)`` for the weight gradient.
+
+    ``apply(input (..., in), weight (out, in), bias (out,) | None, embed (D,), num_groups, velora_scale)``;
+    gradients flow to ``input``, ``weight`` and ``bias`` (computed in the dtype of the incoming gradient, returned
+    in each tensor's own dtype), never to ``embed``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]  # autograd.Function's forward takes *args
+        ctx: Any,
+        input: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        embed: torch.Tensor,
+        num_groups: int,
+        velora_scale: float,
+    ) -> torch.Tensor:
+        """``F.linear(input, weight, bias)``; saves ``compress_activations(input)`` ``(T, G)``, not ``input``."""
+        ctx.input_shape, ctx.input_dtype = tuple(input.shape), input.dtype
+        ctx.num_groups, ctx.velora_scale = num_groups, velora_scale
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        compressed = compress_activations(input, embed.to(input.dtype), num_groups)
+        ctx.save_for_backward(compressed, weight, embed)
+        return F.linear(input, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]  # autograd.Function's backward takes *args
+        """``dL/dinput = g W`` (exact), ``dL/dweight = g^T x_hat`` (from the rebuilt input), ``dL/dbias = sum g``."""
+        compressed, weight, embed = ctx.saved_tensors
+        dtype = grad_output.dtype
+        grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = (grad_2d @ weight.to(dtype)).reshape(ctx.input_shape).to(ctx.input_dtype)
+        if ctx.needs_input_grad[1]:
+            rebuilt = reconstruct_activations(
+                compressed.to(dtype), embed.to(dtype), ctx.input_shape[-1], ctx.velora_scale
+            )
+            grad_weight = (grad_2d.transpose(0, 1) @ rebuilt).to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_2d.sum(dim=0).to(ctx.bias_dtype)
+        return grad_input, grad_weight, grad_bias, None, None, None
+
+
+# PEFT's names (``peft.tuners.lora.velora``), which its tests import.
+_get_group_dim = group_dim
+_reshape_to_grouped_subtokens = grouped_subtokens
+_compress_activations = compress_activations
+_reconstruct_activations = reconstruct_activations
+_normalize_projection = normalize_projection
