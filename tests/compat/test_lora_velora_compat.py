@@ -110,10 +110,11 @@ def test_eval_and_no_grad_run_plain_lora_and_keep_the_projection(tmp_path: Path)
         ({"target_modules": ["embed_tokens"]}, "llama"),
         ({"target_modules": ["q_proj"], "use_dora": True}, "llama"),
         ({"target_modules": ["conv"]}, "conv"),
+        ({"target_modules": ["0"]}, "bnb"),
     ],
 )
 def test_refusals_match_the_reference(fields: dict[str, Any], kind: str) -> None:
-    base = ConvNet() if kind == "conv" else build_model(kind)
+    base = {"conv": ConvNet, "bnb": _bnb_model}.get(kind, lambda: build_model(kind))()
     fields = {**fields, "velora_config": {"num_groups": 2}}
     ref_config, kit_config = _configs(fields)
     with pytest.raises(ValueError):
@@ -132,3 +133,15 @@ class ConvNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
+
+
+def _bnb_model() -> torch.nn.Module:
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear8bitLt(16, 8, has_fp16_weights=False)
+    layer.load_state_dict(torch.nn.Linear(16, 8).state_dict())
+    layer(torch.randn(1, 16))  # the first forward quantizes the weight to int8
+    model = torch.nn.Sequential(layer)
+    model.is_loaded_in_8bit = True  # what transformers sets; the reference dispatches to its bitsandbytes layer on it
+    return model
