@@ -42,6 +42,7 @@ from benchmarks import (
     scale,
     train_step,
     trainable_tokens,
+    velora,
 )
 from benchmarks.harness import Row, Settings, table
 
@@ -60,6 +61,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "trainable_tokens": trainable_tokens.run,
     "orthogonal": orthogonal.run,
     "lycoris": lycoris.run,
+    "velora": velora.run,
 }
 REPS = {"full": 7, "quick": 3, "tiny": 1}
 
