@@ -2,7 +2,8 @@
 a stack of Linear layers, against the reference's VeLoRA and against plain LoRA.
 
 VeLoRA keeps each adapted layer's input for ``lora_A``'s gradient as ``num_groups`` numbers per token instead of
-``in`` (see ``peftkit.methods.lora.variants.velora_math``). Floor: the bare stack's forward + backward to its
+``in`` (see ``peftkit.methods.lora.variants.velora_math``); with dropout, peftkit draws the mask again from a seed in
+backward where the reference keeps it. Floor: the bare stack's forward + backward to its
 input (what any adapter adds comes on top of it).
 """
 
@@ -31,9 +32,10 @@ PRESETS = {"full": StackShape(1024, 4, 512), "quick": StackShape(512, 4, 256), "
 NUM_GROUPS = 32
 
 
-def pair(base: nn.Module, velora: bool) -> tuple[nn.Module, nn.Module]:
-    """``(peftkit model, peft model)`` with the same random adapter (r = 16) on every layer."""
-    fields = {"r": 16, "target_modules": [str(i) for i in range(len(base))], "init_lora_weights": False}
+def pair(base: nn.Module, velora: bool, dropout: float) -> tuple[nn.Module, nn.Module]:
+    """``(peftkit model, peft model)`` with the same random adapter (r = 16) on every layer, in training mode."""
+    targets = [str(i) for i in range(len(base))]
+    fields = {"r": 16, "target_modules": targets, "init_lora_weights": False, "lora_dropout": dropout}
     models = []
     for lib in (peftkit, peft):
         extra = {"velora_config": lib.VeloraConfig(num_groups=NUM_GROUPS, init_type="batch_average")} if velora else {}
@@ -68,14 +70,17 @@ def run(settings: Settings) -> list[Row]:
     x = torch.randn(shape.tokens, shape.width, device=settings.device, requires_grad=True)
     what = f"{shape.layers} x Linear({shape.width}), {shape.tokens} tokens, r=16, all layers adapted"
     rows = []
-    for velora in (True, False):
+    for velora, dropout in ((True, 0.0), (True, 0.1), (False, 0.0), (False, 0.1)):
         name = f"VeLoRA (num_groups={NUM_GROUPS})" if velora else "LoRA (no VeLoRA)"
-        kit, ref = pair(base, velora)
-        agree = close(kit(x), ref(x))
+        name += f", dropout {dropout}"
+        kit, ref = pair(base, velora, dropout)
+        with torch.no_grad():  # eval mode: the dropout masks of the two libraries differ
+            agree = close(kit.eval()(x), ref.eval()(x))
+        kit.train(), ref.train()
         models = {PEFTKIT: kit, PEFT: ref, FLOOR: base}
         memory = {n: saved_mib(m, x) for n, m in models.items()}
         rows.append(Row(f"{name}: saved activations", "MiB", memory[PEFTKIT], memory[PEFT], memory[FLOOR], note=what))
-        if velora:
+        if velora and dropout == 0:
             times = interleaved(settings, {n: Case(run=step(m, x)) for n, m in models.items()})
             rows.append(times.row(f"{name}: train step", agree, what))
     return rows

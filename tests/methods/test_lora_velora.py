@@ -15,6 +15,7 @@ from torch import nn
 import peftkit
 from peftkit import LoraConfig, VeloraConfig
 from peftkit.errors import ArgumentTypeError, ConfigError, TargetingError
+from peftkit.methods.lora.autograd import DropMask, new_seed
 from peftkit.methods.lora.variants.velora_math import VeloraFunction, compress_activations, reconstruct_activations
 
 IN, OUT, R = 10, 6, 3
@@ -71,6 +72,33 @@ def test_training_step_gradients_follow_the_formula() -> None:
     torch.testing.assert_close(B.grad, s * g2.T @ (x2 @ A.T))
     torch.testing.assert_close(x.grad, g @ (W + s * B @ A))
     assert not torch.allclose(A.grad, s * (g2 @ B).T @ x2, atol=1e-3)  # not plain LoRA's gradient
+
+
+def test_dropout_mask_is_drawn_again_from_its_seed_not_kept() -> None:
+    p = 0.3
+    model = velora_model("batch_average", lora_dropout=p)
+    layer = model.base_model.model.lin0
+    A, B, s = layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.scaling["default"]
+    x, g = torch.randn(4, 5, IN, requires_grad=True), torch.randn(4, 5, OUT)
+    torch.manual_seed(7)
+    seed = new_seed()  # the seed the layer draws for its mask
+    mask = DropMask(torch.empty(20, IN), p, seed).zero_(torch.ones(20, IN)).view(4, 5, IN)
+    dropped = x.detach() * mask / (1 - p)
+    model.train()
+    torch.manual_seed(7)
+    saved: list[tuple[int, ...]] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        out = model(x)
+    out.backward(g)
+    W, b = layer.base_layer.weight, layer.base_layer.bias
+    assert 0 < int(mask.sum()) < mask.numel()
+    torch.testing.assert_close(out, x.detach() @ W.T + b + s * dropped @ A.T @ B.T)
+    v = layer.lora_velora_embed["default"]
+    torch.testing.assert_close(v, rebuilt_mean(dropped))  # the projection comes from the dropped input
+    x_hat = rebuilt_input(dropped, v, 4, 0.5).reshape(-1, IN)
+    torch.testing.assert_close(A.grad, s * (g.reshape(-1, OUT) @ B).T @ x_hat)
+    torch.testing.assert_close(x.grad, g @ W + s * (g @ B @ A) * mask / (1 - p))
+    assert (4, 5, IN) not in saved and (20, IN) not in saved  # neither the mask nor a dropped copy
 
 
 def test_projection_update_per_init_type() -> None:

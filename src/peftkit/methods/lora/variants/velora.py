@@ -27,9 +27,17 @@ from transformers.pytorch_utils import Conv1D
 from peftkit.errors import ConfigError, TargetingError
 from peftkit.layers.buffer_dict import BufferDict
 from peftkit.layers.placement import adapter_device
+from peftkit.methods.lora.autograd import new_seed
 from peftkit.methods.lora.variant import LoraVariant
 from peftkit.methods.lora.variants.velora_config import VeloraConfig, as_velora_config
-from peftkit.methods.lora.variants.velora_math import VeloraFunction, batch_projection, group_dim, normalize_projection
+from peftkit.methods.lora.variants.velora_math import (
+    VeloraDropoutFunction,
+    VeloraFunction,
+    batch_projection,
+    dropped_input,
+    group_dim,
+    normalize_projection,
+)
 from peftkit.quant.base import backend_for
 
 if TYPE_CHECKING:
@@ -68,21 +76,25 @@ class VeloraVariant(LoraVariant):
         layer.lora_velora_initialized[adapter] = settings.init_type == "random"
 
     def adapt_output(self, layer: Linear, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
-        """``result + s B A dropout(x)``; in training ``A``'s input is kept compressed for the backward pass."""
-        A, B = layer.lora_A[adapter], layer.lora_B[adapter]
-        x = layer.lora_dropout[adapter](x.to(A.weight.dtype))  # type: ignore[union-attr]  # lora_A holds nn.Linear
-        if layer.training and torch.is_grad_enabled():
-            update_projection(layer, adapter, x)
-            after_A = VeloraFunction.apply(
-                x,
-                A.weight,
-                A.bias,
-                layer.lora_velora_embed[adapter],
-                layer.lora_velora_num_groups[adapter],
-                layer.lora_velora_scale[adapter],
-            )
+        """``result + s B A dropout(x)``; in training ``A``'s input is kept compressed for the backward pass (and
+        a dropout mask is drawn again from its seed rather than kept)."""
+        A, B, dropout = layer.lora_A[adapter], layer.lora_B[adapter], layer.lora_dropout[adapter]
+        x = x.to(A.weight.dtype)  # type: ignore[union-attr]  # lora_A holds nn.Linear
+        if not (layer.training and torch.is_grad_enabled()):
+            return result + (B(A(dropout(x))) * layer.scaling[adapter]).to(result.dtype)
+        embed, settings = (
+            layer.lora_velora_embed,
+            (layer.lora_velora_num_groups[adapter], layer.lora_velora_scale[adapter]),
+        )
+        p = float(getattr(dropout, "p", 0.0))
+        if p > 0:
+            seed = new_seed()
+            dropped = dropped_input(x, p, seed)
+            update_projection(layer, adapter, dropped)
+            after_A = VeloraDropoutFunction.apply(x, dropped, A.weight, A.bias, embed[adapter], *settings, p, seed)
         else:
-            after_A = A(x)
+            update_projection(layer, adapter, x)
+            after_A = VeloraFunction.apply(x, A.weight, A.bias, embed[adapter], *settings)
         return result + (B(after_A) * layer.scaling[adapter]).to(result.dtype)
 
 

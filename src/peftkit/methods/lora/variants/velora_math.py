@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from peftkit.methods.lora.autograd import DropMask
+
 
 def group_dim(in_features: int, num_groups: int) -> int:
     """``D = ceil(in_features / num_groups)``, the features per sub-token."""
@@ -96,19 +98,90 @@ class VeloraFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]  # autograd.Function's backward takes *args
         """``dL/dinput = g W`` (exact), ``dL/dweight = g^T x_hat`` (from the rebuilt input), ``dL/dbias = sum g``."""
         compressed, weight, embed = ctx.saved_tensors
-        dtype = grad_output.dtype
         grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
-        grad_input = grad_weight = grad_bias = None
+        grad_input = None
         if ctx.needs_input_grad[0]:
-            grad_input = (grad_2d @ weight.to(dtype)).reshape(ctx.input_shape).to(ctx.input_dtype)
-        if ctx.needs_input_grad[1]:
-            rebuilt = reconstruct_activations(
-                compressed.to(dtype), embed.to(dtype), ctx.input_shape[-1], ctx.velora_scale
-            )
-            grad_weight = (grad_2d.transpose(0, 1) @ rebuilt).to(weight.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad_2d.sum(dim=0).to(ctx.bias_dtype)
-        return grad_input, grad_weight, grad_bias, None, None, None
+            grad_input = (grad_2d @ weight.to(grad_2d.dtype)).reshape(ctx.input_shape).to(ctx.input_dtype)
+        return (
+            grad_input,
+            *parameter_grads(ctx, grad_2d, compressed, weight, embed, ctx.needs_input_grad[1:3]),
+            None,
+            None,
+            None,
+        )
+
+
+def parameter_grads(
+    ctx: Any,
+    grad_2d: torch.Tensor,
+    compressed: torch.Tensor,
+    weight: torch.Tensor,
+    embed: torch.Tensor,
+    needed: tuple[bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(dL/dweight, dL/dbias)`` from ``grad_2d (T, out)``: ``g^T x_hat`` with ``x_hat`` rebuilt from
+    ``compressed (T, G)`` (computed in ``g``'s dtype, returned in the weight's), and ``sum_t g_t``."""
+    dtype = grad_2d.dtype
+    grad_weight = grad_bias = None
+    if needed[0]:
+        rebuilt = reconstruct_activations(compressed.to(dtype), embed.to(dtype), ctx.input_shape[-1], ctx.velora_scale)
+        grad_weight = (grad_2d.transpose(0, 1) @ rebuilt).to(weight.dtype)
+    if needed[1]:
+        grad_bias = grad_2d.sum(dim=0).to(ctx.bias_dtype)
+    return grad_weight, grad_bias
+
+
+class VeloraDropoutFunction(torch.autograd.Function):
+    """VeLoRA after dropout without keeping the dropout mask: ``F.linear(dropout_p(x), weight, bias)``.
+
+    ``apply(x (..., in), dropped, weight (out, in), bias, embed (D,), num_groups, velora_scale, p, seed)``, where
+    ``dropped = x * M / (1 - p)`` (no graph) with the mask ``M`` of
+    :class:`~peftkit.methods.lora.autograd.DropMask` ``(x, p, seed)``. Saved: ``dropped`` compressed to
+    ``(T, G)`` and the seed; the backward draws ``M`` again for ``dL/dx = (g W) * M / (1 - p)``; the weight and
+    bias gradients are :class:`VeloraFunction`'s (from the rebuilt ``dropped``). What autograd keeps per layer is
+    ``T * G`` numbers, where ``nn.Dropout`` followed by :class:`VeloraFunction` keeps also the ``T * in`` mask.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]  # autograd.Function's forward takes *args
+        ctx: Any,
+        x: torch.Tensor,
+        dropped: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        embed: torch.Tensor,
+        num_groups: int,
+        velora_scale: float,
+        p: float,
+        seed: int,
+    ) -> torch.Tensor:
+        """``F.linear(dropped, weight, bias)``; saves ``dropped`` compressed, not ``dropped`` nor the mask."""
+        ctx.input_shape, ctx.input_dtype = tuple(x.shape), x.dtype
+        ctx.velora_scale, ctx.p, ctx.seed = velora_scale, p, seed
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(compress_activations(dropped, embed.to(dropped.dtype), num_groups), weight, embed)
+        return F.linear(dropped, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]  # autograd.Function's backward takes *args
+        """``dL/dx = (g W) * M / (1 - p)`` with ``M`` drawn again from the seed; the rest as VeloraFunction."""
+        compressed, weight, embed = ctx.saved_tensors
+        grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            product = grad_2d @ weight.to(grad_2d.dtype)  # (T, in), shaped like the flattened input
+            grad_x = DropMask(product, ctx.p, ctx.seed).zero_(product).mul_(1 / (1 - ctx.p))
+            grad_x = grad_x.reshape(ctx.input_shape).to(ctx.input_dtype)
+        grads = parameter_grads(ctx, grad_2d, compressed, weight, embed, ctx.needs_input_grad[2:4])
+        return grad_x, None, *grads, None, None, None, None, None
+
+
+def dropped_input(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """``x * M / (1 - p)`` without a graph, ``M`` the mask of :class:`~peftkit.methods.lora.autograd.DropMask`
+    ``(x, p, seed)`` (a fresh tensor shaped like ``x``)."""
+    with torch.no_grad():
+        flat = x.detach().reshape(-1, x.shape[-1])
+        return DropMask(flat, p, seed).dropped_copy(flat).mul(1 / (1 - p)).view(x.shape)
 
 
 # PEFT's names (``peft.tuners.lora.velora``), which its tests import.
