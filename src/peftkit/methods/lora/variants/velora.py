@@ -18,7 +18,7 @@ Only ``nn.Linear`` / GPT-2 ``Conv1D`` layers (unquantized, or torchao-quantized)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,22 +40,22 @@ from peftkit.methods.lora.variants.velora_math import (
 )
 from peftkit.quant.base import backend_for
 
-if TYPE_CHECKING:
-    from peftkit.methods.lora.layer import Linear, LoraLayer
-
 #: The per-adapter settings PEFT keeps on the layer (deleted with the adapter).
 SETTING_NAMES = ("lora_velora_initialized", "lora_velora_num_groups", "lora_velora_init_type", "lora_velora_scale")
 
 
 class VeloraVariant(LoraVariant):
-    """VeLoRA's training-time compression of ``lora_A``'s input for one adapter (see the module docstring)."""
+    """VeLoRA's training-time compression of ``lora_A``'s input for one adapter (see the module docstring).
+
+    Its methods take the LoRA ``Linear`` layer typed ``Any``: they read the attributes VeLoRA adds to it.
+    """
 
     name = "velora"
 
     def __init__(self, settings: VeloraConfig) -> None:
         self.settings = settings
 
-    def init(self, layer: LoraLayer, adapter: str, spec: Any) -> None:
+    def init(self, layer: Any, adapter: str, spec: Any) -> None:
         """Add ``adapter``'s projection vector (random unit vector, or zeros until the first training batch) and
         settings to ``layer``."""
         _ensure_containers(layer)
@@ -75,17 +75,15 @@ class VeloraVariant(LoraVariant):
         layer.lora_velora_embed[adapter] = embed
         layer.lora_velora_initialized[adapter] = settings.init_type == "random"
 
-    def adapt_output(self, layer: Linear, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
+    def adapt_output(self, layer: Any, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
         """``result + s B A dropout(x)``; in training ``A``'s input is kept compressed for the backward pass (and
         a dropout mask is drawn again from its seed rather than kept)."""
         A, B, dropout = layer.lora_A[adapter], layer.lora_B[adapter], layer.lora_dropout[adapter]
-        x = x.to(A.weight.dtype)  # type: ignore[union-attr]  # lora_A holds nn.Linear
+        x = x.to(A.weight.dtype)
         if not (layer.training and torch.is_grad_enabled()):
             return result + (B(A(dropout(x))) * layer.scaling[adapter]).to(result.dtype)
-        embed, settings = (
-            layer.lora_velora_embed,
-            (layer.lora_velora_num_groups[adapter], layer.lora_velora_scale[adapter]),
-        )
+        embed = layer.lora_velora_embed
+        settings = (layer.lora_velora_num_groups[adapter], layer.lora_velora_scale[adapter])
         p = float(getattr(dropout, "p", 0.0))
         if p > 0:
             seed = new_seed()

@@ -77,7 +77,7 @@ class VeloraFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]  # autograd.Function's forward takes *args
+    def forward(
         ctx: Any,
         input: torch.Tensor,
         weight: torch.Tensor,
@@ -95,7 +95,7 @@ class VeloraFunction(torch.autograd.Function):
         return F.linear(input, weight, bias)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]  # autograd.Function's backward takes *args
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """``dL/dinput = g W`` (exact), ``dL/dweight = g^T x_hat`` (from the rebuilt input), ``dL/dbias = sum g``."""
         compressed, weight, embed = ctx.saved_tensors
         grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
@@ -143,7 +143,7 @@ class VeloraDropoutFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]  # autograd.Function's forward takes *args
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         dropped: torch.Tensor,
@@ -163,7 +163,7 @@ class VeloraDropoutFunction(torch.autograd.Function):
         return F.linear(dropped, weight, bias)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]  # autograd.Function's backward takes *args
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """``dL/dx = (g W) * M / (1 - p)`` with ``M`` drawn again from the seed; the rest as VeloraFunction."""
         compressed, weight, embed = ctx.saved_tensors
         grad_2d = grad_output.reshape(-1, grad_output.shape[-1])
