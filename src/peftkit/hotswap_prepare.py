@@ -30,6 +30,7 @@ from peftkit.methods.lora.layer import LoraLayer
 from peftkit.methods.lora.method import LORA
 from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.scaling import alpha_for_scaling
+from peftkit.methods.lora.variants import VARIANT_BUILDERS
 from peftkit.registry import method_of
 
 CheckCompiled = Literal["error", "warn", "ignore"]
@@ -212,7 +213,10 @@ def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) ->
     if not isinstance(new, LoraConfig) or not held:
         return new
     facts = method_of(config).layer_facts
-    if all(facts(config, name, _ANY_MODULE).r == rank for name, (rank, _) in held.items()):  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
+    plain = copy.copy(config)  # ranks do not depend on a LoRA variant, whose builder checks the (placeholder) module
+    for field_name in VARIANT_BUILDERS:
+        setattr(plain, field_name, None)
+    if all(facts(plain, name, _ANY_MODULE).r == rank for name, (rank, _) in held.items()):  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         return new
     ranks = {name: rank for name, (rank, _) in held.items()}
     alphas = {name: alpha_for_scaling(scaling, rank, new.use_rslora) for name, (rank, scaling) in held.items()}

@@ -188,3 +188,21 @@ def test_second_adapter_delete_and_merge() -> None:
 def test_refusals(extra: dict[str, object], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         velora_model(**extra)
+
+
+def test_hotswap_replaces_factors_and_projection(tmp_path: Path) -> None:
+    from peftkit.utils.hotswap import hotswap_adapter
+
+    first, second = velora_model(), velora_model()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in second.parameters():
+            param.add_(torch.randn_like(param))
+        second.base_model.model.lin0.lora_velora_embed["default"] = torch.nn.functional.normalize(torch.randn(3), dim=0)
+        second.base_model.model.lin0.base_layer.load_state_dict(first.base_model.model.lin0.base_layer.state_dict())
+    second.save_pretrained(tmp_path)
+    hotswap_adapter(first, str(tmp_path), adapter_name="default")
+    x = torch.randn(3, IN)
+    torch.testing.assert_close(first.eval()(x), second.eval()(x))
+    layer, other = first.base_model.model.lin0, second.base_model.model.lin0
+    assert torch.equal(layer.lora_velora_embed["default"], other.lora_velora_embed["default"])
