@@ -8,6 +8,7 @@ ways, merged too; the same refusals (embeddings, convolutions, DoRA)."""
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -141,3 +142,12 @@ def _bnb_model() -> torch.nn.Module:
     model = torch.nn.Sequential(layer)
     model.is_loaded_in_8bit = True  # what transformers sets; the reference dispatches to its bitsandbytes layer on it
     return model
+
+
+def test_status_reports_match_the_reference() -> None:
+    """The projection buffers are neither trainable parameters nor counted as such."""
+    ref_config, kit_config = _configs(LLAMA)
+    ref = peft.get_peft_model(build_model("llama"), ref_config)
+    kit = peftkit.get_peft_model(build_model("llama"), kit_config)
+    assert asdict(peftkit.get_model_status(kit)) == asdict(peft.get_model_status(ref))
+    assert [asdict(s) for s in peftkit.get_layer_status(kit)] == [asdict(s) for s in peft.get_layer_status(ref)]

@@ -163,6 +163,7 @@ def test_second_adapter_delete_and_merge() -> None:
     layer = model.base_model.model.lin0
     assert set(layer.lora_velora_embed.keys()) == {"default"} and "plain" not in layer.lora_variant
     model.base_model.set_adapter(["default", "plain"])
+    assert layer.lora_A["default"].weight.requires_grad and not layer.lora_velora_embed["default"].requires_grad
     x = torch.randn(3, IN)
     model.eval()
     expected = model(x)
