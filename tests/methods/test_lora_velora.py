@@ -207,3 +207,6 @@ def test_hotswap_replaces_factors_and_projection(tmp_path: Path) -> None:
     torch.testing.assert_close(first.eval()(x), second.eval()(x))
     layer, other = first.base_model.model.lin0, second.base_model.model.lin0
     assert torch.equal(layer.lora_velora_embed["default"], other.lora_velora_embed["default"])
+    velora_model(scale=2.0).save_pretrained(tmp_path / "other_scale")
+    with pytest.raises(peftkit.HotswapError, match="same variant"):  # the slot keeps its settings: refused
+        hotswap_adapter(first, str(tmp_path / "other_scale"), adapter_name="default")

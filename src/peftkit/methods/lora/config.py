@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig, as_bdlora_config
 from peftkit.methods.lora.variants.velora_config import VeloraConfig, as_velora_config
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
@@ -56,6 +57,8 @@ class LoraConfig(PeftConfig):
         lora_bias: Give ``lora_B`` a trainable bias.
         trainable_token_indices: Token ids whose embedding rows train with the adapter: a list (the input
             embedding) or ``{module name: ids}`` (see :mod:`peftkit.methods.trainable_tokens.lora_tokens`).
+        use_bdlora: BD-LoRA, block-diagonal ``A`` or ``B`` per layer (a :class:`BdLoraConfig` or a dict of its
+            fields; see :mod:`peftkit.methods.lora.variants.bdlora`).
         velora_config: VeLoRA's settings (a :class:`VeloraConfig`; a dict is converted): training keeps each
             adapted layer's input compressed for ``lora_A``'s gradient (see
             :mod:`peftkit.methods.lora.variants.velora`).
@@ -93,7 +96,7 @@ class LoraConfig(PeftConfig):
     qalora_group_size: int = 16
     target_parameters: list[str] | None = None
     trainable_token_indices: list | dict | None = None
-    use_bdlora: dict | None = None
+    use_bdlora: BdLoraConfig | None = None
     use_qalora: bool = False
     velora_config: VeloraConfig | dict | None = None
 
@@ -111,7 +114,6 @@ class LoraConfig(PeftConfig):
         "lora_ga_config",
         "megatron_config",
         "monteclora_config",
-        "use_bdlora",
         "use_qalora",
     )
 
@@ -119,6 +121,7 @@ class LoraConfig(PeftConfig):
         self.peft_type = PeftType("LORA")
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
+        self.use_bdlora = as_bdlora_config(self.use_bdlora)
         self.velora_config = as_velora_config(self.velora_config)
         super().__post_init__()
         self._validate()

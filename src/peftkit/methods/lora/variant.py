@@ -18,7 +18,9 @@ The layer then calls, for an adapter with a variant:
 * :meth:`LoraVariant.delta_weight` for merging and ``get_delta_weight`` (``mergeable = False``: merging raises).
 
 Deleting the adapter drops ``layer.lora_variant[adapter]`` and the adapter's entry in every container of
-``adapter_layer_names`` and ``other_param_names``.
+``adapter_layer_names`` and ``other_param_names``. Hot-swapping into a variant's slot needs the new adapter's
+variant to compare equal (``==``: define ``__eq__`` on per-layer settings, identity otherwise) at the same rank;
+padding a variant adapter's rank for compiled hot-swap is refused (see :mod:`peftkit.hotswap`).
 """
 
 from __future__ import annotations

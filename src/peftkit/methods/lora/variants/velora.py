@@ -55,6 +55,16 @@ class VeloraVariant(LoraVariant):
     def __init__(self, settings: VeloraConfig) -> None:
         self.settings = settings
 
+    def __eq__(self, other: object) -> bool:
+        """Equal settings (what a hot-swap into this adapter's slot requires)."""
+        return isinstance(other, VeloraVariant) and other.settings == self.settings
+
+    def __hash__(self) -> int:
+        return hash((self.settings.num_groups, self.settings.scale, self.settings.init_type))
+
+    def __repr__(self) -> str:
+        return f"VeLoRA({self.settings})"
+
     def init(self, layer: Any, adapter: str, spec: Any) -> None:
         """Add ``adapter``'s projection vector (random unit vector, or zeros until the first training batch) and
         settings to ``layer``."""
