@@ -43,6 +43,8 @@ LORA_VARIANTS: frozenset[str] = frozenset(
         "mica",
         "target_parameters",
         "trainable_tokens",
+        "kasa",
+        "monteclora",
         "velora",
     )
 )

@@ -143,7 +143,8 @@ def test_backward_keeps_the_compressed_input_instead_of_the_input() -> None:
 
 
 def test_config_from_dict_json_and_bad_values(tmp_path: Path) -> None:
-    config = LoraConfig(target_modules=["lin0"], velora_config={"num_groups": 5, "init_type": "random", "new": 1})
+    with pytest.warns(UserWarning, match="unknown keys"):
+        config = LoraConfig(target_modules=["lin0"], velora_config={"num_groups": 5, "init_type": "random", "new": 1})
     assert config.velora_config == VeloraConfig(num_groups=5, init_type="random")
     config.save_pretrained(tmp_path)
     loaded = LoraConfig.from_pretrained(tmp_path)

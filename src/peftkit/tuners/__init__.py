@@ -60,7 +60,11 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 SUBMODULES = ("layer", "config", "model")
 #: PEFT's files inside ``tuners/<method>/`` that peftkit holds as a module of their own (method -> file -> module).
 OWN_SUBMODULES: dict[str, dict[str, str]] = {
-    "lora": {"variants": "peftkit.methods.lora.variants", "velora": "peftkit.methods.lora.variants.velora_math"},
+    "lora": {
+        "variants": "peftkit.methods.lora.variants",
+        "monteclora": "peftkit.methods.lora.variants.monteclora",
+        "velora": "peftkit.methods.lora.variants.velora_math",
+    }
 }
 
 

@@ -29,7 +29,7 @@ from peftkit.layers.buffer_dict import BufferDict
 from peftkit.layers.placement import adapter_device
 from peftkit.methods.lora.autograd import new_seed
 from peftkit.methods.lora.variant import LoraVariant
-from peftkit.methods.lora.variants.velora_config import VeloraConfig, as_velora_config
+from peftkit.methods.lora.variants.velora_config import VeloraConfig
 from peftkit.methods.lora.variants.velora_math import (
     VeloraDropoutFunction,
     VeloraFunction,
@@ -138,8 +138,7 @@ def build(config: Any, module_name: str, module: nn.Module) -> VeloraVariant:
             modules), or is a bitsandbytes-quantized linear layer.
         ConfigError: VeLoRA combined with DoRA or the MiCA initialisation.
     """
-    settings = as_velora_config(config.velora_config)
-    assert settings is not None  # build is only called when velora_config is set
+    settings: VeloraConfig = config.velora_config  # a VeloraConfig (LoraConfig converts dicts); set when called
     if config.use_dora or config.init_lora_weights == "mica":
         other = "use_dora=True" if config.use_dora else "init_lora_weights='mica'"
         raise ConfigError(f"velora_config and {other} are two LoRA variants that do not combine; choose one.")

@@ -8,10 +8,10 @@ and read back into this class.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
-from peftkit.errors import ArgumentTypeError, ConfigError
+from peftkit.errors import ConfigError
 
 #: How the projection vector is chosen (see :class:`VeloraConfig`).
 VELORA_INIT_TYPES = ("batch_average", "batch_average_once", "random")
@@ -51,22 +51,3 @@ class VeloraConfig:
             raise ConfigError(
                 f"VeloraConfig.init_type={self.init_type!r} is not known; use one of {', '.join(VELORA_INIT_TYPES)}."
             )
-
-
-def as_velora_config(value: Any) -> VeloraConfig | None:
-    """``LoraConfig.velora_config`` as a :class:`VeloraConfig`: a dict (read from ``adapter_config.json``) is
-    converted, keys that are not fields of this version dropped; ``None`` stays ``None``.
-
-    Raises:
-        ArgumentTypeError: a value that is neither ``None``, a dict nor a :class:`VeloraConfig` (a ``TypeError``,
-            as in PEFT).
-        ConfigError: a dict with invalid values.
-    """
-    if value is None or isinstance(value, VeloraConfig):
-        return value
-    if isinstance(value, dict):
-        known = {f.name for f in fields(VeloraConfig)}
-        return VeloraConfig(**{k: v for k, v in value.items() if k in known})
-    raise ArgumentTypeError(
-        f"LoraConfig.velora_config must be a VeloraConfig, a dict or None, got {type(value).__name__}."
-    )
