@@ -32,6 +32,7 @@ from peftkit.methods.lora.variants import build_variant
 from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
 from peftkit.methods.lora.variants.kasa_config import KasaConfig
 from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
+from peftkit.methods.lora.variants.velora_config import VeloraConfig
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.methods.trainable_tokens.lora_tokens import inject_token_adapters
 from peftkit.targeting import pattern_value
@@ -176,6 +177,7 @@ LORA = MethodSpec(
         "replace_lora_weights_loftq": replace_lora_weights_loftq,
         "KasaConfig": KasaConfig,
         "MontecloraConfig": MontecloraConfig,
+        "VeloraConfig": VeloraConfig,
     },
     cli_name="lora",
     cli_options=(
