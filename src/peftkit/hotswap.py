@@ -52,6 +52,7 @@ from peftkit.hotswap_prepare import (
 from peftkit.io.keys import strip_prefix
 from peftkit.io.load import read_weights, split_hub_kwargs
 from peftkit.io.state import AdapterTensor, adapter_tensors
+from peftkit.layers.walk import iter_adapter_modules
 from peftkit.locking import exclusive
 from peftkit.methods.lora.layer import LoraLayer
 from peftkit.methods.lora.param import ParamWrapper, check_parameter_spec
@@ -111,9 +112,12 @@ def _check_fit(
             "(another adapter_name)."
         )
     for key, value in state.items():
-        live, which = expected[key].tensor, _rank_factor(key)
+        live = expected[key].tensor
         if live.is_floating_point() and not value.is_floating_point():
             raise HotswapError(f"Cannot hot-swap {key}: the file holds a {value.dtype} tensor where weights belong.")
+        if value.shape == live.shape:  # the usual case: nothing more to check
+            continue
+        which = _rank_factor(key)
         dim = None if which is None else "AB".index(which)
         same_but_rank = (
             value.dim() == live.dim()
@@ -164,6 +168,17 @@ def _check_capacity(layers: dict, adapter: str, state: Mapping[str, torch.Tensor
             )
 
 
+def _grow_slots(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> bool:
+    """Grow (zero-pad: ``B A`` is kept) every slot whose new rank is larger; whether any grew."""
+    grown = False
+    for name, (layer, facts) in layers.items():
+        rank = _new_rank(name, layer, adapter, state)
+        if rank is not None and rank > layer.r[adapter]:
+            pad_rank(layer, adapter, rank, use_rslora=facts.use_rslora)
+            grown = True
+    return grown
+
+
 def _write_weights(
     expected: Mapping[str, AdapterTensor],
     blocks: tuple[dict[str, int], dict[str, int]],
@@ -174,8 +189,9 @@ def _write_weights(
     experts, rows = blocks
     with torch.no_grad():
         for key, value in state.items():
-            live, which = expected[key].tensor, _rank_factor(key)
-            if which is None or value.shape == live.shape:
+            live = expected[key].tensor
+            which = None if value.shape == live.shape else _rank_factor(key)
+            if which is None:
                 live.copy_(value.to(device=live.device, dtype=live.dtype))
             else:
                 blocks = (rows if which == "A" else experts).get(_layer_name(key), 1)
@@ -220,29 +236,25 @@ def swap_adapter_weights(
     if not is_plain_lora(config) or not is_plain_lora(old):
         kinds = f"{_kind(old)} -> {_kind(config)}"
         raise HotswapError(f"Hot-swapping works for LoRA adapters only (not AdaLoRA, IA3 or prompts), got {kinds}.")
-    holders = lora_layers(inner, adapter_name)
+    walked = list(iter_adapter_modules(inner))  # one walk for the layers and the slot's tensors
+    holders = lora_layers(inner, adapter_name, walked)
     if any(adapter_name in layer.merged_adapters for _, layer in holders):
         raise HotswapError(f"Adapter {adapter_name!r} is merged into the base weights; unmerge it before swapping.")
     state = {strip_prefix(k): v for k, v in state.items()}
-    expected, blocks = adapter_tensors(inner, adapter_name, old, embedding_layers=None), _blocks_by_layer(holders)
+    expected, blocks = adapter_tensors(inner, adapter_name, old, None, walked), _blocks_by_layer(holders)
     _check_fit(adapter_name, expected, blocks[0], state)
     layers = _new_layer_facts(holders, adapter_name, config, state)
     if not grow_ranks:
         _check_capacity(layers, adapter_name, state)
-    grown = False
-    for name, (layer, facts) in layers.items():  # grow the slots a larger rank needs (zero padding keeps B A)
-        rank = _new_rank(name, layer, adapter_name, state)
-        if rank is not None and rank > layer.r[adapter_name]:
-            pad_rank(layer, adapter_name, rank, use_rslora=facts.use_rslora)
-            grown = True
-    if grown:  # padding replaced the grown layers' tensors
+    if _grow_slots(layers, adapter_name, state):  # padding replaced the grown layers' tensors
         expected = adapter_tensors(inner, adapter_name, old, embedding_layers=None)
     _write_weights(expected, blocks, state)
-    held = {}
+    held, config_ranks = {}, {}
     for name, (layer, facts) in layers.items():
         _apply_layer_settings(layer, adapter_name, facts)
         held[pattern_name(name, layer)] = (layer.r[adapter_name], facts.scaling)
-    new_config = config_as_held(config, held)
+        config_ranks[pattern_name(name, layer)] = facts.r
+    new_config = config_as_held(config, held, config_ranks)
     for field_name in _TARGETING_FIELDS:
         if hasattr(old, field_name):
             setattr(new_config, field_name, getattr(old, field_name))

@@ -15,7 +15,7 @@ import copy
 import re
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -58,11 +58,14 @@ def is_plain_lora(config: PeftConfig) -> bool:
     return isinstance(config, LoraConfig) and config.peft_type == LORA.peft_type
 
 
-def lora_layers(inner: nn.Module, adapter: str | None = None) -> list[tuple[str, LoraLayer]]:
-    """``(name, layer)`` of every LoRA-proper layer of ``inner`` (holding ``adapter``, when given)."""
+def lora_layers(
+    inner: nn.Module, adapter: str | None = None, modules: Iterable[tuple[str, nn.Module]] | None = None
+) -> list[tuple[str, LoraLayer]]:
+    """``(name, layer)`` of every LoRA-proper layer of ``inner`` (holding ``adapter``, when given); ``modules``:
+    ``iter_adapter_modules(inner)`` when the caller has walked it already."""
     return [
         (name, module)  # type: ignore[misc]  # the type check below keeps LoRA layers only
-        for name, module in iter_adapter_modules(inner)
+        for name, module in (iter_adapter_modules(inner) if modules is None else modules)
         if type(module) in _LORA_LAYER_TYPES and (adapter is None or module.holds(adapter))
     ]
 
@@ -196,12 +199,16 @@ def forget_cached_stacks(layer: LoraLayer) -> None:
 _ANY_MODULE = nn.Identity()
 
 
-def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) -> PeftConfig:
+def config_as_held(
+    config: PeftConfig, held: Mapping[str, tuple[int, float]], config_ranks: Mapping[str, int] | None = None
+) -> PeftConfig:
     """A copy of LoRA ``config`` that describes the adapter as the model holds it.
 
     Args:
         held: ``layer name -> (rank of the held factors, scaling)``, names as the patterns match them
             (:func:`pattern_name`).
+        config_ranks: ``layer name -> rank`` that ``config`` itself gives each layer of ``held``, when the caller
+            has them (else worked out here).
 
     Returns:
         ``config`` itself (copied) when every layer holds the config's own rank; otherwise a config with
@@ -211,8 +218,10 @@ def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) ->
     new = copy.deepcopy(config)
     if not isinstance(new, LoraConfig) or not held:
         return new
-    facts = method_of(config).layer_facts
-    if all(facts(config, name, _ANY_MODULE).r == rank for name, (rank, _) in held.items()):  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
+    if config_ranks is None:
+        facts = method_of(config).layer_facts
+        config_ranks = {name: facts(config, name, _ANY_MODULE).r for name in held}  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
+    if all(config_ranks[name] == rank for name, (rank, _) in held.items()):
         return new
     ranks = {name: rank for name, (rank, _) in held.items()}
     alphas = {name: alpha_for_scaling(scaling, rank, new.use_rslora) for name, (rank, scaling) in held.items()}

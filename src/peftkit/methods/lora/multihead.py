@@ -240,18 +240,18 @@ def _attention_modules(model: nn.Module) -> list[tuple[str, nn.MultiheadAttentio
     without entering an adapter layer's containers (only its ``base_layer``): this runs after every LoRA injection,
     and the ~10 modules per adapted layer would make the walk several times longer."""
     found: list[tuple[str, nn.MultiheadAttention]] = []
-    seen = {id(model)}
+    seen: set[int] = set()
     stack: list[tuple[str, nn.Module]] = [("", model)]
     while stack:
         name, module = stack.pop()
+        if id(module) in seen:  # listed once, under its first name in module order (as named_modules)
+            continue
+        seen.add(id(module))
         if isinstance(module, nn.MultiheadAttention):
             found.append((name, module))
         children = module._modules
         if isinstance(module, AdapterLayer):
             children = {"base_layer": children["base_layer"]} if "base_layer" in children else {}
         prefix = name + "." if name else ""
-        for key, child in children.items():
-            if child is not None and id(child) not in seen:
-                seen.add(id(child))
-                stack.append((prefix + key, child))
+        stack.extend((prefix + key, child) for key, child in reversed(children.items()) if child is not None)
     return found
