@@ -25,6 +25,7 @@ from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError, UsageError
 from peftkit.layers.base import BASE_ADAPTER, CALL_STATE, AdapterLayer, BatchRouting
 from peftkit.layers.compiled_call import prepared_call
+from peftkit.layers.fresh import gc_paused
 from peftkit.layers.model_merge import merge_layers, prepare_merge, unmerge_layers
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.parameters import inject_config_parameters
@@ -129,6 +130,7 @@ def _candidates(model: nn.Module, spec: MethodSpec) -> Iterator[tuple[str, nn.Mo
 
 
 @exclusive
+@gc_paused()
 def inject_adapter(
     model: nn.Module,
     config: PeftConfig,

@@ -13,14 +13,16 @@ machinery finds.
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
 from tests._tiny import build_model, model_inputs, model_output, randomise_adapter
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 import peftkit
-from peftkit.errors import AdapterNameError
+from peftkit.errors import AdapterNameError, TargetingError
 from peftkit.hotswap import hotswap_adapter
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
@@ -107,3 +109,27 @@ def test_hotswap_equals_a_fresh_load_of_the_new_adapter(tmp_path, new_rank: int)
     inputs = model_inputs("llama")
     torch.testing.assert_close(model_output(model, inputs), model_output(fresh, inputs))
     assert not torch.allclose(model_output(model, inputs), model_output(base, inputs))
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_injection_pauses_the_garbage_collector_and_restores_it(enabled_before: bool) -> None:
+    """Every module registration during an injection sees the collector off; afterwards (also after a failed
+    injection) it is as it was."""
+    seen: list[bool] = []
+
+    def record(_module: nn.Module, name: str, _child: nn.Module) -> None:
+        if name == "default":  # an adapter's entry in a per-adapter container: inside the injection
+            seen.append(gc.isenabled())
+
+    models = [build_model("llama"), build_model("llama")]
+    handle = module_hooks.register_module_module_registration_hook(record)
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        peftkit.get_peft_model(models[0], peftkit.LoraConfig(r=4, target_modules=["q_proj"]))
+        assert seen and not any(seen) and gc.isenabled() is enabled_before
+        with pytest.raises(TargetingError):  # raised inside the injection: no module is named so
+            peftkit.get_peft_model(models[1], peftkit.LoraConfig(r=4, target_modules=["no_such_module"]))
+        assert gc.isenabled() is enabled_before
+    finally:
+        handle.remove()
+        gc.enable()
