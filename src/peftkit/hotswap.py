@@ -194,8 +194,8 @@ def _write_weights(
             if which is None:
                 live.copy_(value.to(device=live.device, dtype=live.dtype))
             else:
-                blocks = (rows if which == "A" else experts).get(_layer_name(key), 1)
-                write_rank_block(live, value, which, blocks)
+                count = (rows if which == "A" else experts).get(_layer_name(key), 1)
+                write_rank_block(live, value, which, count)
         for key, tensor in expected.items():
             if tensor.required and key not in state:
                 tensor.tensor.zero_()

@@ -24,6 +24,7 @@ from torch import nn
 from peftkit.config import PeftConfig
 from peftkit.errors import HotswapError
 from peftkit.functional import iter_adapter_modules
+from peftkit.layers.walk import AdapterModule
 from peftkit.locking import exclusive
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.layer import LoraLayer
@@ -59,7 +60,7 @@ def is_plain_lora(config: PeftConfig) -> bool:
 
 
 def lora_layers(
-    inner: nn.Module, adapter: str | None = None, modules: Iterable[tuple[str, nn.Module]] | None = None
+    inner: nn.Module, adapter: str | None = None, modules: Iterable[tuple[str, AdapterModule]] | None = None
 ) -> list[tuple[str, LoraLayer]]:
     """``(name, layer)`` of every LoRA-proper layer of ``inner`` (holding ``adapter``, when given); ``modules``:
     ``iter_adapter_modules(inner)`` when the caller has walked it already."""
