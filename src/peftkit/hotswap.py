@@ -168,6 +168,19 @@ def _check_capacity(layers: dict, adapter: str, state: Mapping[str, torch.Tensor
             )
 
 
+def _check_variants(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
+    """A LoRA variant's slot (BD-LoRA's packed blocks) takes only the same variant at the same rank: padding or a
+    different layout would silently change what the factors mean."""
+    for name, (layer, facts) in layers.items():
+        held, new = layer.lora_variant.get(adapter), facts.variant
+        rank = _new_rank(name, layer, adapter, state)
+        if (held is not None or new is not None) and (held != new or rank not in (None, layer.r[adapter])):
+            raise HotswapError(
+                f"Cannot hot-swap {name}: the slot holds {held!r} at rank {layer.r[adapter]}, the new adapter is "
+                f"{new!r} at rank {rank}; LoRA variant adapters swap only for the same variant and rank."
+            )
+
+
 def _grow_slots(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> bool:
     """Grow (zero-pad: ``B A`` is kept) every slot whose new rank is larger; whether any grew."""
     grown = False
@@ -246,15 +259,15 @@ def swap_adapter_weights(
     layers = _new_layer_facts(holders, adapter_name, config, state)
     if not grow_ranks:
         _check_capacity(layers, adapter_name, state)
+    _check_variants(layers, adapter_name, state)
     if _grow_slots(layers, adapter_name, state):  # padding replaced the grown layers' tensors
         expected = adapter_tensors(inner, adapter_name, old, embedding_layers=None)
     _write_weights(expected, blocks, state)
-    held, config_ranks = {}, {}
+    held = {}
     for name, (layer, facts) in layers.items():
         _apply_layer_settings(layer, adapter_name, facts)
         held[pattern_name(name, layer)] = (layer.r[adapter_name], facts.scaling)
-        config_ranks[pattern_name(name, layer)] = facts.r
-    new_config = config_as_held(config, held, config_ranks)
+    new_config = config_as_held(config, held)
     for field_name in _TARGETING_FIELDS:
         if hasattr(old, field_name):
             setattr(new_config, field_name, getattr(old, field_name))

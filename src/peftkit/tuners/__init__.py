@@ -18,6 +18,7 @@ those names, so ``from peft.tuners.lora.layer import LoraLayer`` works too.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -57,6 +58,10 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 
 #: PEFT's files inside ``tuners/<method>/`` that users import from; each is an alias of the method's module.
 SUBMODULES = ("layer", "config", "model")
+#: PEFT's files inside ``tuners/<method>/`` that peftkit holds as a module of their own (method -> file -> module).
+OWN_SUBMODULES: dict[str, dict[str, str]] = {
+    "lora": {"variants": "peftkit.methods.lora.variants", "monteclora": "peftkit.methods.lora.variants.monteclora"}
+}
 
 
 def _install_method_modules() -> list[str]:
@@ -69,6 +74,9 @@ def _install_method_modules() -> list[str]:
         for part in SUBMODULES:  # ``from peft.tuners.lora.layer import LoraLayer``: the same names
             sys.modules.setdefault(f"{module.__name__}.{part}", module)
             setattr(module, part, module)
+        for part, path in OWN_SUBMODULES.get(short, {}).items():  # ``peft.tuners.lora.variants``
+            sys.modules.setdefault(f"{module.__name__}.{part}", importlib.import_module(path))
+            setattr(module, part, sys.modules[f"{module.__name__}.{part}"])
         globals()[short] = sys.modules[module.__name__]
         installed.append(short)
     return installed
