@@ -41,6 +41,8 @@ LORA_VARIANTS: frozenset[str] = frozenset(
         "olora",
         "orthogonal",
         "mica",
+        "lora_ga",
+        "arrow",
         "target_parameters",
         "trainable_tokens",
         "kasa",

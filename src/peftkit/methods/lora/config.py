@@ -15,6 +15,8 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.methods.lora.arrow_config import ArrowConfig
+from peftkit.methods.lora.loraga_config import LoraGAConfig
 from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
 from peftkit.methods.lora.variants.kasa_config import KasaConfig
 from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
@@ -22,7 +24,7 @@ from peftkit.methods.lora.variants.subconfig import as_subconfig
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
-_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica")
+_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica", "lora_ga")
 _PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
 #: How ``rank_pattern`` / ``alpha_pattern`` keys are matched against module names (see ``targeting``).
 _PATTERN_TEMPLATE = r"(.*\.)?({})$"
@@ -48,7 +50,9 @@ class LoraConfig(PeftConfig):
         init_lora_weights: ``True`` (A Kaiming-uniform, B zero), ``False`` (both random), ``"gaussian"``,
             ``"pissa"`` / ``"pissa_niter_N"`` (Meng et al., 2024), ``"olora"`` (Büyükakyüz, 2024) or
             ``"orthogonal"`` (even ``r``; see :mod:`peftkit.methods.lora.orthogonal`) or ``"mica"`` (``B`` from the
-            base weight's minor singular vectors, frozen; see :mod:`peftkit.methods.lora.mica`).
+            base weight's minor singular vectors, frozen; see :mod:`peftkit.methods.lora.mica`) or ``"lora_ga"``
+            (from gradients that :func:`~peftkit.methods.lora.loraga.preprocess_loraga` estimated; see
+            :mod:`peftkit.methods.lora.loraga_init`).
         layers_to_transform: Only adapt layers with these indices.
         layers_pattern: Name of the layer list (``"layers"``, ``"h"``, ...) used with ``layers_to_transform``.
         rank_pattern: ``{regex: r}`` overriding ``r`` for matching module names.
@@ -59,6 +63,11 @@ class LoraConfig(PeftConfig):
         lora_bias: Give ``lora_B`` a trainable bias.
         trainable_token_indices: Token ids whose embedding rows train with the adapter: a list (the input
             embedding) or ``{module name: ids}`` (see :mod:`peftkit.methods.trainable_tokens.lora_tokens`).
+        lora_ga_config: LoRA-GA's options (a :class:`~peftkit.methods.lora.loraga_config.LoraGAConfig` or its dict),
+            read when ``init_lora_weights="lora_ga"``.
+        arrow_config: Makes the adapter an Arrow router over the layer's other LoRA adapters (an
+            :class:`~peftkit.methods.lora.arrow_config.ArrowConfig` or its dict; see
+            :func:`~peftkit.methods.lora.arrow.create_arrow_model`).
         use_bdlora: BD-LoRA, block-diagonal ``A`` or ``B`` per layer (a :class:`BdLoraConfig` or a dict of its
             fields; see :mod:`peftkit.methods.lora.variants.bdlora`).
         kasa_config: KaSA (a :class:`KasaConfig` or a dict of its fields): truncate each adapted base weight's ``r``
@@ -86,14 +95,14 @@ class LoraConfig(PeftConfig):
     lora_bias: bool = False
     # PEFT fields that peftkit writes with PEFT's defaults and refuses to honour otherwise.
     alora_invocation_tokens: list[int] | None = None
-    arrow_config: dict | None = None
+    arrow_config: ArrowConfig | dict | None = None
     corda_config: dict | None = None
     ensure_weight_tying: bool = False
     eva_config: dict | None = None
     kasa_config: KasaConfig | None = None
     layer_replication: list | None = None
     loftq_config: dict = field(default_factory=dict)
-    lora_ga_config: dict | None = None
+    lora_ga_config: LoraGAConfig | dict | None = None
     megatron_config: dict | None = None
     megatron_core: str | None = "megatron.core"
     monteclora_config: MontecloraConfig | None = None
@@ -109,12 +118,10 @@ class LoraConfig(PeftConfig):
 
     unsupported_fields: ClassVar[tuple[str, ...]] = (
         "alora_invocation_tokens",
-        "arrow_config",
         "corda_config",
         "eva_config",
         "layer_replication",
         "loftq_config",
-        "lora_ga_config",
         "megatron_config",
         "use_qalora",
         "velora_config",
@@ -125,6 +132,8 @@ class LoraConfig(PeftConfig):
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
         self.use_bdlora = as_subconfig(BdLoraConfig, "use_bdlora", self.use_bdlora)
+        self.lora_ga_config = as_subconfig(LoraGAConfig, "lora_ga_config", self.lora_ga_config)
+        self.arrow_config = as_subconfig(ArrowConfig, "arrow_config", self.arrow_config)
         self.kasa_config = as_subconfig(KasaConfig, "kasa_config", self.kasa_config)
         self.monteclora_config = as_subconfig(MontecloraConfig, "monteclora_config", self.monteclora_config)
         super().__post_init__()
@@ -204,14 +213,19 @@ class LoraConfig(PeftConfig):
 
     def _validate_init(self) -> None:
         init = self.init_lora_weights
+        if self.lora_bias and not isinstance(init, bool):
+            raise ConfigError(
+                f"lora_bias=True works with init_lora_weights=True or False only (as in PEFT), got {init!r}: the "
+                "named initialisations set A and B alone and would leave the bias of B undefined."
+            )
         if init == "mica" and self.use_dora:
             raise ConfigError("init_lora_weights='mica' and use_dora=True are two LoRA variants that do not combine.")
         if isinstance(init, bool) or init in _INIT_NAMES or (isinstance(init, str) and _PISSA_NITER.fullmatch(init)):
             return
-        known = ("eva", "corda", "loftq", "lora_ga")
+        known = ("eva", "corda", "loftq")
         if init in known:
             raise UnsupportedError(f"init_lora_weights={init!r} is not implemented in peftkit; use True or 'pissa'.")
         raise ConfigError(
             f"LoraConfig.init_lora_weights={init!r} is not valid; use True, False, 'gaussian', 'pissa', "
-            "'pissa_niter_N', 'olora', 'orthogonal' or 'mica'."
+            "'pissa_niter_N', 'olora', 'orthogonal', 'mica' or 'lora_ga'."
         )

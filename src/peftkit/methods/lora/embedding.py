@@ -46,7 +46,7 @@ class Embedding(LoraLayer):
             if spec.init is False:
                 A.normal_()
                 B.normal_()
-            elif spec.init == "gaussian" or spec.init is True:
+            elif spec.init in ("gaussian", "lora_ga") or spec.init is True:  # LoRA-GA: Linear layers only
                 A.zero_()
                 B.normal_()
             elif spec.init == "mica":  # the projection is the table's transpose (dim, num)

@@ -27,6 +27,7 @@ from peftkit.methods.lora import fast_paths
 from peftkit.methods.lora.dora import DoraMagnitude, dora_output, merge_update, row_norm, unmerge_step, unmerged_weight
 from peftkit.methods.lora.init import decompose_weight, is_weight_decomposing
 from peftkit.methods.lora.layer_spec import LoraLayerSpec
+from peftkit.methods.lora.loraga_init import init_lora_ga_
 from peftkit.methods.lora.named_init import frozen_tensor_ids, init_factors
 from peftkit.methods.lora.scaling import lora_scaling
 from peftkit.methods.lora.variant import LoraVariant
@@ -164,7 +165,10 @@ class LoraLayer(AdapterLayer):
         raise NotImplementedError
 
     def init_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
-        """Initialise ``A``/``B`` per ``spec.init``; PiSSA/OLoRA also rewrite the base weight."""
+        """Initialise ``A``/``B`` per ``spec.init``; PiSSA/OLoRA/LoRA-GA also rewrite the base weight (LoRA-GA
+        without its gradient initialises as ``True``)."""
+        if spec.init == "lora_ga" and init_lora_ga_(self, adapter, spec):
+            return
         A, B = self.factor_tensors(adapter)
         if not is_weight_decomposing(spec.init):
             init_factors(A, B, spec.init, spec.r, self.get_base_layer(), self.fan_in_fan_out)

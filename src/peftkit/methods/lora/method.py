@@ -10,12 +10,16 @@ from transformers.pytorch_utils import Conv1D
 from peftkit.defaults import default_lora_targets
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.walk import walk_model
+from peftkit.methods.lora.arrow_config import ArrowConfig
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.conv import Conv
 from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.embedding import Embedding
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec
+from peftkit.methods.lora.loraga import preprocess_loraga
+from peftkit.methods.lora.loraga_config import LoraGAConfig
+from peftkit.methods.lora.loraga_init import check_lora_ga
 from peftkit.methods.lora.model import LoraModel
 from peftkit.methods.lora.multihead import MultiheadAttention, warn_unused_out_proj
 from peftkit.methods.lora.param import ParamWrapper
@@ -66,6 +70,7 @@ def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLa
         fan_in_fan_out=isinstance(module, Conv1D) or (config.fan_in_fan_out and not isinstance(module, nn.Linear)),
         lora_bias=config.lora_bias,
         variant=build_variant(config, name, module),
+        init_options=config.lora_ga_config if config.init_lora_weights == "lora_ga" else None,
     )
 
 
@@ -94,6 +99,13 @@ def finish_lora_injection(config: LoraConfig, model: nn.Module, adapter_name: st
     tie_adapters(config, model, adapter_name)
     inject_token_adapters(config, model, adapter_name)
     warn_unused_out_proj(model)
+
+
+def prepare_lora_config(config: LoraConfig, model: nn.Module) -> object:
+    """Before injecting: refuse a LoRA-GA adapter that cannot initialise (:func:`check_lora_ga`) while nothing is
+    changed yet, then widen tied targets (:func:`prepare_tied_targets`)."""
+    check_lora_ga(config, model)
+    return prepare_tied_targets(config, model)
 
 
 def redo_decomposing_init(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
@@ -129,7 +141,7 @@ LORA = MethodSpec(
     file_key_renames={".lora_magnitude_vector.weight": ".lora_magnitude_vector"},
     settle_config=settle_lora_config,
     pattern_fields=("rank_pattern", "alpha_pattern"),
-    prepare_config=prepare_tied_targets,
+    prepare_config=prepare_lora_config,
     after_inject=finish_lora_injection,
     bias_modes=LORA_BIAS_MODES,
     after_load=redo_decomposing_init,
@@ -139,6 +151,9 @@ LORA = MethodSpec(
         "LoraConfig": LoraConfig,
         "LoraModel": LoraModel,
         "BdLoraConfig": BdLoraConfig,
+        "LoraGAConfig": LoraGAConfig,
+        "preprocess_loraga": preprocess_loraga,
+        "ArrowConfig": ArrowConfig,
         "KasaConfig": KasaConfig,
         "MontecloraConfig": MontecloraConfig,
     },
