@@ -335,10 +335,10 @@ class PeftModel(nn.Module):
             self.base_model = tuner_class_for(config)(self.get_base_model(), None, adapter_name)
         active = [adapter_name] if first else self.active_adapters
         self.base_model.check_new_adapter(adapter_name, config)
-        names = attach_adapter(
+        record = attach_adapter(
             self.get_base_model(), adapter_name, config, state, active=active, low_cpu_mem_usage=low_cpu_mem_usage
         )
-        self.base_model.register_config(adapter_name, config, names)
+        self.base_model.register_config(adapter_name, config, record.target_names, record.parameter_names)
         if first:
             self.base_model.set_adapter(adapter_name)
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError, UnsupportedError
-from peftkit.functional import inject_adapter, iter_adapter_modules
+from peftkit.functional import Injection, inject_adapter, iter_adapter_modules
 from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, load_tensors
 from peftkit.io.hub import HUB_KWARGS, resolve_file
 from peftkit.io.keys import strip_prefix
@@ -80,14 +80,15 @@ def attach_adapter(
     active: Sequence[str] | None = None,
     ignore_mismatched_sizes: bool = False,
     low_cpu_mem_usage: bool = False,
-) -> list[str]:
+) -> Injection:
     """Inject ``adapter_name`` (uninitialised) and fill it from ``state``; undo everything if anything fails.
 
     ``state`` has on-disk keys; the ``base_model.model.`` prefix is optional. With ``low_cpu_mem_usage`` the
     adapter is created on ``meta`` and the loaded tensors are assigned (no allocation of values to overwrite).
 
     Returns:
-        The target module names (for configs whose ``target_modules`` was ``"all-linear"``).
+        The injection record (``target_names``: the adapted modules, e.g. for configs whose ``target_modules`` was
+        ``"all-linear"``; ``parameter_names``: the adapted parameters).
     """
     init_warning = method_of(config).init_warning
     message = init_warning(config, adapter_name) if init_warning is not None else None
@@ -110,7 +111,7 @@ def attach_adapter(
     except BaseException:
         record.undo(model)
         raise
-    return record.target_names
+    return record
 
 
 #: Config fields that describe where an adapter came from, not what it computes.

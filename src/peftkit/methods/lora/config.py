@@ -136,6 +136,7 @@ class LoraConfig(PeftConfig):
         if self.layers_pattern and self.layers_to_transform is None:
             raise ConfigError("layers_pattern is only used together with layers_to_transform; set both.")
         self._validate_init()
+        self._warn_conversion_scale()
         self._validate_token_indices()
 
     @property
@@ -190,6 +191,22 @@ class LoraConfig(PeftConfig):
         custom: dict[type, type] = dict(getattr(self, "_custom_modules", None) or {})
         custom.update(mapping)
         self._custom_modules = custom
+
+    def _warn_conversion_scale(self) -> None:
+        """Warn (as PEFT does, at config time) when an initialisation that changes the base weights (PiSSA, OLoRA,
+        CorDA, LoRA-GA) meets rsLoRA and a rank or alpha pattern: converting such an adapter to a plain LoRA after
+        training (``save_pretrained(path_initial_model_for_weight_conversion=...)``) needs each layer's scaling,
+        which the saved files do not determine in that case, so that conversion will be refused."""
+        init = self.init_lora_weights
+        converts = isinstance(init, str) and (init.startswith("pissa") or init in ("olora", "corda", "lora_ga"))
+        if converts and self.use_rslora and (self.rank_pattern or self.alpha_pattern):
+            warnings.warn(
+                f"LoraConfig: init_lora_weights={init!r} with use_rslora=True and a rank_pattern/alpha_pattern "
+                "trains fine, but the adapter cannot be converted to a plain LoRA afterwards "
+                "(save_pretrained(path_initial_model_for_weight_conversion=...) will refuse it): the per-layer "
+                "scaling it needs is not recoverable. Drop use_rslora or the patterns if you need that conversion.",
+                stacklevel=5,
+            )
 
     def _validate_init(self) -> None:
         init = self.init_lora_weights
