@@ -31,6 +31,7 @@ from peftkit.layers.dtypes import cast_adapter_dtype
 from peftkit.layers.parameter_count import count_parameters
 from peftkit.layers.walk import switch_to_eval
 from peftkit.locking import exclusive
+from peftkit.methods.lora.variants.alora import alora_call
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
 from peftkit.status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
@@ -209,7 +210,8 @@ class PeftModel(nn.Module):
                 kwargs["adapter_names"] = adapter_names
                 return prompt.prompt_forward(self._tuner, self.prompt_task, args, kwargs)
         with F.inference_call(self.get_base_model(), adapter_names, training=self.training):
-            return self.base_model(*args, **kwargs)  # the tuner's forward (AdaLoRA adds its penalty)
+            with alora_call(self, args, kwargs, adapter_names):  # Activated LoRA's offsets (takes alora_offsets)
+                return self.base_model(*args, **kwargs)  # the tuner's forward (AdaLoRA adds its penalty)
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """The base model's ``generate``; ``adapter_names``: one per input row, also for the row's beams/copies."""
@@ -217,7 +219,8 @@ class PeftModel(nn.Module):
             with F.inference_call(self.get_base_model(), None):
                 return prompt.prompt_generate(self._tuner, self.prompt_task, args, kwargs)
         with F.inference_call(self.get_base_model(), adapter_names, expand=True, training=self.training):
-            return self.get_base_model().generate(*args, **kwargs)
+            with alora_call(self, args, kwargs, adapter_names, generate=True):
+                return self.get_base_model().generate(*args, **kwargs)
 
     # -- state and files ----------------------------------------------------------------------
     def get_adapter_state_dict(

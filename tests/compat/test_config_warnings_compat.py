@@ -188,6 +188,8 @@ def _lora_pairs(model: Any) -> dict[str, tuple[int, ...]]:
         (lambda: TiedLM(True, config_says=False), ["linear", "embed_tokens"]),
         (lambda: TiedLM(True, config_says=True), ["linear", "lm_head"]),
         (TiedSeq2Seq, ["lm_head"]),
+        (TiedSeq2Seq, ["embed_tokens"]),
+        (TiedSeq2Seq, ["linear"]),
         (TiedSeq2Seq, r".*lm_head"),
     ],
 )

@@ -24,7 +24,7 @@ import types
 from peftkit.layers.base import AdapterLayer
 from peftkit.methods.spec import MethodSpec
 from peftkit.registry import METHODS, public_names
-from peftkit.tuners import tuners_utils
+from peftkit.tuners import lora_variants, tuners_utils
 
 _NAMES = public_names()
 globals().update(_NAMES)
@@ -75,5 +75,8 @@ def _install_method_modules() -> list[str]:
 
 
 METHOD_MODULES = _install_method_modules()
+# PEFT's ``peft.tuners.lora.variants``: the LoRA variants' public names (variant classes, aLoRA's offset helpers)
+sys.modules.setdefault(f"{__name__}.lora.variants", lora_variants)
+setattr(sys.modules[f"{__name__}.lora"], "variants", lora_variants)  # noqa: B010  # a module built at run time
 
 __all__ = ["METHOD_MODULES", "tuners_utils", *sorted(_NAMES)]

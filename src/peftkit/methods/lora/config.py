@@ -97,7 +97,6 @@ class LoraConfig(PeftConfig):
     zero_alpha_disables: ClassVar[bool] = True
 
     unsupported_fields: ClassVar[tuple[str, ...]] = (
-        "alora_invocation_tokens",
         "arrow_config",
         "corda_config",
         "eva_config",
@@ -138,6 +137,7 @@ class LoraConfig(PeftConfig):
         self._validate_init()
         self._warn_conversion_scale()
         self._validate_token_indices()
+        self._validate_alora()
 
     @property
     def trains_token_rows(self) -> bool:
@@ -191,6 +191,27 @@ class LoraConfig(PeftConfig):
         custom: dict[type, type] = dict(getattr(self, "_custom_modules", None) or {})
         custom.update(mapping)
         self._custom_modules = custom
+
+    def _validate_alora(self) -> None:
+        """``alora_invocation_tokens``: a non-empty list of token ids (Activated LoRA, see
+        :mod:`peftkit.methods.lora.variants.alora`); it finds its invocation in causal LMs only (warned)."""
+        tokens = self.alora_invocation_tokens
+        if tokens is None:
+            return
+        if (
+            not isinstance(tokens, (list, tuple))
+            or not tokens
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens)
+        ):
+            raise ConfigError(
+                f"LoraConfig.alora_invocation_tokens must be a non-empty list of token ids, got {tokens!r}."
+            )
+        if getattr(self.task_type, "value", self.task_type) != "CAUSAL_LM":
+            warnings.warn(
+                "LoraConfig: aLoRA (alora_invocation_tokens) finds its invocation in causal language models only "
+                "(task_type='CAUSAL_LM'); with another task type pass alora_offsets to each forward.",
+                stacklevel=5,
+            )
 
     def _warn_conversion_scale(self) -> None:
         """Warn (as PEFT does, at config time) when an initialisation that changes the base weights (PiSSA, OLoRA,

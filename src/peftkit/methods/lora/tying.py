@@ -131,11 +131,11 @@ def prepare_tied_targets(config: object, model: nn.Module) -> object:
             "target the embedding with LoRA instead, or set ensure_weight_tying=False."
         )
     targets = getattr(config, "target_modules", None)
-    if not isinstance(targets, (str, set, list, tuple)) or not any(name_matches(name, targets) for name in tied):
+    every = [*tied, *embedding_aliases(model, tied[0])]
+    if not isinstance(targets, (str, set, list, tuple)) or not any(name_matches(name, targets) for name in every):
         warnings.warn("ensure_weight_tying=True, but no tied embedding is targeted; nothing tied.", stacklevel=5)
         return config
     completed = copy.copy(config)
-    every = [*tied, *embedding_aliases(model, tied[0])]
     if isinstance(targets, str):  # a regex: widened to every tied module, stored so (a load selects the same ones)
         completed.target_modules = f"(?:{targets}|{'|'.join(f'^{re.escape(n)}$' for n in every)})"  # type: ignore[attr-defined]  # a LoraConfig
     else:

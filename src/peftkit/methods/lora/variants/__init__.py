@@ -19,7 +19,9 @@ from peftkit.errors import UnsupportedError
 from peftkit.methods.lora.variant import LoraVariant
 
 #: ``LoraConfig`` field -> ``"module:function"`` building that variant's :class:`LoraVariant` for one layer.
-VARIANT_BUILDERS: dict[str, str] = {}
+VARIANT_BUILDERS: dict[str, str] = {
+    "alora_invocation_tokens": "peftkit.methods.lora.variants.alora:build",
+}
 
 VariantBuilder = Callable[[Any, str, nn.Module], LoraVariant | None]
 
