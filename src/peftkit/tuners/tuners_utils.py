@@ -15,6 +15,7 @@ from torch import nn
 
 from peftkit import adapter_state
 from peftkit.config import PeftConfig
+from peftkit.errors import UsageError
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.methods.trainable_tokens.wrapper import TrainableTokensWrapper
@@ -132,18 +133,18 @@ def _find_minimal_target_modules(target_modules: Collection[str], other_module_n
     module's name gets none (as in PEFT); when nothing was chosen at all the targets come back unchanged.
 
     Raises:
-        ValueError: ``target_modules`` is a string or empty, holds ``""``, or shares a name with
+        UsageError: (a ``ValueError``) ``target_modules`` is a string or empty, holds ``""``, or shares a name with
             ``other_module_names`` (a module cannot be both targeted and not).
     """
     if isinstance(target_modules, str) or not target_modules:
-        raise ValueError(f"target_modules should be a list or set of strings, got {target_modules!r}.")
+        raise UsageError(f"target_modules should be a list or set of strings, got {target_modules!r}.")
     targets = set(target_modules)
     if "" in targets:
-        raise ValueError("target_modules should not contain an empty string (it would select every module).")
+        raise UsageError("target_modules should not contain an empty string (it would select every module).")
     others = set(other_module_names)
     shared = sorted(targets & others)
     if shared:
-        raise ValueError(
+        raise UsageError(
             f"target_modules and other_module_names contain common elements ({shared}): a module cannot be both "
             "targeted and not; remove them from one of the two."
         )

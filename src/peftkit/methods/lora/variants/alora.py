@@ -15,8 +15,9 @@ offset and is adapted whole. Offsets are counted from the *end* of the input for
 
 The offsets of a call live in :data:`~peftkit.layers.routing.CALL_STATE` (per thread), set by :func:`alora_call`
 around ``PeftModel.forward`` / ``generate``. Linear layers only (as in PEFT); not mergeable (the delta depends
-on the position). Not supported: beam search, mixed batches (``adapter_names``), and training with gradient
+on the position). Not supported: beam search, and training with gradient
 checkpointing (the recomputation in backward runs outside the call: refused rather than wrong gradients).
+In a mixed batch (``adapter_names``) each row takes its own adapter's invocation, as in PEFT.
 """
 
 from __future__ import annotations
@@ -51,12 +52,26 @@ class ALoraLinearVariant(LoraVariant):
         offsets = CALL_STATE.alora_offsets
         if offsets is None:
             return result
+        if CALL_STATE.routing is not None:  # a mixed batch: this adapter's rows only
+            offsets = _offsets_of_rows(offsets, adapter, result.shape[0])
         mask = position_mask(offsets, result.shape[0], result.shape[1] if result.dim() == 3 else 1, result.device)
         rows = mask.reshape(-1).nonzero().squeeze(1)
         flat_x = x.reshape(-1, x.shape[-1]).index_select(0, rows)
         delta = layer.lora_out(layer.lora_dropout[adapter](flat_x), adapter).to(result.dtype)
         flat = result.reshape(-1, result.shape[-1]).index_add(0, rows, delta)
         return flat.view_as(result)
+
+
+def _offsets_of_rows(offsets: Offsets, adapter: str, rows: int) -> Offsets:
+    """The offsets of the ``rows`` samples of a mixed batch that ``adapter`` computes (in batch order; a batch
+    that ``generate`` expanded ``k`` times has each row ``k`` times, as :class:`BatchRouting` routes it)."""
+    routing = CALL_STATE.routing
+    assert routing is not None
+    position = routing.names.index(adapter)
+    k = rows // max(int((routing.index == position).sum()), 1)
+    full = routing.for_batch(len(routing) * k)
+    expanded = [o for o in offsets for _ in range(k)]
+    return [expanded[i] for i in (full.index == position).nonzero().flatten().tolist()]
 
 
 def position_mask(offsets: Offsets, batch: int, length: int, device: torch.device) -> torch.Tensor:
@@ -202,28 +217,23 @@ def alora_call(
     passed) and hold them in :data:`CALL_STATE` for the layers.
 
     Raises:
-        UsageError: offsets with beam search. UnsupportedError: aLoRA in a mixed batch (``adapter_names``), or
-            offsets with gradient checkpointing while training.
+        UsageError: offsets with beam search. UnsupportedError: offsets with gradient checkpointing while training.
     """
     configs = model.peft_config.values()
     if "alora_offsets" not in kwargs and not any(getattr(c, "alora_invocation_tokens", None) for c in configs):
         yield
         return
-    if adapter_names is not None:
-        if "alora_offsets" in kwargs or is_alora_relevant_in_batch(model, adapter_names):
-            raise UnsupportedError("aLoRA adapters cannot run in a mixed batch (adapter_names) in peftkit; run apart.")
-        yield
-        return
     task = getattr(model.active_peft_config, "task_type", None)
     if getattr(task, "value", task) == "CAUSAL_LM":  # PEFT finds the invocation for causal LMs only
+        rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "inputs_embeds")}
         if generate:
-            kwargs.update(get_alora_offsets_for_generate(model, *args, **kwargs))
+            found = get_alora_offsets_for_generate(model, *args, adapter_names=adapter_names, **kwargs)
         else:
-            rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "inputs_embeds")}
             ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
-            kwargs["alora_offsets"] = get_alora_offsets_for_forward(
-                model, ids, kwargs.get("inputs_embeds"), **rest
-            ).get("alora_offsets")
+            found = get_alora_offsets_for_forward(
+                model, ids, kwargs.get("inputs_embeds"), adapter_names=adapter_names, **rest
+            )
+        kwargs["alora_offsets"] = found.get("alora_offsets")
     offsets = kwargs.pop("alora_offsets", None)
     _check_call(model, kwargs, offsets)
     previous, CALL_STATE.alora_offsets = CALL_STATE.alora_offsets, offsets
