@@ -33,5 +33,16 @@ METHOD_SPECS: dict[str, str] = {
 #: variant it configures is listed here; ``tests/unit/test_peft_suite_script.py`` checks that ``LoraConfig``
 #: accepts exactly these.
 LORA_VARIANTS: frozenset[str] = frozenset(
-    ("dora", "gaussian", "pissa", "olora", "orthogonal", "mica", "target_parameters", "trainable_tokens", "alora")
+    (
+        "alora",
+        "bdlora",
+        "dora",
+        "gaussian",
+        "pissa",
+        "olora",
+        "orthogonal",
+        "mica",
+        "target_parameters",
+        "trainable_tokens",
+    )
 )

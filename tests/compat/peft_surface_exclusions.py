@@ -14,7 +14,6 @@ _PREFIX_LAYOUT = "prefix-cache layouts are derived per model by peftkit's prompt
 EXCLUDED: dict[str, str] = {
     # LoRA variants, initialisations and conversions
     "ArrowConfig": _LORA_VARIANT,
-    "BdLoraConfig": _LORA_VARIANT,
     "EvaConfig": _LORA_VARIANT,
     "KasaConfig": _LORA_VARIANT,
     "LoftQConfig": _LORA_VARIANT,

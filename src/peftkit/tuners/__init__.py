@@ -18,13 +18,14 @@ those names, so ``from peft.tuners.lora.layer import LoraLayer`` works too.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
 from peftkit.layers.base import AdapterLayer
 from peftkit.methods.spec import MethodSpec
 from peftkit.registry import METHODS, public_names
-from peftkit.tuners import lora_variants, tuners_utils
+from peftkit.tuners import tuners_utils
 
 _NAMES = public_names()
 globals().update(_NAMES)
@@ -57,6 +58,8 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 
 #: PEFT's files inside ``tuners/<method>/`` that users import from; each is an alias of the method's module.
 SUBMODULES = ("layer", "config", "model")
+#: PEFT's files inside ``tuners/<method>/`` that peftkit holds as a module of their own (method -> file -> module).
+OWN_SUBMODULES: dict[str, dict[str, str]] = {"lora": {"variants": "peftkit.methods.lora.variants"}}
 
 
 def _install_method_modules() -> list[str]:
@@ -69,14 +72,14 @@ def _install_method_modules() -> list[str]:
         for part in SUBMODULES:  # ``from peft.tuners.lora.layer import LoraLayer``: the same names
             sys.modules.setdefault(f"{module.__name__}.{part}", module)
             setattr(module, part, module)
+        for part, path in OWN_SUBMODULES.get(short, {}).items():  # ``peft.tuners.lora.variants``
+            sys.modules.setdefault(f"{module.__name__}.{part}", importlib.import_module(path))
+            setattr(module, part, sys.modules[f"{module.__name__}.{part}"])
         globals()[short] = sys.modules[module.__name__]
         installed.append(short)
     return installed
 
 
 METHOD_MODULES = _install_method_modules()
-# PEFT's ``peft.tuners.lora.variants``: the LoRA variants' public names (variant classes, aLoRA's offset helpers)
-sys.modules.setdefault(f"{__name__}.lora.variants", lora_variants)
-setattr(sys.modules[f"{__name__}.lora"], "variants", lora_variants)  # noqa: B010  # a module built at run time
 
 __all__ = ["METHOD_MODULES", "tuners_utils", *sorted(_NAMES)]

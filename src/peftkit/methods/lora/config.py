@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig, as_bdlora_config
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
@@ -55,6 +56,8 @@ class LoraConfig(PeftConfig):
         lora_bias: Give ``lora_B`` a trainable bias.
         trainable_token_indices: Token ids whose embedding rows train with the adapter: a list (the input
             embedding) or ``{module name: ids}`` (see :mod:`peftkit.methods.trainable_tokens.lora_tokens`).
+        use_bdlora: BD-LoRA, block-diagonal ``A`` or ``B`` per layer (a :class:`BdLoraConfig` or a dict of its
+            fields; see :mod:`peftkit.methods.lora.variants.bdlora`).
     """
 
     r: int = 8
@@ -89,7 +92,7 @@ class LoraConfig(PeftConfig):
     qalora_group_size: int = 16
     target_parameters: list[str] | None = None
     trainable_token_indices: list | dict | None = None
-    use_bdlora: dict | None = None
+    use_bdlora: BdLoraConfig | None = None
     use_qalora: bool = False
     velora_config: dict | None = None
 
@@ -106,7 +109,6 @@ class LoraConfig(PeftConfig):
         "lora_ga_config",
         "megatron_config",
         "monteclora_config",
-        "use_bdlora",
         "use_qalora",
         "velora_config",
     )
@@ -115,6 +117,7 @@ class LoraConfig(PeftConfig):
         self.peft_type = PeftType("LORA")
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
+        self.use_bdlora = as_bdlora_config(self.use_bdlora)
         super().__post_init__()
         self._validate()
 

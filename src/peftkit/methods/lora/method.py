@@ -21,6 +21,7 @@ from peftkit.methods.lora.multihead import MultiheadAttention, warn_unused_out_p
 from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.lora.variants import build_variant
+from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.methods.trainable_tokens.lora_tokens import inject_token_adapters
 from peftkit.targeting import pattern_value
@@ -129,7 +130,7 @@ LORA = MethodSpec(
     after_load=redo_decomposing_init,
     tuner_class=LoraModel,
     parameter_layer=ParamWrapper,
-    public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel},
+    public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel, "BdLoraConfig": BdLoraConfig},
     cli_name="lora",
     cli_options=(
         CliOption("r", "r", int, "Rank", 8),

@@ -15,7 +15,7 @@ from peftkit.methods.combining import add_frozen, already_present, check_sources
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import LoraLayer
-from peftkit.methods.lora.weighted import combine_layer, plan_combination
+from peftkit.methods.lora.weighted import SVD_TYPES, combine_layer, plan_combination
 from peftkit.tuner import TunerModel
 
 
@@ -83,7 +83,13 @@ class LoraModel(TunerModel):
             combination_type, ranks, svd_rank, density=density, majority_sign_method=majority_sign_method,
             svd_clamp=svd_clamp, svd_full_matrices=svd_full_matrices, svd_driver=svd_driver,
         )  # fmt: skip
+        if how.kind not in SVD_TYPES and any(c.use_bdlora is not None for c in configs):
+            raise UnsupportedError(
+                "add_weighted_adapter combines BD-LoRA adapters (use_bdlora) only with an '*svd' combination_type "
+                "(the combined adapter is then a plain LoRA): block-diagonal factors cannot be concatenated or averaged"
+            )
         fields: dict[str, Any] = {"r": how.rank, "lora_alpha": how.rank, "use_rslora": False, "rank_pattern": {}}
+        fields["use_bdlora"] = None  # an SVD of the dense deltas: plain factors
         fields |= {"alpha_pattern": {}, "target_modules": union_of(configs, "target_modules")}
         config = dataclasses.replace(configs[0], **fields)
         add_frozen(self, adapter_name, config, init_weights=False)  # combine_layer writes every tensor
