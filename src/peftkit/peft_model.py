@@ -23,7 +23,7 @@ from peftkit.compile_frames import eager_frame
 from peftkit.config import PeftConfig, PromptLearningConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
 from peftkit.io.hub import push_adapter_to_hub
-from peftkit.io.keys import MODEL_PREFIX, add_prefix
+from peftkit.io.keys import MODEL_PREFIX, add_prefix, remap_keys
 from peftkit.io.load import attach_adapter, check_same_adapter_config, read_weights, reload_adapter, split_hub_kwargs
 from peftkit.io.save import save_adapters
 from peftkit.io.state import adapter_state_dict
@@ -303,6 +303,8 @@ class PeftModel(nn.Module):
         self._check_same_kind(config)
         config = self._prepare_config(config, self.get_base_model())
         state = read_weights(model_id, subfolder=subfolder, device=torch_device or "cpu", **hub)
+        if kwargs.get("key_mapping") and not config.is_prompt_learning:  # PEFT's renaming of a changed layout
+            state = remap_keys(state, kwargs["key_mapping"])
         if adapter_name in self.peft_config:
             self._reload(adapter_name, config, state, is_trainable)
         else:
@@ -371,6 +373,7 @@ class PeftModel(nn.Module):
                 raise ConfigError(f"task_type={config.task_type!r} has no PeftModel class; import peftkit first.")
             target_cls = TASK_CLASSES[TaskType(config.task_type)]
         replace_existing_adapter(model, adapter_name)
+        kwargs.setdefault("key_mapping", getattr(model, "_checkpoint_conversion_mapping", None))  # as PEFT
         wrapper = target_cls(model, None, adapter_name)
         wrapper.load_adapter(
             model_id,
