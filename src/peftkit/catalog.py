@@ -44,5 +44,7 @@ LORA_VARIANTS: frozenset[str] = frozenset(
         "mica",
         "target_parameters",
         "trainable_tokens",
+        "kasa",
+        "monteclora",
     )
 )

@@ -217,13 +217,6 @@ def test_bad_use_bdlora_type_is_refused_and_unknown_keys_are_warned() -> None:
     assert config.use_bdlora == BdLoraConfig(nblocks=2)
 
 
-class WithEmbedding(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(10, 12)
-        self.lin0 = nn.Linear(12, 24)
-
-
 @pytest.mark.parametrize(
     ("targets", "fields", "extra", "match"),
     [
@@ -248,10 +241,27 @@ def test_refusals_leave_the_model_unchanged(
     assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
 
 
-def test_layer_types_other_than_linear_are_refused() -> None:
-    config = peftkit.LoraConfig(target_modules=["emb", "lin0"], use_bdlora={"target_modules_bd_b": ["emb", "lin0"]})
-    with pytest.raises(ConfigError, match="Embedding"):
-        peftkit.get_peft_model(WithEmbedding(), config)
+def int8_linear() -> nn.Module:
+    bnb = pytest.importorskip("bitsandbytes")
+    layer = bnb.nn.Linear8bitLt(12, 24, has_fp16_weights=False)
+    layer.load_state_dict(nn.Linear(12, 24).state_dict())
+    return layer.to("cpu")  # quantizes the weight
+
+
+@pytest.mark.parametrize(
+    ("kind", "make"),
+    [
+        ("Embedding", lambda: nn.Embedding(10, 12)),
+        ("Conv2d", lambda: nn.Conv2d(4, 8, 3)),
+        ("Linear8bitLt", int8_linear),
+    ],
+)
+def test_layer_types_other_than_dense_linear_are_refused(kind: str, make: Any) -> None:
+    model = nn.ModuleDict({"lin0": nn.Linear(12, 24), "other": make()})
+    config = peftkit.LoraConfig(target_modules=["other", "lin0"], use_bdlora={"target_modules_bd_b": ["other", "lin0"]})
+    with pytest.raises(ConfigError, match=kind):
+        peftkit.get_peft_model(model, config)
+    assert not any(isinstance(m, AdapterLayer) for m in model.modules())
 
 
 def test_weighted_adapter_svd_is_a_plain_lora_of_the_dense_deltas_and_factor_types_are_refused() -> None:

@@ -22,6 +22,8 @@ from peftkit.methods.lora.variant import LoraVariant
 VARIANT_BUILDERS: dict[str, str] = {
     "alora_invocation_tokens": "peftkit.methods.lora.variants.alora:build",
     "use_bdlora": "peftkit.methods.lora.variants.bdlora:build",
+    "kasa_config": "peftkit.methods.lora.variants.kasa:build",
+    "monteclora_config": "peftkit.methods.lora.variants.monteclora:build",
 }
 
 #: PEFT's public names of ``peft.tuners.lora.variants`` that peftkit has (``peftkit.tuners.lora.variants`` is this
@@ -34,6 +36,8 @@ PEFT_NAMES: dict[str, str] = {
     "is_alora_relevant_in_batch": "peftkit.methods.lora.variants.alora:is_alora_relevant_in_batch",
     "BdLoraLinearVariant": "peftkit.methods.lora.variants.bdlora:BdLoraLinearVariant",
     "BlockDiagonalLinear": "peftkit.methods.lora.variants.block_diagonal:BlockDiagonalLinear",
+    "KasaLinearVariant": "peftkit.methods.lora.variants.kasa:KasaLinearVariant",
+    "MontecloraLinearVariant": "peftkit.methods.lora.variants.monteclora:MontecloraLinearVariant",
 }
 
 VariantBuilder = Callable[[Any, str, nn.Module], LoraVariant | None]

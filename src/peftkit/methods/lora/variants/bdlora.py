@@ -62,10 +62,11 @@ class BdLoraLinearVariant(LoraVariant):
         container[adapter] = packed
 
     def delta_weight(self, layer: LoraLayer, adapter: str) -> torch.Tensor:
-        """``s * block_diag(B) @ block_diag(A)`` in the base weight's dtype (half-precision factors multiplied in
-        float32), transposed for ``fan_in_fan_out``; shape of the base weight."""
+        """``s * block_diag(B) @ block_diag(A)`` in the base weight's dtype (the factors' for a quantized base;
+        half-precision factors multiplied in float32), transposed for ``fan_in_fan_out``; shape of the base weight."""
         A, B = dense_factor(layer.lora_A[adapter]), dense_factor(layer.lora_B[adapter])
-        dtype = layer.get_base_layer().weight.dtype
+        base_dtype = layer.get_base_layer().weight.dtype
+        dtype = base_dtype if base_dtype.is_floating_point else A.dtype  # a base quantized since injection
         if A.dtype in (torch.float16, torch.bfloat16):
             A, B = A.float(), B.float()
         delta = (B @ A) * layer.scaling[adapter]
