@@ -34,6 +34,7 @@ METHOD_SPECS: dict[str, str] = {
 #: accepts exactly these.
 LORA_VARIANTS: frozenset[str] = frozenset(
     (
+        "alora",
         "bdlora",
         "dora",
         "gaussian",

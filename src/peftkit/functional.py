@@ -62,6 +62,7 @@ class Injection:
         grad_state: ``requires_grad`` of every parameter before the injection.
         status: The model's adapter status before the injection (``None``: it had no adapter).
         target_names: Full names of the adapted layers (for ``all-linear`` expansion).
+        parameter_names: ``module.parameter`` names adapted through ``target_parameters``.
         config: The config as injected (after the method's ``prepare_config``), to be stored by the caller.
     """
 
@@ -71,6 +72,7 @@ class Injection:
     grad_state: dict[nn.Parameter, bool] = field(default_factory=dict)
     status: AdapterStatus | None = None
     target_names: list[str] = field(default_factory=list)
+    parameter_names: list[str] = field(default_factory=list)
     config: PeftConfig | None = None
     shared: bool = False
 
@@ -172,7 +174,9 @@ def inject_adapter(
     try:
         for name in names:
             _inject_one(model, name, config, spec, adapter_name, init_weights, record, candidates)
-        inject_config_parameters(model, config, spec, adapter_name, init_weights, record.created, record.updated)
+        record.parameter_names = inject_config_parameters(
+            model, config, spec, adapter_name, init_weights, record.created, record.updated
+        )
         _add_model_tensors(model, spec, config, adapter_name, names, record)
         _wrap_modules_to_save(model, getattr(config, "modules_to_save", None), adapter_name, record)
         if spec.after_inject is not None:

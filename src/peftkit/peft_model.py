@@ -23,7 +23,7 @@ from peftkit.compile_frames import eager_frame
 from peftkit.config import PeftConfig, PromptLearningConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
 from peftkit.io.hub import push_adapter_to_hub
-from peftkit.io.keys import MODEL_PREFIX, add_prefix
+from peftkit.io.keys import MODEL_PREFIX, add_prefix, remap_keys
 from peftkit.io.load import attach_adapter, check_same_adapter_config, read_weights, reload_adapter, split_hub_kwargs
 from peftkit.io.save import save_adapters
 from peftkit.io.state import adapter_state_dict
@@ -31,6 +31,7 @@ from peftkit.layers.dtypes import cast_adapter_dtype
 from peftkit.layers.parameter_count import count_parameters
 from peftkit.layers.walk import switch_to_eval
 from peftkit.locking import exclusive
+from peftkit.methods.lora.variants.alora import alora_call
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
 from peftkit.status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
@@ -209,7 +210,8 @@ class PeftModel(nn.Module):
                 kwargs["adapter_names"] = adapter_names
                 return prompt.prompt_forward(self._tuner, self.prompt_task, args, kwargs)
         with F.inference_call(self.get_base_model(), adapter_names, training=self.training):
-            return self.base_model(*args, **kwargs)  # the tuner's forward (AdaLoRA adds its penalty)
+            with alora_call(self, args, kwargs, adapter_names):  # Activated LoRA's offsets (takes alora_offsets)
+                return self.base_model(*args, **kwargs)  # the tuner's forward (AdaLoRA adds its penalty)
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """The base model's ``generate``; ``adapter_names``: one per input row, also for the row's beams/copies."""
@@ -217,7 +219,8 @@ class PeftModel(nn.Module):
             with F.inference_call(self.get_base_model(), None):
                 return prompt.prompt_generate(self._tuner, self.prompt_task, args, kwargs)
         with F.inference_call(self.get_base_model(), adapter_names, expand=True, training=self.training):
-            return self.get_base_model().generate(*args, **kwargs)
+            with alora_call(self, args, kwargs, adapter_names, generate=True):
+                return self.get_base_model().generate(*args, **kwargs)
 
     # -- state and files ----------------------------------------------------------------------
     def get_adapter_state_dict(
@@ -300,6 +303,8 @@ class PeftModel(nn.Module):
         self._check_same_kind(config)
         config = self._prepare_config(config, self.get_base_model())
         state = read_weights(model_id, subfolder=subfolder, device=torch_device or "cpu", **hub)
+        if kwargs.get("key_mapping") and not config.is_prompt_learning:  # PEFT's renaming of a changed layout
+            state = remap_keys(state, kwargs["key_mapping"])
         if adapter_name in self.peft_config:
             self._reload(adapter_name, config, state, is_trainable)
         else:
@@ -335,10 +340,10 @@ class PeftModel(nn.Module):
             self.base_model = tuner_class_for(config)(self.get_base_model(), None, adapter_name)
         active = [adapter_name] if first else self.active_adapters
         self.base_model.check_new_adapter(adapter_name, config)
-        names = attach_adapter(
+        record = attach_adapter(
             self.get_base_model(), adapter_name, config, state, active=active, low_cpu_mem_usage=low_cpu_mem_usage
         )
-        self.base_model.register_config(adapter_name, config, names)
+        self.base_model.register_config(adapter_name, config, record.target_names, record.parameter_names)
         if first:
             self.base_model.set_adapter(adapter_name)
 
@@ -368,6 +373,7 @@ class PeftModel(nn.Module):
                 raise ConfigError(f"task_type={config.task_type!r} has no PeftModel class; import peftkit first.")
             target_cls = TASK_CLASSES[TaskType(config.task_type)]
         replace_existing_adapter(model, adapter_name)
+        kwargs.setdefault("key_mapping", getattr(model, "_checkpoint_conversion_mapping", None))  # as PEFT
         wrapper = target_cls(model, None, adapter_name)
         wrapper.load_adapter(
             model_id,

@@ -141,7 +141,9 @@ def select_targets(
         names_and_modules: ``model.named_modules()``.
         target_modules: Names or a regex (``"all-linear"`` must be expanded first).
         exclude_modules: Names or a regex never adapted.
-        layers_to_transform: Layer indices to keep; ``layers_pattern`` says how layers are named.
+        layers_to_transform: Layer indices to keep; ``layers_pattern`` says how layers are named. A module whose
+            full name is itself an entry of a ``target_modules`` list is kept whatever its layer (PEFT's rule: the
+            user named that very module).
         adaptable: Module types the method can wrap; a matched module of another type is an error.
         skip: Name prefixes that are never descended into (e.g. modules_to_save copies).
 
@@ -156,7 +158,8 @@ def select_targets(
             continue
         if not name_matches(name, target_modules) or name_matches(name, exclude_modules):
             continue
-        if not in_selected_layers(name, layers_to_transform, layers_pattern):
+        named = not isinstance(target_modules, str) and name in target_modules  # listed in full: any layer (PEFT)
+        if not named and not in_selected_layers(name, layers_to_transform, layers_pattern):
             continue
         if adaptable and not isinstance(module, adaptable):
             if isinstance(target_modules, str):
@@ -189,18 +192,27 @@ def config_targets(
 
     Modules trained in full (``modules_to_save``, and everything in them) get no adapter layer, as in PEFT: their
     copy would carry one too, and the original's would be neither saved nor restored. Keys of ``pattern_fields``
-    (``rank_pattern`` ...) that match no chosen module are warned about.
+    (``rank_pattern`` ...) that match no chosen module are warned about, and so is an ``exclude_modules`` that
+    excludes nothing (unless ``modules_to_save`` keeps some module out, which PEFT counts as an exclusion).
     """
     to_save = getattr(config, "modules_to_save", None) or ()
+    exclude = getattr(config, "exclude_modules", None)
+    skip = [name for name in candidates if name and to_save and name_matches(name, to_save)]
     names = select_targets(
         candidates.items(),
         targets,
-        exclude_modules=getattr(config, "exclude_modules", None),
+        exclude_modules=exclude,
         layers_to_transform=getattr(config, "layers_to_transform", None),
         layers_pattern=getattr(config, "layers_pattern", None),
         adaptable=adaptable,
-        skip=[name for name in candidates if name and to_save and name_matches(name, to_save)],
+        skip=skip,
     )
+    if exclude and not skip and not any(name and name_matches(name, exclude) for name in candidates):
+        warnings.warn(
+            f"exclude_modules={exclude!r} matches no module of the model, so nothing was excluded; check the names "
+            "(a list entry matches a full module name or its last dotted parts, a string is a regex).",
+            stacklevel=4,
+        )
     warn_unmatched_patterns(config, pattern_fields, names)
     return names
 

@@ -7,6 +7,7 @@ why checkpoint keys start with ``base_model.model.``. Every operation delegates 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -21,6 +22,9 @@ from peftkit.layers.placement import adapters_on_meta
 from peftkit.layers.state import AdapterStatus
 from peftkit.methods.spec import method_of
 from peftkit.targeting import ALL_LINEAR
+
+#: What :meth:`TunerModel.get_model_config` gives for a model without a ``config`` (PEFT's ``DUMMY_MODEL_CONFIG``).
+DUMMY_MODEL_CONFIG: dict[str, Any] = {"model_type": "custom"}
 
 
 class TunerModel(nn.Module):
@@ -49,6 +53,10 @@ class TunerModel(nn.Module):
         self.model = model
         self.peft_config: dict[str, PeftConfig] = {}
         self.active_adapter: str | list[str] = adapter_name
+        #: PEFT's bookkeeping: every module (full name) and parameter (``module.param``) any adapter added so far
+        #: adapted, each once, in the order the adapters were added (then model order); deletes do not shrink them.
+        self.targeted_module_names: list[str] = []
+        self.targeted_parameter_names: list[str] = []
         configs = peft_config if isinstance(peft_config, dict) else ({adapter_name: peft_config} if peft_config else {})
         for name, config in configs.items():
             self.inject_adapter(name, config, low_cpu_mem_usage=low_cpu_mem_usage)
@@ -66,7 +74,7 @@ class TunerModel(nn.Module):
         with adapters_on_meta(low_cpu_mem_usage):
             init = init_weights and not low_cpu_mem_usage
             record = F.inject_adapter(self.model, config, adapter_name, init_weights=init, active=active)
-        self.register_config(adapter_name, record.config or config, record.target_names)
+        self.register_config(adapter_name, record.config or config, record.target_names, record.parameter_names)
 
     def check_new_adapter(self, adapter_name: str, config: PeftConfig) -> None:
         """Refuse ``config`` before anything changes if it cannot join this tuner's adapters: a second adapter
@@ -89,9 +97,16 @@ class TunerModel(nn.Module):
         """Refuse ``config`` before anything changes if this tuner cannot hold it next to its adapters (a hook:
         AdaLoRA trains one adapter at most)."""
 
-    def register_config(self, adapter_name: str, config: PeftConfig, target_names: Sequence[str]) -> None:
+    def register_config(
+        self, adapter_name: str, config: PeftConfig, target_names: Sequence[str], parameter_names: Sequence[str] = ()
+    ) -> None:
         """Remember ``config`` for ``adapter_name``, completed as PEFT stores it: ``all-linear`` expanded to the
-        module names, missing ``target_modules`` set to the architecture default, method-specific facts."""
+        module names, missing ``target_modules`` set to the architecture default, method-specific facts; and the
+        adapted ``target_names`` / ``parameter_names`` in :attr:`targeted_module_names` /
+        :attr:`targeted_parameter_names`."""
+        self.targeted_module_names.extend(n for n in dict.fromkeys(target_names) if n not in self.targeted_module_names)
+        known = self.targeted_parameter_names
+        known.extend(n for n in dict.fromkeys(parameter_names) if n not in known)
         if hasattr(config, "target_modules"):  # layer methods only
             spec = method_of(config)
             if config.target_modules == ALL_LINEAR:
@@ -207,6 +222,21 @@ class TunerModel(nn.Module):
         return F.unload(self.model, merge=False)
 
     # -- plumbing ---------------------------------------------------------------------------------
+    @staticmethod
+    def get_model_config(model: nn.Module) -> Any:
+        """``model.config`` as a dict (PEFT's ``BaseTuner.get_model_config``): through its ``to_dict()`` (a
+        transformers config), as fields (a dataclass), as it is (already a dict, or anything else), or
+        :data:`DUMMY_MODEL_CONFIG` (a copy) when the model has no ``config``."""
+        missing = object()
+        config = getattr(model, "config", missing)
+        if config is missing:
+            return dict(DUMMY_MODEL_CONFIG)
+        if hasattr(config, "to_dict"):
+            return config.to_dict()
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            return dataclasses.asdict(config)
+        return config
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The wrapped model's forward."""
         return self.model(*args, **kwargs)

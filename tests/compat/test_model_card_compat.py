@@ -93,3 +93,22 @@ def test_failed_save_keeps_the_previous_card(tmp_path: Path, monkeypatch: pytest
         _save(peftkit, "lora-no-task", tmp_path)
     assert (tmp_path / "README.md").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "first"]  # nothing half-written
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_new_card_text_describes_the_adapter_and_is_as_filled_as_the_references(case: str, tmp_path: Path) -> None:
+    """A new card's text says what the adapter is (method, base, targets, rank, trainable share) and how to load
+    it, and is pre-filled about as fully as the reference's template (PEFT's suite checks > 1000 characters)."""
+    mine = _save(peftkit, case, tmp_path / "peftkit")
+    theirs = _save(peft, case, tmp_path / "peft")
+    assert len(str(mine.content)) > 1000 and len(str(theirs.content)) > 1000
+    build_model, config = CASES[case]
+    model = peftkit.get_peft_model(build_model(), config(peftkit))
+    trainable, total = model.get_nb_trainable_parameters()
+    active = model.active_peft_config
+    assert f"Trainable parameters: {trainable:,} of {total:,}" in mine.text
+    assert f"Method: `{active.peft_type.value}`" in mine.text
+    for target in sorted(getattr(active, "target_modules", None) or [])[:8]:
+        assert f"`{target}`" in mine.text
+    if getattr(active, "r", None) is not None and hasattr(active, "lora_alpha"):
+        assert f"`r={active.r}`, `lora_alpha={active.lora_alpha}`" in mine.text

@@ -190,7 +190,7 @@ class AdapterModelMixin(InferenceMixin):
     def _attach(self, name: str, config: PeftConfig, state: dict[str, torch.Tensor], **options: bool) -> None:
         first = not self.__dict__.get("peft_config")
         active = [name] if first else self.active_adapters()
-        names = attach_adapter(self, name, config, state, active=active, **options)  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
+        names = attach_adapter(self, name, config, state, active=active, **options).target_names  # type: ignore[arg-type]  # the mixin is only ever on a PreTrainedModel (an nn.Module)
         self._register(name, config, names)
         if first:
             self._activate([name])

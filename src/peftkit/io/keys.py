@@ -6,6 +6,7 @@ is gone (``q_proj.lora_A.weight``) and layer methods carry the ``base_model.mode
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import TypeVar
 
@@ -113,3 +114,20 @@ def match_keys(keys: Iterable[str], known: Collection[str]) -> dict[str, str]:
         if candidate in known:
             found[key] = candidate
     return found
+
+
+def remap_keys(state: Mapping[str, _T], key_mapping: Mapping[str, str]) -> dict[str, _T]:
+    """``state`` with each key renamed by the first ``{regex: replacement}`` of ``key_mapping`` that matches it
+    (``re.subn``), applied after the ``base_model.model.`` / ``base_model.`` prefix, which is kept: transformers'
+    ``_checkpoint_conversion_mapping`` for a model whose module layout changed (PEFT's ``key_mapping``)."""
+    renamed = {}
+    for key, value in state.items():
+        prefix = next((p for p in (MODEL_PREFIX, "base_model.") if key.startswith(p)), "")
+        rest = key[len(prefix) :]
+        for pattern, replacement in key_mapping.items():
+            new, count = re.subn(pattern, replacement, rest)
+            if count:
+                rest = new
+                break
+        renamed[prefix + rest] = value
+    return renamed

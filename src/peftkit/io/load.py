@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from peftkit.config import PeftConfig
-from peftkit.errors import AdapterNameError, CheckpointError, ConfigError, UnsupportedError
-from peftkit.functional import inject_adapter, iter_adapter_modules
+from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
+from peftkit.functional import Injection, inject_adapter, iter_adapter_modules
 from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME, load_tensors
 from peftkit.io.hub import HUB_KWARGS, resolve_file
-from peftkit.io.keys import strip_prefix
+from peftkit.io.keys import remap_keys, strip_prefix
 from peftkit.io.state import check_and_load
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.placement import adapters_on_meta
@@ -51,23 +51,19 @@ def load_peft_weights(
     Args:
         model_id: A local adapter directory or a hub repo id.
         device: Where the tensors go; ``None``: the current accelerator if there is one, else the CPU.
-        key_mapping: Not supported (raises); rename keys on the returned dict instead.
+        key_mapping: ``{regex: replacement}`` renaming the keys after their ``base_model.model.`` prefix (the first
+            match wins; see :func:`peftkit.io.keys.remap_keys`).
         **hf_hub_download_kwargs: ``subfolder``, ``revision``, ``cache_dir``, ``token``, ... for the hub.
 
     Raises:
         CheckpointError: no ``adapter_model.safetensors`` or ``adapter_model.bin`` there.
-        UnsupportedError: ``key_mapping`` was given.
     """
-    if key_mapping:
-        raise UnsupportedError(
-            "load_peft_weights(key_mapping=...) is not supported by peftkit; rename the keys of "
-            "the returned dict instead."
-        )
     if device is None:
         accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
         device = accelerator if accelerator is not None else "cpu"
     subfolder = hf_hub_download_kwargs.pop("subfolder", None)
-    return read_weights(model_id, subfolder=subfolder, device=device, **split_hub_kwargs(hf_hub_download_kwargs))
+    state = read_weights(model_id, subfolder=subfolder, device=device, **split_hub_kwargs(hf_hub_download_kwargs))
+    return remap_keys(state, key_mapping) if key_mapping else state
 
 
 @exclusive
@@ -80,14 +76,15 @@ def attach_adapter(
     active: Sequence[str] | None = None,
     ignore_mismatched_sizes: bool = False,
     low_cpu_mem_usage: bool = False,
-) -> list[str]:
+) -> Injection:
     """Inject ``adapter_name`` (uninitialised) and fill it from ``state``; undo everything if anything fails.
 
     ``state`` has on-disk keys; the ``base_model.model.`` prefix is optional. With ``low_cpu_mem_usage`` the
     adapter is created on ``meta`` and the loaded tensors are assigned (no allocation of values to overwrite).
 
     Returns:
-        The target module names (for configs whose ``target_modules`` was ``"all-linear"``).
+        The injection record (``target_names``: the adapted modules, e.g. for configs whose ``target_modules`` was
+        ``"all-linear"``; ``parameter_names``: the adapted parameters).
     """
     init_warning = method_of(config).init_warning
     message = init_warning(config, adapter_name) if init_warning is not None else None
@@ -110,7 +107,7 @@ def attach_adapter(
     except BaseException:
         record.undo(model)
         raise
-    return record.target_names
+    return record
 
 
 #: Config fields that describe where an adapter came from, not what it computes.

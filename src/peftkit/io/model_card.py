@@ -70,15 +70,50 @@ def card_metadata(peft_model: Any) -> dict[str, Any]:
     return metadata
 
 
+def _adapter_facts(peft_model: Any) -> list[str]:
+    """Bullet lines on what the active adapter is: method, task, base model, what it adapts, its size."""
+    config = peft_model.active_peft_config
+    method = getattr(config.peft_type, "value", config.peft_type)
+    task = getattr(config.task_type, "value", config.task_type)
+    base = peft_model.get_base_model()
+    name = getattr(config, "base_model_name_or_path", None)
+    facts = [
+        f"- Method: `{method}`" + (f", task type `{task}`" if task else " (no task type: a bare model)"),
+        f"- Base model: `{name}`" if name else f"- Base model: a `{type(base).__name__}` built in code (no hub name)",
+    ]
+    targets = getattr(config, "target_modules", None)
+    if targets:
+        shown = sorted(targets) if not isinstance(targets, str) else [targets]
+        more = f" and {len(shown) - 8} more" if len(shown) > 8 else ""
+        facts.append(f"- Adapted modules: {', '.join(f'`{t}`' for t in shown[:8])}{more}")
+    if getattr(config, "r", None) is not None and getattr(config, "lora_alpha", None) is not None:
+        facts.append(f"- Rank `r={config.r}`, `lora_alpha={config.lora_alpha}`")
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    if total:
+        facts.append(f"- Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
+    return facts
+
+
 def _new_card_text(peft_model: Any, version: str) -> str:
     method = getattr(peft_model.active_peft_config.peft_type, "value", peft_model.active_peft_config.peft_type)
     base = type(peft_model.get_base_model()).__name__
+    facts = "\n".join(_adapter_facts(peft_model))
     return (
         "---\nlibrary_name: peft\n---\n"
-        f"# {method} adapter\n\n"
-        f"A parameter-efficient adapter ({method}) for a `{base}` base model, in the PEFT adapter format "
-        "(`adapter_config.json` and `adapter_model.safetensors` beside this card). Load it onto the base model "
-        'with `PeftModel.from_pretrained(base_model, "<this directory>")` from `peftkit` or `peft`.\n\n'
+        f"# {method} adapter for a `{base}` model\n\n"
+        f"A parameter-efficient adapter ({method}) in the PEFT adapter format: the base model's weights are not "
+        "in this directory, only the adapter's.\n\n"
+        f"## Adapter\n\n{facts}\n\n"
+        "## Files\n\n"
+        "- `adapter_config.json`: the adapter's configuration (method, targets, hyper-parameters)\n"
+        "- `adapter_model.safetensors`: the adapter's tensors\n\n"
+        "## How to load\n\n"
+        "Load the base model first, then this adapter onto it (with `peftkit` or `peft`, the format is the same):\n\n"
+        "```python\nimport peftkit as peft  # or: import peft\n\n"
+        "base_model = ...  # the base model named above\n"
+        'model = peft.PeftModel.from_pretrained(base_model, "<this directory>")\n'
+        "model = model.merge_and_unload()  # optional: fold the adapter into the weights for deployment\n```\n\n"
+        "## Training and evaluation\n\nNot recorded by the library: add the data, settings and results here.\n\n"
         f"{_VERSIONS_HEADING}\n\n- peftkit {version}\n"
     )
 

@@ -147,9 +147,10 @@ def inject_config_parameters(
     init: bool,
     created: list[tuple[str, nn.Module]],
     updated: list[Any],
-) -> None:
+) -> list[str]:
     """Adapt ``config.target_parameters`` (if any) with the method's ``parameter_layer``; ``created`` and
-    ``updated`` are the injection record's lists (see :func:`inject_parameters`).
+    ``updated`` are the injection record's lists (see :func:`inject_parameters`). Returns the adapted
+    ``module.parameter`` names, in model order.
 
     Raises:
         UnsupportedError: the method adapts modules only. TargetingError: see :func:`parameter_targets` and
@@ -157,7 +158,7 @@ def inject_config_parameters(
     """
     wanted = getattr(config, "target_parameters", None)
     if not wanted:
-        return
+        return []
     layer_class: Any = spec.parameter_layer
     if layer_class is None:
         raise UnsupportedError(f"{config.peft_type} cannot adapt parameters; leave target_parameters unset.")
@@ -169,4 +170,4 @@ def inject_config_parameters(
     def add(layer: Any, key: str) -> None:
         layer.update_layer(adapter, facts(config, key, layer.get_base_layer()), init)
 
-    inject_parameters(model, parameter_targets(model, wanted), make, add, created, updated)
+    return inject_parameters(model, parameter_targets(model, wanted), make, add, created, updated)

@@ -119,6 +119,9 @@ class CallState(threading.local):
         #: ``True`` inside a compiled call whose entry point refreshed the layers' precomputed factors
         #: (:meth:`~peftkit.layers.base.AdapterLayer.prepare_compiled`), so the graph may read them.
         self.prepared: bool = False
+        #: Activated LoRA's per-row offsets for this call (positions adapted, counted from the end; ``None``
+        #: entries: none), set around the call by ``methods.lora.variants.alora.alora_call``.
+        self.alora_offsets: list[int | None] | None = None
 
 
 #: The per-thread call state of every model.

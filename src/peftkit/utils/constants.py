@@ -14,6 +14,7 @@ from peftkit.io.files import BIN_NAME, SAFETENSORS_NAME
 from peftkit.methods.spec import EMBEDDING_LAYER_NAMES as _EMBEDDING_LAYERS
 from peftkit.registry import METHODS
 from peftkit.targeting import ALL_LINEAR
+from peftkit.tuner import DUMMY_MODEL_CONFIG as _DUMMY_MODEL_CONFIG
 
 SAFETENSORS_WEIGHTS_NAME = SAFETENSORS_NAME
 WEIGHTS_NAME = BIN_NAME
@@ -38,13 +39,21 @@ def target_module_mappings() -> dict[str, dict[str, list[str]]]:
     return mappings
 
 
+#: A model without a ``config`` reads as this one (PEFT's constant; see ``TunerModel.get_model_config``).
+DUMMY_MODEL_CONFIG = _DUMMY_MODEL_CONFIG
+#: PEFT condenses a ``target_modules`` list of at least this many names to the fewest suffixes that select the same
+#: modules (``tuners_utils._find_minimal_target_modules``); peftkit keeps the list as given (same modules adapted).
+MIN_TARGET_MODULES_FOR_OPTIMIZATION = 20
+
 _MAPPINGS = target_module_mappings()
 globals().update(_MAPPINGS)
 
 __all__ = [
     "CONFIG_NAME",
+    "DUMMY_MODEL_CONFIG",
     "EMBEDDING_LAYER_NAMES",
     "INCLUDE_LINEAR_LAYERS_SHORTHAND",
+    "MIN_TARGET_MODULES_FOR_OPTIMIZATION",
     "SAFETENSORS_WEIGHTS_NAME",
     "TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING",
     "WEIGHTS_NAME",

@@ -126,7 +126,6 @@ class LoraConfig(PeftConfig):
     zero_alpha_disables: ClassVar[bool] = True
 
     unsupported_fields: ClassVar[tuple[str, ...]] = (
-        "alora_invocation_tokens",
         "layer_replication",
         "megatron_config",
         "use_qalora",
@@ -162,7 +161,9 @@ class LoraConfig(PeftConfig):
         if self.layers_pattern and self.layers_to_transform is None:
             raise ConfigError("layers_pattern is only used together with layers_to_transform; set both.")
         self._validate_init()
+        self._warn_conversion_scale()
         self._validate_token_indices()
+        self._validate_alora()
 
     @property
     def trains_token_rows(self) -> bool:
@@ -216,6 +217,43 @@ class LoraConfig(PeftConfig):
         custom: dict[type, type] = dict(getattr(self, "_custom_modules", None) or {})
         custom.update(mapping)
         self._custom_modules = custom
+
+    def _validate_alora(self) -> None:
+        """``alora_invocation_tokens``: a non-empty list of token ids (Activated LoRA, see
+        :mod:`peftkit.methods.lora.variants.alora`); it finds its invocation in causal LMs only (warned)."""
+        tokens = self.alora_invocation_tokens
+        if tokens is None:
+            return
+        if (
+            not isinstance(tokens, (list, tuple))
+            or not tokens
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens)
+        ):
+            raise ConfigError(
+                f"LoraConfig.alora_invocation_tokens must be a non-empty list of token ids, got {tokens!r}."
+            )
+        if getattr(self.task_type, "value", self.task_type) != "CAUSAL_LM":
+            warnings.warn(
+                "LoraConfig: aLoRA (alora_invocation_tokens) finds its invocation in causal language models only "
+                "(task_type='CAUSAL_LM'); with another task type pass alora_offsets to each forward.",
+                stacklevel=5,
+            )
+
+    def _warn_conversion_scale(self) -> None:
+        """Warn (as PEFT does, at config time) when an initialisation that changes the base weights (PiSSA, OLoRA,
+        CorDA, LoRA-GA) meets rsLoRA and a rank or alpha pattern: converting such an adapter to a plain LoRA after
+        training (``save_pretrained(path_initial_model_for_weight_conversion=...)``) needs each layer's scaling,
+        which the saved files do not determine in that case, so that conversion will be refused."""
+        init = self.init_lora_weights
+        converts = isinstance(init, str) and (init.startswith("pissa") or init in ("olora", "corda", "lora_ga"))
+        if converts and self.use_rslora and (self.rank_pattern or self.alpha_pattern):
+            warnings.warn(
+                f"LoraConfig: init_lora_weights={init!r} with use_rslora=True and a rank_pattern/alpha_pattern "
+                "trains fine, but the adapter cannot be converted to a plain LoRA afterwards "
+                "(save_pretrained(path_initial_model_for_weight_conversion=...) will refuse it): the per-layer "
+                "scaling it needs is not recoverable. Drop use_rslora or the patterns if you need that conversion.",
+                stacklevel=5,
+            )
 
     def _settle_init_configs(self) -> None:
         """Sub-configs as dataclasses (``loftq_config`` as a dict, PEFT's form); the one the init does not use is

@@ -20,6 +20,7 @@ from peftkit.methods.lora.variant import LoraVariant
 
 #: ``LoraConfig`` field -> ``"module:function"`` building that variant's :class:`LoraVariant` for one layer.
 VARIANT_BUILDERS: dict[str, str] = {
+    "alora_invocation_tokens": "peftkit.methods.lora.variants.alora:build",
     "arrow_config": "peftkit.methods.lora.variants.arrow:build",
     "use_bdlora": "peftkit.methods.lora.variants.bdlora:build",
     "kasa_config": "peftkit.methods.lora.variants.kasa:build",
@@ -30,6 +31,11 @@ VARIANT_BUILDERS: dict[str, str] = {
 #: PEFT's public names of ``peft.tuners.lora.variants`` that peftkit has (``peftkit.tuners.lora.variants`` is this
 #: module): name -> ``"module:attribute"``, imported on first use.
 PEFT_NAMES: dict[str, str] = {
+    "ALoraLinearVariant": "peftkit.methods.lora.variants.alora:ALoraLinearVariant",
+    "calculate_alora_offsets": "peftkit.methods.lora.variants.alora:calculate_alora_offsets",
+    "get_alora_offsets_for_forward": "peftkit.methods.lora.variants.alora:get_alora_offsets_for_forward",
+    "get_alora_offsets_for_generate": "peftkit.methods.lora.variants.alora:get_alora_offsets_for_generate",
+    "is_alora_relevant_in_batch": "peftkit.methods.lora.variants.alora:is_alora_relevant_in_batch",
     "BdLoraLinearVariant": "peftkit.methods.lora.variants.bdlora:BdLoraLinearVariant",
     "BlockDiagonalLinear": "peftkit.methods.lora.variants.block_diagonal:BlockDiagonalLinear",
     "KasaLinearVariant": "peftkit.methods.lora.variants.kasa:KasaLinearVariant",
