@@ -15,10 +15,8 @@ EXCLUDED: dict[str, str] = {
     # LoRA variants, initialisations and conversions
     "ArrowConfig": _LORA_VARIANT,
     "EvaConfig": _LORA_VARIANT,
-    "KasaConfig": _LORA_VARIANT,
     "LoftQConfig": _LORA_VARIANT,
     "LoraGAConfig": _LORA_VARIANT,
-    "MontecloraConfig": _LORA_VARIANT,
     "VeloraConfig": _LORA_VARIANT,
     "LoraRuntimeConfig": "runtime options (ephemeral GPU offload) are not implemented",
     "convert_to_lora": "converting other adapter types to LoRA is not implemented",

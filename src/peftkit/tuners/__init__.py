@@ -59,7 +59,9 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 #: PEFT's files inside ``tuners/<method>/`` that users import from; each is an alias of the method's module.
 SUBMODULES = ("layer", "config", "model")
 #: PEFT's files inside ``tuners/<method>/`` that peftkit holds as a module of their own (method -> file -> module).
-OWN_SUBMODULES: dict[str, dict[str, str]] = {"lora": {"variants": "peftkit.methods.lora.variants"}}
+OWN_SUBMODULES: dict[str, dict[str, str]] = {
+    "lora": {"variants": "peftkit.methods.lora.variants", "monteclora": "peftkit.methods.lora.variants.monteclora"}
+}
 
 
 def _install_method_modules() -> list[str]:

@@ -15,7 +15,10 @@ from typing import ClassVar, Literal
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
 from peftkit.errors import ConfigError, UnsupportedError
-from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig, as_bdlora_config
+from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
+from peftkit.methods.lora.variants.kasa_config import KasaConfig
+from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
+from peftkit.methods.lora.variants.subconfig import as_subconfig
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
@@ -58,6 +61,11 @@ class LoraConfig(PeftConfig):
             embedding) or ``{module name: ids}`` (see :mod:`peftkit.methods.trainable_tokens.lora_tokens`).
         use_bdlora: BD-LoRA, block-diagonal ``A`` or ``B`` per layer (a :class:`BdLoraConfig` or a dict of its
             fields; see :mod:`peftkit.methods.lora.variants.bdlora`).
+        kasa_config: KaSA (a :class:`KasaConfig` or a dict of its fields): truncate each adapted base weight's ``r``
+            smallest singular components and learn a diagonal between ``B`` and ``A``
+            (:mod:`peftkit.methods.lora.variants.kasa`).
+        monteclora_config: MonteCLoRA (a :class:`MontecloraConfig` or a dict of its fields): Monte Carlo perturbed
+            ``A`` in training, plain LoRA in eval (:mod:`peftkit.methods.lora.variants.monteclora`).
     """
 
     r: int = 8
@@ -82,13 +90,13 @@ class LoraConfig(PeftConfig):
     corda_config: dict | None = None
     ensure_weight_tying: bool = False
     eva_config: dict | None = None
-    kasa_config: dict | None = None
+    kasa_config: KasaConfig | None = None
     layer_replication: list | None = None
     loftq_config: dict = field(default_factory=dict)
     lora_ga_config: dict | None = None
     megatron_config: dict | None = None
     megatron_core: str | None = "megatron.core"
-    monteclora_config: dict | None = None
+    monteclora_config: MontecloraConfig | None = None
     qalora_group_size: int = 16
     target_parameters: list[str] | None = None
     trainable_token_indices: list | dict | None = None
@@ -104,12 +112,10 @@ class LoraConfig(PeftConfig):
         "arrow_config",
         "corda_config",
         "eva_config",
-        "kasa_config",
         "layer_replication",
         "loftq_config",
         "lora_ga_config",
         "megatron_config",
-        "monteclora_config",
         "use_qalora",
         "velora_config",
     )
@@ -118,7 +124,9 @@ class LoraConfig(PeftConfig):
         self.peft_type = PeftType("LORA")
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
-        self.use_bdlora = as_bdlora_config(self.use_bdlora)
+        self.use_bdlora = as_subconfig(BdLoraConfig, "use_bdlora", self.use_bdlora)
+        self.kasa_config = as_subconfig(KasaConfig, "kasa_config", self.kasa_config)
+        self.monteclora_config = as_subconfig(MontecloraConfig, "monteclora_config", self.monteclora_config)
         super().__post_init__()
         self._validate()
 

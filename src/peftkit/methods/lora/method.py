@@ -22,6 +22,8 @@ from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.lora.variants import build_variant
 from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
+from peftkit.methods.lora.variants.kasa_config import KasaConfig
+from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.methods.trainable_tokens.lora_tokens import inject_token_adapters
 from peftkit.targeting import pattern_value
@@ -84,8 +86,11 @@ def settle_lora_config(config: LoraConfig, model: nn.Module, target_names: Seque
 
 
 def finish_lora_injection(config: LoraConfig, model: nn.Module, adapter_name: str) -> None:
-    """Tie adapters on tied embeddings, add the ``trainable_token_indices`` rows, warn about adapters an attention
-    module never runs."""
+    """Run the variants' ``finish`` (:mod:`~peftkit.methods.lora.variant`), tie adapters on tied embeddings, add
+    the ``trainable_token_indices`` rows, warn about adapters an attention module never runs."""
+    for module in model.modules():  # variants' steps that wait for every layer (variant.py)
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_variant:
+            module.lora_variant[adapter_name].finish(module, adapter_name)
     tie_adapters(config, model, adapter_name)
     inject_token_adapters(config, model, adapter_name)
     warn_unused_out_proj(model)
@@ -130,7 +135,13 @@ LORA = MethodSpec(
     after_load=redo_decomposing_init,
     tuner_class=LoraModel,
     parameter_layer=ParamWrapper,
-    public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel, "BdLoraConfig": BdLoraConfig},
+    public_names={
+        "LoraConfig": LoraConfig,
+        "LoraModel": LoraModel,
+        "BdLoraConfig": BdLoraConfig,
+        "KasaConfig": KasaConfig,
+        "MontecloraConfig": MontecloraConfig,
+    },
     cli_name="lora",
     cli_options=(
         CliOption("r", "r", int, "Rank", 8),

@@ -21,6 +21,8 @@ from peftkit.methods.lora.variant import LoraVariant
 #: ``LoraConfig`` field -> ``"module:function"`` building that variant's :class:`LoraVariant` for one layer.
 VARIANT_BUILDERS: dict[str, str] = {
     "use_bdlora": "peftkit.methods.lora.variants.bdlora:build",
+    "kasa_config": "peftkit.methods.lora.variants.kasa:build",
+    "monteclora_config": "peftkit.methods.lora.variants.monteclora:build",
 }
 
 #: PEFT's public names of ``peft.tuners.lora.variants`` that peftkit has (``peftkit.tuners.lora.variants`` is this
@@ -28,6 +30,8 @@ VARIANT_BUILDERS: dict[str, str] = {
 PEFT_NAMES: dict[str, str] = {
     "BdLoraLinearVariant": "peftkit.methods.lora.variants.bdlora:BdLoraLinearVariant",
     "BlockDiagonalLinear": "peftkit.methods.lora.variants.block_diagonal:BlockDiagonalLinear",
+    "KasaLinearVariant": "peftkit.methods.lora.variants.kasa:KasaLinearVariant",
+    "MontecloraLinearVariant": "peftkit.methods.lora.variants.monteclora:MontecloraLinearVariant",
 }
 
 VariantBuilder = Callable[[Any, str, nn.Module], LoraVariant | None]

@@ -13,12 +13,11 @@ This module holds only data (no torch), so that :class:`~peftkit.methods.lora.co
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from peftkit.config_checks import check_field_types, check_size
-from peftkit.errors import ArgumentTypeError, ConfigError
+from peftkit.errors import ConfigError
 
 
 @dataclass
@@ -56,23 +55,3 @@ class BdLoraConfig:
     def to_dict(self) -> dict[str, Any]:
         """The fields as PEFT writes them in ``adapter_config.json``."""
         return dataclasses.asdict(self)
-
-
-def as_bdlora_config(value: Any) -> BdLoraConfig | None:
-    """``LoraConfig.use_bdlora`` as a :class:`BdLoraConfig`: a dict (as read from a file) becomes one; keys it does
-    not know (written by a newer version) are dropped with a warning naming them.
-
-    Raises:
-        ArgumentTypeError: ``value`` is neither ``None``, a :class:`BdLoraConfig` nor a dict of its fields.
-    """
-    if value is None or isinstance(value, BdLoraConfig):
-        return value
-    if not isinstance(value, dict):
-        raise ArgumentTypeError(
-            f"LoraConfig.use_bdlora must be a BdLoraConfig, a dict of its fields or None, got {type(value).__name__}."
-        )
-    known = {f.name for f in dataclasses.fields(BdLoraConfig)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        warnings.warn(f"LoraConfig.use_bdlora: unknown keys {unknown} were dropped.", stacklevel=4)
-    return BdLoraConfig(**{k: v for k, v in value.items() if k in known})
