@@ -3,7 +3,7 @@
 PEFT's model tests (``test_decoder_models.py``, ``test_seq_classifier.py``, ...) call ``from_pretrained`` with ids
 such as ``peft-internal-testing/tiny-random-OPTForCausalLM``. With no hub access they fail on both sides. This
 module builds, for each id in :data:`MODELS`, a tiny randomly initialised model of the class the id names (hidden
-size 16, 2 layers, vocabulary of :data:`VOCAB` tokens, seed fixed), saved with ``save_pretrained``, plus a fast
+size 32, 2 layers, vocabulary of :data:`VOCAB` tokens, seed fixed), saved with ``save_pretrained``, plus a fast
 tokenizer (a character-level WordLevel vocabulary built with ``tokenizers``) for text models and an image
 processor for vision models. The files go where huggingface_hub looks for them offline:
 ``<cache>/models--<org>--<name>/snapshots/<revision>/<files>`` with ``<cache>/models--<org>--<name>/refs/main``
@@ -28,7 +28,7 @@ VOCAB = 256
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 # Token ids of the special tokens, in the order of SPECIAL_TOKENS: pad 0, bos 1, eos 2, unk 3.
 SPECIAL_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-_DECODER = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
+_DECODER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 _LLAMA_LIKE = {**_DECODER, "num_key_value_heads": 2, "max_position_embeddings": 64}
 _BERT_LIKE = {**_DECODER, "max_position_embeddings": 64, "type_vocab_size": 2}
 
@@ -48,16 +48,16 @@ MODELS: dict[str, HubModel] = {
     "peft-internal-testing/tiny-random-OPTForCausalLM": HubModel(
         "OPTConfig",
         "OPTForCausalLM",
-        {**_DECODER, "ffn_dim": 32, "word_embed_proj_dim": 16, "max_position_embeddings": 64},
+        {**_DECODER, "ffn_dim": 64, "word_embed_proj_dim": 32, "max_position_embeddings": 64},
     ),
     "peft-internal-testing/tiny-random-GPT2LMHeadModel": HubModel(
-        "GPT2Config", "GPT2LMHeadModel", {"n_embd": 16, "n_layer": 2, "n_head": 4, "n_positions": 64}
+        "GPT2Config", "GPT2LMHeadModel", {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64}
     ),
     "hf-internal-testing/tiny-random-gpt2": HubModel(
-        "GPT2Config", "GPT2LMHeadModel", {"n_embd": 16, "n_layer": 2, "n_head": 4, "n_positions": 64}
+        "GPT2Config", "GPT2LMHeadModel", {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64}
     ),
     "peft-internal-testing/tiny-random-GPTJForCausalLM": HubModel(
-        "GPTJConfig", "GPTJForCausalLM", {"n_embd": 16, "n_layer": 2, "n_head": 4, "rotary_dim": 4, "n_positions": 64}
+        "GPTJConfig", "GPTJForCausalLM", {"n_embd": 32, "n_layer": 2, "n_head": 4, "rotary_dim": 4, "n_positions": 64}
     ),
     "trl-internal-testing/tiny-random-LlamaForCausalLM": HubModel("LlamaConfig", "LlamaForCausalLM", _LLAMA_LIKE),
     "trl-internal-testing/tiny-LlamaForSequenceClassification-3.2": HubModel(
@@ -72,19 +72,19 @@ MODELS: dict[str, HubModel] = {
     "peft-internal-testing/tiny-random-T5ForConditionalGeneration-calibrated": HubModel(
         "T5Config",
         "T5ForConditionalGeneration",
-        {"d_model": 16, "d_ff": 32, "d_kv": 4, "num_layers": 2, "num_heads": 4, "decoder_start_token_id": 0},
+        {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 2, "num_heads": 4, "decoder_start_token_id": 0},
     ),
     "peft-internal-testing/tiny-random-BartForConditionalGeneration": HubModel(
         "BartConfig",
         "BartForConditionalGeneration",
         {
-            "d_model": 16,
+            "d_model": 32,
             "encoder_layers": 2,
             "decoder_layers": 2,
             "encoder_attention_heads": 4,
             "decoder_attention_heads": 4,
-            "encoder_ffn_dim": 32,
-            "decoder_ffn_dim": 32,
+            "encoder_ffn_dim": 64,
+            "decoder_ffn_dim": 64,
             "max_position_embeddings": 64,
         },
     ),

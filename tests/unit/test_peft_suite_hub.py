@@ -29,7 +29,7 @@ def test_built_id_loads_offline_from_the_cache(tmp_path: Path) -> None:
 
     model = AutoModelForCausalLM.from_pretrained(MODEL_ID, cache_dir=tmp_path, local_files_only=True)
     assert type(model).__name__ == "OPTForCausalLM" and model.name_or_path == MODEL_ID
-    assert model.config.hidden_size == 16 and model.config.vocab_size == peft_suite_hub.VOCAB
+    assert model.config.hidden_size == 32 and model.config.vocab_size == peft_suite_hub.VOCAB
     tokenizer = AutoTokenizer.from_pretrained(MODEL_ID, cache_dir=tmp_path, local_files_only=True)
     ids = tokenizer("ab", add_special_tokens=False).input_ids
     assert len(ids) == 2 and all(4 <= i < peft_suite_hub.VOCAB for i in ids) and ids[0] != ids[1]
