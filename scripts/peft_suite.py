@@ -102,9 +102,10 @@ def fetch_tests(version: str, workdir: Path) -> Path:
         "filterwarnings =\n    error::DeprecationWarning:transformers\n"
         "    ignore:.*BPE.__init__ will not create from files anymore.*:DeprecationWarning:transformers\n"
         "    error::FutureWarning:transformers\n"
-        # peft 0.21.2 reads `model.is_gradient_checkpointing`, deprecated by transformers 5.23: on a real
-        # PreTrainedModel (the hub-model files) the reference itself fails PEFT's own filter above.
+        # peft 0.21.2 and its tests call `is_gradient_checkpointing` / `gradient_checkpointing_enable`, deprecated by
+        # transformers 5.23: on a real PreTrainedModel (the hub-model files) the reference fails the filter above.
         "    ignore:`is_gradient_checkpointing` is deprecated:FutureWarning\n"
+        "    ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning\n"
     )
     return tests
 
