@@ -34,6 +34,7 @@ from peftkit.locking import exclusive
 from peftkit.methods.lora.variants.alora import alora_call
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
+from peftkit.quant.prepare import inputs_require_grad_unless_quantized
 from peftkit.status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
 from peftkit.tuner import tuner_class_for
 from peftkit.types import TaskType
@@ -136,6 +137,10 @@ class PeftModel(nn.Module):
         """Print ``trainable params: N || all params: M || trainable%: P`` as PEFT does."""
         trained, total = self.get_nb_trainable_parameters()
         print(f"trainable params: {trained:,d} || all params: {total:,d} || trainable%: {100 * trained / total:.4f}")
+
+    def prepare_model_for_gradient_checkpointing(self, model: nn.Module) -> nn.Module:
+        """PEFT's name for :func:`peftkit.quant.prepare.inputs_require_grad_unless_quantized` on ``model``."""
+        return inputs_require_grad_unless_quantized(model)
 
     # -- adapters -----------------------------------------------------------------------------
     @exclusive

@@ -77,6 +77,10 @@ class PeftModelForSeq2SeqLM(PeftModel):
     prompt_task = TaskType.SEQ_2_SEQ_LM
     forward = explicit_forward(*_INPUTS, *(f"decoder_{n}" for n in _INPUTS), "labels", *_OUTPUT_FLAGS)
 
+    def generate(self, *, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        """:meth:`PeftModel.generate` with keyword inputs only, as PEFT's: a positional input is a ``TypeError``."""
+        return PeftModel.generate(self, adapter_names=adapter_names, **kwargs)
+
 
 class _EncoderTaskModel(PeftModel):
     """Shared forward of the encoder tasks; ``head_module_names`` train in full (added to modules_to_save)."""

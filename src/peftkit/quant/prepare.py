@@ -77,6 +77,16 @@ def _make_inputs_require_grad(model: nn.Module) -> None:
     model.get_input_embeddings().register_forward_hook(require_grad)  # type: ignore[operator]
 
 
+def inputs_require_grad_unless_quantized(model: nn.Module) -> nn.Module:
+    """Make ``model``'s input embeddings' output require grad, so that reentrant activation checkpointing reaches
+    the adapters of a frozen model; a model loaded quantized (``is_loaded_in_8bit``, ``is_loaded_in_4bit``,
+    ``is_quantized``) is left as it is, as PEFT's ``prepare_model_for_gradient_checkpointing`` does. Returns
+    ``model``."""
+    if not any(getattr(model, flag, False) for flag in ("is_loaded_in_8bit", "is_loaded_in_4bit", "is_quantized")):
+        _make_inputs_require_grad(model)
+    return model
+
+
 def _enable_checkpointing(model: nn.Module, kwargs: dict[str, Any] | None) -> None:
     """Turn on the model's activation checkpointing through the method its transformers offers (newer versions
     name it ``activation_checkpointing_enable`` and deprecate ``gradient_checkpointing_enable``)."""
