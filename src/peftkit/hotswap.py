@@ -238,11 +238,11 @@ def swap_adapter_weights(
     if any(adapter_name in layer.merged_adapters for _, layer in holders):
         raise HotswapError(f"Adapter {adapter_name!r} is merged into the base weights; unmerge it before swapping.")
     state = {strip_prefix(k): v for k, v in state.items()}
-    _check_fit(inner, adapter_name, old, state)
     layers = _new_layer_facts(holders, adapter_name, config, state)
+    _check_variants(layers, adapter_name, state)  # before the shapes: a variant's packed factors differ in shape
+    _check_fit(inner, adapter_name, old, state)
     if not grow_ranks:
         _check_capacity(layers, adapter_name, state)
-    _check_variants(layers, adapter_name, state)
     for name, (layer, facts) in layers.items():  # grow the slots a larger rank needs (zero padding keeps B A)
         rank = _new_rank(name, layer, adapter_name, state)
         if rank is not None and rank > layer.r[adapter_name]:

@@ -73,3 +73,20 @@ def test_monteclora_hotswap_with_other_settings_is_refused(tmp_path: Path) -> No
         hotswap_adapter(model, str(second), adapter_name="default")
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize(("first", "second"), [("plain", "bdlora"), ("bdlora", "plain")])
+def test_bdlora_and_plain_slots_refuse_each_other_naming_the_variant(first: str, second: str, tmp_path: Path) -> None:
+    layout = {"target_modules_bd_a": ["down_proj"], "target_modules_bd_b": ["q_proj", "v_proj"], "nblocks": 2}
+    for name, seed in ((first, 2), (second, 3)):
+        sub = {"use_bdlora": peft.BdLoraConfig(**layout)} if name == "bdlora" else {}
+        saved = peft.get_peft_model(build_model("llama"), peft.LoraConfig(r=4, target_modules=TARGETS, **sub))
+        randomise_adapter(saved, seed=seed)
+        saved.save_pretrained(tmp_path / name)
+    model = peftkit.PeftModel.from_pretrained(build_model("llama"), tmp_path / first).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(
+        HotswapError, match=r"BdLoraLinearVariant.*LoRA variant adapters swap only for the same variant"
+    ):
+        hotswap_adapter(model, str(tmp_path / second), adapter_name="default")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
