@@ -41,8 +41,13 @@ LORA_VARIANTS: frozenset[str] = frozenset(
         "olora",
         "orthogonal",
         "mica",
+        "lora_ga",
+        "arrow",
         "target_parameters",
         "trainable_tokens",
+        "corda",
+        "eva",
+        "loftq",
         "kasa",
         "monteclora",
     )

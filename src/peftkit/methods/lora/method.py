@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -10,12 +11,19 @@ from transformers.pytorch_utils import Conv1D
 from peftkit.defaults import default_lora_targets
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.walk import walk_model
+from peftkit.methods.lora.arrow_config import ArrowConfig
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.conv import Conv
 from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.embedding import Embedding
+from peftkit.methods.lora.eva import get_eva_state_dict, initialize_lora_eva_weights
 from peftkit.methods.lora.init import is_weight_decomposing
+from peftkit.methods.lora.init_configs import CordaConfig, EvaConfig, LoftQConfig
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec
+from peftkit.methods.lora.loftq import replace_lora_weights_loftq
+from peftkit.methods.lora.loraga import preprocess_loraga
+from peftkit.methods.lora.loraga_config import LoraGAConfig
+from peftkit.methods.lora.loraga_init import check_lora_ga
 from peftkit.methods.lora.model import LoraModel
 from peftkit.methods.lora.multihead import MultiheadAttention, warn_unused_out_proj
 from peftkit.methods.lora.param import ParamWrapper
@@ -54,6 +62,16 @@ TARGET_PARAMETERS_OPTION = CliOption(
 )
 
 
+def init_options(config: LoraConfig) -> Any:
+    """The sub-config of the named initialisation ``config.init_lora_weights``: LoRA-GA's ``lora_ga_config``,
+    LoftQ's ``loftq_config`` (a dict), else ``None``."""
+    if config.init_lora_weights == "lora_ga":
+        return config.lora_ga_config
+    if config.init_lora_weights == "loftq" and isinstance(config.loftq_config, dict):
+        return dict(config.loftq_config)
+    return None
+
+
 def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLayerSpec:
     """Rank and alpha after ``rank_pattern`` / ``alpha_pattern``; ``fan_in_fan_out`` forced on for Conv1D."""
     return LoraLayerSpec(
@@ -66,6 +84,7 @@ def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLa
         fan_in_fan_out=isinstance(module, Conv1D) or (config.fan_in_fan_out and not isinstance(module, nn.Linear)),
         lora_bias=config.lora_bias,
         variant=build_variant(config, name, module),
+        init_options=init_options(config),
     )
 
 
@@ -96,6 +115,13 @@ def finish_lora_injection(config: LoraConfig, model: nn.Module, adapter_name: st
     warn_unused_out_proj(model)
 
 
+def prepare_lora_config(config: LoraConfig, model: nn.Module) -> object:
+    """Before injecting: refuse a LoRA-GA adapter that cannot initialise (:func:`check_lora_ga`) while nothing is
+    changed yet, then widen tied targets (:func:`prepare_tied_targets`)."""
+    check_lora_ga(config, model)
+    return prepare_tied_targets(config, model)
+
+
 def redo_decomposing_init(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
     """After loading an adapter saved with ``init_lora_weights`` PiSSA / OLoRA (not converted to a plain LoRA):
     rewrite each adapted base weight to its residual ``W - s * B0 @ A0`` (``A0``, ``B0`` from the decomposition of
@@ -106,7 +132,7 @@ def redo_decomposing_init(model: nn.Module, config: LoraConfig, adapter_name: st
         return
     for module in model.modules():
         if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
-            module.redo_base_rewrite(adapter_name, str(init))
+            module.redo_base_rewrite(adapter_name, str(init), init_options(config))
 
 
 LORA = MethodSpec(
@@ -129,7 +155,7 @@ LORA = MethodSpec(
     file_key_renames={".lora_magnitude_vector.weight": ".lora_magnitude_vector"},
     settle_config=settle_lora_config,
     pattern_fields=("rank_pattern", "alpha_pattern"),
-    prepare_config=prepare_tied_targets,
+    prepare_config=prepare_lora_config,
     after_inject=finish_lora_injection,
     bias_modes=LORA_BIAS_MODES,
     after_load=redo_decomposing_init,
@@ -139,6 +165,15 @@ LORA = MethodSpec(
         "LoraConfig": LoraConfig,
         "LoraModel": LoraModel,
         "BdLoraConfig": BdLoraConfig,
+        "LoraGAConfig": LoraGAConfig,
+        "preprocess_loraga": preprocess_loraga,
+        "ArrowConfig": ArrowConfig,
+        "CordaConfig": CordaConfig,
+        "EvaConfig": EvaConfig,
+        "get_eva_state_dict": get_eva_state_dict,
+        "initialize_lora_eva_weights": initialize_lora_eva_weights,
+        "LoftQConfig": LoftQConfig,
+        "replace_lora_weights_loftq": replace_lora_weights_loftq,
         "KasaConfig": KasaConfig,
         "MontecloraConfig": MontecloraConfig,
     },

@@ -20,6 +20,7 @@ from peftkit.methods.lora.variant import LoraVariant
 
 #: ``LoraConfig`` field -> ``"module:function"`` building that variant's :class:`LoraVariant` for one layer.
 VARIANT_BUILDERS: dict[str, str] = {
+    "arrow_config": "peftkit.methods.lora.variants.arrow:build",
     "use_bdlora": "peftkit.methods.lora.variants.bdlora:build",
     "kasa_config": "peftkit.methods.lora.variants.kasa:build",
     "monteclora_config": "peftkit.methods.lora.variants.monteclora:build",

@@ -15,8 +15,9 @@ _C = TypeVar("_C")
 def as_subconfig(cls: type[_C], field_name: str, value: Any) -> _C | None:
     """``value`` of ``LoraConfig.<field_name>`` as a ``cls``: kept, built from a dict, or ``None``.
 
-    A dict is what ``adapter_config.json`` holds: fields the dataclass computes itself (``init=False``) are left
-    out, as PEFT does, and keys ``cls`` does not know (written by a newer version) are dropped with a warning.
+    A dict is what ``adapter_config.json`` holds: fields the dataclass computes itself (``init=False``) are set
+    after construction, and keys ``cls`` does not know (written by a newer version) are dropped with a warning,
+    as PEFT drops them.
 
     Raises:
         ArgumentTypeError: ``value`` is neither a ``cls``, a dict nor ``None``.
@@ -32,4 +33,8 @@ def as_subconfig(cls: type[_C], field_name: str, value: Any) -> _C | None:
     unknown = sorted(set(value) - {f.name for f in fields})
     if unknown:
         warnings.warn(f"LoraConfig.{field_name}: unknown keys {unknown} were dropped.", stacklevel=4)
-    return cls(**{f.name: value[f.name] for f in fields if f.init and f.name in value})
+    config = cls(**{f.name: value[f.name] for f in fields if f.init and f.name in value})
+    for f in fields:  # what the dataclass computes but a file recorded (Arrow's expert names): as recorded
+        if not f.init and f.name in value:
+            setattr(config, f.name, value[f.name])
+    return config
