@@ -254,12 +254,12 @@ def swap_adapter_weights(
     if any(adapter_name in layer.merged_adapters for _, layer in holders):
         raise HotswapError(f"Adapter {adapter_name!r} is merged into the base weights; unmerge it before swapping.")
     state = {strip_prefix(k): v for k, v in state.items()}
+    layers = _new_layer_facts(holders, adapter_name, config, state)
+    _check_variants(layers, adapter_name, state)  # before the shapes: a variant's packed factors differ in shape
     expected, blocks = adapter_tensors(inner, adapter_name, old, None, walked), _blocks_by_layer(holders)
     _check_fit(adapter_name, expected, blocks[0], state)
-    layers = _new_layer_facts(holders, adapter_name, config, state)
     if not grow_ranks:
         _check_capacity(layers, adapter_name, state)
-    _check_variants(layers, adapter_name, state)
     if _grow_slots(layers, adapter_name, state):  # padding replaced the grown layers' tensors
         expected = adapter_tensors(inner, adapter_name, old, embedding_layers=None)
     _write_weights(expected, blocks, state)

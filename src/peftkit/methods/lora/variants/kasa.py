@@ -78,6 +78,16 @@ class KasaLinearVariant(LoraVariant):
 
     name = "kasa"
 
+    def __eq__(self, other: object) -> bool:
+        """KaSA has no per-layer settings: any two are equal (a hot-swap at the same rank truncates the base alike)."""
+        return isinstance(other, KasaLinearVariant)
+
+    def __hash__(self) -> int:
+        return hash(KasaLinearVariant)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
     def init(self, layer: LoraLayer, adapter: str, spec: Any) -> None:
         """Add ``lora_diag[adapter] (r,)`` (standard normal; ``B = 0`` keeps the update zero); the base weight's
         truncation waits for :meth:`finish`."""

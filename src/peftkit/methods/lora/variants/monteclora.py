@@ -20,6 +20,7 @@ saved under ``lora_monteclora_sampler`` as in PEFT.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -136,6 +137,16 @@ class MontecloraLinearVariant(LoraVariant):
 
     def __init__(self, config: MontecloraConfig) -> None:
         self.config = config
+
+    def __eq__(self, other: object) -> bool:
+        """Equal settings (a hot-swap into this adapter's slot needs them: the sampler's shapes follow them)."""
+        return isinstance(other, MontecloraLinearVariant) and self.config == other.config
+
+    def __hash__(self) -> int:
+        return hash(dataclasses.astuple(self.config))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
 
     def init(self, layer: LoraLayer, adapter: str, spec: Any) -> None:
         """Add ``lora_monteclora_sampler[adapter]`` next to ``A`` (same device and dtype; ``meta`` for a load)."""
