@@ -163,3 +163,15 @@ def test_gradients_through_a_trainable_base_equal_the_formula() -> None:
     (got,) = torch.autograd.grad(out, (base.weight,), grad)
     (want,) = torch.autograd.grad(formula(layer, x, "b"), (base.weight,), grad)
     torch.testing.assert_close(got, want)
+
+
+def test_long_inputs_take_the_fused_path_with_the_same_result() -> None:
+    layer = layer_with_adapters("linear")
+    x = torch.randn(2, fast_paths.INFERENCE_MAX_ROWS, 6, generator=torch.Generator().manual_seed(8))
+    plan = fast_paths.single_plan(layer, "b")
+    with torch.no_grad():
+        assert fast_paths.inference_single(layer, plan, x) is None  # prefill: in-place accumulation pays there
+        out = fast_paths.single_adapter(layer, x, "b")
+        assert out is not None
+        torch.testing.assert_close(out, formula(layer, x, "b"))
+        torch.testing.assert_close(run(layer, x[:1, :8]), formula(layer, x[:1, :8], "b"))

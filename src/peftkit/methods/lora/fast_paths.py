@@ -55,8 +55,9 @@ def has_hooks(module: nn.Module) -> bool:
 
 
 def single_adapter(layer: Any, x: torch.Tensor, adapter: str) -> torch.Tensor | None:
-    """One active adapter: :func:`inference_single` when the call records no adapter gradient and drops
-    nothing, else :func:`fused_single`; ``None`` where neither applies (the template's formula then runs)."""
+    """One active adapter: :func:`inference_single` for a short input (decoding) that records no adapter
+    gradient and drops nothing, else :func:`fused_single`; ``None`` where neither applies (the template's
+    formula then runs)."""
     if torch.compiler.is_compiling():
         return None
     plan = layer.__dict__.get("_single_plan")
@@ -112,9 +113,14 @@ def single_plan(layer: Any, adapter: str) -> SinglePlan:
     return plan
 
 
+#: Up to this many rows (tokens times samples) :func:`inference_single` serves a call; longer inputs (prefill)
+#: take :func:`fused_single`, whose in-place accumulation saves a pass over the output there.
+INFERENCE_MAX_ROWS = 64
+
+
 def inference_single(layer: Any, plan: SinglePlan, x: torch.Tensor) -> torch.Tensor | None:
-    """``base(x) + s B A x`` for a call that records no adapter gradient and drops nothing (inference), or
-    ``None`` for any other call.
+    """``base(x) + s B A x`` for a call of at most :data:`INFERENCE_MAX_ROWS` rows that records no adapter gradient
+    and drops nothing (decoding), or ``None`` for any other call.
 
     The base layer is called as a module (its hooks, an offload, a quantized or ``Conv1D`` base all act as
     usual) and the adapter is two products on the factor tensors plus one add, ``torch.add(y, (x Aᵀ) Bᵀ,
@@ -124,7 +130,7 @@ def inference_single(layer: Any, plan: SinglePlan, x: torch.Tensor) -> torch.Ten
     (:meth:`~peftkit.methods.lora.layer.Linear.plain_adapt_output`). Shapes: ``x (..., in) -> (..., out)``.
     """
     params_a, params_b = plan.params_a, plan.params_b
-    if params_a is None or params_b is None:
+    if params_a is None or params_b is None or x.numel() > INFERENCE_MAX_ROWS * x.shape[-1]:
         return None
     A, B = params_a.get("weight"), params_b.get("weight")
     if A is None or B is None or (torch.is_grad_enabled() and (x.requires_grad or A.requires_grad or B.requires_grad)):
