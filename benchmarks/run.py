@@ -33,6 +33,7 @@ from benchmarks import (
     forward,
     large,
     loading,
+    lora_variants,
     lycoris,
     mixed_batch,
     moe_weighted,
@@ -60,6 +61,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "trainable_tokens": trainable_tokens.run,
     "orthogonal": orthogonal.run,
     "lycoris": lycoris.run,
+    "lora_variants": lora_variants.run,
 }
 REPS = {"full": 7, "quick": 3, "tiny": 1}
 

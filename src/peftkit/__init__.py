@@ -2,6 +2,7 @@
 
 from peftkit import tuners as tuners  # ``peft.tuners.*`` and ``peft.utils.*`` after a bare ``import peft``
 from peftkit import utils as utils
+from peftkit.arrow import create_arrow_model
 from peftkit.auto import (
     AutoPeftModel,
     AutoPeftModelForCausalLM,
@@ -128,6 +129,7 @@ __all__ = [
     "UnsupportedError",
     "UsageError",
     "cast_mixed_precision_params",
+    "create_arrow_model",
     "enable_adapter_methods",
     "gather_peft_model_state_dict",
     "get_base_model_state_dict",

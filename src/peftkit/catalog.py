@@ -33,5 +33,22 @@ METHOD_SPECS: dict[str, str] = {
 #: variant it configures is listed here; ``tests/unit/test_peft_suite_script.py`` checks that ``LoraConfig``
 #: accepts exactly these.
 LORA_VARIANTS: frozenset[str] = frozenset(
-    ("dora", "gaussian", "pissa", "olora", "orthogonal", "mica", "target_parameters", "trainable_tokens")
+    (
+        "bdlora",
+        "dora",
+        "gaussian",
+        "pissa",
+        "olora",
+        "orthogonal",
+        "mica",
+        "lora_ga",
+        "arrow",
+        "target_parameters",
+        "trainable_tokens",
+        "corda",
+        "eva",
+        "loftq",
+        "kasa",
+        "monteclora",
+    )
 )

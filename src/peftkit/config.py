@@ -49,9 +49,11 @@ def config_class_for(peft_type: str) -> type[PeftConfig]:
 
 
 def _jsonable(value: Any) -> Any:
-    """Turn a config value into what PEFT writes: sets become (sorted) lists, enums their string."""
+    """Turn a config value into what PEFT writes: sets become (sorted) lists, enums their string, sub-configs dicts."""
     if isinstance(value, enum.Enum):
         return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a nested sub-config (BdLoraConfig...)
+        return _jsonable(dataclasses.asdict(value))
     if isinstance(value, (set, frozenset)):
         return sorted(value)
     if isinstance(value, (list, tuple)):

@@ -168,6 +168,19 @@ def _check_capacity(layers: dict, adapter: str, state: Mapping[str, torch.Tensor
             )
 
 
+def _check_variants(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
+    """A LoRA variant's slot (BD-LoRA's packed blocks) takes only the same variant at the same rank: padding or a
+    different layout would silently change what the factors mean."""
+    for name, (layer, facts) in layers.items():
+        held, new = layer.lora_variant.get(adapter), facts.variant
+        rank = _new_rank(name, layer, adapter, state)
+        if (held is not None or new is not None) and (held != new or rank not in (None, layer.r[adapter])):
+            raise HotswapError(
+                f"Cannot hot-swap {name}: the slot holds {held!r} at rank {layer.r[adapter]}, the new adapter is "
+                f"{new!r} at rank {rank}; LoRA variant adapters swap only for the same variant and rank."
+            )
+
+
 def _write_weights(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[str, torch.Tensor]) -> None:
     """Copy ``state`` into the slot (a smaller rank into the leading block of each expert, zeros elsewhere); zero
     what it lacks."""
@@ -229,6 +242,7 @@ def swap_adapter_weights(
     layers = _new_layer_facts(holders, adapter_name, config, state)
     if not grow_ranks:
         _check_capacity(layers, adapter_name, state)
+    _check_variants(layers, adapter_name, state)
     for name, (layer, facts) in layers.items():  # grow the slots a larger rank needs (zero padding keeps B A)
         rank = _new_rank(name, layer, adapter_name, state)
         if rank is not None and rank > layer.r[adapter_name]:

@@ -30,7 +30,7 @@ from peftkit.methods.lora.layer import LoraLayer
 from peftkit.methods.lora.method import LORA
 from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.scaling import alpha_for_scaling
-from peftkit.registry import method_of
+from peftkit.targeting import pattern_value
 
 CheckCompiled = Literal["error", "warn", "ignore"]
 
@@ -186,14 +186,22 @@ def check_rank_groups(layers: list[tuple[str, LoraLayer]], target_rank: int) -> 
             )
 
 
+def check_variant_ranks(layers: list[tuple[str, LoraLayer]], adapter: str, target_rank: int) -> None:
+    """Raise :class:`HotswapError` (before anything changes) when an adapter of a LoRA variant would need padding:
+    zero rows and columns appended to a variant's factors (BD-LoRA's packed blocks) would not keep its output."""
+    for name, layer in layers:
+        variant = layer.lora_variant.get(adapter)
+        if variant is not None and layer.r[adapter] != target_rank:
+            raise HotswapError(
+                f"{name}: adapter {adapter!r} is a {variant.name} adapter of rank {layer.r[adapter]}, which cannot be "
+                f"padded to rank {target_rank}; hot-swap {variant.name} adapters of the same rank only."
+            )
+
+
 def forget_cached_stacks(layer: LoraLayer) -> None:
     """Drop the layer's stacked multi-adapter copies (rebuilt from the new weights on the next use)."""
     if hasattr(layer, "_stack_cache"):
         layer.__dict__["_stack_cache"] = None
-
-
-#: Stands for a layer's base module where only the layer's name matters to the per-layer facts.
-_ANY_MODULE = nn.Identity()
 
 
 def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) -> PeftConfig:
@@ -211,8 +219,7 @@ def config_as_held(config: PeftConfig, held: Mapping[str, tuple[int, float]]) ->
     new = copy.deepcopy(config)
     if not isinstance(new, LoraConfig) or not held:
         return new
-    facts = method_of(config).layer_facts
-    if all(facts(config, name, _ANY_MODULE).r == rank for name, (rank, _) in held.items()):  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
+    if all(pattern_value(name, config.rank_pattern, config.r) == rank for name, (rank, _) in held.items()):  # type: ignore[attr-defined]  # a LoraConfig (checked above)
         return new
     ranks = {name: rank for name, (rank, _) in held.items()}
     alphas = {name: alpha_for_scaling(scaling, rank, new.use_rslora) for name, (rank, scaling) in held.items()}
@@ -233,6 +240,7 @@ def prepare_adapter(
     rslora = bool(getattr(config, "use_rslora", False))
     if target_rank is not None:
         check_rank_groups(layers, target_rank)
+        check_variant_ranks(layers, adapter, target_rank)
     for _, layer in layers:
         hold_scaling_as_tensor(layer, adapter)
         if target_rank is not None:

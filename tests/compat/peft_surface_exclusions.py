@@ -13,22 +13,10 @@ _PREFIX_LAYOUT = "prefix-cache layouts are derived per model by peftkit's prompt
 
 EXCLUDED: dict[str, str] = {
     # LoRA variants, initialisations and conversions
-    "ArrowConfig": _LORA_VARIANT,
-    "BdLoraConfig": _LORA_VARIANT,
-    "EvaConfig": _LORA_VARIANT,
-    "KasaConfig": _LORA_VARIANT,
-    "LoftQConfig": _LORA_VARIANT,
-    "LoraGAConfig": _LORA_VARIANT,
-    "MontecloraConfig": _LORA_VARIANT,
     "VeloraConfig": _LORA_VARIANT,
     "LoraRuntimeConfig": "runtime options (ephemeral GPU offload) are not implemented",
     "convert_to_lora": "converting other adapter types to LoRA is not implemented",
     "save_as_lora": "converting other adapter types to LoRA is not implemented",
-    "create_arrow_model": _LORA_VARIANT,
-    "get_eva_state_dict": _LORA_VARIANT,
-    "initialize_lora_eva_weights": _LORA_VARIANT,
-    "preprocess_loraga": _LORA_VARIANT,
-    "replace_lora_weights_loftq": _LORA_VARIANT,
     "find_kappa_target_modules": _LORA_VARIANT,
     "GPTQLoraLinear": "GPTQ bases are not supported (bitsandbytes and torchao are)",
     "SVDQuantLinear": "GPTQ bases are not supported (bitsandbytes and torchao are)",

@@ -34,6 +34,7 @@ def test_every_figure_runs_and_agrees(tmp_path, capsys) -> None:
         "LoHa train step",
         "LoKr train step",
         "trainable tokens train step",
+        "MonteCLoRA: train step",
     ):
         assert expected in figures
         assert f"| {expected} |" in printed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import peftkit as peft
-from peftkit.errors import ConfigError, TargetingError, UnsupportedError
+from peftkit.errors import ConfigError, TargetingError
 
 
 @pytest.mark.parametrize("r", [0, -1, 2.5, "8", True, None])
@@ -29,11 +29,6 @@ def test_unknown_bias() -> None:
 def test_bad_init_lora_weights(init) -> None:
     with pytest.raises(ConfigError, match="init_lora_weights"):
         peft.LoraConfig(init_lora_weights=init)
-
-
-def test_unimplemented_init_is_reported_as_unsupported() -> None:
-    with pytest.raises(UnsupportedError, match="not implemented in peftkit"):
-        peft.LoraConfig(init_lora_weights="eva")
 
 
 def test_layers_pattern_needs_layers_to_transform() -> None:

@@ -50,7 +50,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("status",),  # adapter status reports (PEFT's get_layer_status / get_model_status), methods of PeftModel
     ("peft_model",),
     ("tasks", "mixed_model"),
-    ("mapping", "auto", "helpers"),
+    ("mapping", "auto", "helpers", "arrow"),
     ("integrations",),
     # the package itself, the CLI (uses its API), PEFT's import paths (aliases, and names published from above)
     ("", "__main__", "cli", "utils", "tuners", "mapping_func", "peft_paths", "optimizers"),

@@ -18,6 +18,7 @@ those names, so ``from peft.tuners.lora.layer import LoraLayer`` works too.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -57,6 +58,21 @@ def method_module(spec: MethodSpec) -> types.ModuleType:
 
 #: PEFT's files inside ``tuners/<method>/`` that users import from; each is an alias of the method's module.
 SUBMODULES = ("layer", "config", "model")
+#: PEFT's files inside ``tuners/<method>/`` that peftkit holds as a module of their own (method -> file -> module).
+OWN_SUBMODULES: dict[str, dict[str, str]] = {
+    "lora": {
+        "variants": "peftkit.methods.lora.variants",
+        "monteclora": "peftkit.methods.lora.variants.monteclora",
+        "arrow": "peftkit.arrow",
+        "loraga": "peftkit.methods.lora.loraga",
+        "corda": "peftkit.methods.lora.corda",
+        "eva": "peftkit.methods.lora.eva",
+    }
+}
+
+#: Those of :data:`OWN_SUBMODULES` whose ``__all__`` (``create_arrow_model``, ``preprocess_loraga``) PEFT also exports
+#: from ``tuners.<method>`` and ``tuners``.
+EXPORTING_SUBMODULES = ("arrow", "loraga")
 
 
 def _install_method_modules() -> list[str]:
@@ -69,6 +85,12 @@ def _install_method_modules() -> list[str]:
         for part in SUBMODULES:  # ``from peft.tuners.lora.layer import LoraLayer``: the same names
             sys.modules.setdefault(f"{module.__name__}.{part}", module)
             setattr(module, part, module)
+        for part, path in OWN_SUBMODULES.get(short, {}).items():  # ``peft.tuners.lora.variants``
+            own = sys.modules.setdefault(f"{module.__name__}.{part}", importlib.import_module(path))
+            exported = {name: getattr(own, name) for name in own.__all__} if part in EXPORTING_SUBMODULES else {}
+            vars(module).update(exported, **{part: own}, __all__=sorted({*module.__all__, *exported}))
+            globals().update(exported)
+            _NAMES.update(exported)
         globals()[short] = sys.modules[module.__name__]
         installed.append(short)
     return installed

@@ -57,9 +57,17 @@ class AdaLoraConfig(LoraConfig):
 
     zero_alpha_disables: ClassVar[bool] = False  # lora_alpha <= 0 scales by the rank
     # LoRA's trainable_token_indices are not wired into AdaLoRA's injection: refused rather than ignored.
-    unsupported_fields: ClassVar[tuple[str, ...]] = (*LoraConfig.unsupported_fields, "trainable_token_indices")
+    # so are LoRA's data-driven initialisations (AdaLoRA's SVD-form layers initialise themselves).
+    unsupported_fields: ClassVar[tuple[str, ...]] = (
+        *LoraConfig.unsupported_fields, "trainable_token_indices", "corda_config", "eva_config", "loftq_config"
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.init_lora_weights in ("corda", "eva", "loftq"):
+            raise ConfigError(
+                f"AdaLoraConfig: init_lora_weights={self.init_lora_weights!r} is a LoRA initialisation that AdaLoRA "
+                "does not support (as in PEFT); use True or False."
+            )
         super().__post_init__()
         self.peft_type = PeftType("ADALORA")
         self._validate_schedule()

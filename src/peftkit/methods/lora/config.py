@@ -6,6 +6,7 @@ PEFT unchanged. Fields of PEFT features peftkit does not implement keep PEFT's d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -14,11 +15,18 @@ from typing import ClassVar, Literal
 
 from peftkit.config import PeftConfig
 from peftkit.config_checks import check_regex, check_size, name_set
-from peftkit.errors import ConfigError, UnsupportedError
+from peftkit.errors import ConfigError
+from peftkit.methods.lora.arrow_config import ArrowConfig
+from peftkit.methods.lora.init_configs import CordaConfig, EvaConfig, LoftQConfig
+from peftkit.methods.lora.loraga_config import LoraGAConfig
+from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
+from peftkit.methods.lora.variants.kasa_config import KasaConfig
+from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
+from peftkit.methods.lora.variants.subconfig import as_subconfig
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
-_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica")
+_INIT_NAMES = ("gaussian", "pissa", "olora", "orthogonal", "mica", "lora_ga", "corda", "eva", "loftq")
 _PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
 #: How ``rank_pattern`` / ``alpha_pattern`` keys are matched against module names (see ``targeting``).
 _PATTERN_TEMPLATE = r"(.*\.)?({})$"
@@ -44,7 +52,12 @@ class LoraConfig(PeftConfig):
         init_lora_weights: ``True`` (A Kaiming-uniform, B zero), ``False`` (both random), ``"gaussian"``,
             ``"pissa"`` / ``"pissa_niter_N"`` (Meng et al., 2024), ``"olora"`` (Büyükakyüz, 2024) or
             ``"orthogonal"`` (even ``r``; see :mod:`peftkit.methods.lora.orthogonal`) or ``"mica"`` (``B`` from the
-            base weight's minor singular vectors, frozen; see :mod:`peftkit.methods.lora.mica`).
+            base weight's minor singular vectors, frozen; see :mod:`peftkit.methods.lora.mica`), ``"lora_ga"``
+            (from gradients that :func:`~peftkit.methods.lora.loraga.preprocess_loraga` estimated; see
+            :mod:`peftkit.methods.lora.loraga_init`), or the data-driven ``"corda"`` / ``"eva"`` / ``"loftq"``
+            (see ``corda.py``, ``eva.py``, ``loftq.py``).
+        corda_config, eva_config, loftq_config: Settings of those three (``init_configs.py``); a missing
+            ``corda_config`` / ``eva_config`` takes the defaults, with a warning, as in PEFT.
         layers_to_transform: Only adapt layers with these indices.
         layers_pattern: Name of the layer list (``"layers"``, ``"h"``, ...) used with ``layers_to_transform``.
         rank_pattern: ``{regex: r}`` overriding ``r`` for matching module names.
@@ -55,6 +68,18 @@ class LoraConfig(PeftConfig):
         lora_bias: Give ``lora_B`` a trainable bias.
         trainable_token_indices: Token ids whose embedding rows train with the adapter: a list (the input
             embedding) or ``{module name: ids}`` (see :mod:`peftkit.methods.trainable_tokens.lora_tokens`).
+        lora_ga_config: LoRA-GA's options (a :class:`~peftkit.methods.lora.loraga_config.LoraGAConfig` or its dict),
+            read when ``init_lora_weights="lora_ga"``.
+        arrow_config: Makes the adapter an Arrow router over the layer's other LoRA adapters (an
+            :class:`~peftkit.methods.lora.arrow_config.ArrowConfig` or its dict; see
+            :func:`~peftkit.methods.lora.arrow.create_arrow_model`).
+        use_bdlora: BD-LoRA, block-diagonal ``A`` or ``B`` per layer (a :class:`BdLoraConfig` or a dict of its
+            fields; see :mod:`peftkit.methods.lora.variants.bdlora`).
+        kasa_config: KaSA (a :class:`KasaConfig` or a dict of its fields): truncate each adapted base weight's ``r``
+            smallest singular components and learn a diagonal between ``B`` and ``A``
+            (:mod:`peftkit.methods.lora.variants.kasa`).
+        monteclora_config: MonteCLoRA (a :class:`MontecloraConfig` or a dict of its fields): Monte Carlo perturbed
+            ``A`` in training, plain LoRA in eval (:mod:`peftkit.methods.lora.variants.monteclora`).
     """
 
     r: int = 8
@@ -75,21 +100,21 @@ class LoraConfig(PeftConfig):
     lora_bias: bool = False
     # PEFT fields that peftkit writes with PEFT's defaults and refuses to honour otherwise.
     alora_invocation_tokens: list[int] | None = None
-    arrow_config: dict | None = None
-    corda_config: dict | None = None
+    arrow_config: ArrowConfig | dict | None = None
+    corda_config: CordaConfig | dict | None = None
     ensure_weight_tying: bool = False
-    eva_config: dict | None = None
-    kasa_config: dict | None = None
+    eva_config: EvaConfig | dict | None = None
+    kasa_config: KasaConfig | None = None
     layer_replication: list | None = None
-    loftq_config: dict = field(default_factory=dict)
-    lora_ga_config: dict | None = None
+    loftq_config: LoftQConfig | dict = field(default_factory=dict)
+    lora_ga_config: LoraGAConfig | dict | None = None
     megatron_config: dict | None = None
     megatron_core: str | None = "megatron.core"
-    monteclora_config: dict | None = None
+    monteclora_config: MontecloraConfig | None = None
     qalora_group_size: int = 16
     target_parameters: list[str] | None = None
     trainable_token_indices: list | dict | None = None
-    use_bdlora: dict | None = None
+    use_bdlora: BdLoraConfig | None = None
     use_qalora: bool = False
     velora_config: dict | None = None
 
@@ -98,16 +123,8 @@ class LoraConfig(PeftConfig):
 
     unsupported_fields: ClassVar[tuple[str, ...]] = (
         "alora_invocation_tokens",
-        "arrow_config",
-        "corda_config",
-        "eva_config",
-        "kasa_config",
         "layer_replication",
-        "loftq_config",
-        "lora_ga_config",
         "megatron_config",
-        "monteclora_config",
-        "use_bdlora",
         "use_qalora",
         "velora_config",
     )
@@ -116,6 +133,11 @@ class LoraConfig(PeftConfig):
         self.peft_type = PeftType("LORA")
         self.target_modules = name_set(self.target_modules)
         self.exclude_modules = name_set(self.exclude_modules)
+        self.use_bdlora = as_subconfig(BdLoraConfig, "use_bdlora", self.use_bdlora)
+        self.lora_ga_config = as_subconfig(LoraGAConfig, "lora_ga_config", self.lora_ga_config)
+        self.arrow_config = as_subconfig(ArrowConfig, "arrow_config", self.arrow_config)
+        self.kasa_config = as_subconfig(KasaConfig, "kasa_config", self.kasa_config)
+        self.monteclora_config = as_subconfig(MontecloraConfig, "monteclora_config", self.monteclora_config)
         super().__post_init__()
         self._validate()
 
@@ -191,16 +213,59 @@ class LoraConfig(PeftConfig):
         custom.update(mapping)
         self._custom_modules = custom
 
-    def _validate_init(self) -> None:
+    def _settle_init_configs(self) -> None:
+        """Sub-configs as dataclasses (``loftq_config`` as a dict, PEFT's form); the one the init does not use is
+        warned about, a missing one for the init chosen is defaulted (PEFT's rules and order)."""
         init = self.init_lora_weights
+        self.corda_config = as_subconfig(CordaConfig, "corda_config", self.corda_config)
+        self.eva_config = as_subconfig(EvaConfig, "eva_config", self.eva_config)
+        if isinstance(self.loftq_config, LoftQConfig):
+            self.loftq_config = dataclasses.asdict(self.loftq_config)
+        if init == "loftq":
+            if not self.loftq_config:
+                raise ConfigError("init_lora_weights='loftq' needs loftq_config=LoftQConfig(...); pass one.")
+        elif self.loftq_config:
+            self.loftq_config = {}
+            warnings.warn(
+                f"LoraConfig: loftq_config is only read by init_lora_weights='loftq', not {init!r}; it was cleared.",
+                stacklevel=6,
+            )
+        else:
+            self._default_or_ignore_subconfig(init)
+
+    def _default_or_ignore_subconfig(self, init: bool | str) -> None:
+        """EVA's and CorDA's sub-config: defaulted (with a warning) when their init is chosen without one, warned
+        about when set for another init; at most one warning, in PEFT's order (EVA first)."""
+        for name, cls in (("eva", EvaConfig), ("corda", CordaConfig)):
+            field_name = f"{name}_config"
+            if init == name and getattr(self, field_name) is None:
+                warnings.warn(
+                    f"LoraConfig: init_lora_weights={name!r} without a {field_name}; {cls.__name__}() with its "
+                    "defaults is used.",
+                    stacklevel=7,
+                )
+                setattr(self, field_name, cls())
+                return
+            if init != name and getattr(self, field_name) is not None:
+                warnings.warn(
+                    f"LoraConfig: {field_name} is only read by init_lora_weights={name!r}, not {init!r}; it has no "
+                    "effect.",
+                    stacklevel=7,
+                )
+                return
+
+    def _validate_init(self) -> None:
+        self._settle_init_configs()
+        init = self.init_lora_weights
+        if self.lora_bias and not isinstance(init, bool):  # PEFT's rule: the named inits set no bias
+            raise ConfigError(
+                f"LoraConfig: lora_bias=True works with init_lora_weights=True or False only, not {init!r}."
+            )
         if init == "mica" and self.use_dora:
             raise ConfigError("init_lora_weights='mica' and use_dora=True are two LoRA variants that do not combine.")
         if isinstance(init, bool) or init in _INIT_NAMES or (isinstance(init, str) and _PISSA_NITER.fullmatch(init)):
             return
-        known = ("eva", "corda", "loftq", "lora_ga")
-        if init in known:
-            raise UnsupportedError(f"init_lora_weights={init!r} is not implemented in peftkit; use True or 'pissa'.")
         raise ConfigError(
             f"LoraConfig.init_lora_weights={init!r} is not valid; use True, False, 'gaussian', 'pissa', "
-            "'pissa_niter_N', 'olora', 'orthogonal' or 'mica'."
+            "'pissa_niter_N', 'olora', 'orthogonal', 'mica', 'lora_ga', 'corda', 'eva' or 'loftq'."
         )

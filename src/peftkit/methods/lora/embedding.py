@@ -46,7 +46,7 @@ class Embedding(LoraLayer):
             if spec.init is False:
                 A.normal_()
                 B.normal_()
-            elif spec.init == "gaussian" or spec.init is True:
+            elif spec.init in ("gaussian", "lora_ga", "corda", "eva") or spec.init is True:  # as PEFT: Linear only
                 A.zero_()
                 B.normal_()
             elif spec.init == "mica":  # the projection is the table's transpose (dim, num)

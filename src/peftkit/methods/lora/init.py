@@ -49,15 +49,35 @@ def init_linear_pair(A: torch.Tensor, B: torch.Tensor, mode: bool | str, r: int)
 
 def is_weight_decomposing(mode: bool | str) -> bool:
     """Whether ``mode`` derives ``A`` and ``B`` from the base weight (and rewrites it)."""
-    return isinstance(mode, str) and (mode in ("pissa", "olora") or _PISSA_NITER.fullmatch(mode) is not None)
+    return isinstance(mode, str) and (
+        mode in ("pissa", "olora", "corda", "loftq") or _PISSA_NITER.fullmatch(mode) is not None
+    )
 
 
-def decompose_weight(weight: torch.Tensor, mode: str, r: int, scaling: float) -> tuple[torch.Tensor, ...]:
-    """PiSSA / OLoRA factors of ``weight (out, in)``.
+def decompose_weight(
+    weight: torch.Tensor,
+    mode: str,
+    r: int,
+    scaling: float,
+    base: nn.Module | None = None,
+    loftq: dict[str, int] | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """PiSSA / OLoRA / CorDA / LoftQ factors of ``weight (out, in)`` (CorDA's from the decomposition that
+    :func:`~peftkit.methods.lora.corda.preprocess_corda` left on ``base``; LoftQ's with ``loftq`` the config's
+    ``loftq_config``).
 
     Returns:
-        ``(A (r, in), B (out, r), residual (out, in))`` in float32, with ``residual + scaling * B @ A == weight``.
+        ``(A (r, in), B (out, r), residual (out, in))`` in float32, with ``residual + scaling * B @ A == weight``
+        (LoftQ: ``residual`` is the quantized weight and ``B @ A`` approximates ``weight - residual``).
     """
+    if mode == "loftq":
+        from peftkit.methods.lora.loftq import loftq_decomposition
+
+        return loftq_decomposition(base, weight, r, loftq)
+    if mode == "corda":
+        from peftkit.methods.lora.corda import corda_decomposition  # corda.py imports init.py's users
+
+        return corda_decomposition(base, weight, r, scaling)
     w = weight.detach().float()
     if mode == "olora":
         q, rr = torch.linalg.qr(w)

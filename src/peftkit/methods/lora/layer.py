@@ -27,6 +27,7 @@ from peftkit.methods.lora import fast_paths
 from peftkit.methods.lora.dora import DoraMagnitude, dora_output, merge_update, row_norm, unmerge_step, unmerged_weight
 from peftkit.methods.lora.init import decompose_weight, is_weight_decomposing
 from peftkit.methods.lora.layer_spec import LoraLayerSpec
+from peftkit.methods.lora.loraga_init import init_lora_ga_
 from peftkit.methods.lora.named_init import frozen_tensor_ids, init_factors
 from peftkit.methods.lora.scaling import lora_scaling
 from peftkit.methods.lora.variant import LoraVariant
@@ -164,7 +165,10 @@ class LoraLayer(AdapterLayer):
         raise NotImplementedError
 
     def init_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
-        """Initialise ``A``/``B`` per ``spec.init``; PiSSA/OLoRA also rewrite the base weight."""
+        """Initialise ``A``/``B`` per ``spec.init``; PiSSA/OLoRA/LoRA-GA also rewrite the base weight (LoRA-GA
+        without its gradient initialises as ``True``)."""
+        if spec.init == "lora_ga" and init_lora_ga_(self, adapter, spec):
+            return
         A, B = self.factor_tensors(adapter)
         if not is_weight_decomposing(spec.init):
             init_factors(A, B, spec.init, spec.r, self.get_base_layer(), self.fan_in_fan_out)
@@ -177,19 +181,20 @@ class LoraLayer(AdapterLayer):
         base = self.get_base_layer()
         base_weight = dense_weight(base)
         weight = base_weight.T if self.fan_in_fan_out else base_weight
-        new_A, new_B, residual = decompose_weight(weight, str(spec.init), spec.r, spec.scaling)
+        new_A, new_B, residual = decompose_weight(weight, str(spec.init), spec.r, spec.scaling, base, spec.init_options)
         residual = residual.T if self.fan_in_fan_out else residual
         with torch.no_grad():
             A.copy_(new_A.view_as(A))
             B.copy_(new_B.view_as(B))
         update_weight(base, lambda w: w.copy_(residual.to(w.dtype)))  # requantized on a quantized base
 
-    def redo_base_rewrite(self, adapter: str, init: str) -> None:
+    def redo_base_rewrite(self, adapter: str, init: str, init_options: Any = None) -> None:
         """Rewrite the base weight as the PiSSA / OLoRA initialisation ``init`` would, keeping the adapter's
         current (loaded) ``A`` and ``B``; see :func:`~peftkit.methods.lora.method.redo_decomposing_init`."""
         A, B = self.factor_tensors(adapter)
         loaded = A.detach().clone(), B.detach().clone()
-        spec = LoraLayerSpec(self.r[adapter], self.lora_alpha[adapter], init=init, use_rslora=self.use_rslora[adapter])
+        spec = LoraLayerSpec(self.r[adapter], self.lora_alpha[adapter], init=init, use_rslora=self.use_rslora[adapter],
+                             init_options=init_options)  # fmt: skip
         self.init_weights(adapter, spec)
         with torch.no_grad():
             A.copy_(loaded[0])

@@ -4,6 +4,7 @@ module's name by :func:`~peftkit.methods.lora.method.lora_layer_facts`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from peftkit.methods.lora.scaling import lora_scaling
 from peftkit.methods.lora.variant import LoraVariant
@@ -22,6 +23,8 @@ class LoraLayerSpec:
     fan_in_fan_out: bool = False
     lora_bias: bool = False
     variant: LoraVariant | None = None  # a LoRA variant's behaviour (variant.py); None: plain LoRA
+    #: the sub-config of the named initialisation ``init``: LoRA-GA's LoraGAConfig, LoftQ's loftq_config dict
+    init_options: Any = None
 
     @property
     def scaling(self) -> float:

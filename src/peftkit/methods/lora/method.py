@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -10,17 +11,27 @@ from transformers.pytorch_utils import Conv1D
 from peftkit.defaults import default_lora_targets
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.walk import walk_model
+from peftkit.methods.lora.arrow_config import ArrowConfig
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.conv import Conv
 from peftkit.methods.lora.describe import describe_lora_module
 from peftkit.methods.lora.embedding import Embedding
+from peftkit.methods.lora.eva import get_eva_state_dict, initialize_lora_eva_weights
 from peftkit.methods.lora.init import is_weight_decomposing
+from peftkit.methods.lora.init_configs import CordaConfig, EvaConfig, LoftQConfig
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec
+from peftkit.methods.lora.loftq import replace_lora_weights_loftq
+from peftkit.methods.lora.loraga import preprocess_loraga
+from peftkit.methods.lora.loraga_config import LoraGAConfig
+from peftkit.methods.lora.loraga_init import check_lora_ga
 from peftkit.methods.lora.model import LoraModel
 from peftkit.methods.lora.multihead import MultiheadAttention, warn_unused_out_proj
 from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
 from peftkit.methods.lora.variants import build_variant
+from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
+from peftkit.methods.lora.variants.kasa_config import KasaConfig
+from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.methods.trainable_tokens.lora_tokens import inject_token_adapters
 from peftkit.targeting import pattern_value
@@ -51,6 +62,16 @@ TARGET_PARAMETERS_OPTION = CliOption(
 )
 
 
+def init_options(config: LoraConfig) -> Any:
+    """The sub-config of the named initialisation ``config.init_lora_weights``: LoRA-GA's ``lora_ga_config``,
+    LoftQ's ``loftq_config`` (a dict), else ``None``."""
+    if config.init_lora_weights == "lora_ga":
+        return config.lora_ga_config
+    if config.init_lora_weights == "loftq" and isinstance(config.loftq_config, dict):
+        return dict(config.loftq_config)
+    return None
+
+
 def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLayerSpec:
     """Rank and alpha after ``rank_pattern`` / ``alpha_pattern``; ``fan_in_fan_out`` forced on for Conv1D."""
     return LoraLayerSpec(
@@ -63,6 +84,7 @@ def lora_layer_facts(config: LoraConfig, name: str, module: nn.Module) -> LoraLa
         fan_in_fan_out=isinstance(module, Conv1D) or (config.fan_in_fan_out and not isinstance(module, nn.Linear)),
         lora_bias=config.lora_bias,
         variant=build_variant(config, name, module),
+        init_options=init_options(config),
     )
 
 
@@ -83,11 +105,21 @@ def settle_lora_config(config: LoraConfig, model: nn.Module, target_names: Seque
 
 
 def finish_lora_injection(config: LoraConfig, model: nn.Module, adapter_name: str) -> None:
-    """Tie adapters on tied embeddings, add the ``trainable_token_indices`` rows, warn about adapters an attention
-    module never runs."""
+    """Run the variants' ``finish`` (:mod:`~peftkit.methods.lora.variant`), tie adapters on tied embeddings, add
+    the ``trainable_token_indices`` rows, warn about adapters an attention module never runs."""
+    for module in model.modules():  # variants' steps that wait for every layer (variant.py)
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_variant:
+            module.lora_variant[adapter_name].finish(module, adapter_name)
     tie_adapters(config, model, adapter_name)
     inject_token_adapters(config, model, adapter_name)
     warn_unused_out_proj(model)
+
+
+def prepare_lora_config(config: LoraConfig, model: nn.Module) -> object:
+    """Before injecting: refuse a LoRA-GA adapter that cannot initialise (:func:`check_lora_ga`) while nothing is
+    changed yet, then widen tied targets (:func:`prepare_tied_targets`)."""
+    check_lora_ga(config, model)
+    return prepare_tied_targets(config, model)
 
 
 def redo_decomposing_init(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
@@ -100,7 +132,7 @@ def redo_decomposing_init(model: nn.Module, config: LoraConfig, adapter_name: st
         return
     for module in model.modules():
         if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
-            module.redo_base_rewrite(adapter_name, str(init))
+            module.redo_base_rewrite(adapter_name, str(init), init_options(config))
 
 
 LORA = MethodSpec(
@@ -123,13 +155,28 @@ LORA = MethodSpec(
     file_key_renames={".lora_magnitude_vector.weight": ".lora_magnitude_vector"},
     settle_config=settle_lora_config,
     pattern_fields=("rank_pattern", "alpha_pattern"),
-    prepare_config=prepare_tied_targets,
+    prepare_config=prepare_lora_config,
     after_inject=finish_lora_injection,
     bias_modes=LORA_BIAS_MODES,
     after_load=redo_decomposing_init,
     tuner_class=LoraModel,
     parameter_layer=ParamWrapper,
-    public_names={"LoraConfig": LoraConfig, "LoraModel": LoraModel},
+    public_names={
+        "LoraConfig": LoraConfig,
+        "LoraModel": LoraModel,
+        "BdLoraConfig": BdLoraConfig,
+        "LoraGAConfig": LoraGAConfig,
+        "preprocess_loraga": preprocess_loraga,
+        "ArrowConfig": ArrowConfig,
+        "CordaConfig": CordaConfig,
+        "EvaConfig": EvaConfig,
+        "get_eva_state_dict": get_eva_state_dict,
+        "initialize_lora_eva_weights": initialize_lora_eva_weights,
+        "LoftQConfig": LoftQConfig,
+        "replace_lora_weights_loftq": replace_lora_weights_loftq,
+        "KasaConfig": KasaConfig,
+        "MontecloraConfig": MontecloraConfig,
+    },
     cli_name="lora",
     cli_options=(
         CliOption("r", "r", int, "Rank", 8),

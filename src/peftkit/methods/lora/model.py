@@ -7,6 +7,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from peftkit.config import PeftConfig
 from peftkit.errors import ConfigError, UnsupportedError
 from peftkit.layers.walk import iter_adapter_modules
@@ -15,7 +17,9 @@ from peftkit.methods.combining import add_frozen, already_present, check_sources
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.init import is_weight_decomposing
 from peftkit.methods.lora.layer import LoraLayer
-from peftkit.methods.lora.weighted import combine_layer, plan_combination
+from peftkit.methods.lora.variants.kasa import kasa_loss
+from peftkit.methods.lora.variants.monteclora import monteclora_loss
+from peftkit.methods.lora.weighted import SVD_TYPES, combine_layer, plan_combination
 from peftkit.tuner import TunerModel
 
 
@@ -26,11 +30,21 @@ class LoraModel(TunerModel):
 
     def check_new_config(self, adapter_name: str, config: PeftConfig) -> None:
         """Adapters with ``target_parameters`` must all target the same parameters (as in PEFT): each parameter's
-        wrapper nesting fixes the adapters' state-dict keys.
+        wrapper nesting fixes the adapters' state-dict keys. KaSA adapters (which rewrite the base weights) and
+        others do not share a model.
 
         Raises:
-            ConfigError: ``config`` targets another set of parameters than an existing adapter.
+            ConfigError: ``config`` targets another set of parameters than an existing adapter, or one of
+                ``config`` and an existing adapter uses KaSA and the other does not.
         """
+        uses_kasa = getattr(config, "kasa_config", None) is not None
+        for name, other in self.peft_config.items():
+            if name != adapter_name and (getattr(other, "kasa_config", None) is not None) != uses_kasa:
+                kasa, plain = (adapter_name, name) if uses_kasa else (name, adapter_name)
+                raise ConfigError(
+                    f"Adapter {kasa!r} uses KaSA, which rewrites the base weights, and {plain!r} does not; the two "
+                    "cannot share a model. Use KaSA for every adapter or for none."
+                )
         wanted = getattr(config, "target_parameters", None)
         for name, other in self.peft_config.items():
             theirs = getattr(other, "target_parameters", None)
@@ -39,6 +53,25 @@ class LoraModel(TunerModel):
                     f"Adapter {adapter_name!r} targets the parameters {sorted(wanted)} but adapter {name!r} targets "
                     f"{sorted(theirs)}; all adapters with target_parameters must target the same ones."
                 )
+
+    def _get_kasa_loss(self, adapter_names: str | Sequence[str] | None = None) -> torch.Tensor | float:
+        """KaSA's auxiliary loss for ``adapter_names`` (default: the active adapters), to add to the task loss:
+        the sum over KaSA layers of ``beta * sum(lora_diag ** 2) + gamma * (||B^T B - I||_F + ||A A^T - I||_F)``
+        with each adapter's ``KasaConfig`` (:func:`~peftkit.methods.lora.variants.kasa.kasa_loss`); ``0.0`` when no
+        such adapter has KaSA layers (PEFT's name)."""
+        names = self.active_adapters if adapter_names is None else adapter_names
+        names = [names] if isinstance(names, str) else list(names)
+        configs = {name: getattr(c, "kasa_config", None) for name, c in self.peft_config.items()}
+        return kasa_loss((layer for _, layer in iter_adapter_modules(self.model)), configs, names)
+
+    def _get_monteclora_loss(self, adapter_names: str | Sequence[str] | None = None) -> torch.Tensor | float:
+        """MonteCLoRA's variational loss for ``adapter_names`` (default: the active adapters), to add to the task
+        loss: the mean over their samplers of ``KL + entropy``
+        (:func:`~peftkit.methods.lora.variants.monteclora.monteclora_loss`), ``0.0`` in eval or without MonteCLoRA
+        layers (PEFT's name)."""
+        names = self.active_adapters if adapter_names is None else adapter_names
+        names = [names] if isinstance(names, str) else list(names)
+        return monteclora_loss((layer for _, layer in iter_adapter_modules(self.model)), names)
 
     def add_weighted_adapter(
         self,
@@ -83,7 +116,13 @@ class LoraModel(TunerModel):
             combination_type, ranks, svd_rank, density=density, majority_sign_method=majority_sign_method,
             svd_clamp=svd_clamp, svd_full_matrices=svd_full_matrices, svd_driver=svd_driver,
         )  # fmt: skip
+        if how.kind not in SVD_TYPES and any(c.use_bdlora is not None for c in configs):
+            raise UnsupportedError(
+                "add_weighted_adapter combines BD-LoRA adapters (use_bdlora) only with an '*svd' combination_type "
+                "(the combined adapter is then a plain LoRA): block-diagonal factors cannot be concatenated or averaged"
+            )
         fields: dict[str, Any] = {"r": how.rank, "lora_alpha": how.rank, "use_rslora": False, "rank_pattern": {}}
+        fields["use_bdlora"] = None  # an SVD of the dense deltas: plain factors
         fields |= {"alpha_pattern": {}, "target_modules": union_of(configs, "target_modules")}
         config = dataclasses.replace(configs[0], **fields)
         add_frozen(self, adapter_name, config, init_weights=False)  # combine_layer writes every tensor
@@ -104,6 +143,11 @@ def _combinable(name: str, config: object) -> LoraConfig:
         )
     if config.target_parameters:
         raise UnsupportedError(f"add_weighted_adapter cannot combine adapters that target parameters ({name!r} does).")
+    if config.kasa_config is not None:
+        raise UnsupportedError(
+            f"Adapter {name!r} is a KaSA adapter: its lora_diag has no place in a combined LoRA adapter, and adding "
+            "one would truncate the base weights again."
+        )
     if is_weight_decomposing(config.init_lora_weights):
         raise UnsupportedError(
             f"Adapter {name!r} was initialised with {config.init_lora_weights!r}, which rewrites the base weights; "

@@ -13,12 +13,15 @@ The layer then calls, for an adapter with a variant:
 * :meth:`LoraVariant.init` once, after ``A`` and ``B`` exist and are initialised (extra tensors, a different
   initialisation; extra per-adapter containers are added to ``layer.adapter_layer_names`` so they are saved,
   loaded, trained and deleted as ``lora_A`` is);
+* :meth:`LoraVariant.finish` once every layer of an injection exists (LoRA's ``after_inject``);
 * :meth:`LoraVariant.adapt_output` in the forward instead of ``result + s B A dropout(x)`` (the fused fast paths,
   mixed batches' stacked path and the compiled path step aside for such an adapter);
 * :meth:`LoraVariant.delta_weight` for merging and ``get_delta_weight`` (``mergeable = False``: merging raises).
 
 Deleting the adapter drops ``layer.lora_variant[adapter]`` and the adapter's entry in every container of
-``adapter_layer_names`` and ``other_param_names``.
+``adapter_layer_names`` and ``other_param_names``. Hot-swapping into a variant's slot needs the new adapter's
+variant to compare equal (``==``: define ``__eq__`` on per-layer settings, identity otherwise) at the same rank;
+padding a variant adapter's rank for compiled hot-swap is refused (see :mod:`peftkit.hotswap`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ class LoraVariant:
 
     def init(self, layer: LoraLayer, adapter: str, spec: Any) -> None:
         """Called by ``update_layer`` after the factors are created (and initialised, unless a load follows)."""
+
+    def finish(self, layer: LoraLayer, adapter: str) -> None:
+        """Called once every layer of the injection exists: a step that must not run when a later layer is refused
+        (rewriting the base weight), as ``init`` runs layer by layer."""
 
     def adapt_output(self, layer: Linear, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
         """The layer's output with this adapter applied to ``result`` (the base output, or the output of the

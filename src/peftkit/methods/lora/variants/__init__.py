@@ -19,7 +19,21 @@ from peftkit.errors import UnsupportedError
 from peftkit.methods.lora.variant import LoraVariant
 
 #: ``LoraConfig`` field -> ``"module:function"`` building that variant's :class:`LoraVariant` for one layer.
-VARIANT_BUILDERS: dict[str, str] = {}
+VARIANT_BUILDERS: dict[str, str] = {
+    "arrow_config": "peftkit.methods.lora.variants.arrow:build",
+    "use_bdlora": "peftkit.methods.lora.variants.bdlora:build",
+    "kasa_config": "peftkit.methods.lora.variants.kasa:build",
+    "monteclora_config": "peftkit.methods.lora.variants.monteclora:build",
+}
+
+#: PEFT's public names of ``peft.tuners.lora.variants`` that peftkit has (``peftkit.tuners.lora.variants`` is this
+#: module): name -> ``"module:attribute"``, imported on first use.
+PEFT_NAMES: dict[str, str] = {
+    "BdLoraLinearVariant": "peftkit.methods.lora.variants.bdlora:BdLoraLinearVariant",
+    "BlockDiagonalLinear": "peftkit.methods.lora.variants.block_diagonal:BlockDiagonalLinear",
+    "KasaLinearVariant": "peftkit.methods.lora.variants.kasa:KasaLinearVariant",
+    "MontecloraLinearVariant": "peftkit.methods.lora.variants.monteclora:MontecloraLinearVariant",
+}
 
 VariantBuilder = Callable[[Any, str, nn.Module], LoraVariant | None]
 
@@ -48,3 +62,11 @@ def build_variant(config: Any, module_name: str, module: nn.Module) -> LoraVaria
         names = " and ".join(name for name, _ in found)
         raise UnsupportedError(f"LoraConfig sets {names}: these LoRA variants do not combine; choose one.")
     return found[0][1] if found else None
+
+
+def __getattr__(name: str) -> Any:
+    """PEFT's names of ``peft.tuners.lora.variants`` (:data:`PEFT_NAMES`), imported on first use."""
+    if name not in PEFT_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_path, attr = PEFT_NAMES[name].split(":")
+    return getattr(importlib.import_module(module_path), attr)
