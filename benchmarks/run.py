@@ -43,6 +43,7 @@ from benchmarks import (
     scale,
     train_step,
     trainable_tokens,
+    velora,
 )
 from benchmarks.harness import Row, Settings, table
 
@@ -62,6 +63,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "orthogonal": orthogonal.run,
     "lycoris": lycoris.run,
     "lora_variants": lora_variants.run,
+    "velora": velora.run,
 }
 REPS = {"full": 7, "quick": 3, "tiny": 1}
 

@@ -50,5 +50,6 @@ LORA_VARIANTS: frozenset[str] = frozenset(
         "loftq",
         "kasa",
         "monteclora",
+        "velora",
     )
 )

@@ -142,8 +142,8 @@ class PeftConfig:
             value = getattr(self, name)
             if value != default and not (value in (None, {}, []) and default in (None, {}, [])):
                 raise ConfigError(
-                    f"{type(self).__name__}.{name}={value!r} is a PEFT feature that peftkit does not implement; "
-                    f"leave {name} at its default ({default!r})."
+                    f"{type(self).__name__}.{name}={value!r} is a PEFT feature that peftkit does not implement for "
+                    f"{type(self).__name__}; leave {name} at its default ({default!r})."
                 )
 
     # -- properties PEFT code relies on -------------------------------------------------------------

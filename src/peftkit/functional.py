@@ -14,9 +14,10 @@ from torch import nn
 
 # The state functions live in peftkit.adapter_state; shells reach them here as well (explicit re-exports).
 from peftkit.adapter_state import adapters_disabled as adapters_disabled
-from peftkit.adapter_state import apply_model_status, model_status
+from peftkit.adapter_state import apply_model_status
 from peftkit.adapter_state import delete_adapter as delete_adapter
 from peftkit.adapter_state import enable_adapters as enable_adapters
+from peftkit.adapter_state import model_status as model_status
 from peftkit.adapter_state import set_active_adapters as set_active_adapters
 from peftkit.adapter_state import set_requires_grad as set_requires_grad
 from peftkit.adapter_state import set_trainable_adapters as set_trainable_adapters
@@ -24,11 +25,12 @@ from peftkit.config import PeftConfig
 from peftkit.errors import AdapterNameError, TargetingError, UnsupportedError, UsageError
 from peftkit.layers.base import BASE_ADAPTER, CALL_STATE, AdapterLayer, BatchRouting
 from peftkit.layers.compiled_call import prepared_call
+from peftkit.layers.fresh import gc_paused
 from peftkit.layers.model_merge import merge_layers, prepare_merge, unmerge_layers
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.parameters import inject_config_parameters
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
-from peftkit.layers.state import AdapterStatus, status_after_add, status_after_set
+from peftkit.layers.state import AdapterStatus, read_status, status_after_add, status_after_set
 from peftkit.layers.walk import AdapterModule, all_parameters, is_nested, walk_model
 from peftkit.layers.walk import adapter_names_in as adapter_names_in
 from peftkit.layers.walk import iter_adapter_modules as iter_adapter_modules
@@ -128,6 +130,7 @@ def _candidates(model: nn.Module, spec: MethodSpec) -> Iterator[tuple[str, nn.Mo
 
 
 @exclusive
+@gc_paused()
 def inject_adapter(
     model: nn.Module,
     config: PeftConfig,
@@ -158,9 +161,10 @@ def inject_adapter(
         )
     if spec.prepare_config is not None:
         config = spec.prepare_config(config, model)
-    check_adapter_name(adapter_name, sorted(adapter_names_in(model)))
+    present = [module for _, module in iter_adapter_modules(model)]  # one walk: the name check and the status
+    check_adapter_name(adapter_name, [adapter_name] if any(m.holds(adapter_name) for m in present) else ())
     grads = {p: p.requires_grad for p in all_parameters(model)}
-    record = Injection(adapter_name, grad_state=grads, status=model_status(model))
+    record = Injection(adapter_name, grad_state=grads, status=read_status(present))
     candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
     for module in candidates.values():  # every quantized layer, adapted or not, feeds the adapters' gradients
         prepare_base(module)

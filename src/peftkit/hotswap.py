@@ -51,7 +51,8 @@ from peftkit.hotswap_prepare import (
 )
 from peftkit.io.keys import strip_prefix
 from peftkit.io.load import read_weights, split_hub_kwargs
-from peftkit.io.state import adapter_tensors
+from peftkit.io.state import AdapterTensor, adapter_tensors
+from peftkit.layers.walk import iter_adapter_modules
 from peftkit.locking import exclusive
 from peftkit.methods.lora.layer import LoraLayer
 from peftkit.methods.lora.param import ParamWrapper, check_parameter_spec
@@ -86,25 +87,23 @@ def _rank_factor(key: str) -> str | None:
     return None
 
 
-def _experts_by_layer(inner: nn.Module, adapter: str) -> dict[str, int]:
-    """``layer name -> experts sharing its rank dimension`` (1 but for LoRA on an expert parameter)."""
-    return {name: expert_count(layer) for name, layer in lora_layers(inner, adapter)}
-
-
-def _row_blocks_by_layer(inner: nn.Module, adapter: str) -> dict[str, int]:
-    """``layer name -> blocks of A's rows``: experts, or a grouped convolution's groups (whose ``B`` already holds
-    its columns per group)."""
-    return {name: expert_count(layer) * layer.rank_groups for name, layer in lora_layers(inner, adapter)}
+def _blocks_by_layer(holders: list[tuple[str, LoraLayer]]) -> tuple[dict[str, int], dict[str, int]]:
+    """``(experts, rows)``: ``layer name -> experts sharing its rank dimension`` (1 but for LoRA on an expert
+    parameter) and ``layer name -> blocks of A's rows`` (experts, or a grouped convolution's groups, whose ``B``
+    already holds its columns per group)."""
+    experts = {name: expert_count(layer) for name, layer in holders}
+    return experts, {name: experts[name] * layer.rank_groups for name, layer in holders}
 
 
 def _layer_name(key: str) -> str:
     return key.rsplit(".lora_", 1)[0]
 
 
-def _check_fit(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Check that ``state`` fits the slot of ``adapter``: no key outside it, each tensor's shape equal to the
-    live one but for the rank. Returns the slot's keys that ``state`` lacks (zeroed by the swap)."""
-    expected = adapter_tensors(inner, adapter, old, embedding_layers=None)
+def _check_fit(
+    adapter: str, expected: Mapping[str, AdapterTensor], experts: Mapping[str, int], state: Mapping[str, torch.Tensor]
+) -> None:
+    """Check that ``state`` fits the slot of ``adapter`` (whose tensors are ``expected``): no key outside it, each
+    tensor's shape equal to the live one but for the rank (a multiple of the layer's ``experts``)."""
     unexpected = sorted(k for k in state if k not in expected)
     if unexpected:
         raise HotswapError(
@@ -112,11 +111,13 @@ def _check_fit(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[s
             f"modules the loaded one does not adapt ({unexpected[:5]}). Load it as a separate adapter instead "
             "(another adapter_name)."
         )
-    experts = _experts_by_layer(inner, adapter)
     for key, value in state.items():
-        live, which = expected[key].tensor, _rank_factor(key)
+        live = expected[key].tensor
         if live.is_floating_point() and not value.is_floating_point():
             raise HotswapError(f"Cannot hot-swap {key}: the file holds a {value.dtype} tensor where weights belong.")
+        if value.shape == live.shape:  # the usual case: nothing more to check
+            continue
+        which = _rank_factor(key)
         dim = None if which is None else "AB".index(which)
         same_but_rank = (
             value.dim() == live.dim()
@@ -128,7 +129,6 @@ def _check_fit(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[s
                 f"Cannot hot-swap {key}: new shape {tuple(value.shape)} vs {tuple(live.shape)} in the model; "
                 "the adapters were made for different base models."
             )
-    return sorted(k for k, v in expected.items() if v.required and k not in state)
 
 
 def _new_rank(name: str, layer: LoraLayer, adapter: str, state: Mapping[str, torch.Tensor]) -> int | None:
@@ -181,19 +181,34 @@ def _check_variants(layers: dict, adapter: str, state: Mapping[str, torch.Tensor
             )
 
 
-def _write_weights(inner: nn.Module, adapter: str, old: PeftConfig, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy ``state`` into the slot (a smaller rank into the leading block of each expert, zeros elsewhere); zero
-    what it lacks."""
-    expected = adapter_tensors(inner, adapter, old, embedding_layers=None)
-    experts, rows = _experts_by_layer(inner, adapter), _row_blocks_by_layer(inner, adapter)
+def _grow_slots(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> bool:
+    """Grow (zero-pad: ``B A`` is kept) every slot whose new rank is larger; whether any grew."""
+    grown = False
+    for name, (layer, facts) in layers.items():
+        rank = _new_rank(name, layer, adapter, state)
+        if rank is not None and rank > layer.r[adapter]:
+            pad_rank(layer, adapter, rank, use_rslora=facts.use_rslora)
+            grown = True
+    return grown
+
+
+def _write_weights(
+    expected: Mapping[str, AdapterTensor],
+    blocks: tuple[dict[str, int], dict[str, int]],
+    state: Mapping[str, torch.Tensor],
+) -> None:
+    """Copy ``state`` into the slot's tensors ``expected`` (a smaller rank into the leading block of each expert,
+    zeros elsewhere; ``blocks``: see :func:`_blocks_by_layer`); zero what it lacks."""
+    experts, rows = blocks
     with torch.no_grad():
         for key, value in state.items():
-            live, which = expected[key].tensor, _rank_factor(key)
-            if which is None or value.shape == live.shape:
+            live = expected[key].tensor
+            which = None if value.shape == live.shape else _rank_factor(key)
+            if which is None:
                 live.copy_(value.to(device=live.device, dtype=live.dtype))
             else:
-                blocks = (rows if which == "A" else experts).get(_layer_name(key), 1)
-                write_rank_block(live, value, which, blocks)
+                count = (rows if which == "A" else experts).get(_layer_name(key), 1)
+                write_rank_block(live, value, which, count)
         for key, tensor in expected.items():
             if tensor.required and key not in state:
                 tensor.tensor.zero_()
@@ -234,20 +249,20 @@ def swap_adapter_weights(
     if not is_plain_lora(config) or not is_plain_lora(old):
         kinds = f"{_kind(old)} -> {_kind(config)}"
         raise HotswapError(f"Hot-swapping works for LoRA adapters only (not AdaLoRA, IA3 or prompts), got {kinds}.")
-    holders = lora_layers(inner, adapter_name)
+    walked = list(iter_adapter_modules(inner))  # one walk for the layers and the slot's tensors
+    holders = lora_layers(inner, adapter_name, walked)
     if any(adapter_name in layer.merged_adapters for _, layer in holders):
         raise HotswapError(f"Adapter {adapter_name!r} is merged into the base weights; unmerge it before swapping.")
     state = {strip_prefix(k): v for k, v in state.items()}
-    _check_fit(inner, adapter_name, old, state)
+    expected, blocks = adapter_tensors(inner, adapter_name, old, None, walked), _blocks_by_layer(holders)
+    _check_fit(adapter_name, expected, blocks[0], state)
     layers = _new_layer_facts(holders, adapter_name, config, state)
     if not grow_ranks:
         _check_capacity(layers, adapter_name, state)
     _check_variants(layers, adapter_name, state)
-    for name, (layer, facts) in layers.items():  # grow the slots a larger rank needs (zero padding keeps B A)
-        rank = _new_rank(name, layer, adapter_name, state)
-        if rank is not None and rank > layer.r[adapter_name]:
-            pad_rank(layer, adapter_name, rank, use_rslora=facts.use_rslora)
-    _write_weights(inner, adapter_name, old, state)
+    if _grow_slots(layers, adapter_name, state):  # padding replaced the grown layers' tensors
+        expected = adapter_tensors(inner, adapter_name, old, embedding_layers=None)
+    _write_weights(expected, blocks, state)
     held = {}
     for name, (layer, facts) in layers.items():
         _apply_layer_settings(layer, adapter_name, facts)

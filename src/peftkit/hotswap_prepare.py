@@ -15,7 +15,7 @@ import copy
 import re
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -24,6 +24,7 @@ from torch import nn
 from peftkit.config import PeftConfig
 from peftkit.errors import HotswapError
 from peftkit.functional import iter_adapter_modules
+from peftkit.layers.walk import AdapterModule
 from peftkit.locking import exclusive
 from peftkit.methods.lora.config import LoraConfig
 from peftkit.methods.lora.layer import LoraLayer
@@ -58,11 +59,14 @@ def is_plain_lora(config: PeftConfig) -> bool:
     return isinstance(config, LoraConfig) and config.peft_type == LORA.peft_type
 
 
-def lora_layers(inner: nn.Module, adapter: str | None = None) -> list[tuple[str, LoraLayer]]:
-    """``(name, layer)`` of every LoRA-proper layer of ``inner`` (holding ``adapter``, when given)."""
+def lora_layers(
+    inner: nn.Module, adapter: str | None = None, modules: Iterable[tuple[str, AdapterModule]] | None = None
+) -> list[tuple[str, LoraLayer]]:
+    """``(name, layer)`` of every LoRA-proper layer of ``inner`` (holding ``adapter``, when given); ``modules``:
+    ``iter_adapter_modules(inner)`` when the caller has walked it already."""
     return [
         (name, module)  # type: ignore[misc]  # the type check below keeps LoRA layers only
-        for name, module in iter_adapter_modules(inner)
+        for name, module in (iter_adapter_modules(inner) if modules is None else modules)
         if type(module) in _LORA_LAYER_TYPES and (adapter is None or module.holds(adapter))
     ]
 

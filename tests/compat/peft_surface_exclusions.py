@@ -13,7 +13,6 @@ _PREFIX_LAYOUT = "prefix-cache layouts are derived per model by peftkit's prompt
 
 EXCLUDED: dict[str, str] = {
     # LoRA variants, initialisations and conversions
-    "VeloraConfig": _LORA_VARIANT,
     "LoraRuntimeConfig": "runtime options (ephemeral GPU offload) are not implemented",
     "convert_to_lora": "converting other adapter types to LoRA is not implemented",
     "save_as_lora": "converting other adapter types to LoRA is not implemented",

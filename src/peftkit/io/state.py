@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -23,16 +22,17 @@ from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.placement import adapter_device, assign_parameter
 from peftkit.layers.shared import shared_tensors
+from peftkit.layers.walk import AdapterModule
 from peftkit.locking import exclusive
 from peftkit.methods.spec import EMBEDDING_LAYER_NAMES, SPECS, method_of
 
 _MAX_KEYS_IN_ERROR = 10
 
 
-@dataclass(frozen=True)
-class AdapterTensor:
+class AdapterTensor(NamedTuple):
     """One tensor of an adapter's checkpoint: the live tensor, whether a file must contain it, and its key in
-    ``model.state_dict()`` (``source``, wrapper segments included: where a load assigns it)."""
+    ``model.state_dict()`` (``source``, wrapper segments included: where a load assigns it). A named tuple: a
+    load or a hot-swap builds one per adapter tensor, and a frozen dataclass costs several times more."""
 
     tensor: torch.Tensor
     required: bool
@@ -55,20 +55,25 @@ def wants_embedding_layers(
 
 
 def adapter_tensors(
-    model: nn.Module, adapter: str, config: PeftConfig, embedding_layers: bool | None = None
+    model: nn.Module,
+    adapter: str,
+    config: PeftConfig,
+    embedding_layers: bool | None = None,
+    modules: Iterable[tuple[str, AdapterModule]] | None = None,
 ) -> dict[str, AdapterTensor]:
     """Every tensor that belongs in ``adapter``'s checkpoint, keyed as on disk (without the model prefix).
 
     Args:
         embedding_layers: Include base weights of adapted embedding layers; ``None`` includes them as
             optional keys (what a load accepts).
+        modules: ``iter_adapter_modules(model)``, when the caller has just walked the model (a hot-swap).
     """
     spec = method_of(config)
     renames = spec.file_key_renames
     out: dict[str, AdapterTensor] = {}
     adapted_embedding = False
     base_bias = spec.bias_rule(config) == "adapter_layers"
-    for raw, module in iter_adapter_modules(model):
+    for raw, module in iter_adapter_modules(model) if modules is None else modules:
         if not module.holds(adapter):
             continue
         name = strip_wrapper_segments(raw)  # FSDP1 / compile wrappers never reach a file
@@ -76,16 +81,7 @@ def adapter_tensors(
             for key, tensor in module.modules_to_save[adapter].state_dict().items():
                 out[f"{name}.{key}"] = AdapterTensor(tensor, True, f"{raw}.modules_to_save.{adapter}.{key}")
             continue
-        modules = module._modules
-        for attr in module.adapter_layer_names:
-            item = _entry(modules[attr] if attr in modules else getattr(module, attr), adapter)
-            if item is None:
-                continue
-            items = module_tensors(item) if isinstance(item, nn.Module) else [("", item.data)]
-            for key, tensor in items:
-                tail = f".{attr}.{adapter}" + (f".{key}" if key else "")
-                disk = rename_suffix(remove_adapter_name(name + tail, adapter), renames)
-                out[disk] = AdapterTensor(tensor, True, raw + tail)
+        _add_layer_tensors(out, name, raw, module, adapter, renames)
         adapted_embedding |= _add_base_tensors(out, name, raw, module, base_bias, embedding_layers)
     out.update(_model_tensors(model, adapter, config))
     if embedding_layers is None or (embedding_layers and not adapted_embedding):
@@ -96,6 +92,27 @@ def adapter_tensors(
             if key.endswith("bias") and key not in out and not _is_adapter_internal(key):
                 out[key] = AdapterTensor(tensor, False, raw_key)
     return out
+
+
+def _add_layer_tensors(
+    out: dict[str, AdapterTensor], name: str, raw: str, layer: AdapterLayer, adapter: str, renames: Mapping[str, str]
+) -> None:
+    """Add ``adapter``'s tensors in ``layer``'s per-adapter containers, keyed as on disk (the adapter name removed,
+    the method's renames applied): ``<name>.<container>.<key>`` for the usual factor modules."""
+    modules = layer._modules
+    for attr in layer.adapter_layer_names:
+        item = _entry(modules[attr] if attr in modules else getattr(layer, attr), adapter)
+        if item is None:
+            continue
+        tail = f".{attr}.{adapter}"
+        if not isinstance(item, nn.Module):
+            disk = rename_suffix(f"{name}.{attr}", renames)  # a bare parameter: the adapter name was the suffix
+            out[disk] = AdapterTensor(item.data, True, raw + tail)
+            continue
+        for key, tensor in module_tensors(item):
+            # a leaf's ``<attr>.<adapter>.<key>`` loses ``.<adapter>`` on disk; a nested key keeps the general rule
+            disk = f"{name}.{attr}.{key}" if "." not in key else remove_adapter_name(f"{name}{tail}.{key}", adapter)
+            out[rename_suffix(disk, renames)] = AdapterTensor(tensor, True, f"{raw}{tail}.{key}")
 
 
 def _entry(container: Any, adapter: str) -> Any:

@@ -44,6 +44,12 @@ from peftkit.layers.state import AdapterStatus, apply_status, status_after_delet
 from peftkit.quant.merge import BaseSnapshot, restore_base, snapshot_base
 
 
+def _as_parameters(item: torch.Tensor) -> list[nn.Parameter]:
+    """A container entry that is a tensor, as the trainable tensors it holds: a ``ParameterDict`` entry, or none
+    for a buffer (a :class:`~peftkit.layers.buffer_dict.BufferDict` entry is saved with the adapter, never trained)."""
+    return [item] if isinstance(item, nn.Parameter) else []
+
+
 class AdapterState:
     """What a layer or wrapper records of its model's adapter state (see :mod:`peftkit.layers.state`).
 
@@ -308,7 +314,7 @@ class AdapterLayer(AdapterState, nn.Module):
             container = getattr(self, attr)
             if adapter in container:
                 item = container[adapter]
-                yield from (item.parameters() if isinstance(item, nn.Module) else [item])
+                yield from (item.parameters() if isinstance(item, nn.Module) else _as_parameters(item))
 
     def all_adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """``(adapter name, parameter)`` for every adapter tensor of this layer, in one pass over the
@@ -319,7 +325,7 @@ class AdapterLayer(AdapterState, nn.Module):
             container: Any = modules[attr] if attr in modules else getattr(self, attr)
             for name, item in container.items():
                 if not isinstance(item, nn.Module):
-                    yield name, item
+                    yield from ((name, param) for param in _as_parameters(item))
                 elif item._modules:
                     yield from ((name, param) for param in item.parameters())
                 else:

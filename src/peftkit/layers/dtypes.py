@@ -46,9 +46,11 @@ def _base_dtype(layer: AdapterLayer) -> torch.dtype | None:
 def _adapter_tensors(layer: AdapterLayer, adapter_name: str) -> list[torch.Tensor]:
     """The parameters and buffers that ``layer`` holds for ``adapter_name`` (in its per-adapter containers)."""
     tensors: list[torch.Tensor] = []
-    modules = layer._modules
+    modules, fields = layer._modules, layer.__dict__
     for attr in layer.adapter_layer_names + layer.other_param_names:
-        container = modules[attr] if attr in modules else getattr(layer, attr, None)
+        # containers are registered modules; a plain setting (``r``, ``scaling``) or an absent name is skipped
+        # without ``getattr``, whose miss through ``nn.Module.__getattr__`` raises and catches an exception
+        container = modules[attr] if attr in modules else fields.get(attr)
         if isinstance(container, nn.ModuleDict):  # its entries are its registered children
             item = container._modules.get(adapter_name)
         elif isinstance(container, nn.ParameterDict) and adapter_name in container:
@@ -77,7 +79,7 @@ def cast_adapter_dtype(model: nn.Module, adapter_name: str, autocast_adapter_dty
     for _, layer in iter_adapter_modules(model):
         if not isinstance(layer, AdapterLayer):
             continue
-        base = _base_dtype(layer)
+        base = None if autocast_adapter_dtype else _base_dtype(layer)  # autocasting never reads it
         for tensor in _adapter_tensors(layer, adapter_name):
             dtype = _target_dtype(tensor.dtype, base, autocast_adapter_dtype)
             if dtype is not None:

@@ -15,6 +15,10 @@ see an ordinary module.
 
 from __future__ import annotations
 
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
@@ -90,3 +94,36 @@ def set_child(container: nn.Module, key: str, child: nn.Module) -> None:
         _CHECKED_KEYS.add((type(container), key))
         return
     container._modules[key] = child
+
+
+class _CollectorPause:
+    """How many :func:`gc_paused` blocks are running, and whether the collector was on when the first began."""
+
+    lock = threading.Lock()
+    depth = 0
+    was_enabled = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold off Python's cyclic garbage collector while a block builds many objects (an injection: ~10 modules
+    per adapted layer).
+
+    The collector starts a pass after every ~700 net allocations of tracked objects, and its older generations
+    walk every object that torch and transformers keep alive (~500k): about 8% of an injection's time. Reference
+    counting still frees everything meanwhile; only the search for cycles waits until the block ends. Nested and
+    concurrent blocks share one pause: the collector is switched back on when the last one ends (also on an
+    error), and only if it was on when the first began.
+    """
+    with _CollectorPause.lock:
+        if _CollectorPause.depth == 0:
+            _CollectorPause.was_enabled = gc.isenabled()
+            gc.disable()
+        _CollectorPause.depth += 1
+    try:
+        yield
+    finally:
+        with _CollectorPause.lock:
+            _CollectorPause.depth -= 1
+            if _CollectorPause.depth == 0 and _CollectorPause.was_enabled:
+                gc.enable()

@@ -28,18 +28,19 @@ def walk_model(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             continue
         seen.add(id(module))
         yield name, module
-        if isinstance(module, AdapterLayer) and isinstance(module.base_layer, AdapterLayer):
-            stack.append((name + ".base_layer", module.base_layer))
-        if isinstance(module, AdapterLayer):
-            stack.extend((f"{name}.{relative}", inner) for relative, inner in reversed(module.inner_layers()))
-        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
-            inner = module._modules.get("base_layer")
-            if isinstance(inner, AdapterLayer):  # nested layers: one per adapted parameter of a module
-                stack.append((f"{name}.base_layer", inner))
+        if not isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):  # the usual module: its children
+            children = module._modules
+            if children:
+                prefix = name + "." if name else ""
+                stack.extend(reversed([(prefix + key, child) for key, child in children.items() if child is not None]))
             continue
-        prefix = name + "." if name else ""
-        children = [(prefix + key, child) for key, child in module._modules.items() if child is not None]
-        stack.extend(reversed(children))
+        inner = module._modules.get("base_layer")
+        if isinstance(module, AdapterLayer):
+            if isinstance(inner, AdapterLayer):
+                stack.append((name + ".base_layer", inner))
+            stack.extend((f"{name}.{relative}", layer) for relative, layer in reversed(module.inner_layers()))
+        if isinstance(inner, AdapterLayer):  # nested layers: one per adapted parameter of a module
+            stack.append((f"{name}.base_layer", inner))
 
 
 def is_nested(name: str, module: nn.Module) -> bool:

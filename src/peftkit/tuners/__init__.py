@@ -67,6 +67,7 @@ OWN_SUBMODULES: dict[str, dict[str, str]] = {
         "loraga": "peftkit.methods.lora.loraga",
         "corda": "peftkit.methods.lora.corda",
         "eva": "peftkit.methods.lora.eva",
+        "velora": "peftkit.methods.lora.variants.velora_math",
     }
 }
 

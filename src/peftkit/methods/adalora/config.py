@@ -56,10 +56,11 @@ class AdaLoraConfig(LoraConfig):
     rank_pattern: dict | None = None  # type: ignore[assignment]  # AdaLoRA fills it during training; None until then (PEFT's default)
 
     zero_alpha_disables: ClassVar[bool] = False  # lora_alpha <= 0 scales by the rank
-    # LoRA's trainable_token_indices are not wired into AdaLoRA's injection: refused rather than ignored.
-    # so are LoRA's data-driven initialisations (AdaLoRA's SVD-form layers initialise themselves).
+    # LoRA's trainable_token_indices, variants and data-driven initialisations are not wired into AdaLoRA's injection
+    # (its SVD-form layers initialise themselves): refused rather than ignored.
     unsupported_fields: ClassVar[tuple[str, ...]] = (
-        *LoraConfig.unsupported_fields, "trainable_token_indices", "corda_config", "eva_config", "loftq_config"
+        *LoraConfig.unsupported_fields, "trainable_token_indices", "corda_config", "eva_config", "loftq_config",
+        "velora_config", "use_bdlora", "kasa_config", "monteclora_config", "arrow_config", "lora_ga_config",
     )  # fmt: skip
 
     def __post_init__(self) -> None:

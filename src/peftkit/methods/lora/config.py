@@ -23,6 +23,7 @@ from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
 from peftkit.methods.lora.variants.kasa_config import KasaConfig
 from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
 from peftkit.methods.lora.variants.subconfig import as_subconfig
+from peftkit.methods.lora.variants.velora_config import VeloraConfig
 from peftkit.methods.trainable_tokens.config import check_token_indices
 from peftkit.types import PeftType
 
@@ -80,6 +81,9 @@ class LoraConfig(PeftConfig):
             (:mod:`peftkit.methods.lora.variants.kasa`).
         monteclora_config: MonteCLoRA (a :class:`MontecloraConfig` or a dict of its fields): Monte Carlo perturbed
             ``A`` in training, plain LoRA in eval (:mod:`peftkit.methods.lora.variants.monteclora`).
+        velora_config: VeLoRA's settings (a :class:`VeloraConfig`; a dict is converted): training keeps each
+            adapted layer's input compressed for ``lora_A``'s gradient (see
+            :mod:`peftkit.methods.lora.variants.velora`).
     """
 
     r: int = 8
@@ -116,7 +120,7 @@ class LoraConfig(PeftConfig):
     trainable_token_indices: list | dict | None = None
     use_bdlora: BdLoraConfig | None = None
     use_qalora: bool = False
-    velora_config: dict | None = None
+    velora_config: VeloraConfig | None = None
 
     #: ``lora_alpha == 0`` makes the scaling 0 (AdaLoRA then scales by the rank instead).
     zero_alpha_disables: ClassVar[bool] = True
@@ -126,7 +130,6 @@ class LoraConfig(PeftConfig):
         "layer_replication",
         "megatron_config",
         "use_qalora",
-        "velora_config",
     )
 
     def __post_init__(self) -> None:
@@ -138,6 +141,7 @@ class LoraConfig(PeftConfig):
         self.arrow_config = as_subconfig(ArrowConfig, "arrow_config", self.arrow_config)
         self.kasa_config = as_subconfig(KasaConfig, "kasa_config", self.kasa_config)
         self.monteclora_config = as_subconfig(MontecloraConfig, "monteclora_config", self.monteclora_config)
+        self.velora_config = as_subconfig(VeloraConfig, "velora_config", self.velora_config)
         super().__post_init__()
         self._validate()
 

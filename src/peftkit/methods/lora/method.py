@@ -32,6 +32,7 @@ from peftkit.methods.lora.variants import build_variant
 from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
 from peftkit.methods.lora.variants.kasa_config import KasaConfig
 from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
+from peftkit.methods.lora.variants.velora_config import VeloraConfig
 from peftkit.methods.spec import BiasRule, CliOption, MethodSpec
 from peftkit.methods.trainable_tokens.lora_tokens import inject_token_adapters
 from peftkit.targeting import pattern_value
@@ -107,8 +108,8 @@ def settle_lora_config(config: LoraConfig, model: nn.Module, target_names: Seque
 def finish_lora_injection(config: LoraConfig, model: nn.Module, adapter_name: str) -> None:
     """Run the variants' ``finish`` (:mod:`~peftkit.methods.lora.variant`), tie adapters on tied embeddings, add
     the ``trainable_token_indices`` rows, warn about adapters an attention module never runs."""
-    for module in model.modules():  # variants' steps that wait for every layer (variant.py)
-        if isinstance(module, LoraLayer) and adapter_name in module.lora_variant:
+    for _, module in walk_model(model):  # variants' steps that wait for every layer (variant.py); the walk skips
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_variant:  # adapter insides, unlike modules()
             module.lora_variant[adapter_name].finish(module, adapter_name)
     tie_adapters(config, model, adapter_name)
     inject_token_adapters(config, model, adapter_name)
@@ -176,6 +177,7 @@ LORA = MethodSpec(
         "replace_lora_weights_loftq": replace_lora_weights_loftq,
         "KasaConfig": KasaConfig,
         "MontecloraConfig": MontecloraConfig,
+        "VeloraConfig": VeloraConfig,
     },
     cli_name="lora",
     cli_options=(

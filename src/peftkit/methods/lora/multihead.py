@@ -223,10 +223,9 @@ def warn_unused_out_proj(model: nn.Module) -> None:
     projections."""
     unused = [
         f"{name}.out_proj" if name else "out_proj"
-        for name, module in model.named_modules()
-        if isinstance(module, nn.MultiheadAttention) and isinstance(module.out_proj, AdapterLayer)
-        and not isinstance(module.out_proj, OutProjection)
-    ]  # fmt: skip
+        for name, module in _attention_modules(model)
+        if isinstance(module.out_proj, AdapterLayer) and not isinstance(module.out_proj, OutProjection)
+    ]
     if unused:
         warnings.warn(
             f"The adapters on {', '.join(unused)} have no effect: nn.MultiheadAttention reads out_proj.weight "
@@ -234,3 +233,25 @@ def warn_unused_out_proj(model: nn.Module) -> None:
             UserWarning,
             stacklevel=4,
         )
+
+
+def _attention_modules(model: nn.Module) -> list[tuple[str, nn.MultiheadAttention]]:
+    """``(name, module)`` of every ``nn.MultiheadAttention`` in ``model``, as ``named_modules()`` finds them, but
+    without entering an adapter layer's containers (only its ``base_layer``): this runs after every LoRA injection,
+    and the ~10 modules per adapted layer would make the walk several times longer."""
+    found: list[tuple[str, nn.MultiheadAttention]] = []
+    seen: set[int] = set()
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    while stack:
+        name, module = stack.pop()
+        if id(module) in seen:  # listed once, under its first name in module order (as named_modules)
+            continue
+        seen.add(id(module))
+        if isinstance(module, nn.MultiheadAttention):
+            found.append((name, module))
+        children = module._modules
+        if isinstance(module, AdapterLayer):
+            children = {"base_layer": children["base_layer"]} if "base_layer" in children else {}
+        prefix = name + "." if name else ""
+        stack.extend((prefix + key, child) for key, child in reversed(children.items()) if child is not None)
+    return found

@@ -152,7 +152,8 @@ class ParamWrapper(LoraLayer):
 
 
 def check_parameter_spec(spec: LoraLayerSpec, parameter_name: str) -> None:
-    """Options that cannot apply to a bare parameter: no input to drop out, no bias, no DoRA, no decomposing init.
+    """Options that cannot apply to a bare parameter: no input to drop out, no bias, no DoRA, no decomposing init,
+    no LoRA variant (their forward needs the layer input).
 
     Raises:
         ConfigError: naming the option and the parameter.
@@ -163,6 +164,7 @@ def check_parameter_spec(spec: LoraLayerSpec, parameter_name: str) -> None:
         "lora_bias": spec.lora_bias,
         "use_dora": spec.use_dora,
         f"init_lora_weights={spec.init!r}": is_weight_decomposing(spec.init),
+        f"the {getattr(spec.variant, 'name', '')} LoRA variant": spec.variant is not None,
     }
     bad = [name for name, on in refused.items() if on]
     if bad:

@@ -24,6 +24,7 @@ VARIANT_BUILDERS: dict[str, str] = {
     "use_bdlora": "peftkit.methods.lora.variants.bdlora:build",
     "kasa_config": "peftkit.methods.lora.variants.kasa:build",
     "monteclora_config": "peftkit.methods.lora.variants.monteclora:build",
+    "velora_config": "peftkit.methods.lora.variants.velora:build",
 }
 
 #: PEFT's public names of ``peft.tuners.lora.variants`` that peftkit has (``peftkit.tuners.lora.variants`` is this
