@@ -21,7 +21,8 @@ Backward, with ``g = ∂L/∂y (T, out)``::
 Plain autograd on ``base(x) + s · B(A(dropout(x)))`` saves, per layer, the dropped copy ``x ⊙ M / (1-p)``
 (``T * in`` floats) and the mask (``T * in`` bytes). Here only ``x`` (the layer's input, which the
 surrounding network usually keeps anyway, so its storage is shared), ``h`` (``r`` columns) and an integer
-seed are saved; ``M`` is drawn again in backward from the same seed.
+seed are saved; ``M`` is drawn again in backward from the same seed, except where only its dropped positions
+were drawn (below): those (``p * numel`` int64) are kept instead, which costs less than drawing them again.
 
 The mask costs random numbers, the dominant price of dropout on a CPU. Where few elements are dropped
 (``p <= 0.2`` on the CPU) only the dropped positions are drawn, as geometric gaps between drops
@@ -46,6 +47,8 @@ from peftkit.quant.base import dense_tensor
 
 #: Up to this drop probability a CPU draws only the dropped positions (fewer random numbers).
 SPARSE_MAX_P = 0.2
+#: Keep those positions for backward instead of drawing them again (evaluated: see the README).
+KEEP_POSITIONS = True
 _local = threading.local()
 
 
@@ -88,6 +91,13 @@ def dropped_positions(numel: int, p: float, seed: int) -> torch.Tensor:
 
 class DropMask:
     """Which elements of a ``like``-shaped tensor dropout zeroes, fully determined by ``(p, seed)``."""
+
+    @classmethod
+    def of_positions(cls, positions: torch.Tensor) -> DropMask:
+        """The mask whose dropped flat indices are ``positions`` (kept from the forward: nothing drawn)."""
+        mask = cls.__new__(cls)
+        mask.positions, mask.mask = positions, None
+        return mask
 
     def __init__(self, like: torch.Tensor, p: float, seed: int) -> None:
         self.positions: torch.Tensor | None = None
@@ -145,16 +155,19 @@ def lora_linear_forward(
     scaling: float | torch.Tensor,
     p: float = 0.0,
     seed: int = 0,
+    mask: DropMask | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, h)`` of the forward in the module doc, without autograd bookkeeping.
 
     Shapes: ``x (..., in)``, ``weight (out, in)``, ``lora_A (r, in)``, ``lora_B (out, r)`` -> ``y (..., out)``,
     ``h (T, r)`` with ``T`` the number of rows of ``x``. A tensor ``scaling`` (hot-swap) is applied to ``h``.
+    ``mask``: the drop mask of ``(p, seed)`` when the caller drew it already.
     """
     flat = x.reshape(-1, x.shape[-1])
     out = F.linear(flat, weight, bias)
     if p > 0:
-        h = F.linear(DropMask(flat, p, seed).dropped_copy(flat), lora_A).mul_(1 / (1 - p))
+        mask = DropMask(flat, p, seed) if mask is None else mask
+        h = F.linear(mask.dropped_copy(flat), lora_A).mul_(1 / (1 - p))
     else:
         h = F.linear(flat, lora_A)
     if torch.is_tensor(scaling):
@@ -179,19 +192,24 @@ class LoraLinearFunction(torch.autograd.Function):
         p: float,
         seed: int,
     ) -> torch.Tensor:
-        out, h = lora_linear_forward(x, weight, bias, lora_A, lora_B, scaling, p, seed)
-        ctx.save_for_backward(x, weight, lora_A, lora_B, h)
+        mask = DropMask(x.reshape(-1, x.shape[-1]), p, seed) if p > 0 else None
+        out, h = lora_linear_forward(x, weight, bias, lora_A, lora_B, scaling, p, seed, mask)
+        # The dropped positions (about p * 8 bytes per input element) are kept rather than drawn again.
+        kept = mask.positions if mask is not None and KEEP_POSITIONS else None
+        ctx.save_for_backward(x, weight, lora_A, lora_B, h, kept)
         ctx.scaling, ctx.p, ctx.seed = scaling, p, seed
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, lora_A, lora_B, h = ctx.saved_tensors
+        x, weight, lora_A, lora_B, h, kept = ctx.saved_tensors
         need_x, need_w, need_b, need_a, need_bb = ctx.needs_input_grad[:5]
         flat, g = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
         s, p = ctx.scaling, ctx.p
         grad_h = (g @ lora_B).mul_(s)
-        mask = DropMask(flat, p, ctx.seed) if p > 0 and (need_x or need_a) else None
+        mask = None
+        if p > 0 and (need_x or need_a):
+            mask = DropMask.of_positions(kept) if kept is not None else DropMask(flat, p, ctx.seed)
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
         if need_a:
             if mask is None:

@@ -26,6 +26,7 @@ import operator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as module_hooks
 from transformers.pytorch_utils import Conv1D
@@ -54,6 +55,97 @@ def has_hooks(module: nn.Module) -> bool:
 
 
 def single_adapter(layer: Any, x: torch.Tensor, adapter: str) -> torch.Tensor | None:
+    """One active adapter: :func:`inference_single` for a short input (decoding) that records no adapter
+    gradient and drops nothing, else :func:`fused_single`; ``None`` where neither applies (the template's
+    formula then runs)."""
+    if torch.compiler.is_compiling():
+        return None
+    plan = layer.__dict__.get("_single_plan")
+    if plan is None or plan.adapter != adapter or plan.registrations != stacked.Registrations.count:
+        plan = single_plan(layer, adapter)
+    result = inference_single(layer, plan, x)
+    return result if result is not None else fused_single(layer, x, adapter)
+
+
+class SinglePlan:
+    """What a layer's one-adapter inference path reads, found once and kept until the layer's adapters,
+    factor modules or weights are replaced (:class:`~peftkit.methods.lora.stacked.Registrations` counts those;
+    :meth:`~peftkit.methods.lora.layer.Linear.update_layer` and ``delete_adapter`` drop the plan).
+
+    Attributes:
+        adapter: The adapter it serves.
+        registrations: The registration count it was found at.
+        params_a, params_b: The ``_parameters`` dicts of ``lora_A[adapter]`` / ``lora_B[adapter]`` (read per call,
+            so weights put there directly, as FSDP and loads on ``meta`` do, are seen); ``None`` for an adapter
+            the plain formula does not describe (absent, DoRA, a LoRA variant, a ``lora_B`` bias, a dropout
+            module other than ``nn.Dropout`` / ``nn.Identity``).
+        dropout: The adapter's ``nn.Dropout``, or ``None`` for ``nn.Identity`` (nothing to check per call).
+    """
+
+    __slots__ = ("adapter", "dropout", "params_a", "params_b", "registrations")
+    params_a: dict[str, Any] | None
+    params_b: dict[str, Any] | None
+
+    def __init__(self, adapter: str, registrations: int, params: tuple[Any, Any] | None, dropout: Any) -> None:
+        self.adapter, self.registrations, self.dropout = adapter, registrations, dropout
+        self.params_a, self.params_b = params if params is not None else (None, None)
+
+
+def single_plan(layer: Any, adapter: str) -> SinglePlan:
+    """Find ``layer``'s :class:`SinglePlan` for ``adapter`` and keep it in ``layer._single_plan``."""
+    modules: Any = layer._modules
+    containers = modules["lora_A"], modules["lora_B"], modules["lora_dropout"]
+    factor_a, factor_b = containers[0]._modules.get(adapter), containers[1]._modules.get(adapter)
+    dropout = containers[2]._modules.get(adapter)
+    stacked.Registrations.watch([m for m in (layer, *containers, factor_a, factor_b) if m is not None])
+    plain = (
+        factor_a is not None
+        and factor_b is not None
+        and not layer.use_dora.get(adapter)
+        and adapter not in layer.lora_variant
+        and factor_b._parameters.get("bias") is None
+        and type(dropout) in (nn.Dropout, nn.Identity)
+    )
+    params = (factor_a._parameters, factor_b._parameters) if plain else None
+    dropout = None if type(dropout) is nn.Identity else dropout
+    plan = SinglePlan(adapter, stacked.Registrations.count, params, dropout)
+    layer.__dict__["_single_plan"] = plan
+    return plan
+
+
+#: Up to this many rows (tokens times samples) :func:`inference_single` serves a call; longer inputs (prefill)
+#: take :func:`fused_single`, whose in-place accumulation saves a pass over the output there.
+INFERENCE_MAX_ROWS = 64
+
+
+def inference_single(layer: Any, plan: SinglePlan, x: torch.Tensor) -> torch.Tensor | None:
+    """``base(x) + s B A x`` for a call of at most :data:`INFERENCE_MAX_ROWS` rows that records no adapter gradient
+    and drops nothing (decoding), or ``None`` for any other call.
+
+    The base layer is called as a module (its hooks, an offload, a quantized or ``Conv1D`` base all act as
+    usual) and the adapter is two products on the factor tensors plus one add, ``torch.add(y, (x Aᵀ) Bᵀ,
+    alpha=s)``, with none of the checks the fused path needs: at one token a LoRA layer's cost is its calls,
+    not its arithmetic. Where the dtypes of ``x``, the factors and the base output differ (autocast, a
+    half-precision base) or the scaling is a tensor (hot-swap), the output is the layer's formula
+    (:meth:`~peftkit.methods.lora.layer.Linear.plain_adapt_output`). Shapes: ``x (..., in) -> (..., out)``.
+    """
+    params_a, params_b = plan.params_a, plan.params_b
+    if params_a is None or params_b is None or x.numel() > INFERENCE_MAX_ROWS * x.shape[-1]:
+        return None
+    A, B = params_a.get("weight"), params_b.get("weight")
+    if A is None or B is None or (torch.is_grad_enabled() and (x.requires_grad or A.requires_grad or B.requires_grad)):
+        return None
+    dropout = plan.dropout
+    if dropout is not None and dropout.training and dropout.p > 0:
+        return None
+    scaling = layer.scaling[plan.adapter]
+    result = layer._modules["base_layer"](x)
+    if not (result.dtype == x.dtype == A.dtype) or isinstance(scaling, torch.Tensor):
+        return layer.plain_adapt_output(result, x, plan.adapter)
+    return torch.add(result, F.linear(F.linear(x, A), B), alpha=scaling)
+
+
+def fused_single(layer: Any, x: torch.Tensor, adapter: str) -> torch.Tensor | None:
     """Base and adapter in one computation (:func:`~peftkit.methods.lora.autograd.lora_linear`), or ``None``
     where that does not apply: DoRA, ``lora_bias``, a base that is not a hook-free ``nn.Linear`` / ``Conv1D``,
     mixed dtypes or autocast, a tensor scaling while training, and under ``torch.compile``.

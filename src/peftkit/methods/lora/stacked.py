@@ -59,10 +59,11 @@ def stack_factors(layer: Any, adapters: Sequence[str]) -> tuple[torch.Tensor, to
     return torch.stack([a for a, _ in parts]), torch.stack([b for _, b in parts])
 
 
-class _Registrations:
+class Registrations:
     """A process-wide count of module and parameter registrations (``nn.Module.__setattr__``,
     ``register_parameter``, ``add_module``, ``ModuleDict.__setitem__``) on *watched* modules: the LoRA layers
-    whose stacks are cached, their ``lora_A`` / ``lora_B`` dictionaries and factor modules. Counted by torch's
+    whose stacks or one-adapter plans are cached, their ``lora_A`` / ``lora_B`` / ``lora_dropout`` dictionaries
+    and factor modules. Counted by torch's
     global registration hooks, installed the first time a stack is built (other modules pay one attribute read
     per registration). A cached stack whose count is unchanged knows that none of its modules or weights was
     replaced since, without walking them."""
@@ -117,7 +118,7 @@ class _Built:
     def record(cls, layer: Any, adapters: tuple[str, ...]) -> _Built:
         containers = layer._modules["lora_A"], layer._modules["lora_B"]
         factors = containers[0]._modules, containers[1]._modules
-        _Registrations.watch([layer, *containers, *factors[0].values(), *factors[1].values()])
+        Registrations.watch([layer, *containers, *factors[0].values(), *factors[1].values()])
         aliases = []
         for name in adapters:
             tensors = [f[name]._parameters["weight"] for f in factors if name in f]
@@ -126,7 +127,7 @@ class _Built:
         versions = [tuple(map(_VERSION, slot)) for slot in aliases]
         return cls(
             adapters,
-            _Registrations.count,
+            Registrations.count,
             cls._factors(layer),
             layer.scaling,
             list(layer.scaling.values()),
@@ -137,7 +138,7 @@ class _Built:
     def fresh(self, layer: Any, adapters: tuple[str, ...], slots: Sequence[int]) -> bool:
         """Whether ``layer`` still holds the same modules, weights and scalings, and the adapters in ``slots``
         were not changed in place since."""
-        if adapters != self.adapters or _Registrations.count != self.registrations:
+        if adapters != self.adapters or Registrations.count != self.registrations:
             return False
         scaling = layer.scaling
         if scaling is not self.scaling or len(scaling) != len(self.scalings) or self._factors(layer) != self.factors:
