@@ -29,6 +29,7 @@ from peftkit.layers.fresh import gc_paused
 from peftkit.layers.model_merge import merge_layers, prepare_merge, unmerge_layers
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.parameters import inject_config_parameters
+from peftkit.layers.routing import check_adapter_name
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
 from peftkit.layers.state import AdapterStatus, read_status, status_after_add, status_after_set
 from peftkit.layers.walk import AdapterModule, all_parameters, is_nested, walk_model
@@ -39,16 +40,6 @@ from peftkit.locking import exclusive, lock_of
 from peftkit.methods.spec import MethodSpec, method_of
 from peftkit.quant.merge import prepare_base, release_base
 from peftkit.targeting import ALL_LINEAR, all_linear_names, check_modules_to_save, config_targets, name_matches
-
-
-def check_adapter_name(name: str, existing: Sequence[str] = ()) -> None:
-    """Reject names that cannot be used as a ``ModuleDict`` key or in a state-dict key, or are taken."""
-    if not isinstance(name, str) or not name or "." in name or name == BASE_ADAPTER:
-        raise AdapterNameError(
-            f"Invalid adapter name {name!r}: use a non-empty string without '.', other than {BASE_ADAPTER!r}."
-        )
-    if name in existing:
-        raise AdapterNameError(f"An adapter named {name!r} already exists; pick another name or delete it first.")
 
 
 @dataclass

@@ -35,7 +35,7 @@ from peftkit.methods.lora.variants.alora import alora_call
 from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
 from peftkit.quant.prepare import inputs_require_grad_unless_quantized
-from peftkit.status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
+from peftkit.status import get_layer_status, get_model_status
 from peftkit.tuner import tuner_class_for
 from peftkit.types import TaskType
 
@@ -280,13 +280,8 @@ class PeftModel(nn.Module):
 
     push_to_hub = push_adapter_to_hub
 
-    def get_layer_status(self) -> list[TunerLayerStatus]:
-        """PEFT's method: :func:`peftkit.status.get_layer_status` of this model."""
-        return get_layer_status(self)
-
-    def get_model_status(self) -> TunerModelStatus:
-        """PEFT's method: :func:`peftkit.status.get_model_status` of this model."""
-        return get_model_status(self)
+    get_layer_status = get_layer_status  # PEFT's methods: the functions of peftkit.status, on this model
+    get_model_status = get_model_status
 
     @exclusive
     def load_adapter(

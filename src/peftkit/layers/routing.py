@@ -13,12 +13,22 @@ from typing import Any, TypeVar
 
 import torch
 
-from peftkit.errors import UsageError
+from peftkit.errors import AdapterNameError, UsageError
 
 _T = TypeVar("_T")
 
 #: The name that routes a sample of a mixed batch to the bare base model.
 BASE_ADAPTER = "__base__"
+
+
+def check_adapter_name(name: str, existing: Sequence[str] = ()) -> None:
+    """Reject names that cannot be used as a ``ModuleDict`` key or in a state-dict key, or are taken."""
+    if not isinstance(name, str) or not name or "." in name or name == BASE_ADAPTER:
+        raise AdapterNameError(
+            f"Invalid adapter name {name!r}: use a non-empty string without '.', other than {BASE_ADAPTER!r}."
+        )
+    if name in existing:
+        raise AdapterNameError(f"An adapter named {name!r} already exists; pick another name or delete it first.")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from peftkit.config import PromptLearningConfig
 from peftkit.errors import AdapterNameError, CheckpointError, ConfigError
 from peftkit.io.keys import add_prefix, strip_prefix
 from peftkit.io.state import adapter_state_dict, check_and_load
+from peftkit.layers.routing import check_adapter_name
 from peftkit.layers.state import (
     AdapterStatus,
     first_status,
@@ -181,7 +182,7 @@ class PromptTuner:
     # -- adding and loading --------------------------------------------------------------------------
     def _prepare(self, adapter_name: str, config: PromptLearningConfig) -> tuple[PromptLearningConfig, type]:
         """Validate the name and the model, fill in the model dimensions; returns the config and encoder class."""
-        F.check_adapter_name(adapter_name, list(self.peft_config))
+        check_adapter_name(adapter_name, list(self.peft_config))
         encoder_class: Any = method_of(config).prompt_encoder
         if encoder_class.kv_prefix:
             config = fill_dimensions(config, self.model, True, self.prefix_layout.widest())
