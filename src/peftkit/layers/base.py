@@ -40,6 +40,7 @@ from peftkit.layers.placement import onloaded
 from peftkit.layers.routing import BASE_ADAPTER as BASE_ADAPTER
 from peftkit.layers.routing import CALL_STATE as CALL_STATE
 from peftkit.layers.routing import BatchRouting as BatchRouting
+from peftkit.layers.routing import call_routed
 from peftkit.layers.state import AdapterStatus, apply_status, status_after_delete, status_after_set
 from peftkit.quant.merge import BaseSnapshot, restore_base, snapshot_base
 
@@ -187,8 +188,8 @@ class AdapterLayer(AdapterState, nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if x is None:  # called with keyword arguments only, e.g. ``linear(input=t)``
-            x, kwargs = input_from_kwargs(self.get_base_layer(), kwargs)
+        if x is None or "adapter_names" in kwargs:
+            return self._keyword_forward(x, *args, **kwargs)
         if self._disable_adapters:
             if self.merged_adapters:
                 self.unmerge()
@@ -213,6 +214,16 @@ class AdapterLayer(AdapterState, nn.Module):
         if not active:
             return self.base_layer(x, *args, **kwargs)
         return self.adapted_forward(x, active, *args, **kwargs)
+
+    def _keyword_forward(self, x: torch.Tensor | None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The input by keyword (``linear(input=t)``), and PEFT's mixed batch of one layer
+        (``layer(x, adapter_names=[...])``, see :func:`~peftkit.layers.routing.call_routed`)."""
+        if x is None:
+            x, kwargs = input_from_kwargs(self.get_base_layer(), kwargs)
+        names = kwargs.pop("adapter_names", None)
+        if names is None:
+            return self.forward(x, *args, **kwargs)
+        return call_routed(self, names, lambda: self.forward(x, *args, **kwargs))
 
     def prepare_compiled(self) -> None:
         """Optional: refresh, outside the graph, what :meth:`compiled_forward` reads while ``CALL_STATE.prepared``

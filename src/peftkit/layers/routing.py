@@ -136,3 +136,25 @@ class CallState(threading.local):
 
 #: The per-thread call state of every model.
 CALL_STATE = CallState()
+
+
+def call_routed(layer: Any, names: Sequence[str], call: Callable[[], _T]) -> _T:
+    """Run ``call`` (a forward of ``layer`` alone) with sample ``i`` of the batch routed to ``names[i]``
+    (``BASE_ADAPTER`` for the bare layer), the layer's adapters in sorted order as the slots.
+
+    Unlike a model's mixed batch, this also runs in training mode (as PEFT's layers do): each group of samples
+    takes the generic per-adapter path, which records gradients.
+
+    Raises:
+        AdapterNameError: a name the layer does not hold.
+    """
+    held = layer.adapter_names()
+    unknown = sorted(set(names) - held - {BASE_ADAPTER})
+    if unknown:
+        raise AdapterNameError(f"adapter_names names adapters this layer does not hold: {unknown}.")
+    previous = CALL_STATE.routing
+    CALL_STATE.routing = BatchRouting.from_names(list(names), sorted(held))
+    try:
+        return call()
+    finally:
+        CALL_STATE.routing = previous
