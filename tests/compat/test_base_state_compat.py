@@ -23,6 +23,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "lora_gpt2": ("gpt2", "LoraConfig", {"r": 4, "target_modules": ["c_attn"], "fan_in_fan_out": True}),
     "lora_conv": ("convnet", "LoraConfig", {"r": 2, "target_modules": ["conv", "lin"]}),
     "vera": ("llama", "VeraConfig", {"r": 4, "target_modules": ["q_proj", "v_proj"]}),
+    "lora_tokens": ("llama", "LoraConfig", {"target_modules": ["q_proj"], "trainable_token_indices": [0, 1, 3]}),
 }  # fmt: skip
 
 
@@ -45,7 +46,7 @@ def test_keys_and_values_match_reference(case: str) -> None:
         assert torch.equal(ours[key], value), key
 
 
-@pytest.mark.parametrize("case", ["lora_mts", "lora_conv"])
+@pytest.mark.parametrize("case", ["lora_mts", "lora_conv", "lora_tokens"])
 def test_set_restores_base_and_keeps_adapters(case: str) -> None:
     model = _wrapped(peftkit, case)
     before = {k: v.clone() for k, v in model.state_dict().items()}

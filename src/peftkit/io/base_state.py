@@ -19,7 +19,8 @@ from peftkit.errors import CheckpointError
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 
-#: The child that holds the wrapped module, per wrapper type (any other child belongs to the adapters).
+#: The child that holds the wrapped module, per wrapper type (any other child belongs to the adapters); a class
+#: attribute ``base_child`` overrides it (the trainable-tokens wrapper keeps its base inside ``token_adapter``).
 _KEPT_CHILD: dict[type[nn.Module], str] = {AdapterLayer: "base_layer", ModulesToSaveWrapper: "original_module"}
 
 
@@ -54,12 +55,13 @@ def _original_key(live: str, wrappers: Mapping[str, str]) -> str | None:
     while index < len(parts):
         path = f"{path}.{parts[index]}" if path else parts[index]
         kept.append(parts[index])
+        index += 1
         child = wrappers.get(path)
-        if child is not None and index + 1 < len(parts):
-            if parts[index + 1] != child:
+        while child is not None and index < len(parts):  # wrappers nest (trainable tokens: wrapper > layer)
+            if parts[index] != child:
                 return None
             path, index = f"{path}.{child}", index + 1
-        index += 1
+            child = wrappers.get(path)
     return ".".join(kept)
 
 
@@ -69,7 +71,7 @@ def base_key_map(model: nn.Module) -> dict[str, str]:
     if prompt:
         return {key: key for key in inner.state_dict()}
     wrappers = {
-        name: child
+        name: getattr(module, "base_child", child)
         for name, module in inner.named_modules()
         for kind, child in _KEPT_CHILD.items()
         if isinstance(module, kind)

@@ -25,6 +25,7 @@ class TrainableTokensWrapper(AdapterLayer):
     """``<embedding>`` -> wrapper with child ``token_adapter`` (a :class:`TrainableTokensLayer` on the embedding)."""
 
     adapter_layer_names: ClassVar[tuple[str, ...]] = ("token_adapter.trainable_tokens_delta",)
+    base_child: ClassVar[str] = "token_adapter"  # where the base's tensors sit (io/base_state.py)
     other_param_names: ClassVar[tuple[str, ...]] = (
         "token_adapter.token_indices",
         "token_adapter.trainable_tokens_original",
