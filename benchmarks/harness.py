@@ -218,6 +218,23 @@ class SavedActivations:
             yield self
 
 
+def square_loss_step(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A training step to time: zero the gradients, ``out = model(x)``, backward of ``mean(out ** 2)`` plus the
+    model's auxiliary loss where it has one (MonteCLoRA's ``_get_monteclora_loss``); returns ``out``."""
+
+    def run() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = out.square().mean()
+        auxiliary = getattr(model, "_get_monteclora_loss", None)
+        if auxiliary is not None:
+            loss = loss + auxiliary()
+        loss.backward()
+        return out
+
+    return run
+
+
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().float() - b.detach().float()).abs().max())
 

@@ -10,7 +10,6 @@ the adapter's own parameters and buffers (memory), the bare stack's forward + ba
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
 import peft
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 import peftkit
-from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, Settings, close, interleaved
+from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, Settings, close, interleaved, square_loss_step
 from benchmarks.orthogonal import PRESETS, StackShape, stack
 
 
@@ -41,19 +40,6 @@ def held_mib(model: nn.Module) -> float:
         predrawn = getattr(getattr(module, "sampler", None), "buffer", [])
         total += sum(t.nbytes for sample in predrawn for t in sample.values())
     return total / 2**20
-
-
-def train_step(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    def run() -> torch.Tensor:
-        model.zero_grad(set_to_none=True)
-        out = model(x)
-        loss = out.square().mean()
-        if hasattr(model, "_get_monteclora_loss"):
-            loss = loss + model._get_monteclora_loss()
-        loss.backward()
-        return out
-
-    return run
 
 
 def _adding_row(settings: Settings, base: nn.Module, name: str, variant: dict[str, Any], what: str) -> Row:
@@ -82,6 +68,6 @@ def run(settings: Settings) -> list[Row]:
     agree = close(kit.eval()(x), ref.eval()(x))  # eval: plain LoRA in both
     kit.train(), ref.train()
     models = {PEFTKIT: kit, PEFT: ref, FLOOR: base}
-    times = interleaved(settings, {n: Case(run=train_step(m, x)) for n, m in models.items()})
+    times = interleaved(settings, {n: Case(run=square_loss_step(m, x)) for n, m in models.items()})
     rows.append(times.row("MonteCLoRA: train step", agree, f"{what}, {shape.tokens} tokens, + variational loss"))
     return rows

@@ -7,7 +7,6 @@ CUDA extension is declared unavailable, which is what it does on a CPU, minus on
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,18 @@ import torch
 from torch import nn
 
 import peftkit
-from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, SavedActivations, Settings, close, interleaved
+from benchmarks.harness import (
+    FLOOR,
+    PEFT,
+    PEFTKIT,
+    Case,
+    Row,
+    SavedActivations,
+    Settings,
+    close,
+    interleaved,
+    square_loss_step,
+)
 
 
 @dataclass(frozen=True)
@@ -54,16 +64,6 @@ def pair(base: nn.Module, config_class: str, fields: dict[str, Any]) -> tuple[nn
     return kit, ref
 
 
-def step(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    def run() -> torch.Tensor:
-        model.zero_grad(set_to_none=True)
-        out = model(x)
-        out.square().mean().backward()
-        return out
-
-    return run
-
-
 def run(settings: Settings) -> list[Row]:
     shape = PRESETS[settings.preset]
     reference_boft.get_fbd_cuda = lambda: None  # the reference's CPU path, without the compile attempt
@@ -74,7 +74,7 @@ def run(settings: Settings) -> list[Row]:
         kit, ref = pair(base, config_class, fields)
         agree = close(kit(x), ref(x))
         models = {PEFTKIT: kit, PEFT: ref, FLOOR: base}
-        times = interleaved(settings, {n: Case(run=step(m, x)) for n, m in models.items()})
+        times = interleaved(settings, {n: Case(run=square_loss_step(m, x)) for n, m in models.items()})
         memory = {}
         for n, m in models.items():
             recorder = SavedActivations(m)

@@ -10,7 +10,6 @@ input (what any adapter adds comes on top of it).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import peft
@@ -18,7 +17,18 @@ import torch
 from torch import nn
 
 import peftkit
-from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, SavedActivations, Settings, close, interleaved
+from benchmarks.harness import (
+    FLOOR,
+    PEFT,
+    PEFTKIT,
+    Case,
+    Row,
+    SavedActivations,
+    Settings,
+    close,
+    interleaved,
+    square_loss_step,
+)
 
 
 @dataclass(frozen=True)
@@ -43,16 +53,6 @@ def pair(base: nn.Module, velora: bool, dropout: float) -> tuple[nn.Module, nn.M
     kit, ref = models
     kit.load_state_dict({k: v for k, v in ref.state_dict().items() if "lora_" in k}, strict=False)
     return kit, ref
-
-
-def step(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    def run() -> torch.Tensor:
-        model.zero_grad(set_to_none=True)
-        out = model(x)
-        out.square().mean().backward()
-        return out
-
-    return run
 
 
 def saved_mib(model: nn.Module, x: torch.Tensor) -> float:
@@ -81,6 +81,6 @@ def run(settings: Settings) -> list[Row]:
         memory = {n: saved_mib(m, x) for n, m in models.items()}
         rows.append(Row(f"{name}: saved activations", "MiB", memory[PEFTKIT], memory[PEFT], memory[FLOOR], note=what))
         if velora and dropout == 0:
-            times = interleaved(settings, {n: Case(run=step(m, x)) for n, m in models.items()})
+            times = interleaved(settings, {n: Case(run=square_loss_step(m, x)) for n, m in models.items()})
             rows.append(times.row(f"{name}: train step", agree, what))
     return rows
