@@ -18,7 +18,8 @@ from torch import nn
 
 import peftkit
 from benchmarks.harness import FLOOR, PEFT, PEFTKIT, Case, Row, Settings, close, interleaved, square_loss_step
-from benchmarks.orthogonal import PRESETS, StackShape, stack
+from benchmarks.models import StackShape, linear_stack
+from benchmarks.orthogonal import PRESETS
 
 
 def adapted(lib: Any, base: nn.Module, **variant: Any) -> Any:
@@ -56,7 +57,7 @@ def _adding_row(settings: Settings, base: nn.Module, name: str, variant: dict[st
 
 def run(settings: Settings) -> list[Row]:
     shape: StackShape = PRESETS[settings.preset]
-    base = stack(shape, settings.device).requires_grad_(False)
+    base = linear_stack(shape, settings.device).requires_grad_(False)
     x = torch.randn(shape.tokens, shape.width, device=settings.device, requires_grad=True)
     what = f"{shape.layers} x Linear({shape.width}), r=8, all layers adapted"
     rows = [_adding_row(settings, base, "KaSA", {"kasa": {}}, what + ", SVD of each base weight")]

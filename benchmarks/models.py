@@ -92,6 +92,21 @@ def build_model_fast(shape: Shape, seed: int = 0, device: str = "cpu") -> LlamaF
     return model.eval()
 
 
+@dataclass(frozen=True)
+class StackShape:
+    """A stack of ``layers`` square ``nn.Linear(width, width)`` run on ``tokens`` rows (the per-method benchmarks)."""
+
+    width: int
+    layers: int
+    tokens: int
+
+
+def linear_stack(shape: StackShape, device: str = "cpu", seed: int = 0) -> nn.Sequential:
+    """The stack of ``shape``, seeded, on ``device``."""
+    torch.manual_seed(seed)
+    return nn.Sequential(*(nn.Linear(shape.width, shape.width) for _ in range(shape.layers))).to(device)
+
+
 def lora_kwargs(r: int = 16, dropout: float = 0.0, **extra: Any) -> dict[str, Any]:
     """The benchmark's LoRA config: r=16, alpha=32, all linear layers (not the LM head)."""
     return {"r": r, "lora_alpha": 2 * r, "lora_dropout": dropout, "target_modules": "all-linear", **extra}

@@ -7,7 +7,6 @@ CUDA extension is declared unavailable, which is what it does on a CPU, minus on
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any
 
 import peft
@@ -28,14 +27,7 @@ from benchmarks.harness import (
     interleaved,
     square_loss_step,
 )
-
-
-@dataclass(frozen=True)
-class StackShape:
-    width: int
-    layers: int
-    tokens: int
-
+from benchmarks.models import StackShape, linear_stack
 
 PRESETS = {"full": StackShape(1024, 4, 256), "quick": StackShape(512, 4, 128), "tiny": StackShape(32, 2, 8)}
 
@@ -43,11 +35,6 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "OFT, block 32": ("OFTConfig", {"oft_block_size": 32, "r": 0}),
     "BOFT, block 8": ("BOFTConfig", {"boft_block_size": 8}),
 }
-
-
-def stack(shape: StackShape, device: str) -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(*(nn.Linear(shape.width, shape.width) for _ in range(shape.layers))).to(device)
 
 
 def pair(base: nn.Module, config_class: str, fields: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
@@ -67,7 +54,7 @@ def pair(base: nn.Module, config_class: str, fields: dict[str, Any]) -> tuple[nn
 def run(settings: Settings) -> list[Row]:
     shape = PRESETS[settings.preset]
     reference_boft.get_fbd_cuda = lambda: None  # the reference's CPU path, without the compile attempt
-    base = stack(shape, settings.device).requires_grad_(False)  # the floor: backward to the input only
+    base = linear_stack(shape, settings.device).requires_grad_(False)  # the floor: backward to the input only
     x = torch.randn(shape.tokens, shape.width, device=settings.device, requires_grad=True)
     rows = []
     for name, (config_class, fields) in METHODS.items():

@@ -10,7 +10,6 @@ input (what any adapter adds comes on top of it).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import peft
 import torch
@@ -29,14 +28,7 @@ from benchmarks.harness import (
     interleaved,
     square_loss_step,
 )
-
-
-@dataclass(frozen=True)
-class StackShape:
-    width: int
-    layers: int
-    tokens: int
-
+from benchmarks.models import StackShape, linear_stack
 
 PRESETS = {"full": StackShape(1024, 4, 512), "quick": StackShape(512, 4, 256), "tiny": StackShape(32, 2, 8)}
 NUM_GROUPS = 32
@@ -64,8 +56,7 @@ def saved_mib(model: nn.Module, x: torch.Tensor) -> float:
 
 def run(settings: Settings) -> list[Row]:
     shape = PRESETS[settings.preset]
-    torch.manual_seed(0)
-    base = nn.Sequential(*(nn.Linear(shape.width, shape.width) for _ in range(shape.layers))).to(settings.device)
+    base = linear_stack(shape, settings.device)
     base.requires_grad_(False)
     x = torch.randn(shape.tokens, shape.width, device=settings.device, requires_grad=True)
     what = f"{shape.layers} x Linear({shape.width}), {shape.tokens} tokens, r=16, all layers adapted"
