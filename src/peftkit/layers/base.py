@@ -42,6 +42,7 @@ from peftkit.layers.routing import CALL_STATE as CALL_STATE
 from peftkit.layers.routing import BatchRouting as BatchRouting
 from peftkit.layers.routing import call_routed
 from peftkit.layers.state import AdapterStatus, apply_status, status_after_delete, status_after_set
+from peftkit.layers.watch import Watch
 from peftkit.quant.merge import BaseSnapshot, restore_base, snapshot_base
 
 
@@ -225,10 +226,10 @@ class AdapterLayer(AdapterState, nn.Module):
             return self.forward(x, *args, **kwargs)
         return call_routed(self, names, lambda: self.forward(x, *args, **kwargs))
 
-    def prepare_compiled(self) -> None:
+    def prepare_compiled(self) -> Watch | None:
         """Optional: refresh, outside the graph, what :meth:`compiled_forward` reads while ``CALL_STATE.prepared``
-        (the entry point of a compiled call runs this for every layer first). It must notice any change since
-        the last call (weights edited in place, other active adapters, new scalings)."""
+        (the entry point of a compiled call runs this for every layer first). It must notice any change since the
+        last call (in-place edits, switches, scalings); it returns what it read (skipped while unchanged) or None."""
 
     def compiled_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | None:
         """Optional path while ``torch.compile`` traces: one that reads no adapter names (so switching adapters

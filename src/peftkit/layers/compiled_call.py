@@ -22,11 +22,14 @@ from torch import nn
 from peftkit.compile_frames import eager_frame
 from peftkit.layers.base import CALL_STATE, AdapterLayer
 from peftkit.layers.walk import iter_adapter_modules
+from peftkit.layers.watch import ModelWatch
 from peftkit.locking import ModelLock, lock_of
 
 #: Per model (its lock): the lock's generation and the layers that prepare something, found again after any
 #: change of the adapter state (which bumps the generation).
 _LAYERS: weakref.WeakKeyDictionary[ModelLock, tuple[int, list[AdapterLayer]]] = weakref.WeakKeyDictionary()
+#: Per model (its lock): what its layers' prepared tensors were last built from, where every layer said so.
+_WATCHES: weakref.WeakKeyDictionary[ModelLock, ModelWatch] = weakref.WeakKeyDictionary()
 
 
 @eager_frame  # never traced itself (dynamo cannot trace the callback query)
@@ -39,6 +42,7 @@ def compiling_below() -> bool:
 
 
 def _preparing_layers(model: nn.Module) -> list[AdapterLayer]:
+    """The layers of ``model`` that prepare something (the same list object until the lock generation moves)."""
     lock = lock_of(model)
     cached = _LAYERS.get(lock)
     if cached is None or cached[0] != lock.generation:
@@ -54,8 +58,15 @@ def _prepare(model: nn.Module, training: bool) -> bool:
     prepared call or while ``training`` (the compiled paths are for inference)."""
     if training or CALL_STATE.prepared:
         return False
-    for layer in _preparing_layers(model):
-        layer.prepare_compiled()
+    lock = lock_of(model)
+    layers = _preparing_layers(model)
+    held = _WATCHES.get(lock)
+    if held is None or not held.fresh(layers):  # one flat check instead of one per layer
+        watches = [layer.prepare_compiled() for layer in layers]
+        if all(watch is not None for watch in watches):
+            _WATCHES[lock] = ModelWatch(layers, [w for w in watches if w is not None])
+        else:
+            _WATCHES.pop(lock, None)
     CALL_STATE.prepared = True
     return True
 

@@ -32,6 +32,7 @@ from torch.nn.modules import module as module_hooks
 from transformers.pytorch_utils import Conv1D
 
 from peftkit.layers.base import CALL_STATE, BatchRouting
+from peftkit.layers.watch import Watch
 from peftkit.methods.lora import segments, stacked
 from peftkit.methods.lora.autograd import lora_linear
 
@@ -255,7 +256,7 @@ def compiled(layer: Any, x: torch.Tensor) -> torch.Tensor | None:
         result = layer.base_layer(x)
         if not factors:  # no active adapter in this layer
             return result
-        return result + ((x.to(factors[0].dtype) @ factors[0]) @ factors[1]).to(result.dtype)
+        return result + stacked.low_rank_product(x.to(factors[0].dtype), *factors).to(result.dtype)
     if layer.training or not stacked.stackable(layer) or stacked.needs_grad(layer):
         return None
     result = layer.base_layer(x)
@@ -329,27 +330,54 @@ def _factor_stamp(layer: Any) -> tuple[tuple[str, ...], list[Any], list[int]] | 
     return names, objects, [t._version for t in objects if isinstance(t, torch.Tensor)]
 
 
-def prepare_compiled(layer: Any) -> None:
+def prepare_compiled(layer: Any) -> Watch | None:
     """Rebuild ``layer._compiled_factors`` (read by :func:`compiled`) unless nothing it depends on changed.
 
     ``(A_cat (in, n R), B_cat (n R, out))`` of the ``n`` active adapters with their scalings folded in
     (:func:`~peftkit.methods.lora.stacked.concatenated_factors`), ``R`` the largest rank the layer holds (so
     switching to an adapter of another rank keeps the shapes, hence the graph); ``()`` with no active adapter;
     ``None`` where they do not apply (see :func:`_factor_stamp`: the graph then takes the general path). Runs
-    eagerly at the entry of every compiled call: a changed active set, a replaced weight or scaling, or a
-    weight edited in place (its version) triggers the rebuild.
+    eagerly at the entry of a compiled call: a changed active set, a replaced weight or scaling, or a weight
+    edited in place (its version) triggers the rebuild. Returns what the factors were built from
+    (:func:`_factor_watch`), or ``None`` where they do not apply.
     """
+    stacked.Registrations.install()  # before the first trace, or installing them later recompiles the model
     stamp = _factor_stamp(layer)
     if stamp is None:
         layer.__dict__.update(_compiled_factors=None, _compiled_stamp=None)
-        return
+        return None
     names, objects, versions = stamp
     held = layer._compiled_stamp
-    if held is not None and held[0] == names and held[2] == versions and len(held[1]) == len(objects):
-        if all(map(operator.is_, held[1], objects)):
-            return
-    factors: tuple[torch.Tensor, ...] = ()
-    if names:
-        rank = max(module.weight.shape[0] for module in layer._modules["lora_A"]._modules.values())
-        factors = stacked.concatenated_factors(layer, names, rank)
-    layer.__dict__.update(_compiled_factors=factors, _compiled_stamp=stamp)
+    fresh = held is not None and held[0] == names and held[2] == versions and len(held[1]) == len(objects)
+    if not fresh or not all(map(operator.is_, held[1], objects)):
+        factors: tuple[torch.Tensor, ...] = ()
+        if names:
+            rank = max(module.weight.shape[0] for module in layer._modules["lora_A"]._modules.values())
+            factors = stacked.concatenated_factors(layer, names, rank)
+        layer.__dict__.update(_compiled_factors=factors, _compiled_stamp=stamp)
+    return _factor_watch(layer)
+
+
+def _factor_watch(layer: Any) -> Watch | None:
+    """Everything :func:`_factor_stamp` reads, as a :class:`~peftkit.layers.watch.Watch` (the entry point checks
+    all layers' watches at once, and calls :func:`prepare_compiled` again only when one of them changed):
+    the prepared factors, the active list, the factor modules, weights, ``lora_B`` bias, scaling,
+    DoRA flag and variant of each active adapter, and the versions of the tensors among them."""
+    fields, children = layer.__dict__, layer._modules
+    if not all(type(m) is dict for m in (layer.scaling, layer.use_dora, layer.lora_variant)):
+        return None  # a mapping of another kind: check this layer on every call
+    watch = Watch()
+    watch.entry(fields, "_compiled_factors")
+    active = watch.entry(fields, "_active_names")  # replaced by every switch (the layer's setter)
+    containers = [watch.entry(children, key)._modules for key in ("lora_A", "lora_B")]
+    for name in active:
+        module_a, module_b = (watch.entry(container, name) for container in containers)
+        if module_a is None or module_b is None:
+            continue
+        read = [watch.entry(module._parameters, "weight") for module in (module_a, module_b)]
+        read.append(watch.entry(layer.scaling, name))
+        watch.entry(module_b._parameters, "bias")
+        watch.entry(layer.use_dora, name)
+        watch.entry(layer.lora_variant, name)
+        watch.tensors += [t for t in read if isinstance(t, torch.Tensor)]
+    return watch
