@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from peftkit.compile_frames import eager_frame
 from peftkit.errors import ConcurrencyError
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -49,7 +50,7 @@ class ModelLock:
     def __reduce__(self) -> tuple[type, tuple[()]]:
         return ModelLock, ()
 
-    @torch.compiler.disable
+    @eager_frame  # run as is under torch.compile: no wrapper per forward
     def acquire_shared(self) -> None:
         """Enter a forward (nested entries of one thread are free)."""
         local = self._local
@@ -65,7 +66,7 @@ class ModelLock:
                 self._readers += 1
         local.depth, local.counted = 1, counted
 
-    @torch.compiler.disable
+    @eager_frame  # run as is under torch.compile: no wrapper per forward
     def release_shared(self) -> None:
         """Leave a forward."""
         local = self._local

@@ -33,8 +33,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "peftkit"
 
 #: Lowest layer first; a module belongs to the entry with the longest matching dotted prefix.
 LAYERS: list[tuple[str, ...]] = [
+    ("compile_frames",),  # torch.compile boundaries of the entry points: imports only torch (locking uses it)
     ("types", "catalog", "errors", "locking", "config_checks", "io.commit", "io.files", "io.hub", "io.keys"),
-    ("compile_frames",),  # torch.compile boundaries of the entry points: imports only torch
     ("import_utils",),  # PEFT's peft.import_utils path: facts about installed libraries, no peftkit import
     ("config",),
     ("targeting", "defaults"),

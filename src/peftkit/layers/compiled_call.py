@@ -71,7 +71,7 @@ def _prepare(model: nn.Module, training: bool) -> bool:
     return True
 
 
-@torch.compiler.disable
+@eager_frame  # sets a flag: no tensor work to keep out of a graph
 def _finish() -> None:
     CALL_STATE.prepared = False
 

@@ -360,24 +360,25 @@ def prepare_compiled(layer: Any) -> Watch | None:
 
 def _factor_watch(layer: Any) -> Watch | None:
     """Everything :func:`_factor_stamp` reads, as a :class:`~peftkit.layers.watch.Watch` (the entry point checks
-    all layers' watches at once, and calls :func:`prepare_compiled` again only when one of them changed):
-    the prepared factors, the active list, the factor modules, weights, ``lora_B`` bias, scaling,
-    DoRA flag and variant of each active adapter, and the versions of the tensors among them."""
-    fields, children = layer.__dict__, layer._modules
-    if not all(type(m) is dict for m in (layer.scaling, layer.use_dora, layer.lora_variant)):
+    all layers' watches at once, and calls :func:`prepare_compiled` again only when one of them changed): the
+    prepared factors, the active list and each active adapter's scaling; the process-wide count of module and
+    parameter registrations on watched modules (:class:`~peftkit.methods.lora.stacked.Registrations`: the layer,
+    its factor containers and factor modules, so a replaced container, module or weight moves it); the versions
+    of the tensors read (DoRA, variants and ``lora_bias`` change only through ``update_layer``, whose API call
+    moves the lock generation)."""
+    if type(layer.scaling) is not dict:
         return None  # a mapping of another kind: check this layer on every call
+    containers = [layer._modules["lora_A"], layer._modules["lora_B"]]
     watch = Watch()
-    watch.entry(fields, "_compiled_factors")
-    active = watch.entry(fields, "_active_names")  # replaced by every switch (the layer's setter)
-    containers = [watch.entry(children, key)._modules for key in ("lora_A", "lora_B")]
+    watch.entry(layer.__dict__, "_compiled_factors")
+    active = watch.entry(layer.__dict__, "_active_names")  # replaced by every switch (the layer's setter)
     for name in active:
-        module_a, module_b = (watch.entry(container, name) for container in containers)
-        if module_a is None or module_b is None:
+        modules = [container._modules.get(name) for container in containers]
+        if None in modules:
             continue
-        read = [watch.entry(module._parameters, "weight") for module in (module_a, module_b)]
+        stacked.Registrations.watch([layer, *containers, *modules])
+        read = [module._parameters.get("weight") for module in modules]
         read.append(watch.entry(layer.scaling, name))
-        watch.entry(module_b._parameters, "bias")
-        watch.entry(layer.use_dora, name)
-        watch.entry(layer.lora_variant, name)
         watch.tensors += [t for t in read if isinstance(t, torch.Tensor)]
+    watch.entry(stacked.COUNT, "registrations")  # last: after the watching above
     return watch

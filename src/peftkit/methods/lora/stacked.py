@@ -59,6 +59,10 @@ def stack_factors(layer: Any, adapters: Sequence[str]) -> tuple[torch.Tensor, to
     return torch.stack([a for a, _ in parts]), torch.stack([b for _, b in parts])
 
 
+#: ``Registrations.count`` in a plain dict, where a :class:`~peftkit.layers.watch.Watch` entry can follow it.
+COUNT: dict[str, int] = {"registrations": 0}
+
+
 class Registrations:
     """A process-wide count of module and parameter registrations (``nn.Module.__setattr__``,
     ``register_parameter``, ``add_module``, ``ModuleDict.__setitem__``) on *watched* modules: the LoRA layers
@@ -90,6 +94,7 @@ class Registrations:
     def _registered(cls, module: Any, _name: str, _value: Any) -> None:
         if module.__dict__.get("_peftkit_watched"):
             cls.count += 1
+            COUNT["registrations"] = cls.count
 
 
 _VERSION = operator.attrgetter("_version")
