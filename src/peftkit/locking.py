@@ -129,6 +129,7 @@ class ModelLock:
             self.release_exclusive()
 
 
+@eager_frame  # called by the entry points, which torch.compile runs eagerly
 def lock_of(model: nn.Module) -> ModelLock:
     """The lock of ``model``'s adapter state, kept on the model that holds the adapter layers (a ``PeftModel``
     and a compiled wrapper share the lock of the model inside them)."""

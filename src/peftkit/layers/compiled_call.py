@@ -52,23 +52,30 @@ def _preparing_layers(model: nn.Module) -> list[AdapterLayer]:
     return cached[1]
 
 
-@torch.compiler.disable
+@eager_frame  # the common case, one flat check, runs as is (no wrapper); a rebuild runs with dynamo off
 def _prepare(model: nn.Module, training: bool) -> bool:
     """Refresh every layer of ``model`` for a compiled call; ``False`` (nothing done) when nested in another
     prepared call or while ``training`` (the compiled paths are for inference)."""
     if training or CALL_STATE.prepared:
         return False
     lock = lock_of(model)
-    layers = _preparing_layers(model)
-    held = _WATCHES.get(lock)
-    if held is None or not held.fresh(layers):  # one flat check instead of one per layer
-        watches = [layer.prepare_compiled() for layer in layers]
-        if all(watch is not None for watch in watches):
-            _WATCHES[lock] = ModelWatch(layers, [w for w in watches if w is not None])
-        else:
-            _WATCHES.pop(lock, None)
+    cached, held = _LAYERS.get(lock), _WATCHES.get(lock)
+    if cached is None or cached[0] != lock.generation or held is None or not held.fresh(cached[1]):
+        _rebuild(model, lock)
     CALL_STATE.prepared = True
     return True
+
+
+@torch.compiler.disable
+def _rebuild(model: nn.Module, lock: ModelLock) -> None:
+    """Every preparing layer of ``model`` checks itself (and rebuilds what changed); their watches are kept
+    where all of them gave one."""
+    layers = _preparing_layers(model)
+    watches = [layer.prepare_compiled() for layer in layers]
+    if all(watch is not None for watch in watches):
+        _WATCHES[lock] = ModelWatch(layers, [w for w in watches if w is not None])
+    else:
+        _WATCHES.pop(lock, None)
 
 
 @eager_frame  # sets a flag: no tensor work to keep out of a graph

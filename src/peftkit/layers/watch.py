@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from peftkit.compile_frames import eager_frame
+
 _VERSION = operator.attrgetter("_version")
 _TRAINING = operator.attrgetter("training")
 
@@ -61,6 +63,7 @@ class ModelWatch:
         self.tensors = [t for w in watches for t in w.tensors]
         self.versions = list(map(_VERSION, self.tensors))
 
+    @eager_frame  # called by the (eagerly run) entry of a compiled call: never traced
     def fresh(self, layers: list[Any]) -> bool:
         """Whether ``layers`` (the model's prepared layers now) are those watched and nothing watched changed."""
         if layers is not self.layers or torch.is_grad_enabled() or any(map(_TRAINING, layers)):
