@@ -106,7 +106,7 @@ def test_compiled_decode_after_delete_and_re_add() -> None:
     check(model, compiled)
 
 
-@pytest.mark.parametrize("change", ["scaling", "weight", "active"])
+@pytest.mark.parametrize("change", ["scaling", "weight", "parameters_entry", "active"])
 def test_compiled_call_sees_writes_that_bypass_the_api(change: str) -> None:
     model = model_with_adapters()
     compiled = torch.compile(model, backend=CompileCounter())
@@ -117,6 +117,9 @@ def test_compiled_call_sees_writes_that_bypass_the_api(change: str) -> None:
     elif change == "weight":
         old = layer.lora_A["default"].weight
         layer.lora_A["default"].weight = nn.Parameter(torch.randn_like(old), requires_grad=False)
+    elif change == "parameters_entry":  # as accelerate loads weights: straight into _parameters, no hook runs
+        module = layer.lora_B["default"]
+        module._parameters["weight"] = nn.Parameter(torch.randn_like(module.weight), requires_grad=False)
     else:
         layer.set_adapter("b", trainable=False)
     check(model, compiled, with_reference=False)

@@ -363,7 +363,8 @@ def _factor_watch(layer: Any) -> Watch | None:
     all layers' watches at once, and calls :func:`prepare_compiled` again only when one of them changed): the
     prepared factors, the active list and each active adapter's scaling; the process-wide count of module and
     parameter registrations on watched modules (:class:`~peftkit.methods.lora.stacked.Registrations`: the layer,
-    its factor containers and factor modules, so a replaced container, module or weight moves it); the versions
+    its factor containers and factor modules, so a replaced container or module moves it); each weight's
+    ``_parameters`` entry (written straight there, as accelerate does, no hook runs); the versions
     of the tensors read (DoRA, variants and ``lora_bias`` change only through ``update_layer``, whose API call
     moves the lock generation)."""
     if type(layer.scaling) is not dict:
@@ -377,7 +378,7 @@ def _factor_watch(layer: Any) -> Watch | None:
         if None in modules:
             continue
         stacked.Registrations.watch([layer, *containers, *modules])
-        read = [module._parameters.get("weight") for module in modules]
+        read = [watch.entry(module._parameters, "weight") for module in modules]  # accelerate writes there
         read.append(watch.entry(layer.scaling, name))
         watch.tensors += [t for t in read if isinstance(t, torch.Tensor)]
     watch.entry(stacked.COUNT, "registrations")  # last: after the watching above
