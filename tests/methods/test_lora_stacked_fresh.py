@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from tests.methods.test_lora_stacked import RANKS, model_with_adapters
+from tests.methods.test_lora_stacked import RANKS, alone, model_with_adapters
 
 import peftkit
 from peftkit.hotswap import hotswap_adapter
@@ -24,15 +24,7 @@ def mixed(model: peftkit.PeftModel, names: list[str] = NAMES) -> torch.Tensor:
 
 
 def assert_each_sample_alone(model: peftkit.PeftModel, got: torch.Tensor, names: list[str] = NAMES) -> None:
-    for i, name in enumerate(names):
-        with torch.no_grad():
-            if name == "__base__":
-                with model.disable_adapter():
-                    want = model(input_ids=IDS[i : i + 1]).logits
-            else:
-                model.set_adapter(name, inference_mode=True)
-                want = model(input_ids=IDS[i : i + 1]).logits
-        torch.testing.assert_close(got[i : i + 1], want)
+    torch.testing.assert_close(got, alone(model, names, IDS[: len(names)]))
 
 
 def c_layers(model: peftkit.PeftModel) -> list[torch.nn.Module]:
