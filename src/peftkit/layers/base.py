@@ -227,8 +227,7 @@ class AdapterLayer(AdapterState, nn.Module):
 
     def prepare_compiled(self) -> Watch | None:
         """Optional: refresh, outside the graph, what :meth:`compiled_forward` reads while ``CALL_STATE.prepared``
-        (the entry point of a compiled call runs this for every layer first). It must notice any change since the
-        last call (in-place edits, switches, scalings); it returns what it read (skipped while unchanged) or None."""
+        (run at a compiled call's entry); returns what it read (skipped while unchanged) or None (run every call)."""
 
     def compiled_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | None:
         """Optional path while ``torch.compile`` traces: one that reads no adapter names (so switching adapters

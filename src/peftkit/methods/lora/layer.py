@@ -23,7 +23,7 @@ from peftkit.layers.fresh import new_module, set_child
 from peftkit.layers.placement import adapter_device, onloaded
 from peftkit.layers.state import AdapterStatus
 from peftkit.merging.merge import require_finite_sum, update_weight
-from peftkit.methods.lora import fast_paths
+from peftkit.methods.lora import compiled_factors, fast_paths
 from peftkit.methods.lora.dora import DoraMagnitude, dora_output, merge_update, row_norm, unmerge_step, unmerged_weight
 from peftkit.methods.lora.init import decompose_weight, is_weight_decomposing
 from peftkit.methods.lora.layer_spec import LoraLayerSpec
@@ -312,7 +312,7 @@ class Linear(LoraLayer):
             _stack_cache=None,
             _active_slots=fast_paths.slot_tensor([], weight.device),
             _active_slot_list=[],
-            _compiled_factors=None,  # read by fast_paths.compiled_forward, built by prepare_compiled
+            _compiled_factors=None,  # read by fast_paths.compiled, built by compiled_factors.prepare_compiled
             _compiled_stamp=None,
             _single_plan=None,  # fast_paths.single_plan: what the one-adapter inference path reads
         )
@@ -354,7 +354,7 @@ class Linear(LoraLayer):
         return None if args or kwargs else fast_paths.compiled(self, x)
 
     refresh_active_slots = fast_paths.refresh_active_slots
-    prepare_compiled = fast_paths.prepare_compiled
+    prepare_compiled = compiled_factors.prepare_compiled
 
     # -- the formula --------------------------------------------------------------------------------
     def lora_out(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
