@@ -67,7 +67,10 @@ def adapter_device(base: nn.Module, *, allow_meta: bool = True) -> torch.device:
     """
     if allow_meta and _ON_META.get():
         return torch.device("meta")
-    weight: torch.Tensor = base.weight  # type: ignore[assignment]  # adapted bases are weight-carrying layers
+    # read without ``nn.Module.__getattr__`` when it is a parameter: this runs for every adapted layer
+    weight: torch.Tensor = base._parameters.get("weight")  # type: ignore[assignment]  # None: read below
+    if weight is None:
+        weight = base.weight  # adapted bases are weight-carrying layers
     if weight.device.type != "meta":
         return weight.device
     return execution_device(base) or weight.device
