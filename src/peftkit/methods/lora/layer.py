@@ -20,7 +20,7 @@ from torch import nn
 from peftkit.errors import MergeError, PeftWarning
 from peftkit.layers.base import AdapterLayer, BatchRouting
 from peftkit.layers.fresh import new_module, set_child
-from peftkit.layers.placement import adapter_device, onloaded
+from peftkit.layers.placement import adapter_device, base_weight, onloaded
 from peftkit.layers.state import AdapterStatus
 from peftkit.merging.merge import require_finite_sum, update_weight
 from peftkit.methods.lora import fast_paths
@@ -52,12 +52,6 @@ def empty_linear(
     layer._parameters["weight"] = as_parameter(nn.Parameter, torch.empty((out_features, in_features), **kw), True)
     layer._parameters["bias"] = as_parameter(nn.Parameter, torch.empty(out_features, **kw), True) if bias else None
     return layer
-
-
-def _weight(module: nn.Module) -> torch.Tensor:
-    """``module.weight``, from its parameters when it is one (no ``nn.Module.__getattr__``: hot in injection)."""
-    weight = module._parameters.get("weight")
-    return weight if weight is not None else module.weight  # type: ignore[return-value]  # a weight-carrying layer
 
 
 def dropout_module(p: float) -> nn.Module:
@@ -184,8 +178,8 @@ class LoraLayer(AdapterLayer):
                     bias.zero_()
             return
         base = self.get_base_layer()
-        base_weight = dense_weight(base)
-        weight = base_weight.T if self.fan_in_fan_out else base_weight
+        dense = dense_weight(base)
+        weight = dense.T if self.fan_in_fan_out else dense
         new_A, new_B, residual = decompose_weight(weight, str(spec.init), spec.r, spec.scaling, base, spec.init_options)
         residual = residual.T if self.fan_in_fan_out else residual
         with torch.no_grad():
@@ -212,7 +206,7 @@ class LoraLayer(AdapterLayer):
     def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
         modules = self._modules  # the per-adapter dicts directly: this runs for every layer of a load
-        return _weight(modules["lora_A"]._modules[adapter]), _weight(modules["lora_B"]._modules[adapter])  # type: ignore[union-attr, arg-type]  # lora_A/lora_B are registered ModuleDicts of factor modules
+        return base_weight(modules["lora_A"]._modules[adapter]), base_weight(modules["lora_B"]._modules[adapter])  # type: ignore[union-attr, arg-type]  # lora_A/lora_B are registered ModuleDicts of factor modules
 
     def delta_weight(self, adapter: str) -> torch.Tensor:
         """``s * B @ A`` shaped like the base weight (transposed for ``fan_in_fan_out``), or a variant's."""
@@ -308,7 +302,7 @@ class Linear(LoraLayer):
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
         base = self.get_base_layer()
-        weight = _weight(base)
+        weight = base_weight(base)
         shape = weight_shape(base)
         out_features, in_features = shape[::-1] if fan_in_fan_out else shape
         self.__dict__.update(
@@ -328,7 +322,7 @@ class Linear(LoraLayer):
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         base = self.get_base_layer()
-        kw: dict[str, Any] = {"device": adapter_device(base), "dtype": adapter_dtype(_weight(base))}
+        kw: dict[str, Any] = {"device": adapter_device(base), "dtype": adapter_dtype(base_weight(base))}
         modules: Any = self._modules
         set_child(modules["lora_A"], adapter, empty_linear(self.in_features, spec.r, bias=False, **kw))
         set_child(modules["lora_B"], adapter, empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw))
