@@ -229,9 +229,9 @@ def sgmv_plan(routing: BatchRouting, device: torch.device) -> Any:
     return sgmv_triton.plan(routing.slots.tolist(), len(routing.adapters)).to(device)
 
 
-def slots_read(routing: BatchRouting) -> list[int]:
+def slots_read(routing: BatchRouting) -> tuple[int, ...]:
     """The stack slots a mixed batch reads: each adapter that some sample uses (not the base model's slot)."""
-    return sorted(set(routing.slots.tolist()) - {len(routing.adapters)})
+    return tuple(sorted(set(routing.slots.tolist()) - {len(routing.adapters)}))
 
 
 def segment_plan(routing: BatchRouting, device: torch.device) -> segments.SegmentPlan:
