@@ -51,8 +51,8 @@ from peftkit.hotswap_prepare import (
 )
 from peftkit.io.keys import strip_prefix
 from peftkit.io.load import read_weights, split_hub_kwargs
-from peftkit.io.state import AdapterTensor, adapter_tensors
-from peftkit.layers.walk import iter_adapter_modules
+from peftkit.io.slot_map import slot_map
+from peftkit.io.state import AdapterTensor
 from peftkit.locking import exclusive
 from peftkit.methods.lora.layer import LoraLayer
 from peftkit.methods.lora.param import ParamWrapper, check_parameter_spec
@@ -249,19 +249,19 @@ def swap_adapter_weights(
     if not is_plain_lora(config) or not is_plain_lora(old):
         kinds = f"{_kind(old)} -> {_kind(config)}"
         raise HotswapError(f"Hot-swapping works for LoRA adapters only (not AdaLoRA, IA3 or prompts), got {kinds}.")
-    walked = list(iter_adapter_modules(inner))  # one walk for the layers and the slot's tensors
+    walked, expected = slot_map(inner, adapter_name, old)  # kept across swaps while the model is unchanged
     holders = lora_layers(inner, adapter_name, walked)
     if any(adapter_name in layer.merged_adapters for _, layer in holders):
         raise HotswapError(f"Adapter {adapter_name!r} is merged into the base weights; unmerge it before swapping.")
     state = {strip_prefix(k): v for k, v in state.items()}
     layers = _new_layer_facts(holders, adapter_name, config, state)
     _check_variants(layers, adapter_name, state)  # before the shapes: a variant's packed factors differ in shape
-    expected, blocks = adapter_tensors(inner, adapter_name, old, None, walked), _blocks_by_layer(holders)
+    blocks = _blocks_by_layer(holders)
     _check_fit(adapter_name, expected, blocks[0], state)
     if not grow_ranks:
         _check_capacity(layers, adapter_name, state)
     if _grow_slots(layers, adapter_name, state):  # padding replaced the grown layers' tensors
-        expected = adapter_tensors(inner, adapter_name, old, embedding_layers=None)
+        expected = slot_map(inner, adapter_name, old).tensors
     _write_weights(expected, blocks, state)
     held = {}
     for name, (layer, facts) in layers.items():
