@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.config import PeftConfig
+from peftkit.config import CONFIG_NAME, PeftConfig
 from peftkit.errors import AdapterNameError, HotswapError
 from peftkit.hotswap_prepare import (
     CheckCompiled,
@@ -49,6 +49,7 @@ from peftkit.hotswap_prepare import (
     set_scaling,
     write_rank_block,
 )
+from peftkit.io.hub import resolve_file
 from peftkit.io.keys import strip_prefix
 from peftkit.io.load import read_weights, split_hub_kwargs
 from peftkit.io.slot_map import slot_map
@@ -302,6 +303,38 @@ def hotswap_adapter(
     """
     hub = split_hub_kwargs(kwargs)
     subfolder = kwargs.pop("subfolder", None)
-    config = PeftConfig.from_pretrained(model_name_or_path, subfolder=subfolder, **hub)
+    config = _swap_config(model_name_or_path, subfolder, hub)
     state = read_weights(model_name_or_path, subfolder=subfolder, device=torch_device or "cpu", **hub)
     swap_adapter_weights(model, adapter_name, config, state)
+
+
+#: ``adapter_config.json`` text -> its parsed config, for the swaps of :func:`hotswap_adapter` (which only read the
+#: config: the model keeps a copy, :func:`~peftkit.hotswap_prepare.config_as_held`). Parsing and validating a config
+#: costs about a tenth of a swap, and swaps alternate between a few adapters.
+_PARSED: dict[str, PeftConfig] = {}
+_PARSED_MAX = 16
+
+
+def _config_text(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _swap_config(model_name_or_path: str | os.PathLike, subfolder: str | None, hub: dict[str, Any]) -> PeftConfig:
+    """The adapter's config, parsed once per distinct file content (see :data:`_PARSED`)."""
+    path = resolve_file(model_name_or_path, CONFIG_NAME, subfolder=subfolder, **hub)
+    text = _config_text(path)
+    found = _PARSED.get(text) if text is not None else None
+    if found is not None:
+        return found
+    config = PeftConfig.from_pretrained(model_name_or_path, subfolder=subfolder, **hub)  # its errors and warnings
+    if text is not None and _config_text(path) == text:  # unchanged while parsed: the text describes it
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[text] = config
+    return config

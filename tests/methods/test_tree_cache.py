@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import shutil
 import weakref
 from collections.abc import Callable
 
@@ -190,3 +191,18 @@ def test_the_cache_keeps_no_model_alive(adapters) -> None:
     del kit
     gc.collect()
     assert alive() is None
+
+
+def test_hotswap_rereads_a_config_that_changed_on_disk(adapters, tmp_path) -> None:
+    """A swap parses each adapter_config.json content once; a file rewritten in place (another alpha and rank) is
+    parsed again: the swap equals peft's."""
+    kit, ref = _pair(adapters)
+    path = tmp_path / "changing"
+    shutil.copytree(adapters["b"], path)
+    _swap_both(kit, ref, str(path))
+    other = peft.get_peft_model(build_model("llama"), peft.LoraConfig(r=2, lora_alpha=7, target_modules=TARGETS))
+    randomise_adapter(other, seed=30)
+    shutil.rmtree(path)
+    other.save_pretrained(path)
+    _swap_both(kit, ref, str(path))
+    _assert_same(kit, ref)
