@@ -54,6 +54,7 @@ from peftkit.io.keys import strip_prefix
 from peftkit.io.load import read_weights, split_hub_kwargs
 from peftkit.io.slot_map import slot_map
 from peftkit.io.state import AdapterTensor
+from peftkit.layers.tree_cache import TreeRecord, recall, remember
 from peftkit.locking import exclusive
 from peftkit.methods.lora.layer import LoraLayer
 from peftkit.methods.lora.param import ParamWrapper, check_parameter_spec
@@ -139,23 +140,41 @@ def _new_rank(name: str, layer: LoraLayer, adapter: str, state: Mapping[str, tor
 
 
 def _new_layer_facts(
-    layers: list[tuple[str, LoraLayer]], adapter: str, config: PeftConfig, state: Mapping[str, torch.Tensor]
-) -> dict:
-    """``layer name -> (layer, facts)`` of the new adapter; checks that the file's ranks match its config."""
+    inner: nn.Module, holders: list[tuple[str, LoraLayer]], adapter: str, config: PeftConfig
+) -> dict[str, tuple[LoraLayer, Any]]:
+    """``layer name -> (layer, facts)`` of the new adapter. For a config parsed by :func:`hotswap_adapter` (never
+    handed out, so never changed) they are kept per slot while the model's walk is unchanged and the slot's layers
+    are the same objects (:mod:`peftkit.layers.tree_cache`)."""
+    key = ("hotswap_facts", adapter, id(config))
+    found = recall(inner, key)
+    if (
+        found is not None
+        and found[0] is config  # held by the value: its id cannot have been reused
+        and len(found[1]) == len(holders)
+        and all(found[1].get(name, (None,))[0] is layer for name, layer in holders)
+    ):
+        return found[1]
     facts_of = method_of(config).layer_facts
     out = {}
-    for name, layer in layers:
+    for name, layer in holders:
         facts = facts_of(config, pattern_name(name, layer), layer.get_base_layer())  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         if isinstance(layer, ParamWrapper):
             check_parameter_spec(facts, layer.parameter_name)
+        out[name] = (layer, facts)
+    if any(parsed is config for parsed in _PARSED.values()):  # a user's config object may change between calls
+        remember(inner, key, TreeRecord(), (config, out))
+    return out
+
+
+def _check_ranks(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
+    """Check that the file's ranks match its config's."""
+    for name, (layer, facts) in layers.items():
         rank = _new_rank(name, layer, adapter, state)
         if rank is not None and rank != facts.r:
             raise HotswapError(
                 f"{name} has rank {rank} in the file but the adapter's config gives r={facts.r} for it; "
                 "the adapter_config.json does not match its weights."
             )
-        out[name] = (layer, facts)
-    return out
 
 
 def _check_capacity(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
@@ -255,7 +274,8 @@ def swap_adapter_weights(
     if any(adapter_name in layer.merged_adapters for _, layer in holders):
         raise HotswapError(f"Adapter {adapter_name!r} is merged into the base weights; unmerge it before swapping.")
     state = {strip_prefix(k): v for k, v in state.items()}
-    layers = _new_layer_facts(holders, adapter_name, config, state)
+    layers = _new_layer_facts(inner, holders, adapter_name, config)
+    _check_ranks(layers, adapter_name, state)
     _check_variants(layers, adapter_name, state)  # before the shapes: a variant's packed factors differ in shape
     blocks = _blocks_by_layer(holders)
     _check_fit(adapter_name, expected, blocks[0], state)

@@ -20,12 +20,13 @@ import peft
 import peft.utils.hotswap
 import pytest
 import torch
+from safetensors.torch import load_file
 from tests._tiny import build_model, model_inputs, model_output, randomise_adapter
 from torch import nn
 
 import peftkit
 from peftkit.errors import HotswapError
-from peftkit.hotswap import hotswap_adapter
+from peftkit.hotswap import hotswap_adapter, swap_adapter_weights
 from peftkit.layers.walk import _walk_modules, walk_model
 
 TARGETS = ["q_proj", "v_proj"]
@@ -206,3 +207,22 @@ def test_hotswap_rereads_a_config_that_changed_on_disk(adapters, tmp_path) -> No
     other.save_pretrained(path)
     _swap_both(kit, ref, str(path))
     _assert_same(kit, ref)
+
+
+def test_swap_with_a_config_object_changed_between_calls_uses_the_change(adapters) -> None:
+    """``swap_adapter_weights`` with the caller's config: its layer facts are never kept, so a config object changed
+    after a swap (another alpha) scales the next swap by the new alpha, as a fresh copy does."""
+    kit, _ = _pair(adapters)
+    config = peftkit.PeftConfig.from_pretrained(adapters["b"])
+    state = load_file(f"{adapters['b']}/adapter_model.safetensors")
+    swap_adapter_weights(kit, "default", config, state)
+    config.lora_alpha = 3 * config.lora_alpha
+    fresh = copy.deepcopy(kit)
+    swap_adapter_weights(kit, "default", config, state)
+    swap_adapter_weights(fresh, "default", config, state)
+    inputs = model_inputs("llama")
+    torch.testing.assert_close(model_output(kit, inputs), model_output(fresh, inputs))
+    once = copy.deepcopy(config)
+    once.lora_alpha = config.lora_alpha // 3
+    swap_adapter_weights(fresh, "default", once, state)
+    assert not torch.allclose(model_output(kit, inputs), model_output(fresh, inputs))
