@@ -166,10 +166,10 @@ def _new_layer_facts(
     return out
 
 
-def _check_ranks(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
+def _check_ranks(layers: dict, ranks: Mapping[str, int | None]) -> None:
     """Check that the file's ranks match its config's."""
-    for name, (layer, facts) in layers.items():
-        rank = _new_rank(name, layer, adapter, state)
+    for name, (_, facts) in layers.items():
+        rank = ranks[name]
         if rank is not None and rank != facts.r:
             raise HotswapError(
                 f"{name} has rank {rank} in the file but the adapter's config gives r={facts.r} for it; "
@@ -177,9 +177,9 @@ def _check_ranks(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) 
             )
 
 
-def _check_capacity(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
+def _check_capacity(layers: dict, adapter: str, ranks: Mapping[str, int | None]) -> None:
     for name, (layer, _) in layers.items():
-        rank = _new_rank(name, layer, adapter, state)
+        rank = ranks[name]
         if rank is not None and rank > layer.r[adapter]:
             raise HotswapError(
                 f"Cannot hot-swap {name}: the new adapter has rank {rank}, the slot holds rank {layer.r[adapter]}. "
@@ -188,12 +188,12 @@ def _check_capacity(layers: dict, adapter: str, state: Mapping[str, torch.Tensor
             )
 
 
-def _check_variants(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
+def _check_variants(layers: dict, adapter: str, ranks: Mapping[str, int | None]) -> None:
     """A LoRA variant's slot (BD-LoRA's packed blocks) takes only the same variant at the same rank: padding or a
     different layout would silently change what the factors mean."""
     for name, (layer, facts) in layers.items():
         held, new = layer.lora_variant.get(adapter), facts.variant
-        rank = _new_rank(name, layer, adapter, state)
+        rank = ranks[name]
         if (held is not None or new is not None) and (held != new or rank not in (None, layer.r[adapter])):
             raise HotswapError(
                 f"Cannot hot-swap {name}: the slot holds {held!r} at rank {layer.r[adapter]}, the new adapter is "
@@ -201,11 +201,11 @@ def _check_variants(layers: dict, adapter: str, state: Mapping[str, torch.Tensor
             )
 
 
-def _grow_slots(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> bool:
+def _grow_slots(layers: dict, adapter: str, ranks: Mapping[str, int | None]) -> bool:
     """Grow (zero-pad: ``B A`` is kept) every slot whose new rank is larger; whether any grew."""
     grown = False
     for name, (layer, facts) in layers.items():
-        rank = _new_rank(name, layer, adapter, state)
+        rank = ranks[name]
         if rank is not None and rank > layer.r[adapter]:
             pad_rank(layer, adapter, rank, use_rslora=facts.use_rslora)
             grown = True
@@ -225,7 +225,7 @@ def _write_weights(
             live = expected[key].tensor
             which = None if value.shape == live.shape else _rank_factor(key)
             if which is None:
-                live.copy_(value.to(device=live.device, dtype=live.dtype))
+                live.copy_(value)  # copy_ converts dtype and device
             else:
                 count = (rows if which == "A" else experts).get(_layer_name(key), 1)
                 write_rank_block(live, value, which, count)
@@ -275,13 +275,14 @@ def swap_adapter_weights(
         raise HotswapError(f"Adapter {adapter_name!r} is merged into the base weights; unmerge it before swapping.")
     state = {strip_prefix(k): v for k, v in state.items()}
     layers = _new_layer_facts(inner, holders, adapter_name, config)
-    _check_ranks(layers, adapter_name, state)
-    _check_variants(layers, adapter_name, state)  # before the shapes: a variant's packed factors differ in shape
+    ranks = {name: _new_rank(name, layer, adapter_name, state) for name, layer in holders}
+    _check_ranks(layers, ranks)
+    _check_variants(layers, adapter_name, ranks)  # before the shapes: a variant's packed factors differ in shape
     blocks = _blocks_by_layer(holders)
     _check_fit(adapter_name, expected, blocks[0], state)
     if not grow_ranks:
-        _check_capacity(layers, adapter_name, state)
-    if _grow_slots(layers, adapter_name, state):  # padding replaced the grown layers' tensors
+        _check_capacity(layers, adapter_name, ranks)
+    if _grow_slots(layers, adapter_name, ranks):  # padding replaced the grown layers' tensors
         expected = slot_map(inner, adapter_name, old).tensors
     _write_weights(expected, blocks, state)
     held = {}
