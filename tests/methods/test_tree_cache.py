@@ -27,6 +27,7 @@ from torch import nn
 import peftkit
 from peftkit.errors import HotswapError
 from peftkit.hotswap import hotswap_adapter, swap_adapter_weights
+from peftkit.layers.tree_cache import TreeRecord
 from peftkit.layers.walk import _walk_modules, walk_model
 
 TARGETS = ["q_proj", "v_proj"]
@@ -226,3 +227,27 @@ def test_swap_with_a_config_object_changed_between_calls_uses_the_change(adapter
     once.lora_alpha = config.lora_alpha // 3
     swap_adapter_weights(fresh, "default", once, state)
     assert not torch.allclose(model_output(kit, inputs), model_output(fresh, inputs))
+
+
+class _EqualToAll(nn.Module):
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = nn.Module.__hash__
+
+
+def test_a_record_compares_by_identity_never_by_value() -> None:
+    """An equal-valued one-element parameter, or a child whose class says every instance is equal, replacing the
+    recorded one, fails the check."""
+    owner = nn.Module()
+    owner.scale = nn.Parameter(torch.ones(1))
+    owner.child = _EqualToAll()
+    record = TreeRecord()
+    record.add_tensors(owner)
+    assert record.intact()
+    owner._parameters["scale"] = nn.Parameter(torch.ones(1))
+    assert not record.intact()
+    record = TreeRecord()
+    record.add_tensors(owner)
+    owner._modules["child"] = _EqualToAll()
+    assert not record.intact()

@@ -17,9 +17,13 @@ from torch import nn
 from peftkit.config import PeftConfig
 from peftkit.io.state import AdapterTensor, adapter_tensors
 from peftkit.layers.base import AdapterLayer
+from peftkit.layers.buffer_dict import BufferDict
 from peftkit.layers.tree_cache import TreeRecord, recall, remember
 from peftkit.layers.walk import AdapterModule, iter_adapter_modules
 from peftkit.methods.spec import method_of
+
+#: Where each kind of per-adapter container keeps its entries (by adapter name).
+_ENTRIES = {nn.ModuleDict: "_modules", nn.ParameterDict: "_parameters", BufferDict: "_buffers"}
 
 
 class SlotMap(NamedTuple):
@@ -74,13 +78,13 @@ def _record_containers(
             container = children.get(attr)
             if container is None and attr in module.__dict__:
                 return False
-            if isinstance(container, nn.ModuleDict):
-                record.add_entry(container, "_modules", adapter)
-            elif container is not None:
-                record.add_entry(container, "_parameters", adapter)
-                record.add_entry(container, "_buffers", adapter)
-                record.add_entry(container, "_modules", adapter)
-            record.assume([container] if container is not None else [])
+            if container is None:
+                continue
+            kind = _ENTRIES.get(type(container))
+            if kind is None:
+                return False
+            record.add_entry(container, kind, adapter)
+            record.assume([container])
         if base_tensors:
             record.add_tensors(module.get_base_layer())
     return True

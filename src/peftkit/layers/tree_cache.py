@@ -49,16 +49,23 @@ def _same(live: dict[str, Any], snap: Snapshot) -> bool:
     return True
 
 
+def _compares_by_identity(value: object) -> bool:
+    """Whether ``value == other`` is ``value is other`` (``None``, and modules: ``nn.Module`` defines no ``__eq__``;
+    not tensors, whose ``==`` compares values), so that a list of such values can be checked with ``==``."""
+    return value is None or type(value).__eq__ is object.__eq__
+
+
 class _Dicts:
     """One kind of module dictionary (``_modules``, ``_parameters`` or ``_buffers``) of some modules, with what
     each held: its length, its keys and the ids of its values in order. The values are held (so that no id is
     reused by a new object while the record lives: a replaced child stays alive until the record is dropped, at
     the next check). Checked with C-level ``map`` / list comparisons only."""
 
-    __slots__ = ("get", "held", "ids", "keys", "lengths", "owners")
+    __slots__ = ("by_identity", "get", "held", "ids", "keys", "lengths", "owners")
 
     def __init__(self, attr: str) -> None:
         self.get = operator.attrgetter(attr)
+        self.by_identity = True
         self.owners: list[nn.Module] = []
         self.lengths: list[int] = []
         self.keys: list[str] = []
@@ -72,24 +79,27 @@ class _Dicts:
         self.keys.extend(live)
         self.held.extend(live.values())
         self.ids.extend(map(id, live.values()))
+        self.by_identity = self.by_identity and all(map(_compares_by_identity, live.values()))
 
     def intact(self) -> bool:
         live = list(map(self.get, self.owners))
-        return (
-            list(map(len, live)) == self.lengths
-            and list(chain.from_iterable(live)) == self.keys
-            and list(map(id, chain.from_iterable(map(dict.values, live)))) == self.ids
-        )
+        if list(map(len, live)) != self.lengths or list(chain.from_iterable(live)) != self.keys:
+            return False
+        values = chain.from_iterable(map(dict.values, live))
+        if self.by_identity:  # list equality tries identity first, and these objects compare by nothing else
+            return list(values) == self.held
+        return list(map(id, values)) == self.ids
 
 
 class _Edges:
     """Single entries ``getattr(owner, attr)[key]`` of one kind of module dictionary, with the object each held
     (``None``: absent); the other entries of those dictionaries are not looked at (nor kept alive)."""
 
-    __slots__ = ("get", "held", "ids", "keys", "owners")
+    __slots__ = ("by_identity", "get", "held", "ids", "keys", "owners")
 
     def __init__(self, attr: str) -> None:
         self.get = operator.attrgetter(attr)
+        self.by_identity = True
         self.owners: list[nn.Module] = []
         self.keys: list[str] = []
         self.held: list[Any] = []
@@ -101,9 +111,13 @@ class _Edges:
         self.keys.append(key)
         self.held.append(value)
         self.ids.append(id(value))
+        self.by_identity = self.by_identity and _compares_by_identity(value)
 
     def intact(self) -> bool:
-        return list(map(id, map(dict.get, map(self.get, self.owners), self.keys))) == self.ids
+        values = map(dict.get, map(self.get, self.owners), self.keys)
+        if self.by_identity:
+            return list(values) == self.held
+        return list(map(id, values)) == self.ids
 
 
 class TreeRecord:
