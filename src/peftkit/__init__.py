@@ -52,6 +52,7 @@ from peftkit.mapping import (
     inject_adapter_in_model,
     set_peft_model_state_dict,
 )
+from peftkit.methods.lora.conversion import convert_to_lora, save_as_lora
 from peftkit.mixed_model import PeftMixedModel
 from peftkit.peft_model import PeftModel
 from peftkit.peft_paths import (
@@ -129,6 +130,7 @@ __all__ = [
     "UnsupportedError",
     "UsageError",
     "cast_mixed_precision_params",
+    "convert_to_lora",
     "create_arrow_model",
     "enable_adapter_methods",
     "gather_peft_model_state_dict",
@@ -145,6 +147,7 @@ __all__ = [
     "patch_transformers",
     "prepare_model_for_compiled_hotswap",
     "prepare_model_for_kbit_training",
+    "save_as_lora",
     "set_base_model_state_dict",
     "set_peft_model_state_dict",
     "unpatch_transformers",

@@ -36,7 +36,7 @@ from peftkit.methods.prompt import model as prompt
 from peftkit.methods.prompt.tuner import PromptTuner
 from peftkit.quant.prepare import inputs_require_grad_unless_quantized
 from peftkit.status import get_layer_status, get_model_status
-from peftkit.tuner import tuner_class_for
+from peftkit.tuner import supports_lora_conversion, tuner_class_for
 from peftkit.types import TaskType
 
 #: ``task_type`` -> ``PeftModelFor*`` class, filled by :mod:`peftkit.tasks` (which builds on this module) for
@@ -282,6 +282,7 @@ class PeftModel(nn.Module):
 
     get_layer_status = get_layer_status  # PEFT's methods: the functions of peftkit.status, on this model
     get_model_status = get_model_status
+    supports_lora_conversion = supports_lora_conversion
 
     @exclusive
     def load_adapter(

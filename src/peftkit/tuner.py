@@ -23,6 +23,16 @@ from peftkit.layers.state import AdapterStatus
 from peftkit.methods.spec import method_of
 from peftkit.targeting import ALL_LINEAR
 
+
+def supports_lora_conversion(model: nn.Module, adapter_name: str = "default") -> bool:
+    """Whether :func:`~peftkit.convert_to_lora` can convert ``adapter_name`` of ``model``: every adapter layer says
+    so (:meth:`~peftkit.layers.base.AdapterLayer.supports_lora_conversion`); never a prompt-learning adapter."""
+    config = getattr(model, "peft_config", {}).get(adapter_name)
+    if config is not None and config.is_prompt_learning:
+        return False
+    return all(m.supports_lora_conversion(adapter_name) for m in model.modules() if isinstance(m, AdapterLayer))
+
+
 #: What :meth:`TunerModel.get_model_config` gives for a model without a ``config`` (PEFT's ``DUMMY_MODEL_CONFIG``).
 DUMMY_MODEL_CONFIG: dict[str, Any] = {"model_type": "custom"}
 
@@ -222,6 +232,8 @@ class TunerModel(nn.Module):
         return F.unload(self.model, merge=False)
 
     # -- plumbing ---------------------------------------------------------------------------------
+    supports_lora_conversion = supports_lora_conversion  # PEFT's method, on this tuner model
+
     @staticmethod
     def get_model_config(model: nn.Module) -> Any:
         """``model.config`` as a dict (PEFT's ``BaseTuner.get_model_config``): through its ``to_dict()`` (a

@@ -14,8 +14,6 @@ _PREFIX_LAYOUT = "prefix-cache layouts are derived per model by peftkit's prompt
 EXCLUDED: dict[str, str] = {
     # LoRA variants, initialisations and conversions
     "LoraRuntimeConfig": "runtime options (ephemeral GPU offload) are not implemented",
-    "convert_to_lora": "converting other adapter types to LoRA is not implemented",
-    "save_as_lora": "converting other adapter types to LoRA is not implemented",
     "find_kappa_target_modules": _LORA_VARIANT,
     "GPTQLoraLinear": "GPTQ bases are not supported (bitsandbytes and torchao are)",
     "SVDQuantLinear": "GPTQ bases are not supported (bitsandbytes and torchao are)",

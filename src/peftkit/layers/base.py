@@ -46,8 +46,7 @@ from peftkit.quant.merge import BaseSnapshot, restore_base, snapshot_base
 
 
 def _as_parameters(item: torch.Tensor) -> list[nn.Parameter]:
-    """A container entry that is a tensor, as the trainable tensors it holds: a ``ParameterDict`` entry, or none
-    for a buffer (a :class:`~peftkit.layers.buffer_dict.BufferDict` entry is saved with the adapter, never trained)."""
+    """A container entry as its trainable tensors: a ``ParameterDict`` entry, none for a ``BufferDict`` buffer."""
     return [item] if isinstance(item, nn.Parameter) else []
 
 
@@ -384,13 +383,15 @@ class AdapterLayer(AdapterState, nn.Module):
                 self.unmerge_one(self.merged_adapters.pop())
 
     def check_mergeable(self, adapter: str) -> None:
-        """Raise (a :class:`~peftkit.errors.MergeError`) when ``adapter`` cannot be merged into this layer; called
-        for every layer before a model-wide merge writes anything. Every adapter can, unless a method says not."""
+        """Raise a ``MergeError`` if ``adapter`` cannot merge here (checked on every layer before a merge writes)."""
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """Whether :func:`~peftkit.convert_to_lora` can approximate ``adapter_name`` here (PEFT's name)."""
+        return False
 
     def _get_name(self) -> str:
-        """The name ``repr`` prints: PEFT's ``<method>.<layer>``, with the base's class for a layer class that
-        serves several (``Conv`` on an ``nn.Conv2d`` prints ``lora.Conv2d``, ``LoHaLayer`` on a Linear
-        ``loha.Linear``)."""
+        """PEFT's ``<method>.<layer>``, with the base's class for a layer class that serves several (``Conv`` on
+        an ``nn.Conv2d`` prints ``lora.Conv2d``, ``LoHaLayer`` on a Linear ``loha.Linear``)."""
         name, base = type(self).__name__, type(self.get_base_layer()).__name__
         generic = name.endswith("Layer") or (base.startswith(name) and base[len(name) :].endswith("d"))
         return self.repr_prefix + (base if generic else name)

@@ -68,12 +68,13 @@ OWN_SUBMODULES: dict[str, dict[str, str]] = {
         "corda": "peftkit.methods.lora.corda",
         "eva": "peftkit.methods.lora.eva",
         "velora": "peftkit.methods.lora.variants.velora_math",
+        "conversion": "peftkit.methods.lora.conversion",
     }
 }
 
 #: Those of :data:`OWN_SUBMODULES` whose ``__all__`` (``create_arrow_model``, ``preprocess_loraga``) PEFT also exports
 #: from ``tuners.<method>`` and ``tuners``.
-EXPORTING_SUBMODULES = ("arrow", "loraga")
+EXPORTING_SUBMODULES = ("arrow", "loraga", "conversion")
 
 
 def _install_method_modules() -> list[str]:

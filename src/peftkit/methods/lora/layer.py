@@ -317,6 +317,10 @@ class Linear(LoraLayer):
             _single_plan=None,  # fast_paths.single_plan: what the one-adapter inference path reads
         )
 
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        variant = self.lora_variant.get(adapter_name)  # DoRA's magnitude rescales, so no plain ΔW either
+        return not self.use_dora.get(adapter_name) and (variant is None or variant.supports_lora_conversion())
+
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         base = self.get_base_layer()
         kw: dict[str, Any] = {"device": adapter_device(base), "dtype": adapter_dtype(base.weight)}

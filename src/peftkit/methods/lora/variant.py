@@ -59,3 +59,8 @@ class LoraVariant:
     def delta_weight(self, layer: LoraLayer, adapter: str) -> torch.Tensor | None:
         """``Delta W`` that merging adds to the base weight (shaped like it; ``None``: plain LoRA's)."""
         return None
+
+    def supports_lora_conversion(self) -> bool:
+        """Whether the layer's output is ``base(x) + Delta W x`` on the unchanged base, so that
+        :func:`~peftkit.convert_to_lora` can approximate the adapter (PEFT's name): as mergeable, by default."""
+        return self.mergeable

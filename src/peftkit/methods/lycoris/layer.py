@@ -164,6 +164,9 @@ class LycorisLayer(AdapterLayer):
             keep = keep / keep.mean().clamp_min(torch.finfo(keep.dtype).tiny)  # all rows dropped: zeros, not NaN
         return delta * keep.view(-1, *([1] * (delta.dim() - 1)))
 
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return isinstance(self.get_base_layer(), nn.Linear)  # PEFT converts Linear layers only
+
     # -- template hooks ---------------------------------------------------------------------------
     def adapt_output(self, result: torch.Tensor, x: torch.Tensor, adapter: str) -> torch.Tensor:
         if self.training and self.module_dropout[adapter] > 0 and torch.rand(1).item() <= self.module_dropout[adapter]:

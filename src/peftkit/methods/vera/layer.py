@@ -126,6 +126,9 @@ class Linear(AdapterLayer):
         )
         return delta.T if self.fan_in_fan_out else delta
 
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return True
+
     def merge_one(self, adapter: str, safe_merge: bool) -> None:
         delta = self.delta_weight(adapter)
         update_weight(self.get_base_layer(), lambda w: w.add_(delta.to(w)), safe=safe_merge, what=adapter)

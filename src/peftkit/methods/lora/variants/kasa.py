@@ -88,6 +88,10 @@ class KasaLinearVariant(LoraVariant):
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
+    def supports_lora_conversion(self) -> bool:
+        """No: the base weight was truncated, so ``B diag(d) A`` is not an update of the original base."""
+        return False
+
     def init(self, layer: LoraLayer, adapter: str, spec: Any) -> None:
         """Add ``lora_diag[adapter] (r,)`` (standard normal; ``B = 0`` keeps the update zero); the base weight's
         truncation waits for :meth:`finish`."""
