@@ -251,3 +251,17 @@ def test_a_record_compares_by_identity_never_by_value() -> None:
     record.add_tensors(owner)
     owner._modules["child"] = _EqualToAll()
     assert not record.intact()
+
+
+def test_a_tree_that_reaches_its_root_again_is_walked_afresh() -> None:
+    """A module tree with a cycle back to its root is not cached (the cache would keep the root alive): it is
+    walked afresh, and a change is seen."""
+    root = nn.Sequential(nn.Linear(2, 2))
+    root[0].back = root
+    assert [name for name, _ in walk_model(root)] == ["", "0"]
+    root.append(nn.ReLU())
+    assert [name for name, _ in walk_model(root)] == ["", "0", "1"]
+    alive = weakref.ref(root)
+    del root
+    gc.collect()
+    assert alive() is None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import operator
 import weakref
 from collections.abc import Callable, Hashable, Iterable
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any
 
 from torch import nn
@@ -49,10 +49,14 @@ def _same(live: dict[str, Any], snap: Snapshot) -> bool:
     return True
 
 
-def _compares_by_identity(value: object) -> bool:
-    """Whether ``value == other`` is ``value is other`` (``None``, and modules: ``nn.Module`` defines no ``__eq__``;
-    not tensors, whose ``==`` compares values), so that a list of such values can be checked with ``==``."""
-    return value is None or type(value).__eq__ is object.__eq__
+def _by_identity(group: _Dicts | _Edges) -> bool:
+    """Whether every value ``group`` holds compares by identity only (``None``, and modules: ``nn.Module`` defines no
+    ``__eq__``; not tensors, whose ``==`` compares values), so that its list of values can be checked with ``==``;
+    decided on the first check (the values never change), with the ids the other check needs."""
+    if group.by_identity is None:
+        group.by_identity = all(t is type(None) or t.__eq__ is object.__eq__ for t in set(map(type, group.held)))
+        group.ids = [] if group.by_identity else list(map(id, group.held))
+    return group.by_identity
 
 
 class _Dicts:
@@ -65,7 +69,7 @@ class _Dicts:
 
     def __init__(self, attr: str) -> None:
         self.get = operator.attrgetter(attr)
-        self.by_identity = True
+        self.by_identity: bool | None = None
         self.owners: list[nn.Module] = []
         self.lengths: list[int] = []
         self.keys: list[str] = []
@@ -74,19 +78,18 @@ class _Dicts:
 
     def add(self, module: nn.Module) -> None:
         live = self.get(module)
+        self.by_identity = None
         self.owners.append(module)
         self.lengths.append(len(live))
         self.keys.extend(live)
         self.held.extend(live.values())
-        self.ids.extend(map(id, live.values()))
-        self.by_identity = self.by_identity and all(map(_compares_by_identity, live.values()))
 
     def intact(self) -> bool:
         live = list(map(self.get, self.owners))
         if list(map(len, live)) != self.lengths or list(chain.from_iterable(live)) != self.keys:
             return False
         values = chain.from_iterable(map(dict.values, live))
-        if self.by_identity:  # list equality tries identity first, and these objects compare by nothing else
+        if _by_identity(self):  # list equality tries identity first, and these objects compare by nothing else
             return list(values) == self.held
         return list(map(id, values)) == self.ids
 
@@ -99,23 +102,21 @@ class _Edges:
 
     def __init__(self, attr: str) -> None:
         self.get = operator.attrgetter(attr)
-        self.by_identity = True
+        self.by_identity: bool | None = None
         self.owners: list[nn.Module] = []
         self.keys: list[str] = []
         self.held: list[Any] = []
         self.ids: list[int] = []
 
     def add(self, owner: nn.Module, key: str) -> None:
-        value = self.get(owner).get(key)
+        self.by_identity = None
         self.owners.append(owner)
         self.keys.append(key)
-        self.held.append(value)
-        self.ids.append(id(value))
-        self.by_identity = self.by_identity and _compares_by_identity(value)
+        self.held.append(self.get(owner).get(key))
 
     def intact(self) -> bool:
         values = map(dict.get, map(self.get, self.owners), self.keys)
-        if self.by_identity:
+        if _by_identity(self):
             return list(values) == self.held
         return list(map(id, values)) == self.ids
 
@@ -161,7 +162,7 @@ class TreeRecord:
 
     def reaches(self, obj: object) -> bool:
         """Whether ``obj`` is a recorded module or one of their children (a tree that reaches its root again)."""
-        return id(obj) in {*map(id, self.children.owners), *self.children.ids}
+        return any(map(operator.is_, repeat(obj), chain(self.children.owners, self.children.held)))
 
     def intact(self) -> bool:
         """Whether every recorded dictionary still holds exactly the recorded objects."""
@@ -207,11 +208,12 @@ def cached_walk(
         return [("", root), *entry.walk]
     listed = walk(root)
     record = TreeRecord()
+    children = record.children  # the walk lists each module once: no need for add_children's bookkeeping
     for _, module in listed[1:]:
-        record.add_children(module)
+        children.add(module)
         base = module._modules.get("base_layer") if isinstance(module, AdapterModuleTypes) else None
         if base is not None:
-            record.add_children(base)
+            children.add(base)
     if not record.reaches(root):  # a tree that reaches its root again is not cached (it would keep the root alive)
         _CACHE[root] = _Entry(_snap(root._modules), record, listed[1:])
     else:
