@@ -159,6 +159,7 @@ def test_gradients_through_a_trainable_base_equal_the_formula() -> None:
     base.weight.requires_grad_(True)  # frozen adapter, trainable base: the inference path, under autograd
     x = inputs(6)
     out = run(layer, x)
+    torch.testing.assert_close(out, formula(layer, x, "b"))
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
     (got,) = torch.autograd.grad(out, (base.weight,), grad)
     (want,) = torch.autograd.grad(formula(layer, x, "b"), (base.weight,), grad)
@@ -175,3 +176,44 @@ def test_long_inputs_take_the_fused_path_with_the_same_result() -> None:
         assert out is not None
         torch.testing.assert_close(out, formula(layer, x, "b"))
         torch.testing.assert_close(run(layer, x[:1, :8]), formula(layer, x[:1, :8], "b"))
+
+
+class DoublingLinear(nn.Linear):
+    """An ``nn.Linear`` subclass whose forward differs from ``F.linear``: the direct path must step aside."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+def test_a_plain_linear_base_is_computed_in_place_of_its_module_call() -> None:
+    layer = layer_with_adapters("linear")
+    base, calls = layer.get_base_layer(), []
+    x = inputs(9)
+    with torch.no_grad():
+        torch.testing.assert_close(run(layer, x), formula(layer, x, "b"))
+        torch.testing.assert_close(run(layer, x[0, 0]), formula(layer, x[0, 0], "b"))  # one unbatched row
+        base.bias = None  # a base without bias
+        want = x @ base.weight.T + layer.scaling["b"] * (x @ layer.lora_A["b"].weight.T @ layer.lora_B["b"].weight.T)
+        torch.testing.assert_close(run(layer, x), want)
+        handle = base.register_forward_pre_hook(lambda _m, _i: calls.append(1))  # registered after the plan
+        torch.testing.assert_close(run(layer, x), want)
+        assert calls == [1, 1], "a hooked base is called as a module (run calls the path twice)"
+        handle.remove()
+        subclassed = DoublingLinear(6, 5)
+        layer.base_layer = subclassed
+        sub_want = subclassed(x) + layer.scaling["b"] * (x @ layer.lora_A["b"].weight.T @ layer.lora_B["b"].weight.T)
+        torch.testing.assert_close(run(layer, x), sub_want)
+
+
+def test_the_direct_path_equals_the_reference_on_a_decoder_step() -> None:
+    layer = layer_with_adapters("linear")
+    base = nn.Sequential(copy.deepcopy(layer.get_base_layer()))
+    config = ref_peft.LoraConfig(target_modules=["0"], r=RANKS["c"], lora_alpha=2 * RANKS["c"] + 1)
+    reference = ref_peft.get_peft_model(base, config, adapter_name="c").eval()
+    layer.set_adapter("c", trainable=False)
+    with torch.no_grad():
+        reference.base_model.model[0].lora_A["c"].weight.copy_(layer.lora_A["c"].weight)
+        reference.base_model.model[0].lora_B["c"].weight.copy_(layer.lora_B["c"].weight)
+        for seed in range(3):  # one new token per step, as in decoding
+            x = torch.randn(2, 1, 6, generator=torch.Generator().manual_seed(20 + seed))
+            torch.testing.assert_close(run(layer, x, "c"), reference(x))

@@ -43,16 +43,16 @@ def logits(model: torch.nn.Module, ids: torch.Tensor, names: list[str] | None = 
 IDS = torch.randint(0, 64, (4, 5), generator=torch.Generator().manual_seed(1))
 
 
-def alone(model: peftkit.PeftModel, names: list[str]) -> torch.Tensor:
+def alone(model: peftkit.PeftModel, names: list[str], ids: torch.Tensor = IDS) -> torch.Tensor:
     """Each sample through its own adapter (or none), one at a time."""
     rows = []
     for i, name in enumerate(names):
         if name == "__base__":
             with model.disable_adapter():
-                rows.append(logits(model, IDS[i : i + 1]))
+                rows.append(logits(model, ids[i : i + 1]))
         else:
             model.set_adapter(name, inference_mode=True)
-            rows.append(logits(model, IDS[i : i + 1]))
+            rows.append(logits(model, ids[i : i + 1]))
     model.set_adapter("default", inference_mode=True)
     return torch.cat(rows)
 

@@ -122,11 +122,12 @@ def inference_single(layer: Any, plan: SinglePlan, x: torch.Tensor) -> torch.Ten
     """``base(x) + s B A x`` for a call of at most :data:`INFERENCE_MAX_ROWS` rows that records no adapter gradient
     and drops nothing (decoding), or ``None`` for any other call.
 
-    The base layer is called as a module (its hooks, an offload, a quantized or ``Conv1D`` base all act as
-    usual) and the adapter is two products on the factor tensors plus one add, ``torch.add(y, (x Aᵀ) Bᵀ,
-    alpha=s)``, with none of the checks the fused path needs: at one token a LoRA layer's cost is its calls,
-    not its arithmetic. Where the dtypes of ``x``, the factors and the base output differ (autocast, a
-    half-precision base) or the scaling is a tensor (hot-swap), the output is the layer's formula
+    A hook-free ``nn.Linear`` base is computed here (:func:`direct_single`); any other base is called as a
+    module (its hooks, an offload, a quantized or ``Conv1D`` base all act as usual) and the adapter is two
+    products on the factor tensors plus one add, ``torch.add(y, (x Aᵀ) Bᵀ, alpha=s)``; none of the checks the
+    fused path needs: at one token a LoRA layer's cost is its calls, not its arithmetic. Where the dtypes of
+    ``x``, the factors and the base output differ (autocast, a half-precision base) or the scaling is a
+    tensor (hot-swap), the output is the layer's formula
     (:meth:`~peftkit.methods.lora.layer.Linear.plain_adapt_output`). Shapes: ``x (..., in) -> (..., out)``.
     """
     params_a, params_b = plan.params_a, plan.params_b
@@ -139,10 +140,35 @@ def inference_single(layer: Any, plan: SinglePlan, x: torch.Tensor) -> torch.Ten
     if dropout is not None and dropout.training and dropout.p > 0:
         return None
     scaling = layer.scaling[plan.adapter]
-    result = layer._modules["base_layer"](x)
+    base = layer._modules["base_layer"]
+    if type(base) is nn.Linear and type(base._parameters.get("weight")) is nn.Parameter and not has_hooks(base):
+        return direct_single(layer, plan, x, (base._parameters["weight"], base._parameters["bias"], A, B), scaling)
+    result = base(x)
     if not (result.dtype == x.dtype == A.dtype) or isinstance(scaling, torch.Tensor):
         return layer.plain_adapt_output(result, x, plan.adapter)
     return torch.add(result, F.linear(F.linear(x, A), B), alpha=scaling)
+
+
+def direct_single(
+    layer: Any, plan: SinglePlan, x: torch.Tensor, tensors: tuple[Any, ...], scaling: float | torch.Tensor
+) -> torch.Tensor:
+    """:func:`inference_single` over a hook-free ``nn.Linear`` base whose weight is a plain ``nn.Parameter``
+    (no quantized or distributed tensor subclass): the base's own ``F.linear`` called here rather than through
+    its module call, and the adapter accumulated into that fresh output by one GEMM, ``y.addmm_(x Aᵀ, Bᵀ,
+    alpha=s)``: two ops instead of three (``nn.Linear.forward`` is ``F.linear(x, W, b)``, so only the module
+    call's own cost goes). Under autograd (a trainable base) the sum is taken out of place. ``tensors``:
+    ``(W, b, A, B)``.
+    Shapes: ``x (..., in) -> (..., out)``.
+    """
+    weight, bias, A, B = tensors
+    flat = x.reshape(-1, x.shape[-1])
+    result = F.linear(flat, weight, bias)
+    shape = (*x.shape[:-1], result.shape[-1])
+    if not (result.dtype == x.dtype == A.dtype) or isinstance(scaling, torch.Tensor):
+        return layer.plain_adapt_output(result.view(shape), x, plan.adapter)
+    if result.requires_grad:
+        return torch.addmm(result, F.linear(flat, A), B.t(), alpha=scaling).view(shape)
+    return result.addmm_(F.linear(flat, A), B.t(), alpha=scaling).view(shape)
 
 
 def fused_single(layer: Any, x: torch.Tensor, adapter: str) -> torch.Tensor | None:
@@ -229,9 +255,9 @@ def sgmv_plan(routing: BatchRouting, device: torch.device) -> Any:
     return sgmv_triton.plan(routing.slots.tolist(), len(routing.adapters)).to(device)
 
 
-def slots_read(routing: BatchRouting) -> list[int]:
+def slots_read(routing: BatchRouting) -> tuple[int, ...]:
     """The stack slots a mixed batch reads: each adapter that some sample uses (not the base model's slot)."""
-    return sorted(set(routing.slots.tolist()) - {len(routing.adapters)})
+    return tuple(sorted(set(routing.slots.tolist()) - {len(routing.adapters)}))
 
 
 def segment_plan(routing: BatchRouting, device: torch.device) -> segments.SegmentPlan:

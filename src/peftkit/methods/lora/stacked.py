@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -87,6 +88,8 @@ class Registrations:
 
 
 _VERSION = operator.attrgetter("_version")
+#: The most sets of slots whose flat freshness lists a cached stack keeps.
+_FLAT_CHECKS = 64
 
 
 @dataclass(frozen=True)
@@ -95,11 +98,12 @@ class _Built:
     the scalings (the very objects), and per slot the versions of that adapter's weights (and tensor scaling)
     at build time, read through aliases (``detach()``: same version counter).
 
-    :meth:`fresh` runs per layer and call; walking 64 modules and their weights per layer (32 adapters), cold in
-    the cache after a decode step streamed the model's weights, cost milliseconds per step. A replaced module or
-    weight is caught by the registration count instead, a deleted one by the counts, an in-place edit by the
-    versions of the slots the call reads (a stale slot that the call does not read cannot change its output; a
-    later call that reads it finds it stale).
+    :meth:`fresh` runs per layer and call, cold in the cache after a decode step streamed the model's weights:
+    walking 64 modules per layer (32 adapters) cost milliseconds per step. A replaced module or weight is
+    caught by the registration count instead, a deleted one by the counts, an in-place edit by the versions of
+    the slots the call reads (a stale slot that the call does not read cannot change its output; a later call
+    that reads it finds it stale). Those versions are read from one flat list of aliases per set of slots
+    (made once, allocated together, so close in memory) by ``map`` over a C getter: no Python frame per weight.
     """
 
     adapters: tuple[str, ...]
@@ -109,6 +113,8 @@ class _Built:
     scalings: list[Any]
     aliases: list[tuple[torch.Tensor, ...]]
     versions: list[tuple[int, ...]]
+    entries: list[tuple[tuple[dict[str, Any], Any], ...]]
+    flat: dict[tuple[int, ...], tuple[list[Any], ...]] = field(default_factory=dict)
 
     @staticmethod
     def _factors(layer: Any) -> tuple[int, int]:
@@ -119,23 +125,31 @@ class _Built:
         containers = layer._modules["lora_A"], layer._modules["lora_B"]
         factors = containers[0]._modules, containers[1]._modules
         Registrations.watch([layer, *containers, *factors[0].values(), *factors[1].values()])
-        aliases = []
+        aliases, entries = [], []
         for name in adapters:
             tensors = [f[name]._parameters["weight"] for f in factors if name in f]
+            entries.append(tuple((f[name]._parameters, f[name]._parameters["weight"]) for f in factors if name in f))
             tensors += [s for s in [layer.scaling.get(name)] if isinstance(s, torch.Tensor)]
             aliases.append(tuple(t.detach() for t in tensors))
         versions = [tuple(map(_VERSION, slot)) for slot in aliases]
-        return cls(
-            adapters,
-            Registrations.count,
-            cls._factors(layer),
-            layer.scaling,
-            list(layer.scaling.values()),
-            aliases,
-            versions,
-        )
+        scaling = layer.scaling
+        counts = cls._factors(layer)
+        return cls(adapters, Registrations.count, counts, scaling, list(scaling.values()), aliases, versions, entries)
 
-    def fresh(self, layer: Any, adapters: tuple[str, ...], slots: Sequence[int]) -> bool:
+    def _flat(self, slots: tuple[int, ...]) -> tuple[list[Any], ...]:
+        """``(aliases, versions, parameter dicts, weights)`` of ``slots``, flattened once per set of slots (at
+        most :data:`_FLAT_CHECKS` kept)."""
+        found = self.flat.get(slots)
+        if found is None:
+            if len(self.flat) >= _FLAT_CHECKS:
+                self.flat.clear()
+            aliases = [t.detach() for k in slots for t in self.aliases[k]]
+            entries = [entry for k in slots for entry in self.entries[k]]
+            versions = [v for k in slots for v in self.versions[k]]
+            found = self.flat[slots] = (aliases, versions, [d for d, _ in entries], [w for _, w in entries])
+        return found
+
+    def fresh(self, layer: Any, adapters: tuple[str, ...], slots: tuple[int, ...]) -> bool:
         """Whether ``layer`` still holds the same modules, weights and scalings, and the adapters in ``slots``
         were not changed in place since."""
         if adapters != self.adapters or Registrations.count != self.registrations:
@@ -145,11 +159,14 @@ class _Built:
             return False
         if not all(map(operator.is_, scaling.values(), self.scalings)):
             return False
-        return all(tuple(map(_VERSION, self.aliases[k])) == self.versions[k] for k in slots)
+        aliases, versions, dicts, weights = self._flat(slots)
+        if not all(map(operator.is_, map(dict.get, dicts, repeat("weight")), weights)):
+            return False  # a weight put straight into ``_parameters`` (as accelerate does): no hook saw it
+        return list(map(_VERSION, aliases)) == versions
 
 
 def cached_stacks(
-    layer: Any, adapters: tuple[str, ...], slots: Sequence[int] | None = None
+    layer: Any, adapters: tuple[str, ...], slots: tuple[int, ...] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """:func:`stack_factors`, built once and reused until an adapter's weights or scaling change; ``None``
     when the layer is not :func:`stackable` (checked when building, since a fresh cache implies the same
@@ -163,7 +180,7 @@ def cached_stacks(
     in-place tensor updates (which bump versions) or module registration must set it to ``None``.
     """
     cache = layer._stack_cache
-    if cache is not None and cache[0].fresh(layer, adapters, range(len(adapters)) if slots is None else slots):
+    if cache is not None and cache[0].fresh(layer, adapters, tuple(range(len(adapters))) if slots is None else slots):
         return cache[1], cache[2]
     if not stackable(layer):
         return None
