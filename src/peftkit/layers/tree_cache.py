@@ -14,7 +14,8 @@ Tensors are kept as the live ``Parameter`` / buffer objects (not detached views)
 parameter's ``.data`` in place, and a kept view would then point at the old storage.
 
 The cache is keyed weakly by the root module; the cached values never hold the root itself (a cycle through
-it, which would keep it alive, is not cached).
+it, which would keep it alive, is not cached). A record holds what it recorded: a module replaced or removed, or a
+deleted adapter's tensors, stays alive until the next walk or check of that model drops the record.
 """
 
 from __future__ import annotations
