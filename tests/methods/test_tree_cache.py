@@ -265,3 +265,13 @@ def test_a_tree_that_reaches_its_root_again_is_walked_afresh() -> None:
     del root
     gc.collect()
     assert alive() is None
+
+
+def test_a_deleted_adapter_is_not_kept_alive_by_a_kept_key_map(adapters) -> None:
+    kit, _ = _pair(adapters)
+    kit.load_adapter(adapters["a"], adapter_name="other")
+    hotswap_adapter(kit, adapters["b"], adapter_name="other")  # keeps the slot's key map: its tensors
+    factor = weakref.ref(_attention(kit.get_base_model()).q_proj.lora_A["other"].weight)
+    kit.delete_adapter("other")
+    gc.collect()
+    assert factor() is None

@@ -15,7 +15,8 @@ parameter's ``.data`` in place, and a kept view would then point at the old stor
 
 The cache is keyed weakly by the root module; the cached values never hold the root itself (a cycle through
 it, which would keep it alive, is not cached). A record holds what it recorded: a module replaced or removed, or a
-deleted adapter's tensors, stays alive until the next walk or check of that model drops the record.
+deleted adapter's tensors, stays alive until the next walk or check of that model drops the record (a delete drops
+the results derived for the model at once: :func:`forget_derived`).
 """
 
 from __future__ import annotations
@@ -241,3 +242,11 @@ def remember(root: nn.Module, key: Hashable, record: TreeRecord, value: Any) -> 
     entry = _CACHE.get(root)
     if entry is not None and not record.reaches(root):
         entry.derived[key] = (record, value)
+
+
+def forget_derived(root: nn.Module) -> None:
+    """Drop the results derived for ``root`` (an adapter is being deleted: its tensors must not outlive it in a
+    kept key map)."""
+    entry = _CACHE.get(root)
+    if entry is not None:
+        entry.derived.clear()
