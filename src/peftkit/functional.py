@@ -31,7 +31,7 @@ from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.parameters import inject_config_parameters
 from peftkit.layers.routing import check_adapter_name
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
-from peftkit.layers.state import AdapterStatus, read_status, status_after_add, status_after_set
+from peftkit.layers.state import AdapterStatus, apply_status, read_status, status_after_add, status_after_set
 from peftkit.layers.walk import AdapterModule, all_parameters, is_nested, walk_model
 from peftkit.layers.walk import adapter_names_in as adapter_names_in
 from peftkit.layers.walk import iter_adapter_modules as iter_adapter_modules
@@ -204,8 +204,12 @@ def _settle_status(
     join the model's status and the newcomer trains only if loaded trainable."""
     if record.status is None or record.adapter_name in active:
         mark_trainable(model, spec, config, active, record.status)
-    else:
-        apply_model_status(model, status_after_add(record.status, record.adapter_name, trainable))
+        return
+    status = status_after_add(record.status, record.adapter_name, trainable)
+    if status != record.status:
+        apply_model_status(model, status)
+    else:  # the model's status is unchanged: only the modules holding the newcomer need it (and its tensors' flags)
+        apply_status((m for _, m in iter_adapter_modules(model) if m.holds(record.adapter_name)), status)
 
 
 def _inject_one(
