@@ -25,6 +25,7 @@ from peftkit.layers.state import (
     status_after_requires_grad,
     status_after_set,
 )
+from peftkit.layers.tree_cache import forget_derived
 from peftkit.layers.walk import adapter_names_in, iter_adapter_modules
 from peftkit.layers.wrap import remove_layer
 from peftkit.locking import exclusive
@@ -91,6 +92,7 @@ def delete_adapter(
     present = adapter_names_in(model)
     if adapter_name not in present:
         raise AdapterNameError(f"Adapter {adapter_name!r} does not exist; present: {sorted(present)}.")
+    forget_derived(model)
     left = set(present) - {adapter_name} if remaining is None else set(remaining) - {adapter_name}
     status = status_after_delete(model_status(model) or AdapterStatus(), adapter_name, left, frozen)
     for name, module in list(iter_adapter_modules(model)):

@@ -31,7 +31,7 @@ from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.parameters import inject_config_parameters
 from peftkit.layers.routing import check_adapter_name
 from peftkit.layers.shared import HOLDER_NAME, drop_shared_tensors, forget_shared_tensors, holder_for
-from peftkit.layers.state import AdapterStatus, read_status, status_after_add, status_after_set
+from peftkit.layers.state import AdapterStatus, apply_status, read_status, status_after_add, status_after_set
 from peftkit.layers.walk import AdapterModule, all_parameters, is_nested, walk_model
 from peftkit.layers.walk import adapter_names_in as adapter_names_in
 from peftkit.layers.walk import iter_adapter_modules as iter_adapter_modules
@@ -86,8 +86,10 @@ def _model_type(model: nn.Module) -> str | None:
     return getattr(config, "model_type", None)
 
 
-def resolve_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec) -> set[str] | str:
-    """The config's target_modules, the architecture default, or the ``all-linear`` expansion."""
+def resolve_targets(
+    model: nn.Module, config: PeftConfig, spec: MethodSpec, candidates: dict[str, nn.Module] | None = None
+) -> set[str] | str:
+    """The config's target_modules, the architecture default, or the ``all-linear`` expansion (of ``candidates``)."""
     targets = getattr(config, "target_modules", None)
     if targets is None and getattr(config, "target_parameters", None):
         return set()  # parameters only: no architecture default (PEFT's rule)
@@ -102,7 +104,8 @@ def resolve_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec) -> s
         return set(defaults)
     if targets == ALL_LINEAR:
         # adapter layers count as their base layer, and their insides (base_layer, lora_A, ...) not at all
-        view = ((n, m.get_base_layer() if isinstance(m, AdapterLayer) else m) for n, m in _candidates(model, spec))
+        found = candidates.items() if candidates is not None else _candidates(model, spec)
+        view = ((n, m.get_base_layer() if isinstance(m, AdapterLayer) else m) for n, m in found)
         return all_linear_names(model, spec.linear_types, view)
     return targets
 
@@ -111,11 +114,13 @@ def resolve_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec) -> s
 MIXED_METHODS = "_peftkit_mixed_methods"
 
 
-def _candidates(model: nn.Module, spec: MethodSpec) -> Iterator[tuple[str, nn.Module]]:
-    """Modules that may be targeted: plain modules, and this method's layers (but not their insides); in a
-    mixed-method model also other methods' outermost layers, which the new layer then wraps."""
+def _candidates(
+    model: nn.Module, spec: MethodSpec, walked: Sequence[tuple[str, nn.Module]] | None = None
+) -> Iterator[tuple[str, nn.Module]]:
+    """Modules that may be targeted (of ``walked``: ``walk_model(model)`` if the caller has it): plain modules, this
+    method's layers (not their insides), in a mixed-method model other methods' outermost layers too."""
     mixed = model.__dict__.get(MIXED_METHODS, False)
-    for name, module in walk_model(model):
+    for name, module in walk_model(model) if walked is None else walked:
         if not isinstance(module, AdapterLayer):
             yield name, module
         elif not is_nested(name, module) and (mixed or spec.owns(module)):
@@ -154,11 +159,12 @@ def inject_adapter(
         )
     if spec.prepare_config is not None:
         config = spec.prepare_config(config, model)
-    present = [module for _, module in iter_adapter_modules(model)]  # one walk: the name check and the status
+    walked = list(walk_model(model))  # one walk: the name check, the status, the targets and their parents
+    present = [module for _, module in walked if isinstance(module, (AdapterLayer, ModulesToSaveWrapper))]
     check_adapter_name(adapter_name, [adapter_name] if any(m.holds(adapter_name) for m in present) else ())
     grads = {p: p.requires_grad for p in all_parameters(model)}
     record = Injection(adapter_name, grad_state=grads, status=read_status(present))
-    candidates = dict(_candidates(model, spec))  # one walk: the targets, and each one's parent, by name
+    candidates = dict(_candidates(model, spec, walked))  # by name
     for module in candidates.values():  # every quantized layer, adapted or not, feeds the adapters' gradients
         prepare_base(module)
     names = _module_targets(model, config, spec, candidates)
@@ -184,7 +190,7 @@ def inject_adapter(
 def _module_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec, candidates: dict) -> list[str]:
     """The modules to adapt, an adapter layer (this method's, or another's in a mixed model) matched by the module it
     wraps; none when the config adapts parameters only (``target_parameters``)."""
-    targets = resolve_targets(model, config, spec)
+    targets = resolve_targets(model, config, spec, candidates)
     if not targets and getattr(config, "target_parameters", None):
         return []
     view = {n: m.get_base_layer() if isinstance(m, AdapterLayer) else m for n, m in candidates.items()}
@@ -198,8 +204,12 @@ def _settle_status(
     join the model's status and the newcomer trains only if loaded trainable."""
     if record.status is None or record.adapter_name in active:
         mark_trainable(model, spec, config, active, record.status)
-    else:
-        apply_model_status(model, status_after_add(record.status, record.adapter_name, trainable))
+        return
+    status = status_after_add(record.status, record.adapter_name, trainable)
+    if status != record.status:
+        apply_model_status(model, status)
+    else:  # the model's status is unchanged: only the modules holding the newcomer need it (and its tensors' flags)
+        apply_status((m for _, m in iter_adapter_modules(model) if m.holds(record.adapter_name)), status)
 
 
 def _inject_one(

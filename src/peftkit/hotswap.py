@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit.config import PeftConfig
+from peftkit.config import CONFIG_NAME, PeftConfig
 from peftkit.errors import AdapterNameError, HotswapError
 from peftkit.hotswap_prepare import (
     CheckCompiled,
@@ -49,10 +49,12 @@ from peftkit.hotswap_prepare import (
     set_scaling,
     write_rank_block,
 )
+from peftkit.io.hub import resolve_file
 from peftkit.io.keys import strip_prefix
 from peftkit.io.load import read_weights, split_hub_kwargs
-from peftkit.io.state import AdapterTensor, adapter_tensors
-from peftkit.layers.walk import iter_adapter_modules
+from peftkit.io.slot_map import slot_map
+from peftkit.io.state import AdapterTensor
+from peftkit.layers.tree_cache import TreeRecord, recall, remember
 from peftkit.locking import exclusive
 from peftkit.methods.lora.layer import LoraLayer
 from peftkit.methods.lora.param import ParamWrapper, check_parameter_spec
@@ -138,28 +140,46 @@ def _new_rank(name: str, layer: LoraLayer, adapter: str, state: Mapping[str, tor
 
 
 def _new_layer_facts(
-    layers: list[tuple[str, LoraLayer]], adapter: str, config: PeftConfig, state: Mapping[str, torch.Tensor]
-) -> dict:
-    """``layer name -> (layer, facts)`` of the new adapter; checks that the file's ranks match its config."""
+    inner: nn.Module, holders: list[tuple[str, LoraLayer]], adapter: str, config: PeftConfig
+) -> dict[str, tuple[LoraLayer, Any]]:
+    """``layer name -> (layer, facts)`` of the new adapter. For a config parsed by :func:`hotswap_adapter` (never
+    handed out, so never changed) they are kept per slot while the model's walk is unchanged and the slot's layers
+    are the same objects (:mod:`peftkit.layers.tree_cache`)."""
+    key = ("hotswap_facts", adapter, id(config))
+    found = recall(inner, key)
+    if (
+        found is not None
+        and found[0] is config  # held by the value: its id cannot have been reused
+        and len(found[1]) == len(holders)
+        and all(found[1].get(name, (None,))[0] is layer for name, layer in holders)
+    ):
+        return found[1]
     facts_of = method_of(config).layer_facts
     out = {}
-    for name, layer in layers:
+    for name, layer in holders:
         facts = facts_of(config, pattern_name(name, layer), layer.get_base_layer())  # type: ignore[misc]  # layer methods always have layer_facts (prompt methods never get here)
         if isinstance(layer, ParamWrapper):
             check_parameter_spec(facts, layer.parameter_name)
-        rank = _new_rank(name, layer, adapter, state)
+        out[name] = (layer, facts)
+    if any(parsed is config for parsed in _PARSED.values()):  # a user's config object may change between calls
+        remember(inner, key, TreeRecord(), (config, out))
+    return out
+
+
+def _check_ranks(layers: dict, ranks: Mapping[str, int | None]) -> None:
+    """Check that the file's ranks match its config's."""
+    for name, (_, facts) in layers.items():
+        rank = ranks[name]
         if rank is not None and rank != facts.r:
             raise HotswapError(
                 f"{name} has rank {rank} in the file but the adapter's config gives r={facts.r} for it; "
                 "the adapter_config.json does not match its weights."
             )
-        out[name] = (layer, facts)
-    return out
 
 
-def _check_capacity(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
+def _check_capacity(layers: dict, adapter: str, ranks: Mapping[str, int | None]) -> None:
     for name, (layer, _) in layers.items():
-        rank = _new_rank(name, layer, adapter, state)
+        rank = ranks[name]
         if rank is not None and rank > layer.r[adapter]:
             raise HotswapError(
                 f"Cannot hot-swap {name}: the new adapter has rank {rank}, the slot holds rank {layer.r[adapter]}. "
@@ -168,12 +188,12 @@ def _check_capacity(layers: dict, adapter: str, state: Mapping[str, torch.Tensor
             )
 
 
-def _check_variants(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
+def _check_variants(layers: dict, adapter: str, ranks: Mapping[str, int | None]) -> None:
     """A LoRA variant's slot (BD-LoRA's packed blocks) takes only the same variant at the same rank: padding or a
     different layout would silently change what the factors mean."""
     for name, (layer, facts) in layers.items():
         held, new = layer.lora_variant.get(adapter), facts.variant
-        rank = _new_rank(name, layer, adapter, state)
+        rank = ranks[name]
         if (held is not None or new is not None) and (held != new or rank not in (None, layer.r[adapter])):
             raise HotswapError(
                 f"Cannot hot-swap {name}: the slot holds {held!r} at rank {layer.r[adapter]}, the new adapter is "
@@ -181,11 +201,11 @@ def _check_variants(layers: dict, adapter: str, state: Mapping[str, torch.Tensor
             )
 
 
-def _grow_slots(layers: dict, adapter: str, state: Mapping[str, torch.Tensor]) -> bool:
+def _grow_slots(layers: dict, adapter: str, ranks: Mapping[str, int | None]) -> bool:
     """Grow (zero-pad: ``B A`` is kept) every slot whose new rank is larger; whether any grew."""
     grown = False
     for name, (layer, facts) in layers.items():
-        rank = _new_rank(name, layer, adapter, state)
+        rank = ranks[name]
         if rank is not None and rank > layer.r[adapter]:
             pad_rank(layer, adapter, rank, use_rslora=facts.use_rslora)
             grown = True
@@ -205,7 +225,7 @@ def _write_weights(
             live = expected[key].tensor
             which = None if value.shape == live.shape else _rank_factor(key)
             if which is None:
-                live.copy_(value.to(device=live.device, dtype=live.dtype))
+                live.copy_(value)  # copy_ converts dtype and device
             else:
                 count = (rows if which == "A" else experts).get(_layer_name(key), 1)
                 write_rank_block(live, value, which, count)
@@ -249,19 +269,21 @@ def swap_adapter_weights(
     if not is_plain_lora(config) or not is_plain_lora(old):
         kinds = f"{_kind(old)} -> {_kind(config)}"
         raise HotswapError(f"Hot-swapping works for LoRA adapters only (not AdaLoRA, IA3 or prompts), got {kinds}.")
-    walked = list(iter_adapter_modules(inner))  # one walk for the layers and the slot's tensors
+    walked, expected = slot_map(inner, adapter_name, old)  # kept across swaps while the model is unchanged
     holders = lora_layers(inner, adapter_name, walked)
     if any(adapter_name in layer.merged_adapters for _, layer in holders):
         raise HotswapError(f"Adapter {adapter_name!r} is merged into the base weights; unmerge it before swapping.")
     state = {strip_prefix(k): v for k, v in state.items()}
-    layers = _new_layer_facts(holders, adapter_name, config, state)
-    _check_variants(layers, adapter_name, state)  # before the shapes: a variant's packed factors differ in shape
-    expected, blocks = adapter_tensors(inner, adapter_name, old, None, walked), _blocks_by_layer(holders)
+    layers = _new_layer_facts(inner, holders, adapter_name, config)
+    ranks = {name: _new_rank(name, layer, adapter_name, state) for name, layer in holders}
+    _check_ranks(layers, ranks)
+    _check_variants(layers, adapter_name, ranks)  # before the shapes: a variant's packed factors differ in shape
+    blocks = _blocks_by_layer(holders)
     _check_fit(adapter_name, expected, blocks[0], state)
     if not grow_ranks:
-        _check_capacity(layers, adapter_name, state)
-    if _grow_slots(layers, adapter_name, state):  # padding replaced the grown layers' tensors
-        expected = adapter_tensors(inner, adapter_name, old, embedding_layers=None)
+        _check_capacity(layers, adapter_name, ranks)
+    if _grow_slots(layers, adapter_name, ranks):  # padding replaced the grown layers' tensors
+        expected = slot_map(inner, adapter_name, old).tensors
     _write_weights(expected, blocks, state)
     held = {}
     for name, (layer, facts) in layers.items():
@@ -302,6 +324,38 @@ def hotswap_adapter(
     """
     hub = split_hub_kwargs(kwargs)
     subfolder = kwargs.pop("subfolder", None)
-    config = PeftConfig.from_pretrained(model_name_or_path, subfolder=subfolder, **hub)
+    config = _swap_config(model_name_or_path, subfolder, hub)
     state = read_weights(model_name_or_path, subfolder=subfolder, device=torch_device or "cpu", **hub)
     swap_adapter_weights(model, adapter_name, config, state)
+
+
+#: ``adapter_config.json`` text -> its parsed config, for the swaps of :func:`hotswap_adapter` (which only read the
+#: config: the model keeps a copy, :func:`~peftkit.hotswap_prepare.config_as_held`). Parsing and validating a config
+#: costs about a tenth of a swap, and swaps alternate between a few adapters.
+_PARSED: dict[str, PeftConfig] = {}
+_PARSED_MAX = 16
+
+
+def _config_text(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _swap_config(model_name_or_path: str | os.PathLike, subfolder: str | None, hub: dict[str, Any]) -> PeftConfig:
+    """The adapter's config, parsed once per distinct file content (see :data:`_PARSED`)."""
+    path = resolve_file(model_name_or_path, CONFIG_NAME, subfolder=subfolder, **hub)
+    text = _config_text(path)
+    found = _PARSED.get(text) if text is not None else None
+    if found is not None:
+        return found
+    config = PeftConfig.from_pretrained(model_name_or_path, subfolder=subfolder, **hub)  # its errors and warnings
+    if text is not None and _config_text(path) == text:  # unchanged while parsed: the text describes it
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[text] = config
+    return config

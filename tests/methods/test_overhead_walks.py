@@ -6,6 +6,9 @@ machinery finds.
 * The ``nn.MultiheadAttention`` search behind the unused-``out_proj`` warning finds what ``named_modules()``
   finds, whether the attention is plain or itself adapted.
 * A load checks names and status from one walk: a taken name is still refused, the model left unchanged.
+* An injection finds the taken names, the status and its targets (the ``all-linear`` expansion too) from one walk:
+  a second ``all-linear`` adapter adapts what the reference adapts, never an adapter layer's insides.
+* The variants' finishing walk runs only for configs that set a variant: :func:`sets_variant` knows every one.
 * A hot-swap builds the slot's key map once (again only after growing a rank): the swapped model computes what
   the swapped-in adapter computes when loaded fresh, for a same-rank and a larger-rank swap.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import copy
 import gc
 
+import peft
 import pytest
 import torch
 from tests._tiny import build_model, model_inputs, model_output, randomise_adapter
@@ -28,6 +32,7 @@ from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
 from peftkit.layers.walk import walk_model
 from peftkit.methods.lora.multihead import _attention_modules
+from peftkit.methods.lora.variants import VARIANT_BUILDERS, build_variant, sets_variant
 
 
 def _listed_by_walk(model: nn.Module) -> list[str]:
@@ -133,3 +138,27 @@ def test_injection_pauses_the_garbage_collector_and_restores_it(enabled_before: 
     finally:
         handle.remove()
         gc.enable()
+
+
+def test_a_second_all_linear_adapter_targets_what_the_reference_targets() -> None:
+    """The targets come from the walk that also found the adapters present: the second adapter wraps the first
+    one's layers (not their ``lora_A`` / ``lora_B`` insides), with the reference's layout and fresh parameters."""
+    models = []
+    for library in (peftkit, peft):
+        model = library.get_peft_model(build_model("llama"), library.LoraConfig(r=4, target_modules="all-linear"))
+        model.add_adapter("second", library.LoraConfig(r=2, target_modules="all-linear"))
+        models.append(model)
+    kit, ref = models
+    assert kit.peft_config["second"].target_modules == ref.peft_config["second"].target_modules
+    assert {k: v.shape for k, v in kit.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    factors = [p for n, p in kit.named_parameters() if ".lora_A." in n or ".lora_B." in n]
+    assert factors and all(type(p) is nn.Parameter and p.is_leaf for p in factors)
+
+
+@pytest.mark.parametrize("field", sorted(VARIANT_BUILDERS))
+def test_sets_variant_knows_every_variant_field(field: str) -> None:
+    """A config that sets any variant field has its finishing walk; one that sets none builds no variant."""
+    plain = type("Config", (), dict.fromkeys(VARIANT_BUILDERS))()
+    assert not sets_variant(plain) and build_variant(plain, "q_proj", nn.Linear(4, 4)) is None
+    setattr(plain, field, object())
+    assert sets_variant(plain)

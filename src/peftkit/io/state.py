@@ -334,7 +334,7 @@ def check_and_load(
             if target.is_meta and expected[key].source:  # low_cpu_mem_usage / meta base: a copy keeps no value
                 assign_parameter(model, expected[key].source, value.to(_home(model, expected[key].source, value)))
             else:
-                target.copy_(value.to(target.dtype))
+                target.copy_(value)  # copy_ converts the dtype
     return report
 
 

@@ -313,9 +313,9 @@ class AdapterLayer(AdapterState, nn.Module):
         Typed ``Any``: it is whichever module type the method wraps (``nn.Linear``, ``Conv1D``, a quantized
         linear...), whose ``weight`` / ``bias`` / shape attributes ``nn.Module`` cannot describe statically.
         """
-        base = self.base_layer
+        base = self._modules.get("base_layer") or self.base_layer  # no ``nn.Module.__getattr__`` in the usual case
         while isinstance(base, AdapterLayer):
-            base = base.base_layer
+            base = base._modules.get("base_layer") or base.base_layer
         return base
 
     def adapter_parameters(self, adapter: str) -> Iterable[nn.Parameter]:
@@ -333,13 +333,13 @@ class AdapterLayer(AdapterState, nn.Module):
         modules = self._modules
         for attr in self.adapter_layer_names:
             container: Any = modules[attr] if attr in modules else getattr(self, attr)
-            for name, item in container.items():
+            entries = container._modules if isinstance(container, nn.ModuleDict) else container  # mostly empty
+            for name, item in entries.items() if entries else ():
                 if not isinstance(item, nn.Module):
-                    yield from ((name, param) for param in _as_parameters(item))
-                elif item._modules:
-                    yield from ((name, param) for param in item.parameters())
-                else:
-                    yield from ((name, param) for param in item._parameters.values() if param is not None)
+                    params: Iterable[nn.Parameter] = _as_parameters(item)
+                else:  # a leaf module (the usual factor ``nn.Linear``): its own dictionary, no generators
+                    params = item.parameters() if item._modules else item._parameters.values()  # type: ignore[assignment]
+                yield from ((name, param) for param in params if param is not None)
 
     def delete_adapter(self, adapter: str, status: AdapterStatus | None = None) -> None:
         """Remove ``adapter``'s weights and settings, then record ``status`` (default: what

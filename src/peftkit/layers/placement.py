@@ -57,6 +57,13 @@ def execution_device(module: nn.Module) -> torch.device | None:
     return None
 
 
+def base_weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight`` of a weight-carrying layer, read from its parameters when it is one: without
+    ``nn.Module.__getattr__`` (a failed normal lookup first), which injection would pay several times per layer."""
+    weight = module._parameters.get("weight")
+    return weight if weight is not None else module.weight  # type: ignore[return-value]  # a tensor attribute
+
+
 def adapter_device(base: nn.Module, *, allow_meta: bool = True) -> torch.device:
     """The device for new adapter tensors of the layer wrapping ``base``.
 
@@ -67,7 +74,7 @@ def adapter_device(base: nn.Module, *, allow_meta: bool = True) -> torch.device:
     """
     if allow_meta and _ON_META.get():
         return torch.device("meta")
-    weight: torch.Tensor = base.weight  # type: ignore[assignment]  # adapted bases are weight-carrying layers
+    weight = base_weight(base)
     if weight.device.type != "meta":
         return weight.device
     return execution_device(base) or weight.device

@@ -8,6 +8,7 @@ from torch import nn
 
 from peftkit.layers.base import AdapterLayer
 from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.layers.tree_cache import cached_walk
 
 AdapterModule = AdapterLayer | ModulesToSaveWrapper
 
@@ -19,7 +20,18 @@ def walk_model(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     layer, whose ~10 internal modules per adapted layer would otherwise dominate every walk, except to list an
     adapter layer nested in it (``<name>.base_layer``: a mixed-method model stacks one layer per method) and the
     layers it placed inside its base module (:meth:`~peftkit.layers.base.AdapterLayer.inner_layers`).
+
+    The list is reused while every walked module's children are the same objects under the same keys
+    (:func:`~peftkit.layers.tree_cache.cached_walk`: verified on every call, no hooks).
     """
+    return iter(cached_walk(model, _walk))
+
+
+def _walk(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return list(_walk_modules(model))
+
+
+def _walk_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     seen: set[int] = set()
     stack: list[tuple[str, nn.Module]] = [("", model)]
     while stack:

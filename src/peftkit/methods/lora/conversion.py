@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type stubs
 
 from peftkit.config import PromptLearningConfig
-from peftkit.errors import ConfigError
+from peftkit.errors import ArgumentTypeError, ConfigError
 from peftkit.io.keys import MODEL_PREFIX
 from peftkit.io.save import write_adapter
 from peftkit.layers.base import AdapterLayer
@@ -93,12 +93,12 @@ def _convertible_layers(model: nn.Module, adapter: str) -> list[tuple[str, Adapt
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, AdapterLayer) and m.holds(adapter)]
     unsupported = sorted({repr(type(m)) for _, m in layers if not m.supports_lora_conversion(adapter)})
     if unsupported:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Some module types on this model do not support LoRA conversion: {', '.join(unsupported)}. Only Linear "
             "layers of additive adapters convert (LoRA without DoRA or a non-additive variant, LoHa, LoKr, VeRA)."
         )
     if not layers:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Could not detect any layer that supports LoRA conversion with an adapter named {adapter!r}: the model "
             "holds no adapter layer of it (prompt-learning adapters have none)."
         )

@@ -20,7 +20,7 @@ from torch import nn
 from peftkit.errors import MergeError, PeftWarning
 from peftkit.layers.base import AdapterLayer, BatchRouting
 from peftkit.layers.fresh import new_module, set_child
-from peftkit.layers.placement import adapter_device, onloaded
+from peftkit.layers.placement import adapter_device, base_weight, onloaded
 from peftkit.layers.state import AdapterStatus
 from peftkit.merging.merge import require_finite_sum, update_weight
 from peftkit.methods.lora import compiled_factors, fast_paths
@@ -43,15 +43,14 @@ def empty_linear(
     in_features: int, out_features: int, bias: bool, device: torch.device, dtype: torch.dtype
 ) -> nn.Linear:
     """An ``nn.Linear`` with uninitialised tensors (its constructor's Kaiming init would be overwritten anyway:
-    by the LoRA initialisation, or by a load).
-
-    Built field by field, as ``nn.Linear.__init__`` would leave it minus ``reset_parameters``: injection makes
-    two of these per adapted layer, and the generic ``nn.Module.__setattr__`` path is a visible share of a
-    load's time.
-    """
+    by the LoRA initialisation, or by a load), built field by field as ``nn.Linear.__init__`` would leave it minus
+    ``reset_parameters``: injection makes two per adapted layer, and ``nn.Module.__setattr__`` would be a visible
+    share of a load's time."""
+    kw: dict[str, Any] = {"device": device, "dtype": dtype}
     layer = new_module(nn.Linear, in_features=in_features, out_features=out_features)
-    layer._parameters["weight"] = nn.Parameter(torch.empty((out_features, in_features), device=device, dtype=dtype))
-    layer._parameters["bias"] = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+    as_parameter = torch.Tensor._make_subclass  # what ``nn.Parameter(t)`` does for a plain tensor, minus a frame
+    layer._parameters["weight"] = as_parameter(nn.Parameter, torch.empty((out_features, in_features), **kw), True)
+    layer._parameters["bias"] = as_parameter(nn.Parameter, torch.empty(out_features, **kw), True) if bias else None
     return layer
 
 
@@ -172,15 +171,15 @@ class LoraLayer(AdapterLayer):
         A, B = self.factor_tensors(adapter)
         if not is_weight_decomposing(spec.init):
             init_factors(A, B, spec.init, spec.r, self.get_base_layer(), self.fan_in_fan_out)
-            factor_b = self.lora_B._modules.get(adapter)
+            factor_b = self._modules["lora_B"]._modules.get(adapter)  # type: ignore[union-attr]  # a registered ModuleDict
             bias = getattr(factor_b, "bias", None) if factor_b is not None else None
             if bias is not None:
                 with torch.no_grad():
                     bias.zero_()
             return
         base = self.get_base_layer()
-        base_weight = dense_weight(base)
-        weight = base_weight.T if self.fan_in_fan_out else base_weight
+        dense = dense_weight(base)
+        weight = dense.T if self.fan_in_fan_out else dense
         new_A, new_B, residual = decompose_weight(weight, str(spec.init), spec.r, spec.scaling, base, spec.init_options)
         residual = residual.T if self.fan_in_fan_out else residual
         with torch.no_grad():
@@ -207,7 +206,7 @@ class LoraLayer(AdapterLayer):
     def factor_tensors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` as tensors: ``A (r, in, ...)``, ``B (out, r, ...)``."""
         modules = self._modules  # the per-adapter dicts directly: this runs for every layer of a load
-        return modules["lora_A"]._modules[adapter].weight, modules["lora_B"]._modules[adapter].weight  # type: ignore[union-attr, return-value]  # lora_A/lora_B hold nn.Linear and lora_magnitude_vector DoraMagnitude; ModuleDict types them as Module
+        return base_weight(modules["lora_A"]._modules[adapter]), base_weight(modules["lora_B"]._modules[adapter])  # type: ignore[union-attr, arg-type]  # lora_A/lora_B are registered ModuleDicts of factor modules
 
     def delta_weight(self, adapter: str) -> torch.Tensor:
         """``s * B @ A`` shaped like the base weight (transposed for ``fan_in_fan_out``), or a variant's."""
@@ -303,7 +302,7 @@ class Linear(LoraLayer):
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer, fan_in_fan_out)
         base = self.get_base_layer()
-        weight = base.weight
+        weight = base_weight(base)
         shape = weight_shape(base)
         out_features, in_features = shape[::-1] if fan_in_fan_out else shape
         self.__dict__.update(
@@ -323,7 +322,7 @@ class Linear(LoraLayer):
 
     def create_weights(self, adapter: str, spec: LoraLayerSpec) -> None:
         base = self.get_base_layer()
-        kw: dict[str, Any] = {"device": adapter_device(base), "dtype": adapter_dtype(base.weight)}
+        kw: dict[str, Any] = {"device": adapter_device(base), "dtype": adapter_dtype(base_weight(base))}
         modules: Any = self._modules
         set_child(modules["lora_A"], adapter, empty_linear(self.in_features, spec.r, bias=False, **kw))
         set_child(modules["lora_B"], adapter, empty_linear(spec.r, self.out_features, bias=spec.lora_bias, **kw))

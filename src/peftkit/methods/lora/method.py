@@ -28,7 +28,7 @@ from peftkit.methods.lora.model import LoraModel
 from peftkit.methods.lora.multihead import MultiheadAttention, warn_unused_out_proj
 from peftkit.methods.lora.param import ParamWrapper
 from peftkit.methods.lora.tying import prepare_tied_targets, tie_adapters
-from peftkit.methods.lora.variants import build_variant
+from peftkit.methods.lora.variants import build_variant, sets_variant
 from peftkit.methods.lora.variants.bdlora_config import BdLoraConfig
 from peftkit.methods.lora.variants.kasa_config import KasaConfig
 from peftkit.methods.lora.variants.monteclora_config import MontecloraConfig
@@ -108,8 +108,10 @@ def settle_lora_config(config: LoraConfig, model: nn.Module, target_names: Seque
 def finish_lora_injection(config: LoraConfig, model: nn.Module, adapter_name: str) -> None:
     """Run the variants' ``finish`` (:mod:`~peftkit.methods.lora.variant`), tie adapters on tied embeddings, add
     the ``trainable_token_indices`` rows, warn about adapters an attention module never runs."""
-    for _, module in walk_model(model):  # variants' steps that wait for every layer (variant.py); the walk skips
-        if isinstance(module, LoraLayer) and adapter_name in module.lora_variant:  # adapter insides, unlike modules()
+    # variants' steps that wait for every layer (variant.py); the walk skips adapter insides, unlike modules(), and
+    # is skipped itself for a plain LoRA config, whose layers have no variant
+    for _, module in walk_model(model) if sets_variant(config) else ():
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_variant:
             module.lora_variant[adapter_name].finish(module, adapter_name)
     tie_adapters(config, model, adapter_name)
     inject_token_adapters(config, model, adapter_name)

@@ -26,6 +26,8 @@ from torch import nn
 
 from peftkit.errors import ArgumentTypeError, ConfigError, TargetingError
 from peftkit.layers.base import CALL_STATE, AdapterLayer
+from peftkit.layers.modules_to_save import ModulesToSaveWrapper
+from peftkit.layers.walk import walk_model
 from peftkit.layers.weight_swap import SWAP_LOCK, swapped_tensors
 from peftkit.merging.merge import require_finite_sum
 from peftkit.methods.lora.layer import Linear, LoraLayer, LoraLayerSpec, adapter_dtype, empty_linear
@@ -221,6 +223,8 @@ def warn_unused_out_proj(model: nn.Module) -> None:
     ``target_modules="all-linear"``): the attention reads ``out_proj.weight`` and never calls it, so such an adapter
     changes nothing (as in PEFT, which adapts it all the same). Targeting the attention module adapts both
     projections."""
+    if not _may_hold_attention(model):
+        return
     unused = [
         f"{name}.out_proj" if name else "out_proj"
         for name, module in _attention_modules(model)
@@ -233,6 +237,18 @@ def warn_unused_out_proj(model: nn.Module) -> None:
             UserWarning,
             stacklevel=4,
         )
+
+
+def _may_hold_attention(model: nn.Module) -> bool:
+    """Whether :func:`_attention_modules` can find anything: an ``nn.MultiheadAttention`` in the (cached) model
+    walk, or a module the walk does not enter (a modules_to_save wrapper, an adapter layer's base module with
+    children of its own). Most models have none, and the walk is reused where a full search would walk again."""
+    for _, module in walk_model(model):
+        if isinstance(module, (nn.MultiheadAttention, ModulesToSaveWrapper)):
+            return True
+        if isinstance(module, AdapterLayer) and module.get_base_layer()._modules:
+            return True
+    return False
 
 
 def _attention_modules(model: nn.Module) -> list[tuple[str, nn.MultiheadAttention]]:

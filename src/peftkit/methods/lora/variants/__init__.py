@@ -49,6 +49,12 @@ def _is_set(value: Any) -> bool:
     return value not in (None, False, {}, [], "")
 
 
+def sets_variant(config: Any) -> bool:
+    """Whether ``config`` switches on any LoRA variant (without it, :func:`build_variant` gives ``None`` for every
+    layer)."""
+    return any(_is_set(getattr(config, field_name, None)) for field_name in VARIANT_BUILDERS)
+
+
 def build_variant(config: Any, module_name: str, module: nn.Module) -> LoraVariant | None:
     """The variant of layer ``module_name`` (``module`` its base layer) under ``config``, or ``None`` for plain
     LoRA.
