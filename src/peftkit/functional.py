@@ -1,6 +1,5 @@
-"""The functional core: everything peftkit does to a plain ``nn.Module``, under the thin shells (``PeftModel``, the
-transformers mixin, the CLI). A model here is the *inner* model (the transformers model itself); key prefixes such
-as ``base_model.model.`` are the shells' business."""
+"""The functional core: everything peftkit does to a plain ``nn.Module`` (the *inner* model), under the thin shells
+(``PeftModel``, the transformers mixin, the CLI), whose business key prefixes such as ``base_model.model.`` are."""
 
 from __future__ import annotations
 
@@ -317,9 +316,8 @@ def mark_trainable(
 
 @torch.compiler.disable
 def start_mixed_batch(model: nn.Module, adapter_names: Sequence[str], expand: bool = False) -> BatchRouting | None:
-    """Route this thread's forwards of ``model`` by ``adapter_names`` (checked; ``expand``: also multiples of
-    their number, as ``generate`` expands a batch); returns the previous routing for :func:`end_mixed_batch`.
-    Not traced by ``torch.compile``: the names become index tensors here, so a new mix does not recompile."""
+    """Route this thread's forwards of ``model`` by ``adapter_names`` (``expand``: also multiples of their number, as
+    ``generate`` expands); returns the previous routing. Untraced: a new mix becomes index tensors, no recompile."""
     present = adapter_names_in(model)
     unknown = sorted(set(adapter_names) - present - {BASE_ADAPTER})
     if unknown:
@@ -356,9 +354,8 @@ def _layers(model: nn.Module) -> list[tuple[str, AdapterLayer]]:
 def inference_call(
     model: nn.Module, adapter_names: Sequence[str] | None, expand: bool = False, training: bool = False
 ) -> Iterator[None]:
-    """One inference call of ``model``: its lock held shared (:mod:`peftkit.locking`), its layers prepared when
-    compiled (:mod:`peftkit.layers.compiled_call`) and, with ``adapter_names``, routed as a mixed batch
-    (:func:`mixed_batch`); ``UsageError`` for ``adapter_names`` while ``training`` (mixed batches are for inference)."""
+    """One inference call: ``model``'s lock held shared, its layers prepared when compiled (``compiled_call``) and,
+    with ``adapter_names``, routed as a mixed batch (``UsageError`` while ``training``: those are for inference)."""
     if adapter_names is None:
         with lock_of(model).shared(), prepared_call(model, training):  # compiled: refresh what the graphs read
             yield
@@ -371,8 +368,7 @@ def inference_call(
 
 @exclusive
 def merge_adapters(model: nn.Module, adapter_names: Sequence[str] | None = None, safe_merge: bool = False) -> None:
-    """Fold ``adapter_names`` (default: each layer's active adapters) into the base weights (warns and changes
-    nothing when all are merged; gives tied weights their own copy first, see :mod:`peftkit.layers.model_merge`)."""
+    """Fold ``adapter_names`` (default: each layer's active ones) into the base weights (see ``layers.model_merge``)."""
     merge_layers(model, _layers(model), adapter_names, safe_merge)
 
 
