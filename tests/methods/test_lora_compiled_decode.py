@@ -19,6 +19,7 @@ from transformers import DynamicCache, LlamaForCausalLM
 import peftkit
 from peftkit.methods.lora import stacked
 from peftkit.methods.lora.layer import Linear as LoraLinear
+from peftkit.methods.prompt.cache import cache_argument
 
 PROMPT = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(2))
 NEXT = torch.randint(0, 64, (1, 1), generator=torch.Generator().manual_seed(3))
@@ -31,10 +32,12 @@ def lora_layers(model: nn.Module) -> list[LoraLinear]:
 
 def decode(model: nn.Module, runner: nn.Module) -> torch.Tensor:
     """One token after ``PROMPT`` (run eagerly by ``model`` into the cache) through ``runner``."""
+    key = cache_argument(model.get_base_model().forward)  # ``cache`` or ``past_key_values``: what transformers takes
+    assert key is not None
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
-        model(input_ids=PROMPT, past_key_values=cache, use_cache=True)
-        return runner(input_ids=NEXT, past_key_values=cache, use_cache=True).logits
+        model(input_ids=PROMPT, use_cache=True, **{key: cache})
+        return runner(input_ids=NEXT, use_cache=True, **{key: cache}).logits
 
 
 def reference(model: peftkit.PeftModel) -> peft.PeftModel:
