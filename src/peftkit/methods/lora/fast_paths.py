@@ -60,7 +60,7 @@ def single_adapter(layer: Any, x: torch.Tensor, adapter: str) -> torch.Tensor | 
     if torch.compiler.is_compiling():
         return None
     plan = layer.__dict__.get("_single_plan")
-    if plan is None or plan.adapter != adapter or plan.registrations != stacked.Registrations.count:
+    if plan is None or plan.adapter != adapter or plan.registrations != stacked.COUNT["registrations"]:
         plan = single_plan(layer, adapter)
     result = inference_single(layer, plan, x)
     return result if result is not None else fused_single(layer, x, adapter)
@@ -107,7 +107,7 @@ def single_plan(layer: Any, adapter: str) -> SinglePlan:
     )
     params = (factor_a._parameters, factor_b._parameters) if plain else None
     dropout = None if type(dropout) is nn.Identity else dropout
-    plan = SinglePlan(adapter, stacked.Registrations.count, params, dropout)
+    plan = SinglePlan(adapter, stacked.COUNT["registrations"], params, dropout)
     layer.__dict__["_single_plan"] = plan
     return plan
 

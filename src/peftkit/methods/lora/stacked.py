@@ -60,7 +60,8 @@ def stack_factors(layer: Any, adapters: Sequence[str]) -> tuple[torch.Tensor, to
     return torch.stack([a for a, _ in parts]), torch.stack([b for _, b in parts])
 
 
-#: ``Registrations.count`` in a plain dict, where a :class:`~peftkit.layers.watch.Watch` entry can follow it.
+#: The count of :class:`Registrations`, in a plain dict so that a :class:`~peftkit.layers.watch.Watch` entry can
+#: follow it (each increment stores a new ``int`` object).
 COUNT: dict[str, int] = {"registrations": 0}
 
 
@@ -71,9 +72,8 @@ class Registrations:
     and factor modules. Counted by torch's
     global registration hooks, installed the first time a stack is built (other modules pay one attribute read
     per registration). A cached stack whose count is unchanged knows that none of its modules or weights was
-    replaced since, without walking them."""
+    replaced since, without walking them. The count itself is ``COUNT["registrations"]``."""
 
-    count = 0
     installed = False
 
     @classmethod
@@ -94,8 +94,7 @@ class Registrations:
     @classmethod
     def _registered(cls, module: Any, _name: str, _value: Any) -> None:
         if module.__dict__.get("_peftkit_watched"):
-            cls.count += 1
-            COUNT["registrations"] = cls.count
+            COUNT["registrations"] += 1
 
 
 _VERSION = operator.attrgetter("_version")
@@ -143,9 +142,9 @@ class _Built:
             tensors += [s for s in [layer.scaling.get(name)] if isinstance(s, torch.Tensor)]
             aliases.append(tuple(t.detach() for t in tensors))
         versions = [tuple(map(_VERSION, slot)) for slot in aliases]
-        scaling = layer.scaling
+        scaling, registrations = layer.scaling, COUNT["registrations"]
         counts = cls._factors(layer)
-        return cls(adapters, Registrations.count, counts, scaling, list(scaling.values()), aliases, versions, entries)
+        return cls(adapters, registrations, counts, scaling, list(scaling.values()), aliases, versions, entries)
 
     def _flat(self, slots: tuple[int, ...]) -> tuple[list[Any], ...]:
         """``(aliases, versions, parameter dicts, weights)`` of ``slots``, flattened once per set of slots (at
@@ -163,7 +162,7 @@ class _Built:
     def fresh(self, layer: Any, adapters: tuple[str, ...], slots: tuple[int, ...]) -> bool:
         """Whether ``layer`` still holds the same modules, weights and scalings, and the adapters in ``slots``
         were not changed in place since."""
-        if adapters != self.adapters or Registrations.count != self.registrations:
+        if adapters != self.adapters or COUNT["registrations"] != self.registrations:
             return False
         scaling = layer.scaling
         if scaling is not self.scaling or len(scaling) != len(self.scalings) or self._factors(layer) != self.factors:
